@@ -1,0 +1,145 @@
+"""Losses against hand-derived values, gradient facts and numerical safety."""
+
+import math
+
+import pytest
+import torch
+
+from logitsam.losses import LOSSES, PreferenceLogps, compute_loss, get_loss, resolve_hparams
+
+D = torch.float64
+
+
+def pair(c, r, rc, rr, lc, lr, sc=None, sr=None, grad=False):
+    t = lambda v: None if v is None else torch.tensor([float(v)], dtype=D, requires_grad=grad)  # noqa: E731
+    return PreferenceLogps(
+        chosen=t(c), rejected=t(r), chosen_lengths=torch.tensor([lc]), rejected_lengths=torch.tensor([lr]),
+        ref_chosen=t(rc), ref_rejected=t(rr), chosen_scores=t(sc), rejected_scores=t(sr),
+    )
+
+
+# Pair A: Δ+ = 1, Δ− = −1, δ = 2 (βδ = 0.2 at β = 0.1); means −2 (5 tokens) and −3 (4 tokens).
+A = pair(-10, -12, -11, -11, 5, 4)
+# Pair B: Δ+ = −2, Δ− = −0.5, δ = −1.5: the chosen response is squeezed below the reference.
+B = pair(-20, -19.5, -18, -19, 10, 10)
+
+HAND = [
+    # (loss, pair, hparams, value derived by hand)
+    ("dpo", A, {}, 0.5981388693815918),  # log(1 + e^-0.2)
+    ("dpo", A, {"label_smoothing": 0.1}, 0.6181388693815918),  # 0.9 log(1+e^-0.2) + 0.1 log(1+e^0.2)
+    ("dpo", B, {}, math.log1p(math.exp(0.15))),
+    ("hinge", A, {}, 0.8),  # max(0, 1 − 0.2)
+    ("hinge", B, {}, 1.15),
+    ("ipo", A, {}, 20.7025),  # (1/5 + 1/4 − 1/(2·0.1))² = (0.45 − 5)²
+    ("slic", A, {}, 1.0),  # max(0, 1 + 10 − 12) + 0.1·10
+    ("slic", B, {}, 3.5),  # max(0, 1 + 20 − 19.5) + 0.1·20
+    ("slic", B, {"nll_mode": "mean"}, 1.7),  # 1.5 + 0.1·(20/10)
+    ("cpo", A, {}, 10.598138869381591),  # log(1+e^-0.2) + 1.0·10
+    ("cpo", A, {"nll_mode": "mean"}, 2.5981388693815918),  # log(1+e^-0.2) + 2
+    ("simpo", A, {}, 0.31326168751822286),  # log(1 + e^-(2·(−2+3) − 1))
+    ("gate_dpo", A, {}, 0.5981388693815918),  # value identical to DPO
+    ("dpo_abs", A, {}, 0.5981388693815918),  # chosen above reference: no penalty
+    ("dpo_abs", B, {}, math.log1p(math.exp(0.15)) + 0.2),  # + 0.1·max(0, 2)
+    ("spo_target", A, {}, 0.1559069707756651),  # 2 log cosh((0.2 − 1)/2)
+    ("spo_target", pair(-10, -12, -11, -11, 5, 4, sc=3, sr=1), {"score_scale": 0.5}, 0.1559069707756651),
+    ("spo_target", A, {"target": 0.2}, 0.0),  # at the target
+]
+
+
+@pytest.mark.parametrize(("name", "inp", "hp", "expected"), HAND)
+def test_hand_derived_values(name, inp, hp, expected):
+    out = compute_loss(name, inp, **hp)
+    assert out.losses.shape == (1,)
+    assert out.losses.item() == pytest.approx(expected, abs=1e-12)
+
+
+def test_every_registered_loss_has_a_hand_value():
+    assert {h[0] for h in HAND} == set(LOSSES)
+
+
+def test_rewards():
+    out = compute_loss("dpo", A)
+    assert out.chosen_rewards.item() == pytest.approx(0.1)
+    assert out.rejected_rewards.item() == pytest.approx(-0.1)
+    out = compute_loss("simpo", A)  # β · mean log-prob
+    assert out.chosen_rewards.item() == pytest.approx(-4.0)
+    out = compute_loss("ipo", A)  # β · length-normalised log-ratio
+    assert out.chosen_rewards.item() == pytest.approx(0.02)
+
+
+def test_reference_requirement_matches_spec():
+    no_ref = pair(-10, -12, None, None, 5, 4)
+    for name, spec in LOSSES.items():
+        if spec.needs_reference:
+            with pytest.raises(ValueError, match="reference"):
+                compute_loss(name, no_ref)
+        else:
+            assert torch.isfinite(compute_loss(name, no_ref).losses).all()
+
+
+def grads(name, inp, **hp):
+    out = compute_loss(name, inp, **hp)
+    out.losses.sum().backward()
+    return inp.chosen.grad.item(), inp.rejected.grad.item()
+
+
+@pytest.mark.parametrize("values", [(-10, -12, -11, -11, 5, 4), (-3, -2, -3.5, -2.2, 3, 2), (-40, -9, -35, -10, 8, 6)])
+def test_gate_dpo_scales_rejected_gradient_by_gate(values):
+    gc, gr = grads("gate_dpo", pair(*values, grad=True))
+    dc, dr = grads("dpo", pair(*values, grad=True))
+    c, r, rc, rr, lc, lr = values
+    gate = 1.0 / (1.0 + math.exp(-10.0 * (math.exp(r / lr) - 0.1)))  # σ(α(p − τ)), α=10, τ=0.1
+    assert gc == pytest.approx(dc, rel=1e-12)
+    assert gr == pytest.approx(gate * dr, rel=1e-12)
+    # DPO's gradient in logp(y−) is β σ(−βδ), by hand:
+    u = 0.1 * ((c - rc) - (r - rr))
+    assert dr == pytest.approx(0.1 / (1.0 + math.exp(u)), rel=1e-12)
+
+
+def test_dpo_abs_equals_dpo_above_reference_and_pushes_chosen_below():
+    ga, _ = grads("dpo_abs", pair(-10, -12, -11, -11, 5, 4, grad=True))
+    da, _ = grads("dpo", pair(-10, -12, -11, -11, 5, 4, grad=True))
+    assert ga == pytest.approx(da, rel=1e-12)
+    gb, _ = grads("dpo_abs", pair(-20, -19.5, -18, -19, 10, 10, grad=True))
+    db, _ = grads("dpo", pair(-20, -19.5, -18, -19, 10, 10, grad=True))
+    assert gb == pytest.approx(db - 0.1, rel=1e-12)  # extra −λ on ∂/∂logp(y+)
+
+
+def test_spo_target_gradient_is_bounded_and_vanishes_at_target():
+    _, gr = grads("spo_target", pair(-10, -2000, -11, -11, 5, 4, grad=True))  # y− pushed to ~0 prob.
+    assert abs(gr) <= 0.1 + 1e-12  # |∂ℓ/∂logp(y−)| ≤ β
+    assert gr < 0  # past the target, descent raises logp(y−) again instead of pushing it down
+    gc, gr = grads("spo_target", pair(-10, -12, -11, -11, 5, 4, grad=True), target=0.2)
+    assert gc == pytest.approx(0.0, abs=1e-15) and gr == pytest.approx(0.0, abs=1e-15)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_finite_at_huge_margins(name, sign):
+    # |βδ| = 1e4 for β = 0.1; also huge raw log-prob gaps for the reference-free losses.
+    big = sign * 5e4
+    inp = PreferenceLogps(
+        chosen=torch.tensor([big, 0.0], dtype=torch.float32, requires_grad=True),
+        rejected=torch.tensor([-big, 0.0], dtype=torch.float32, requires_grad=True),
+        chosen_lengths=torch.tensor([3, 3]), rejected_lengths=torch.tensor([3, 3]),
+        ref_chosen=torch.zeros(2), ref_rejected=torch.zeros(2),
+        chosen_scores=torch.tensor([1.0, 0.0]), rejected_scores=torch.tensor([0.0, 0.0]),
+    )
+    out = compute_loss(name, inp)
+    out.losses.sum().backward()
+    assert torch.isfinite(out.losses).all()
+    assert torch.isfinite(inp.chosen.grad).all() and torch.isfinite(inp.rejected.grad).all()
+
+
+def test_unknown_names_are_clear_errors():
+    with pytest.raises(ValueError, match="unknown loss 'dp0'"):
+        get_loss("dp0")
+    with pytest.raises(ValueError, match="no hyperparameter 'gama'"):
+        resolve_hparams(get_loss("simpo"), {"gama": 1.0})
+
+
+def test_specs_describe_defaults():
+    assert LOSSES["dpo"].defaults == {"beta": 0.1, "label_smoothing": 0.0}
+    assert LOSSES["cpo"].defaults["nll_weight"] == 1.0  # paper Table 5: λ = 1
+    assert LOSSES["simpo"].length_normalized and not LOSSES["dpo"].length_normalized
+    assert not LOSSES["slic"].needs_reference and LOSSES["gate_dpo"].needs_reference
