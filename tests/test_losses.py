@@ -13,8 +13,14 @@ D = torch.float64
 def pair(c, r, rc, rr, lc, lr, sc=None, sr=None, grad=False):
     t = lambda v: None if v is None else torch.tensor([float(v)], dtype=D, requires_grad=grad)  # noqa: E731
     return PreferenceLogps(
-        chosen=t(c), rejected=t(r), chosen_lengths=torch.tensor([lc]), rejected_lengths=torch.tensor([lr]),
-        ref_chosen=t(rc), ref_rejected=t(rr), chosen_scores=t(sc), rejected_scores=t(sr),
+        chosen=t(c),
+        rejected=t(r),
+        chosen_lengths=torch.tensor([lc]),
+        rejected_lengths=torch.tensor([lr]),
+        ref_chosen=t(rc),
+        ref_rejected=t(rr),
+        chosen_scores=t(sc),
+        rejected_scores=t(sr),
     )
 
 
@@ -87,7 +93,7 @@ def grads(name, inp, **hp):
 def test_gate_dpo_scales_rejected_gradient_by_gate(values):
     gc, gr = grads("gate_dpo", pair(*values, grad=True))
     dc, dr = grads("dpo", pair(*values, grad=True))
-    c, r, rc, rr, lc, lr = values
+    c, r, rc, rr, _lc, lr = values
     gate = 1.0 / (1.0 + math.exp(-10.0 * (math.exp(r / lr) - 0.1)))  # σ(α(p − τ)), α=10, τ=0.1
     assert gc == pytest.approx(dc, rel=1e-12)
     assert gr == pytest.approx(gate * dr, rel=1e-12)
@@ -121,9 +127,12 @@ def test_finite_at_huge_margins(name, sign):
     inp = PreferenceLogps(
         chosen=torch.tensor([big, 0.0], dtype=torch.float32, requires_grad=True),
         rejected=torch.tensor([-big, 0.0], dtype=torch.float32, requires_grad=True),
-        chosen_lengths=torch.tensor([3, 3]), rejected_lengths=torch.tensor([3, 3]),
-        ref_chosen=torch.zeros(2), ref_rejected=torch.zeros(2),
-        chosen_scores=torch.tensor([1.0, 0.0]), rejected_scores=torch.tensor([0.0, 0.0]),
+        chosen_lengths=torch.tensor([3, 3]),
+        rejected_lengths=torch.tensor([3, 3]),
+        ref_chosen=torch.zeros(2),
+        ref_rejected=torch.zeros(2),
+        chosen_scores=torch.tensor([1.0, 0.0]),
+        rejected_scores=torch.tensor([0.0, 0.0]),
     )
     out = compute_loss(name, inp)
     out.losses.sum().backward()

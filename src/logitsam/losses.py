@@ -123,9 +123,7 @@ def _nll(inp: PreferenceLogps, nll_mode: str) -> Tensor:
     raise ValueError(f"nll_mode must be 'sum' or 'mean', got {nll_mode!r}")
 
 
-def slic(
-    inp: PreferenceLogps, *, margin: float = 1.0, nll_weight: float = 0.1, nll_mode: str = "sum"
-) -> LossOutput:
+def slic(inp: PreferenceLogps, *, margin: float = 1.0, nll_weight: float = 0.1, nll_mode: str = "sum") -> LossOutput:
     """SLiC-HF as in the logits-SAM paper, Table 5 (reference-free).
 
     max(0, δ_m − logp(y+) + logp(y−)) − λ·logp(y+), δ_m = ``margin``, λ = ``nll_weight``.
@@ -137,9 +135,7 @@ def slic(
     return LossOutput(losses, *_rewards(1.0, inp.chosen, inp.rejected))
 
 
-def cpo(
-    inp: PreferenceLogps, *, beta: float = 0.1, nll_weight: float = 1.0, nll_mode: str = "sum"
-) -> LossOutput:
+def cpo(inp: PreferenceLogps, *, beta: float = 0.1, nll_weight: float = 1.0, nll_mode: str = "sum") -> LossOutput:
     """CPO as in the logits-SAM paper, Table 5 (reference-free).
 
     −log σ(β·logp(y+) − β·logp(y−)) − λ·logp(y+), summed log-probs, λ = ``nll_weight`` (1.0 in
@@ -183,9 +179,7 @@ def dpo_abs(inp: PreferenceLogps, *, beta: float = 0.1, lam: float = 0.1) -> Los
     return LossOutput(losses, *_rewards(beta, d_pos, d_neg))
 
 
-def spo_target(
-    inp: PreferenceLogps, *, beta: float = 0.1, target: float = 1.0, score_scale: float = 1.0
-) -> LossOutput:
+def spo_target(inp: PreferenceLogps, *, beta: float = 0.1, target: float = 1.0, score_scale: float = 1.0) -> LossOutput:
     """Finite-target loss; our *reconstruction* of seed paper 004 ("SPO, finite target").
 
     Drives u = βδ to a finite target m instead of +∞:  ℓ = 2·log cosh((u − m)/2)
@@ -208,9 +202,7 @@ def spo_target(
 def _spec(name: str, fn: LossFn, ref: bool, norm: bool, summary: str, scores: bool = False) -> LossSpec:
     import inspect
 
-    defaults = {
-        k: p.default for k, p in inspect.signature(fn).parameters.items() if p.kind == p.KEYWORD_ONLY
-    }
+    defaults = {k: p.default for k, p in inspect.signature(fn).parameters.items() if p.kind == p.KEYWORD_ONLY}
     return LossSpec(name, fn, ref, norm, defaults, scores, summary)
 
 

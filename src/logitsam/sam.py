@@ -1,0 +1,269 @@
+"""logits-SAM: sharpness-aware minimization of the output layer only (paper §3.3, Algorithm 1).
+
+Model = body producing hidden states H (N, d) + head W (V, d), logits z = H Wᵀ + b. With
+G = ∂L/∂z at the clean logits (detached; rows of unscored tokens are zero), the head gradient is
+g = Gᵀ H and the perturbation ε = ρ·g/‖g‖_F. The loss is evaluated at z' = H (W + ε)ᵀ + b with ε a
+constant, so one backward gives SAM's gradient at W + ε for both head and body.
+
+Methods (all exact, see DESIGN.md §4):
+- ``weight``  the paper's: build ε (V, d) and run the head again with W + ε.
+- ``gram``    logit space: H εᵀ = (ρ/‖g‖)(H H_rᵀ) G_r, ‖g‖² = Σ (H_r H_rᵀ) ⊙ (G_r G_rᵀ); only the N_r
+              rows with non-zero G enter, no V×d buffer, W never touched (no gather under
+              FSDP/ZeRO-3), the clean logits are reused.
+- ``chunked`` weight method over vocabulary blocks, ε never whole (for N_r ≥ d when memory is tight).
+- ``auto``    the cheapest by the flop model below, within an optional extra-memory budget.
+
+Precision: the perturbation is formed in float32 (float64 for float64 inputs) and the perturbed
+logits are returned in that precision. With bf16 weights ρ·g/‖g‖ is far below bf16's spacing, so
+``weight`` (which adds ε to W in W's dtype, as the paper's code does) loses most of ε; ``gram`` and
+``chunked`` add the perturbation to float32 logits and keep it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+METHODS = ("weight", "gram", "chunked", "auto")
+
+
+def _acc(x: Tensor) -> Tensor:
+    return x if x.dtype == torch.float64 else x.float()
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Extra work over a plain head forward/backward: flops and bytes held."""
+
+    flops: float
+    extra_bytes: float
+
+
+def method_costs(n: int, n_r: int, d: int, v: int, elem_bytes: int = 4) -> dict[str, Cost]:
+    """Flop/memory model of each method (extra over plain) for N tokens, N_r scored, d, V."""
+    norm = 2.0 * n_r * n_r * (v + d) if n_r <= d else 2.0 * n_r * v * d
+    return {
+        # g = G_rᵀ H_r, then a second head forward with W + ε; ε and W + ε held.
+        "weight": Cost(2.0 * n_r * v * d + 2.0 * n * v * d, v * d * (4 + elem_bytes)),
+        # K = H H_rᵀ, K G_r forward; dK = dz' G_rᵀ, dH = dK H_r backward; G_r and K held.
+        "gram": Cost(norm + 4.0 * n * n_r * (v + d), 4.0 * (n_r * v + n * n_r)),
+        # ε blocks built twice (forward, backward) and applied in both directions.
+        "chunked": Cost(norm + 4.0 * (n + n_r) * v * d, 4.0 * n_r * v),
+    }
+
+
+def choose_method(n: int, n_r: int, d: int, v: int, *, max_extra_bytes: float | None = None) -> str:
+    """Cheapest method in flops whose extra memory fits ``max_extra_bytes`` (None = no limit)."""
+    costs = method_costs(n, n_r, d, v)
+    fits = [m for m, c in costs.items() if max_extra_bytes is None or c.extra_bytes <= max_extra_bytes]
+    return min(fits or ["chunked"], key=lambda m: costs[m].flops)
+
+
+def _grad_norm_sq(h_r: Tensor, g_r: Tensor, block: int) -> Tensor:
+    """‖G_rᵀ H_r‖_F² without a V×d buffer: gram identity when N_r ≤ d, else vocabulary blocks."""
+    if h_r.shape[0] <= h_r.shape[1]:
+        return ((h_r @ h_r.T) * (g_r @ g_r.T)).sum()
+    total = h_r.new_zeros(())
+    for s in range(0, g_r.shape[1], block):
+        total = total + (g_r[:, s : s + block].T @ h_r).square().sum()
+    return total
+
+
+def _scale(rho: float, norm_sq: Tensor) -> Tensor:
+    """ρ/‖g‖, or 0 when g = 0 (no perturbation); no host sync."""
+    nz = norm_sq > 0
+    return torch.where(nz, rho * torch.where(nz, norm_sq, 1.0).rsqrt(), 0.0)
+
+
+class _BlockedPerturbation(torch.autograd.Function):
+    """Δ = H εᵀ with ε = scale·G_rᵀ H_r built one vocabulary block at a time, in both passes."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor, h_r: Tensor, g_r: Tensor, scale: Tensor, block: int) -> Tensor:
+        out = h.new_empty(h.shape[0], g_r.shape[1])
+        for s in range(0, g_r.shape[1], block):
+            out[:, s : s + block] = h @ (scale * (g_r[:, s : s + block].T @ h_r)).T
+        ctx.save_for_backward(h_r, g_r, scale)
+        ctx.block = block
+        return out
+
+    @staticmethod
+    def backward(ctx, d_out: Tensor):
+        h_r, g_r, scale = ctx.saved_tensors
+        d_h = None
+        for s in range(0, g_r.shape[1], ctx.block):
+            part = d_out[:, s : s + ctx.block] @ (scale * (g_r[:, s : s + ctx.block].T @ h_r))
+            d_h = part if d_h is None else d_h + part
+        return d_h, None, None, None, None
+
+
+@dataclass
+class Perturbed:
+    """Perturbed logits (..., V) with graph, the method used, ‖g‖_F and ‖ε‖_F (detached)."""
+
+    logits: Tensor
+    method: str
+    grad_norm: Tensor
+    eps_norm: Tensor
+
+
+def perturb(
+    hidden: Tensor,
+    weight: Tensor,
+    grad_logits: Tensor,
+    *,
+    rho: float,
+    method: str = "auto",
+    bias: Tensor | None = None,
+    logits: Tensor | None = None,
+    block: int = 8192,
+    max_extra_bytes: float | None = None,
+) -> Perturbed:
+    """Logits at W + ε with diagnostics; see :func:`perturbed_logits` for the arguments."""
+    if method not in METHODS:
+        raise ValueError(f"unknown logits-SAM method {method!r}; choose from {', '.join(METHODS)}")
+    v, d = weight.shape
+    lead = hidden.shape[:-1]
+    if grad_logits.shape != (*lead, v):
+        raise ValueError(f"grad_logits has shape {tuple(grad_logits.shape)}, expected {(*lead, v)}")
+    h = _acc(hidden.reshape(-1, d))
+    g2 = grad_logits.detach().reshape(-1, v)
+    rows = (g2 != 0).any(-1).nonzero().squeeze(-1)  # only scored rows carry gradient
+    h_r, g_r = h.detach()[rows], _acc(g2[rows])
+    if method == "auto":
+        method = choose_method(h.shape[0], rows.numel(), d, v, max_extra_bytes=max_extra_bytes)
+
+    if method == "weight":
+        g = g_r.T @ h_r  # (V, d): the paper's head gradient
+        norm_sq = g.square().sum()
+        eps = g.mul_(_scale(rho, norm_sq))
+        out = _acc(F.linear(hidden, weight + eps.to(weight.dtype), bias))
+    else:
+        norm_sq = _grad_norm_sq(h_r, g_r, block)
+        scale = _scale(rho, norm_sq)
+        z = F.linear(hidden, weight, bias) if logits is None else logits
+        z = _acc(z.reshape(-1, v))
+        if method == "gram":
+            # Keep H (with graph) on the left so the body gets the ε-term of the SAM gradient.
+            out = torch.addmm(z, (h @ h_r.T) * scale, g_r)
+        else:
+            out = z + _BlockedPerturbation.apply(h, h_r, g_r, scale, block)
+        out = out.reshape(*lead, v)
+    grad_norm = norm_sq.sqrt().detach()
+    eps_norm = torch.where(norm_sq > 0, grad_norm.new_tensor(abs(rho)), 0.0)
+    return Perturbed(out, method, grad_norm, eps_norm)
+
+
+def perturbed_logits(
+    hidden: Tensor,
+    weight: Tensor,
+    grad_logits: Tensor,
+    *,
+    rho: float,
+    method: str = "auto",
+    bias: Tensor | None = None,
+    logits: Tensor | None = None,
+    block: int = 8192,
+    max_extra_bytes: float | None = None,
+) -> Tensor:
+    """Logits at the perturbed head W + ε, ε = ρ·g/‖g‖_F, g = grad_logitsᵀ·hidden, ε constant.
+
+    hidden: (N, d) or (B, T, d); weight: (V, d); bias: (V,) or None (never perturbed);
+    grad_logits: ∂L/∂z at the clean logits, shape (N, V) or (B, T, V); zero rows are unscored.
+    logits: optional clean logits H Wᵀ + b already computed with graph (reused by gram/chunked).
+    rho: may be negative (theory mode). method: weight | gram | chunked | auto.
+    Returns (..., V) logits (float32, or float64 for float64 inputs) whose gradients to hidden,
+    weight and bias equal those of ``hidden @ (weight + ε).T + bias``.
+    """
+    return perturb(
+        hidden,
+        weight,
+        grad_logits,
+        rho=rho,
+        method=method,
+        bias=bias,
+        logits=logits,
+        block=block,
+        max_extra_bytes=max_extra_bytes,
+    ).logits
+
+
+@dataclass
+class SamOutput:
+    """Result of :func:`logits_sam_loss`.
+
+    loss: scalar at the perturbed logits, with graph (backward gives the SAM gradient).
+    loss_pre / loss_post: detached clean and perturbed losses. eps_norm = ‖ε‖ (|ρ| unless g = 0);
+    grad_norm = ‖g‖_F. aux_pre / aux_post: whatever the loss function returned beside the loss,
+    at the clean and perturbed logits (detach before logging).
+    """
+
+    loss: Tensor
+    loss_pre: Tensor
+    loss_post: Tensor
+    eps_norm: Tensor
+    grad_norm: Tensor
+    method: str
+    aux_pre: Any = None
+    aux_post: Any = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+LogitsLoss = Callable[[Tensor], "Tensor | tuple[Tensor, Any]"]
+
+
+def _split(result: Tensor | tuple[Tensor, Any]) -> tuple[Tensor, Any]:
+    return result if isinstance(result, tuple) else (result, None)
+
+
+def logits_sam_loss(
+    loss_fn: LogitsLoss,
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    *,
+    rho: float,
+    method: str = "auto",
+    logits: Tensor | None = None,
+    block: int = 8192,
+    max_extra_bytes: float | None = None,
+) -> SamOutput:
+    """One logits-SAM step for a loss written as a function of the logits.
+
+    loss_fn: logits (..., V) -> scalar loss, or (loss, aux). hidden (..., d), weight (V, d), bias (V,).
+    1. clean logits (reused if given), G = ∂L/∂z with no graph kept through the loss;
+    2. perturbed logits by :func:`perturb`; 3. the loss there, returned with graph.
+    """
+    if logits is None:
+        logits = F.linear(hidden, weight, bias)
+    clean = logits.detach().requires_grad_()
+    with torch.enable_grad():
+        loss_pre, aux_pre = _split(loss_fn(clean))
+        (grad,) = torch.autograd.grad(loss_pre, clean)
+    del clean
+    p = perturb(
+        hidden,
+        weight,
+        grad,
+        rho=rho,
+        method=method,
+        bias=bias,
+        logits=logits,
+        block=block,
+        max_extra_bytes=max_extra_bytes,
+    )
+    del grad, logits  # the graph keeps what backward needs; free the rest now
+    loss, aux_post = _split(loss_fn(p.logits))
+    out = SamOutput(loss, loss_pre.detach(), loss.detach(), p.eps_norm, p.grad_norm, p.method, aux_pre, aux_post)
+    out.metrics = {
+        "sam/loss_pre": out.loss_pre.item(),
+        "sam/loss_post": out.loss_post.item(),
+        "sam/eps_norm": out.eps_norm.item(),
+        "sam/grad_norm": out.grad_norm.item(),
+    }
+    return out
