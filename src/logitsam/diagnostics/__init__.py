@@ -1,0 +1,1 @@
+"""Diagnostics: Hessian traces and squeezing metrics."""
