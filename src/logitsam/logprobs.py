@@ -24,26 +24,36 @@ def _pick(z: Tensor, labels: Tensor) -> Tensor:
     return z.gather(-1, labels[:, None]).squeeze(-1)
 
 
-def _scored_blocks(labels: Tensor, chunk: int) -> list[Tensor]:
-    """Indices of scored rows (label != IGNORE_INDEX), in blocks of at most ``chunk``."""
+BLOCK_ELEMENTS = 1 << 22  # ~16 MB of float32 per (rows × V) block
+
+
+def _scored_blocks(labels: Tensor, chunk: int | None, vocab: int) -> list[Tensor]:
+    """Indices of scored rows (label != IGNORE_INDEX), in blocks of at most ``chunk`` rows.
+
+    ``chunk=None`` sizes blocks to about BLOCK_ELEMENTS logits so the float32 temporaries of a
+    block stay small next to the (N, V) tensors the caller already holds.
+    """
     rows = (labels != IGNORE_INDEX).nonzero().squeeze(-1)
-    return list(rows.split(chunk))
+    return list(rows.split(chunk or max(1, BLOCK_ELEMENTS // vocab)))
 
 
 def _grad_block(z: Tensor, lse: Tensor, labels: Tensor, gout: Tensor) -> Tensor:
-    """d(logp)/dz · gout for one block of scored rows: gout·(onehot(label) − softmax(z))."""
+    """d(logp)/dz · gout for one block of scored rows: gout·(onehot(label) − softmax(z)).
+
+    ``z`` must be a private copy (it is overwritten in place to keep one temporary per block).
+    """
     g = gout.to(z.dtype)
-    dz = -(z - lse[:, None]).exp() * g[:, None]
+    dz = z.sub_(lse[:, None]).exp_().mul_(-g[:, None])
     dz.scatter_add_(-1, labels[:, None], g[:, None])
     return dz
 
 
 class _LogitsLogps(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits: Tensor, labels: Tensor, chunk: int) -> Tensor:
+    def forward(ctx, logits: Tensor, labels: Tensor, chunk: int | None) -> Tensor:
         out = torch.zeros(logits.shape[0], dtype=_upcast(logits[:1]).dtype, device=logits.device)
         lse = torch.zeros_like(out)
-        for idx in _scored_blocks(labels, chunk):
+        for idx in _scored_blocks(labels, chunk, logits.shape[-1]):
             z = _upcast(logits[idx])
             lse[idx] = torch.logsumexp(z, dim=-1)
             out[idx] = _pick(z, labels[idx]) - lse[idx]
@@ -55,17 +65,17 @@ class _LogitsLogps(torch.autograd.Function):
     def backward(ctx, gout: Tensor):
         logits, labels, lse = ctx.saved_tensors
         grad = torch.zeros_like(logits)
-        for idx in _scored_blocks(labels, ctx.chunk):
+        for idx in _scored_blocks(labels, ctx.chunk, logits.shape[-1]):
             grad[idx] = _grad_block(_upcast(logits[idx]), lse[idx], labels[idx], gout[idx]).to(logits.dtype)
         return grad, None, None
 
 
 class _HiddenLogps(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, chunk: int) -> Tensor:
+    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, chunk: int | None) -> Tensor:
         out = torch.zeros(hidden.shape[0], dtype=_upcast(hidden[:1]).dtype, device=hidden.device)
         lse = torch.zeros_like(out)
-        for idx in _scored_blocks(labels, chunk):
+        for idx in _scored_blocks(labels, chunk, weight.shape[0]):
             z = _upcast(torch.nn.functional.linear(hidden[idx], weight, bias))
             lse[idx] = torch.logsumexp(z, dim=-1)
             out[idx] = _pick(z, labels[idx]) - lse[idx]
@@ -82,7 +92,7 @@ class _HiddenLogps(torch.autograd.Function):
         d_bias = None
         if bias is not None and ctx.needs_input_grad[2]:
             d_bias = torch.zeros(bias.shape, dtype=acc, device=bias.device)
-        for idx in _scored_blocks(labels, ctx.chunk):  # ignored rows have zero gradient
+        for idx in _scored_blocks(labels, ctx.chunk, weight.shape[0]):  # ignored rows have zero gradient
             h = hidden[idx]
             z = _upcast(torch.nn.functional.linear(h, weight, bias))
             dz = _grad_block(z, lse[idx], labels[idx], gout[idx])
@@ -97,7 +107,7 @@ class _HiddenLogps(torch.autograd.Function):
         return d_hidden, d_weight, d_bias, None, None
 
 
-def token_logps(logits: Tensor, labels: Tensor, *, chunk_size: int = 1024) -> Tensor:
+def token_logps(logits: Tensor, labels: Tensor, *, chunk_size: int | None = None) -> Tensor:
     """Log-prob of each label token.
 
     logits: (..., V) in any float dtype (bf16/fp16 upcast to fp32 block by block).
@@ -110,7 +120,7 @@ def token_logps(logits: Tensor, labels: Tensor, *, chunk_size: int = 1024) -> Te
 
 
 def token_logps_from_hidden(
-    hidden: Tensor, weight: Tensor, labels: Tensor, bias: Tensor | None = None, *, chunk_size: int = 1024
+    hidden: Tensor, weight: Tensor, labels: Tensor, bias: Tensor | None = None, *, chunk_size: int | None = None
 ) -> Tensor:
     """Log-prob of each label token with logits = hidden·weightᵀ + bias, never forming (N, V).
 

