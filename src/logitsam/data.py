@@ -174,6 +174,15 @@ def _score(row: dict, key: str, path: str, line: int) -> float | None:
         raise DataError(path, line, key, f"expected a number, got {value!r}") from None
 
 
+def _common_length(a: str, b: str) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def detect_format(row: dict) -> str:
     """The format of one raw record (see module docstring)."""
     if isinstance(row.get("chosen"), list):
@@ -202,7 +211,7 @@ def parse_row(row: Any, fmt: str, path: str, line: int) -> PreferenceExample:
         return PreferenceExample(prompt, chosen, rejected, source=src)
     if fmt == "hh":
         chosen, rejected = _text(row, "chosen", path, line), _text(row, "rejected", path, line)
-        common = os.path.commonprefix([chosen, rejected])
+        common = chosen[: _common_length(chosen, rejected)]
         cut = common.rfind(HH_MARKER)
         if cut < 0:
             raise DataError(path, line, "chosen", f"no shared {HH_MARKER.strip()!r} turn to split the prompt at")

