@@ -28,6 +28,20 @@ def _toy(args: argparse.Namespace) -> int:
     return 0 if all(r["passed"] for r in s.get("checks", {}).values()) else 1
 
 
+def _train(args: argparse.Namespace) -> int:
+    from . import config as config_mod
+    from .run import train
+
+    cfg = config_mod.load(args.config) if args.config else config_mod.Config()
+    config_mod.apply_overrides(cfg, args.overrides)
+    result = train(cfg)
+    metrics = result["metrics"]
+    shown = {k: metrics[k] for k in sorted(metrics) if not k.startswith("_")}
+    print(json.dumps(shown, indent=1, default=str))
+    print(f"model, config.yaml and metrics.jsonl in {cfg.train.output_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="logitsam", description="Preference optimization with logits-SAM.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -42,11 +56,24 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("--seed", type=int, default=0)
     toy.add_argument("--no-checks", action="store_true")
     toy.set_defaults(func=_toy)
+
+    tr = sub.add_parser(
+        "train",
+        help="train a policy with a preference loss (and logits-SAM)",
+        description="Options after the config are overrides: --section.key=value (e.g. --sam.rho=1e-4).",
+    )
+    tr.add_argument("--config", help="YAML recipe (configs/*.yaml)")
+    tr.set_defaults(func=_train)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    bad = [r for r in rest if not (r.startswith("--") and "." in r.split("=", 1)[0])]
+    if bad or (rest and args.command != "train"):
+        parser.error(f"unrecognized arguments: {' '.join(bad or rest)}")
+    args.overrides = rest
     try:
         return args.func(args)
     except UserError as e:

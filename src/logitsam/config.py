@@ -79,7 +79,7 @@ class TrainConfig:
     learning_rate: float = 5e-7
     num_train_epochs: float = 1.0
     max_steps: int = -1
-    warmup_ratio: float = 0.1
+    warmup_steps: float = 0.1  # < 1: fraction of the total steps (transformers semantics)
     lr_scheduler_type: str = "linear"
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0

@@ -238,6 +238,7 @@ def parse_row(row: Any, fmt: str, path: str, line: int) -> PreferenceExample:
                 raise DataError(path, line, "rejected", "its conversation before the last message differs from chosen")
             if not prompt:
                 raise DataError(path, line, "chosen", "no prompt: give 'prompt' or earlier messages")
+            chosen_m, rejected_m = chosen_m[-1:], rejected_m[-1:]
         for key, msgs in (("chosen", chosen_m), ("rejected", rejected_m)):
             if len(msgs) != 1:
                 raise DataError(path, line, key, "expected exactly one response message after the prompt")

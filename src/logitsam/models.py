@@ -12,6 +12,7 @@ adapters disabled, so no second copy is loaded.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import logging
@@ -64,9 +65,10 @@ def tiny_tokenizer() -> Any:
 
 
 def tiny_model(vocab_size: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> Any:
-    """A 2-layer Llama (d=32) with random weights from ``seed``."""
+    """A 2-layer Llama (d=32) with random weights from ``seed``, special tokens as :func:`tiny_tokenizer`'s."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    tok = tiny_tokenizer()
     cfg = LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=32,
@@ -76,7 +78,9 @@ def tiny_model(vocab_size: int, seed: int = 0, dtype: torch.dtype = torch.float3
         num_key_value_heads=2,
         max_position_embeddings=1024,
         tie_word_embeddings=False,
-        pad_token_id=0,
+        pad_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id,
     )
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -182,6 +186,10 @@ def load_reference(cfg: ModelConfig, policy: Any) -> Any | None:
     """Frozen reference model, or None when the policy's disabled adapters serve as reference (LoRA)."""
     if cfg.lora_r > 0:
         return None
-    ref = load_model(cfg, name=cfg.ref_name_or_path or cfg.name_or_path, vocab_size=policy.config.vocab_size)
+    name = cfg.ref_name_or_path or cfg.name_or_path
+    if name == TINY:  # random weights: the reference must be the policy's own starting point
+        ref = copy.deepcopy(policy)
+    else:
+        ref = load_model(cfg, name=name, vocab_size=policy.config.vocab_size)
     ref.eval().requires_grad_(False)
     return ref

@@ -121,7 +121,7 @@ class Perturbed:
 
 def perturb(
     hidden: Tensor,
-    weight: Tensor,
+    weight: Tensor | None,
     grad_logits: Tensor,
     *,
     rho: float,
@@ -134,7 +134,9 @@ def perturb(
     """Logits at W + ε with diagnostics; see :func:`perturbed_logits` for the arguments."""
     if method not in METHODS:
         raise ValueError(f"unknown logits-SAM method {method!r}; choose from {', '.join(METHODS)}")
-    v, d = weight.shape
+    if weight is None and (logits is None or method == "weight"):
+        raise ValueError("without the head weight (sharded head) give the clean logits and use gram/chunked/auto")
+    v, d = grad_logits.shape[-1], hidden.shape[-1]
     lead = hidden.shape[:-1]
     if grad_logits.shape != (*lead, v):
         raise ValueError(f"grad_logits has shape {tuple(grad_logits.shape)}, expected {(*lead, v)}")
@@ -144,6 +146,8 @@ def perturb(
     h_r, g_r = h.detach()[rows], _acc(g2[rows])
     if method == "auto":
         method = choose_method(h.shape[0], rows.numel(), d, v, max_extra_bytes=max_extra_bytes)
+        if weight is None and method == "weight":
+            method = "gram"
 
     if method == "weight":
         g = g_r.T @ h_r  # (V, d): the paper's head gradient
@@ -168,7 +172,7 @@ def perturb(
 
 def perturbed_logits(
     hidden: Tensor,
-    weight: Tensor,
+    weight: Tensor | None,
     grad_logits: Tensor,
     *,
     rho: float,
@@ -180,7 +184,8 @@ def perturbed_logits(
 ) -> Tensor:
     """Logits at the perturbed head W + ε, ε = ρ·g/‖g‖_F, g = grad_logitsᵀ·hidden, ε constant.
 
-    hidden: (N, d) or (B, T, d); weight: (V, d); bias: (V,) or None (never perturbed);
+    hidden: (N, d) or (B, T, d); weight: (V, d), or None for a sharded head (then ``logits`` is
+    required and ``weight`` is not available as a method); bias: (V,) or None (never perturbed);
     grad_logits: ∂L/∂z at the clean logits, shape (N, V) or (B, T, V); zero rows are unscored.
     logits: optional clean logits H Wᵀ + b already computed with graph (reused by gram/chunked).
     rho: may be negative (theory mode). method: weight | gram | chunked | auto.
@@ -231,7 +236,7 @@ def _split(result: Tensor | tuple[Tensor, Any]) -> tuple[Tensor, Any]:
 def logits_sam_loss(
     loss_fn: LogitsLoss,
     hidden: Tensor,
-    weight: Tensor,
+    weight: Tensor | None,
     bias: Tensor | None = None,
     *,
     rho: float,

@@ -33,10 +33,17 @@ class FullSamOutput:
         }
 
 
-def full_sam_backward(params: Iterable[Tensor], closure: Callable[[], Tensor], *, rho: float) -> FullSamOutput:
+def full_sam_backward(
+    params: Iterable[Tensor],
+    closure: Callable[[], Tensor],
+    *,
+    rho: float,
+    backward: Callable[[Tensor], None] = Tensor.backward,
+) -> FullSamOutput:
     """Accumulate SAM's gradient ∇L(θ + ε) into ``p.grad`` for every parameter in ``params``.
 
     closure: recomputes the scalar loss from the current parameters (forward only, no backward).
+    backward: how the perturbed loss is back-propagated (e.g. ``accelerator.backward`` with scaling).
     Parameters with no gradient path are left unperturbed. ρ may be negative.
     """
     params = [p for p in params if p.requires_grad]
@@ -52,7 +59,7 @@ def full_sam_backward(params: Iterable[Tensor], closure: Callable[[], Tensor], *
             for p, g in pairs:
                 p.add_((g * scale).to(p.dtype))
         loss_post = closure()
-        loss_post.backward()
+        backward(loss_post)
     finally:
         with torch.no_grad():
             for (p, _), orig in zip(pairs, saved, strict=True):

@@ -1,0 +1,172 @@
+"""Build everything a training run needs from a Config and run it (the body of ``logitsam train``)."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from . import config as config_mod
+from .batching import DropCounts, PreferenceCollator, tokenize_examples
+from .config import Config, TrainConfig
+from .data import load_examples
+from .errors import ConfigError
+from .losses import LossSpec, get_loss, resolve_hparams
+from .models import apply_lora, load_model, load_reference, load_tokenizer
+from .reference import attach_reference_logps
+from .sam import METHODS
+
+log = logging.getLogger(__name__)
+
+
+def build_training_args(t: TrainConfig, has_eval: bool) -> Any:
+    """transformers.TrainingArguments with CPU-safe defaults (no bf16 / checkpointing without a GPU)."""
+    from transformers import TrainingArguments
+
+    on_gpu = torch.cuda.is_available()
+    bf16 = t.bf16 if t.bf16 is not None else bool(on_gpu and torch.cuda.is_bf16_supported())
+    if bf16 and not on_gpu:
+        raise ConfigError("train.bf16: bf16 mixed precision needs a GPU that supports it")
+    kwargs: dict[str, Any] = dict(
+        output_dir=t.output_dir,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        num_train_epochs=t.num_train_epochs,
+        max_steps=t.max_steps,
+        warmup_steps=t.warmup_steps,
+        lr_scheduler_type=t.lr_scheduler_type,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        optim=t.optim,
+        logging_steps=t.logging_steps,
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        eval_strategy="steps" if has_eval and t.eval_steps else "no",
+        eval_steps=t.eval_steps,
+        seed=t.seed,
+        data_seed=t.seed,
+        bf16=bf16,
+        report_to=t.report_to,
+        remove_unused_columns=False,
+        use_cpu=not on_gpu,
+        dataloader_num_workers=t.dataloader_num_workers,
+    )
+    if t.gradient_checkpointing:  # the name changed in transformers 5 (gradient_ -> activation_)
+        params = inspect.signature(TrainingArguments.__init__).parameters
+        kwargs["activation_checkpointing" if "activation_checkpointing" in params else "gradient_checkpointing"] = True
+    kwargs.update(t.extra)
+    try:
+        return TrainingArguments(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"train: {e}") from None
+
+
+def loss_setup(cfg: Config) -> tuple[LossSpec, dict[str, Any]]:
+    """The loss spec and its validated hyperparameters (``loss.beta`` is shorthand for params.beta)."""
+    try:
+        spec = get_loss(cfg.loss.name)
+        params = dict(cfg.loss.params)
+        if cfg.loss.beta is not None:
+            if "beta" not in spec.defaults:
+                raise ValueError(f"loss {spec.name!r} has no beta")
+            params["beta"] = cfg.loss.beta
+        return spec, resolve_hparams(spec, params)
+    except ValueError as e:
+        raise ConfigError(f"loss: {e}") from None
+
+
+def check_config(cfg: Config) -> None:
+    """Cross-field checks that dataclass types cannot express."""
+    if not cfg.data.train_files:
+        raise ConfigError("data.train_files: give at least one training file")
+    if cfg.sam.mode not in ("logits", "full"):
+        raise ConfigError(f"sam.mode: {cfg.sam.mode!r} is not one of logits, full")
+    if cfg.sam.method not in METHODS:
+        raise ConfigError(f"sam.method: {cfg.sam.method!r} is not one of {', '.join(METHODS)}")
+    if cfg.loss.reference not in ("model", "precomputed", "none"):
+        raise ConfigError(f"loss.reference: {cfg.loss.reference!r} is not one of model, precomputed, none")
+
+
+@dataclass
+class Prepared:
+    tokenizer: Any
+    train_rows: list[dict[str, Any]]
+    eval_rows: list[dict[str, Any]]
+    drops: DropCounts
+
+
+def prepare_data(cfg: Config, tokenizer: Any) -> Prepared:
+    """Load, validate and tokenize train/eval data; hold out ``eval_fraction`` if no eval files."""
+    d = cfg.data
+    train = load_examples(d.train_files, d.format)
+    evals = load_examples(d.eval_files, d.format) if d.eval_files else []
+    if not evals and d.eval_fraction > 0:
+        order = list(range(len(train)))
+        random.Random(d.seed).shuffle(order)
+        k = max(1, int(len(train) * d.eval_fraction))
+        evals, train = [train[i] for i in order[:k]], [train[i] for i in sorted(order[k:])]
+    train_rows, drops = tokenize_examples(tokenizer, train, d.max_length, d.max_prompt_length)
+    eval_rows, eval_drops = tokenize_examples(tokenizer, evals, d.max_length, d.max_prompt_length)
+    drops.prompt_too_long += eval_drops.prompt_too_long
+    drops.identical_responses += eval_drops.identical_responses
+    if not train_rows:
+        raise ConfigError(f"data.train_files: no usable rows after tokenization ({drops.total} dropped)")
+    return Prepared(tokenizer, train_rows, eval_rows, drops)
+
+
+def train(cfg: Config) -> dict[str, Any]:
+    """Run training as configured; returns the final metrics and data counts."""
+    from .trainer import PreferenceTrainer
+
+    check_config(cfg)
+    spec, params = loss_setup(cfg)
+    os.makedirs(cfg.train.output_dir, exist_ok=True)
+    config_mod.save(cfg, os.path.join(cfg.train.output_dir, "config.yaml"))
+    tokenizer = load_tokenizer(cfg.model)
+    data = prepare_data(cfg, tokenizer)
+    args = build_training_args(cfg.train, has_eval=bool(data.eval_rows))
+    model = load_model(cfg.model, vocab_size=len(tokenizer), seed=cfg.train.seed)
+    if cfg.model.gradient_checkpointing or cfg.train.gradient_checkpointing:
+        model.config.use_cache = False
+    ref_model = None
+    if spec.needs_reference:
+        if cfg.loss.reference == "none":
+            raise ConfigError(f"loss.reference: loss {spec.name!r} needs a reference (model or precomputed)")
+        ref_model = load_reference(cfg.model, model)
+        if cfg.loss.reference == "precomputed":
+            ref_id = f"{cfg.model.ref_name_or_path or cfg.model.name_or_path}:{cfg.model.dtype}:{cfg.train.seed}"
+            ref = ref_model if ref_model is not None else model
+            for rows in (data.train_rows, data.eval_rows):
+                if rows:
+                    attach_reference_logps(ref, ref_id, rows, tokenizer.pad_token_id)
+            ref_model = None  # freed: the batches carry the reference log-probs now
+    model = apply_lora(model, cfg.model)
+    trainer = PreferenceTrainer(
+        model=model,
+        args=args,
+        train_dataset=data.train_rows,
+        eval_dataset=data.eval_rows or None,
+        data_collator=PreferenceCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        loss_spec=spec,
+        loss_params=params,
+        sam=cfg.sam,
+        ref_model=ref_model,
+    )
+    result = trainer.train(resume_from_checkpoint=cfg.train.resume_from_checkpoint)
+    trainer.save_model(cfg.train.output_dir)
+    metrics = dict(result.metrics)
+    if data.eval_rows:
+        metrics.update(trainer.evaluate())
+    metrics["rows_train"] = len(data.train_rows)
+    metrics["rows_eval"] = len(data.eval_rows)
+    metrics["rows_dropped"] = data.drops.total
+    trainer.accelerator.wait_for_everyone()
+    return {"metrics": metrics, "trainer": trainer}

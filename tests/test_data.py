@@ -1,0 +1,156 @@
+"""Data formats, file types, validation errors (file, line, field), tokenization and collation."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from logitsam.batching import PreferenceCollator, tokenize_examples
+from logitsam.data import load_examples, parse_row
+from logitsam.errors import DataError
+from logitsam.logprobs import IGNORE_INDEX
+from logitsam.models import tiny_tokenizer
+
+FIX = "tests/fixtures"
+
+
+def test_explicit_jsonl_json_csv_agree():
+    a = load_examples([f"{FIX}/explicit.jsonl"])[:4]
+    b = load_examples([f"{FIX}/explicit.json"])
+    c = load_examples([f"{FIX}/explicit.csv"])
+    assert [(e.prompt, e.chosen, e.rejected) for e in a] == [(e.prompt, e.chosen, e.rejected) for e in b]
+    assert [(e.prompt, e.chosen) for e in a] == [(e.prompt, e.chosen) for e in c]
+    assert a[0].prompt.endswith("TL;DR:") and a[0].chosen.startswith(" Bread")
+    assert b[2].source == f"{FIX}/explicit.json:12"  # line where the third element starts
+
+
+def test_parquet_and_dataset_dir(tmp_path):
+    import datasets
+
+    rows = [json.loads(line) for line in open(f"{FIX}/explicit.jsonl")][:3]
+    ds = datasets.Dataset.from_list(rows)
+    ds.to_parquet(str(tmp_path / "d.parquet"))
+    ds.save_to_disk(str(tmp_path / "dsdir"))
+    for path in (tmp_path / "d.parquet", tmp_path / "dsdir"):
+        ex = load_examples([str(path)])
+        assert [e.chosen for e in ex] == [r["chosen"] for r in rows]
+
+
+def test_hh_prompt_is_prefix_up_to_last_assistant():
+    ex = load_examples([f"{FIX}/hh.jsonl"])
+    assert ex[0].prompt == "\n\nHuman: How do I boil an egg?\n\nAssistant:"
+    assert ex[0].chosen.startswith(" Put it") and ex[0].rejected == " Eggs are from chickens."
+    assert ex[1].prompt.endswith("And of Italy?\n\nAssistant:") and "Paris." in ex[1].prompt
+    assert ex[1].rejected == " I don't know."
+
+
+def test_conversational_keeps_scores_and_messages():
+    ex = load_examples([f"{FIX}/ultrafeedback.jsonl"])
+    assert ex[0].is_chat and ex[0].prompt == [{"role": "user", "content": "Name a primary color."}]
+    assert ex[0].chosen == {"role": "assistant", "content": "Red is a primary color."}
+    assert (ex[0].score_chosen, ex[0].score_rejected) == (9.0, 3.0)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (
+            '{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": ',
+            r"bad\.jsonl:2: malformed JSON",
+        ),
+        (
+            '{"prompt": "a", "chosen": "b", "rejected": "c"}\n\n{"prompt": "a", "rejected": "c"}',
+            r"bad\.jsonl:3: field 'chosen': missing",
+        ),
+        ('{"prompt": "a", "chosen": 5, "rejected": "c"}', r"bad\.jsonl:1: field 'chosen': expected a string, got int"),
+        ('{"prompt": "a", "chosen": "b", "rejected": "  "}', r"bad\.jsonl:1: field 'rejected': empty response"),
+        ('["not", "an", "object"]', r"bad\.jsonl:1: expected an object"),
+        (
+            '{"chosen": "\\n\\nHuman: x\\n\\nAssistant: y", "rejected": "other"}',
+            r"bad\.jsonl:1: field 'chosen': no shared",
+        ),
+        (
+            '{"chosen": [{"role": "user", "content": "q"}, {"role": "assistant"}], "rejected": []}',
+            r"bad\.jsonl:1: field 'chosen\[1\]'",
+        ),
+    ],
+)
+def test_bad_rows_name_file_line_field(tmp_path, content, expected):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content)
+    with pytest.raises(DataError, match=expected):
+        load_examples([str(path)])
+
+
+def test_non_utf8_and_json_errors(tmp_path):
+    path = tmp_path / "latin.jsonl"
+    path.write_bytes(
+        b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "caf\xe9", "chosen": "b", "rejected": "c"}\n'
+    )
+    with pytest.raises(DataError, match=r"latin\.jsonl:2: not valid UTF-8"):
+        load_examples([str(path)])
+    bad = tmp_path / "bad.json"
+    bad.write_text('[\n {"prompt": "a",\n  "chosen": }\n]')
+    with pytest.raises(DataError, match=r"bad\.json:3: malformed JSON"):
+        load_examples([str(bad)])
+    with pytest.raises(DataError, match="file not found"):
+        load_examples([str(tmp_path / "nope.jsonl")])
+
+
+def test_cli_reports_data_errors_without_traceback(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": 3, "chosen": "b", "rejected": "c"}\n')
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "logitsam",
+            "train",
+            "--config",
+            "configs/tiny-cpu.yaml",
+            f"--data.train_files=[{bad}]",
+            f"--train.output_dir={tmp_path / 'out'}",
+        ],
+        capture_output=True,
+        text=True,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
+    assert out.returncode == 2
+    assert f"{bad}:2: field 'prompt': expected a string" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_tokenization_labels_eos_truncation_and_drops():
+    tok = tiny_tokenizer()
+    ex = [
+        parse_row({"prompt": "Q: hi", "chosen": " yes", "rejected": " no"}, "auto", "x", 1),
+        parse_row({"prompt": "P" * 50, "chosen": " a", "rejected": " b"}, "auto", "x", 2),  # prompt too long
+        parse_row({"prompt": "Q", "chosen": " same", "rejected": " same"}, "auto", "x", 3),  # identical
+        parse_row({"prompt": "Q", "chosen": " " + "long " * 20, "rejected": " s"}, "auto", "x", 4),
+    ]
+    rows, drops = tokenize_examples(tok, ex, max_length=30, max_prompt_length=20)
+    assert (drops.prompt_too_long, drops.identical_responses) == (1, 1) and len(rows) == 2
+    r = rows[0]
+    assert r["chosen_ids"][-1] == tok.eos_token_id and tok.decode(r["chosen_ids"][:-1]) == " yes"
+    assert len(rows[1]["prompt_ids"]) + len(rows[1]["chosen_ids"]) == 30  # response cut to the room left
+    batch = PreferenceCollator(tok.pad_token_id or 0)(rows)
+    assert batch["input_ids"].shape[0] == 4
+    lab = batch["labels"][0]
+    n_prompt = len(r["prompt_ids"])
+    assert (lab[:n_prompt] == IGNORE_INDEX).all()
+    assert lab[n_prompt : n_prompt + len(r["chosen_ids"])].tolist() == r["chosen_ids"]
+    assert (lab[n_prompt + len(r["chosen_ids"]) :] == IGNORE_INDEX).all()
+    assert batch["attention_mask"][0].sum() == n_prompt + len(r["chosen_ids"])
+    assert batch["labels"][2, n_prompt:].ne(IGNORE_INDEX).sum() == len(r["rejected_ids"])
+
+
+def test_chat_template_rendering():
+    tok = tiny_tokenizer()
+    ex = load_examples([f"{FIX}/ultrafeedback.jsonl"])
+    rows, _ = tokenize_examples(tok, ex, 256, 128)
+    prompt = tok.decode(rows[0]["prompt_ids"])
+    assert prompt == "<|im_start|>user\nName a primary color.<|im_end|>\n<|im_start|>assistant\n"
+    assert tok.decode(rows[0]["chosen_ids"]) == "Red is a primary color.<|im_end|>"
+    batch = PreferenceCollator(0)(rows)
+    assert batch["score_chosen"].tolist() == [9.0, 10.0, 8.5, 9.0]

@@ -1,0 +1,122 @@
+"""End-to-end training on the tiny random model: metrics, resume, divergence, references, SAM modes."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from logitsam import config as C
+from logitsam.losses import LOSSES, LossSpec, dpo
+from logitsam.run import train
+from logitsam.trainer import TrainingDiverged
+
+
+def cfg_for(tmp_path, *overrides):
+    cfg = C.load("configs/tiny-cpu.yaml")
+    C.apply_overrides(cfg, [f"--train.output_dir={tmp_path}", "--train.eval_steps=null", *overrides])
+    return cfg
+
+
+def losses(out_dir):
+    return [r["loss"] for r in map(json.loads, open(f"{out_dir}/metrics.jsonl")) if "loss" in r]
+
+
+def records(out_dir):
+    return [json.loads(line) for line in open(f"{out_dir}/metrics.jsonl")]
+
+
+def test_tiny_run_logs_everything(tmp_path):
+    train(cfg_for(tmp_path))
+    recs = [r for r in records(tmp_path) if "loss" in r]
+    assert len(recs) == 6
+    first = recs[0]
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-3)  # policy == reference at step 1 ...
+    assert first["logps/chosen_drift"] == 0.0 and first["rewards/margins"] == 0.0  # ... exactly
+    for key in (
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/accuracies",
+        "logps/chosen",
+        "logps/rejected",
+        "logps/rejected_drift",
+        "probs/top_token",
+        "sam/loss_pre",
+        "sam/loss_post",
+        "sam/eps_norm",
+    ):
+        assert key in first, key
+    assert first["sam/eps_norm"] == pytest.approx(1e-4)
+    assert first["sam/loss_post"] >= first["sam/loss_pre"]
+    assert C.load(str(tmp_path / "config.yaml")).sam.rho == 1e-4
+    assert (tmp_path / "model.safetensors").exists()
+
+
+def test_resume_gives_the_same_losses(tmp_path):
+    train(cfg_for(tmp_path / "straight"))  # 6 steps, checkpoint at 3
+    ckpt = tmp_path / "straight" / "checkpoint-3"
+    train(cfg_for(tmp_path / "resumed", f"--train.resume_from_checkpoint={ckpt}"))
+    straight = [r for r in records(tmp_path / "straight") if "loss" in r]
+    resumed = [r for r in records(tmp_path / "resumed") if "loss" in r]
+    assert [r["step"] for r in resumed] == [4, 5, 6]
+    for a, b in zip(straight[3:], resumed, strict=True):
+        assert abs(a["loss"] - b["loss"]) <= 1e-6
+
+
+def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    calls = {"n": 0}
+
+    def poisoned(inp, **hp):
+        calls["n"] += 1
+        out = dpo(inp, **hp)
+        return out if calls["n"] < 3 else type(out)(out.losses * float("nan"), out.chosen_rewards, out.rejected_rewards)
+
+    monkeypatch.setitem(
+        LOSSES, "poisoned", LossSpec("poisoned", poisoned, True, False, {"beta": 0.1, "label_smoothing": 0.0})
+    )
+    cfg = cfg_for(tmp_path, "--loss.name=poisoned", "--sam.rho=0", "--train.save_steps=2")
+    with pytest.raises(TrainingDiverged, match="at step 3"):
+        train(cfg)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "checkpoint-2")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_precomputed_reference_matches_model_reference(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOGITSAM_CACHE", str(tmp_path / "cache"))
+    train(cfg_for(tmp_path / "model", "--sam.rho=0"))
+    train(cfg_for(tmp_path / "pre", "--sam.rho=0", "--loss.reference=precomputed"))
+    assert list((tmp_path / "cache" / "ref_logps").glob("*.pt"))
+    a, b = losses(tmp_path / "model"), losses(tmp_path / "pre")
+    assert max(abs(x - y) for x, y in zip(a, b, strict=True)) <= 1e-5
+
+
+def test_lora_reference_is_the_policy_without_adapters(tmp_path):
+    train(cfg_for(tmp_path, "--model.lora_r=4", "--train.max_steps=2"))
+    first = records(tmp_path)[0]
+    assert first["logps/chosen_drift"] == 0.0  # LoRA starts as the identity: policy == reference
+    assert (tmp_path / "adapter_model.safetensors").exists()
+
+
+def test_full_sam_and_reference_free_losses(tmp_path):
+    train(cfg_for(tmp_path / "full", "--sam.mode=full", "--sam.rho=0.05", "--train.max_steps=2"))
+    rec = records(tmp_path / "full")[0]
+    assert rec["sam/eps_norm"] == pytest.approx(0.05) and rec["sam/loss_post"] > rec["sam/loss_pre"]
+    train(cfg_for(tmp_path / "simpo", "--loss.name=simpo", "--loss.beta=2.0", "--train.max_steps=2"))
+    rec = records(tmp_path / "simpo")[0]
+    assert "logps/chosen_drift" not in rec and "sam/loss_pre" in rec
+
+
+@pytest.mark.parametrize("fixture", ["hh.jsonl", "ultrafeedback.jsonl"])
+def test_other_formats_train(tmp_path, fixture):
+    out = train(
+        cfg_for(
+            tmp_path,
+            f"--data.train_files=[tests/fixtures/{fixture}]",
+            "--train.max_steps=2",
+            "--loss.name=spo_target",
+            "--data.eval_fraction=0",
+        )
+    )
+    assert out["metrics"]["rows_train"] == 4
