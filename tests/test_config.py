@@ -38,7 +38,7 @@ def test_bad_overrides_are_clear(override, message):
 def test_bad_yaml_names_the_file(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("sam: {rho: [1, 2}\n")
-    with pytest.raises(ConfigError, match="bad.yaml: invalid YAML"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml: invalid YAML"):
         C.load(str(path))
     path.write_text("sam: {speed: 1}\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: unknown key sam.speed"):

@@ -28,7 +28,8 @@ def test_explicit_jsonl_json_csv_agree():
 def test_parquet_and_dataset_dir(tmp_path):
     import datasets
 
-    rows = [json.loads(line) for line in open(f"{FIX}/explicit.jsonl")][:3]
+    with open(f"{FIX}/explicit.jsonl") as f:
+        rows = [json.loads(line) for line in f][:3]
     ds = datasets.Dataset.from_list(rows)
     ds.to_parquet(str(tmp_path / "d.parquet"))
     ds.save_to_disk(str(tmp_path / "dsdir"))

@@ -187,9 +187,7 @@ def load_reference(cfg: ModelConfig, policy: Any) -> Any | None:
     if cfg.lora_r > 0:
         return None
     name = cfg.ref_name_or_path or cfg.name_or_path
-    if name == TINY:  # random weights: the reference must be the policy's own starting point
-        ref = copy.deepcopy(policy)
-    else:
-        ref = load_model(cfg, name=name, vocab_size=policy.config.vocab_size)
+    # random tiny weights: the reference must be the policy's own starting point
+    ref = copy.deepcopy(policy) if name == TINY else load_model(cfg, name=name, vocab_size=policy.config.vocab_size)
     ref.eval().requires_grad_(False)
     return ref

@@ -179,7 +179,7 @@ class PreferenceTrainer(Trainer):
                 return self.compute_loss(model, inputs)
 
         res = full_sam_backward(
-            model.parameters(), closure, rho=self.sam.rho, backward=lambda l: self.accelerator.backward(l / gas)
+            model.parameters(), closure, rho=self.sam.rho, backward=lambda loss: self.accelerator.backward(loss / gas)
         )
         for k, v in res.metrics.items():
             self._stored["train"][k].append(torch.tensor(v))
