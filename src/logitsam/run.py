@@ -6,6 +6,7 @@ import inspect
 import logging
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +58,7 @@ def build_training_args(t: TrainConfig, has_eval: bool) -> Any:
         remove_unused_columns=False,
         use_cpu=not on_gpu,
         dataloader_num_workers=t.dataloader_num_workers,
+        ddp_find_unused_parameters=False,
     )
     if t.gradient_checkpointing:  # the name changed in transformers 5 (gradient_ -> activation_)
         params = inspect.signature(TrainingArguments.__init__).parameters
@@ -121,8 +123,11 @@ def prepare_data(cfg: Config, tokenizer: Any) -> Prepared:
     return Prepared(tokenizer, train_rows, eval_rows, drops)
 
 
-def train(cfg: Config) -> dict[str, Any]:
-    """Run training as configured; returns the final metrics and data counts."""
+def train(cfg: Config, on_end: Callable[[Any], None] | None = None) -> dict[str, Any]:
+    """Run training as configured; returns ``{"metrics": ...}`` (final metrics and data counts).
+
+    ``on_end(trainer)`` runs on every rank after training, before distributed teardown.
+    """
     from .trainer import PreferenceTrainer
 
     check_config(cfg)
@@ -168,5 +173,23 @@ def train(cfg: Config) -> dict[str, Any]:
     metrics["rows_train"] = len(data.train_rows)
     metrics["rows_eval"] = len(data.eval_rows)
     metrics["rows_dropped"] = data.drops.total
-    trainer.accelerator.wait_for_everyone()
-    return {"metrics": metrics, "trainer": trainer}
+    if on_end is not None:
+        on_end(trainer)
+    _teardown(trainer)
+    return {"metrics": metrics}
+
+
+def _teardown(trainer: Any) -> None:
+    """Free the wrapped model/optimizer, then end the process group: DDP processes otherwise may
+    abort at exit ('terminate called without an active exception')."""
+    import gc
+
+    import torch.distributed as dist
+
+    distributed = trainer.accelerator.num_processes > 1
+    trainer.accelerator.free_memory()
+    del trainer
+    gc.collect()
+    if distributed and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

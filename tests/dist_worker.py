@@ -1,0 +1,28 @@
+"""Worker for test_distributed: trains the tiny recipe on this rank and writes a parameter digest."""
+
+import hashlib
+import os
+import sys
+
+import torch
+
+from logitsam import config as C
+from logitsam.run import train
+
+
+def digest(trainer) -> None:
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        h.update(name.encode())
+        h.update(p.detach().cpu().to(torch.float64).numpy().tobytes())
+    rank = int(os.environ.get("RANK", "0"))
+    with open(os.path.join(sys.argv[1], f"rank{rank}.digest"), "w") as f:
+        f.write(h.hexdigest())
+
+
+if __name__ == "__main__":
+    out = sys.argv[1]
+    cfg = C.load("configs/tiny-cpu.yaml")
+    C.apply_overrides(cfg, [f"--train.output_dir={out}", "--train.max_steps=3", "--train.eval_steps=null", *sys.argv[2:]])
+    train(cfg, on_end=digest)
