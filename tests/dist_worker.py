@@ -24,5 +24,7 @@ def digest(trainer) -> None:
 if __name__ == "__main__":
     out = sys.argv[1]
     cfg = C.load("configs/tiny-cpu.yaml")
-    C.apply_overrides(cfg, [f"--train.output_dir={out}", "--train.max_steps=3", "--train.eval_steps=null", *sys.argv[2:]])
+    C.apply_overrides(
+        cfg, [f"--train.output_dir={out}", "--train.max_steps=3", "--train.eval_steps=null", *sys.argv[2:]]
+    )
     train(cfg, on_end=digest)

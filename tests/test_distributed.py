@@ -10,8 +10,17 @@ import pytest
 @pytest.mark.parametrize("sam", ["--sam.rho=1e-4", "--sam.method=gram"])
 def test_two_process_ddp_on_cpu(tmp_path, sam):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "tests/dist_worker.py", str(tmp_path), sam]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "tests/dist_worker.py",
+        str(tmp_path),
+        sam,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "terminate called" not in out.stderr
