@@ -136,7 +136,7 @@ def perturb(
         raise ValueError(f"unknown logits-SAM method {method!r}; choose from {', '.join(METHODS)}")
     if weight is None and (logits is None or method == "weight"):
         raise ValueError("without the head weight (sharded head) give the clean logits and use gram/chunked/auto")
-    v, d = grad_logits.shape[-1], hidden.shape[-1]
+    v, d = (weight.shape[0] if weight is not None else logits.shape[-1]), hidden.shape[-1]
     lead = hidden.shape[:-1]
     if grad_logits.shape != (*lead, v):
         raise ValueError(f"grad_logits has shape {tuple(grad_logits.shape)}, expected {(*lead, v)}")
