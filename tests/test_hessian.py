@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from logitsam.diagnostics.hessian import hutchinson, logit_hessian_trace, parameter_hessian_trace
+from logitsam.diagnostics.hessian import _rademacher, hutchinson, logit_hessian_trace, parameter_hessian_trace
 
 D = torch.float64
 
@@ -65,3 +65,106 @@ def test_hutchinson_exact_on_diagonal_and_validates():
     assert est.mean == pytest.approx(30.0) and est.stderr == pytest.approx(0.0)  # Rademacher: exact
     with pytest.raises(ValueError):
         hutchinson([g], [x], probes=0)
+
+
+def micro_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=24,
+        hidden_size=8,
+        intermediate_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=32,
+    )
+    return LlamaForCausalLM(cfg).double()
+
+
+def test_sharpness_on_a_micro_transformer_matches_exact_trace():
+    from logitsam.diagnostics.sharpness import measure_sharpness, preference_loss_of_logits
+    from logitsam.losses import get_loss
+
+    model, ref = micro_llama(), micro_llama()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6], [1, 2, 3, 7, 8, 0], [1, 2, 9, 9, 2, 6], [1, 2, 9, 5, 5, 0]])
+    labels = ids.clone()
+    labels[:, :3] = -100
+    labels[1, 5] = labels[3, 5] = -100
+    batch = {"input_ids": ids, "attention_mask": (labels != -100) | (torch.arange(6) < 3), "labels": labels}
+    batch["attention_mask"] = batch["attention_mask"].long()
+    spec = get_loss("dpo")
+    probes = 64
+    res = measure_sharpness(model, batch, spec, {"beta": 0.5, "label_smoothing": 0.0}, ref_model=ref, probes=probes)
+    # Exact Hessian of the same loss in the flattened parameters.
+    with torch.no_grad():
+        from logitsam.logprobs import sequence_logps, shift_for_causal_lm, token_logps
+
+        sl = shift_for_causal_lm(labels)
+        ref_lp = sequence_logps(token_logps(ref(input_ids=ids, attention_mask=batch["attention_mask"]).logits, sl), sl)[
+            0
+        ]
+    loss_fn = preference_loss_of_logits(batch, spec, {"beta": 0.5, "label_smoothing": 0.0}, ref_lp)
+    params = list(model.parameters())
+    names = [n for n, _ in model.named_parameters()]
+    flat = torch.cat([p.detach().reshape(-1) for p in params])
+
+    def loss_of(vec):
+        parts, i = {}, 0
+        for n, p in zip(names, params, strict=True):
+            parts[n] = vec[i : i + p.numel()].reshape(p.shape)
+            i += p.numel()
+        return loss_fn(
+            functional_call(model, parts, (), {"input_ids": ids, "attention_mask": batch["attention_mask"]}).logits
+        )
+
+    h = torch.func.hessian(loss_of)(flat)
+    exact = h.diagonal().sum().item()
+    # The same Rademacher probes as the estimator: each vᵀHv must be exact, so the mean is too.
+    gen = torch.Generator().manual_seed(0)
+    quad = []
+    for _ in range(probes):
+        v = torch.cat([_rademacher(p, gen).reshape(-1) for p in params])
+        quad.append((v @ h @ v).item())
+    est = res["parameter_hessian"]
+    # (1e-6: LlamaRMSNorm computes in float32 even in a float64 model)
+    assert est.mean == pytest.approx(sum(quad) / probes, rel=1e-6)
+    assert abs(est.mean - exact) < 4 * est.stderr  # and the estimator is unbiased for the trace
+    assert res["logit_hessian"].mean > 0  # the logit Hessian of this loss has a positive trace here
+
+
+def test_sharpness_cli(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "s.json"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "logitsam",
+            "sharpness",
+            "--model",
+            "tiny-random",
+            "--data",
+            "tests/fixtures/hh.jsonl",
+            "--probes",
+            "3",
+            "--pairs",
+            "2",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["parameter_hessian"]["probes"] == 3 and res["pairs"] == 2
+    assert "trace =" in r.stdout

@@ -42,6 +42,42 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sharpness(args: argparse.Namespace) -> int:
+    import os
+
+    import torch
+
+    from .batching import PreferenceCollator, tokenize_examples
+    from .config import ModelConfig
+    from .data import load_examples
+    from .diagnostics.sharpness import measure_sharpness
+    from .losses import get_loss, resolve_hparams
+    from .models import load_model, load_tokenizer
+
+    mcfg = ModelConfig(name_or_path=args.model, dtype=args.dtype)
+    tok = load_tokenizer(mcfg)
+    rows, _ = tokenize_examples(tok, load_examples([args.data])[: args.pairs], args.max_length, args.max_length // 2)
+    if not rows:
+        raise UserError(f"{args.data}: no usable preference pairs")
+    batch = PreferenceCollator(tok.pad_token_id)(rows)
+    model = load_model(mcfg, vocab_size=len(tok))
+    ref = load_model(ModelConfig(name_or_path=args.ref, dtype=args.dtype), vocab_size=len(tok)) if args.ref else None
+    spec = get_loss(args.loss)
+    params = resolve_hparams(spec, {"beta": args.beta} if "beta" in spec.defaults else {})
+    torch.manual_seed(args.seed)
+    res = measure_sharpness(model, batch, spec, params, ref_model=ref, probes=args.probes, seed=args.seed)
+    out = {k: v.to_dict() for k, v in res.items()}
+    out.update(model=args.model, data=args.data, pairs=len(rows), loss=args.loss)
+    for k, v in res.items():
+        print(f"{k:18s} trace = {v.mean:.6g} ± {v.stderr:.3g} (Hutchinson, {v.probes} Rademacher probes)")
+    if args.out:
+        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(out, f, indent=1)
+        print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="logitsam", description="Preference optimization with logits-SAM.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -64,6 +100,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--config", help="YAML recipe (configs/*.yaml)")
     tr.set_defaults(func=_train)
+
+    sh = sub.add_parser("sharpness", help="Hessian traces (parameters and logits) of the preference loss")
+    sh.add_argument("--model", required=True, help="checkpoint dir, HF name, or tiny-random")
+    sh.add_argument("--data", required=True, help="preference data file")
+    sh.add_argument("--ref", help="reference model (default: the checkpoint itself)")
+    sh.add_argument("--loss", default="dpo")
+    sh.add_argument("--beta", type=float, default=0.1)
+    sh.add_argument("--probes", type=int, default=16)
+    sh.add_argument("--pairs", type=int, default=8, help="preference pairs in the batch")
+    sh.add_argument("--max-length", type=int, default=256)
+    sh.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16"])
+    sh.add_argument("--seed", type=int, default=0)
+    sh.add_argument("--out", help="write the traces as JSON here")
+    sh.set_defaults(func=_sharpness)
     return p
 
 

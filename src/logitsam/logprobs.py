@@ -119,6 +119,16 @@ def token_logps(logits: Tensor, labels: Tensor, *, chunk_size: int | None = None
     return flat.reshape(lead)
 
 
+def token_logps_twice_differentiable(logits: Tensor, labels: Tensor) -> Tensor:
+    """Same values as :func:`token_logps` through plain autograd ops, so Hessian-vector products work.
+
+    Materialises a float32 (..., V) log-softmax: use it for curvature measurements, not training.
+    """
+    lp = torch.log_softmax(_upcast(logits), dim=-1)
+    picked = lp.gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1)
+    return torch.where(labels != IGNORE_INDEX, picked, 0.0)
+
+
 def token_logps_from_hidden(
     hidden: Tensor, weight: Tensor, labels: Tensor, bias: Tensor | None = None, *, chunk_size: int | None = None
 ) -> Tensor:

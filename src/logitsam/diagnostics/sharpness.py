@@ -1,0 +1,72 @@
+"""Sharpness of the preference loss at a checkpoint (paper §4.3): parameter- and logit-Hessian traces."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..logprobs import sequence_logps, shift_for_causal_lm, token_logps, token_logps_twice_differentiable
+from ..losses import LossSpec, PreferenceLogps
+from .hessian import TraceEstimate, logit_hessian_trace, parameter_hessian_trace
+
+
+def preference_loss_of_logits(
+    batch: dict[str, Tensor], spec: LossSpec, params: dict[str, Any], ref: Tensor | None
+) -> Callable[[Tensor], Tensor]:
+    """Logits (2B, T, V) -> mean preference loss of the batch (chosen rows first, then rejected)."""
+    labels = shift_for_causal_lm(batch["labels"])
+    n = labels.shape[0] // 2
+
+    def fn(logits: Tensor) -> Tensor:
+        sums, lengths = sequence_logps(token_logps_twice_differentiable(logits, labels), labels)
+        r = (None, None) if ref is None else (ref[:n], ref[n:])
+        inp = PreferenceLogps(sums[:n], sums[n:], lengths[:n], lengths[n:], *r)
+        return spec.fn(inp, **params).losses.mean()
+
+    return fn
+
+
+def _eager_attention(model: Any) -> None:
+    """Fused SDPA kernels have no double backward (Hessian-vector products need one): use eager attention."""
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation("eager")
+    elif hasattr(model, "config"):
+        model.config._attn_implementation = "eager"
+
+
+def measure_sharpness(
+    model: Any,
+    batch: dict[str, Tensor],
+    spec: LossSpec,
+    params: dict[str, Any],
+    *,
+    ref_model: Any = None,
+    probes: int = 16,
+    seed: int = 0,
+) -> dict[str, TraceEstimate]:
+    """Hutchinson traces of the loss Hessian in all trainable parameters and in the logits.
+
+    ``ref_model`` gives the reference log-probs when the loss needs them (default: the model itself,
+    i.e. the checkpoint is its own reference, δ = 0).
+    """
+    model.eval()  # no dropout: the Hessian of a deterministic loss
+    _eager_attention(model)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    ref = None
+    if spec.needs_reference:
+        with torch.no_grad():
+            labels = shift_for_causal_lm(batch["labels"])
+            logits = (ref_model or model)(input_ids=ids, attention_mask=mask).logits
+            ref = sequence_logps(token_logps(logits, labels), labels)[0]
+    loss_fn = preference_loss_of_logits(batch, spec, params, ref)
+    params_list = [p for p in model.parameters() if p.requires_grad]
+    param = parameter_hessian_trace(
+        lambda: loss_fn(model(input_ids=ids, attention_mask=mask).logits), params_list, probes=probes, seed=seed
+    )
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    logit = logit_hessian_trace(loss_fn, logits, probes=probes, seed=seed)
+    return {"parameter_hessian": param, "logit_hessian": logit}
