@@ -38,6 +38,9 @@ def cache_dir() -> str:
     return os.environ.get("LOGITSAM_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "logitsam"))
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+
+
 def resolve_dtype(name: str, device: str | None = None) -> torch.dtype:
     """``auto`` -> bf16 on a CUDA device that supports it, else fp32; otherwise the named dtype."""
     if name == "auto":
