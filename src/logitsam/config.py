@@ -93,6 +93,8 @@ class TrainConfig:
     gradient_checkpointing: bool | None = None
     report_to: list[str] = field(default_factory=lambda: ["none"])
     resume_from_checkpoint: str | None = None
+    save_model: bool = True  # save the final model in output_dir (studies that evaluate in-process skip it)
+    print_logs: bool = True  # print each log record under the progress bar (metrics.jsonl has them regardless)
     dataloader_num_workers: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 

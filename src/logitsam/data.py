@@ -208,7 +208,8 @@ def parse_row(row: Any, fmt: str, path: str, line: int) -> PreferenceExample:
         prompt = _text(row, "prompt", path, line)
         chosen = _nonempty(_text(row, "chosen", path, line), "chosen", path, line)
         rejected = _nonempty(_text(row, "rejected", path, line), "rejected", path, line)
-        return PreferenceExample(prompt, chosen, rejected, source=src)
+        scores = _score(row, "score_chosen", path, line), _score(row, "score_rejected", path, line)
+        return PreferenceExample(prompt, chosen, rejected, *scores, source=src)
     if fmt == "hh":
         chosen, rejected = _text(row, "chosen", path, line), _text(row, "rejected", path, line)
         common = chosen[: _common_length(chosen, rejected)]

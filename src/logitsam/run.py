@@ -64,6 +64,9 @@ def build_training_args(t: TrainConfig, has_eval: bool) -> Any:
         params = inspect.signature(TrainingArguments.__init__).parameters
         kwargs["activation_checkpointing" if "activation_checkpointing" in params else "gradient_checkpointing"] = True
     kwargs.update(t.extra)
+    if not has_eval:  # nothing to evaluate: drop evaluation switches a recipe may carry
+        kwargs["eval_strategy"] = "no"
+        kwargs.pop("eval_on_start", None)
     try:
         return TrainingArguments(**kwargs)
     except (TypeError, ValueError) as e:
@@ -137,7 +140,7 @@ def train(cfg: Config, on_end: Callable[[Any], None] | None = None) -> dict[str,
     tokenizer = load_tokenizer(cfg.model)
     data = prepare_data(cfg, tokenizer)
     args = build_training_args(cfg.train, has_eval=bool(data.eval_rows))
-    model = load_model(cfg.model, vocab_size=len(tokenizer), seed=cfg.train.seed)
+    model = load_model(cfg.model, vocab_size=len(tokenizer))  # tiny-random: fixed init, the 'pretrained' model
     if cfg.model.gradient_checkpointing or cfg.train.gradient_checkpointing:
         model.config.use_cache = False
     ref_model = None
@@ -146,7 +149,7 @@ def train(cfg: Config, on_end: Callable[[Any], None] | None = None) -> dict[str,
             raise ConfigError(f"loss.reference: loss {spec.name!r} needs a reference (model or precomputed)")
         ref_model = load_reference(cfg.model, model)
         if cfg.loss.reference == "precomputed":
-            ref_id = f"{cfg.model.ref_name_or_path or cfg.model.name_or_path}:{cfg.model.dtype}:{cfg.train.seed}"
+            ref_id = f"{cfg.model.ref_name_or_path or cfg.model.name_or_path}:{cfg.model.dtype}"
             ref = ref_model if ref_model is not None else model
             for rows in (data.train_rows, data.eval_rows):
                 if rows:
@@ -164,9 +167,11 @@ def train(cfg: Config, on_end: Callable[[Any], None] | None = None) -> dict[str,
         loss_params=params,
         sam=cfg.sam,
         ref_model=ref_model,
+        print_logs=cfg.train.print_logs,
     )
     result = trainer.train(resume_from_checkpoint=cfg.train.resume_from_checkpoint)
-    trainer.save_model(cfg.train.output_dir)
+    if cfg.train.save_model:
+        trainer.save_model(cfg.train.output_dir)
     metrics = dict(result.metrics)
     if data.eval_rows:
         metrics.update(trainer.evaluate())

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_callback import ProgressCallback
 
 from .config import SamConfig
 from .diagnostics.squeeze import preference_metrics, top_token_prob
@@ -44,6 +45,13 @@ class JsonlMetrics(TrainerCallback):
                 f.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
 
 
+class QuietProgress(ProgressCallback):
+    """Progress bars without printing every log record under them."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        return None
+
+
 class PreferenceTrainer(Trainer):
     """Trainer for any registered preference loss, with logits-SAM or full SAM.
 
@@ -59,6 +67,7 @@ class PreferenceTrainer(Trainer):
         loss_params: dict[str, Any],
         sam: SamConfig,
         ref_model: Any = None,
+        print_logs: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -66,6 +75,9 @@ class PreferenceTrainer(Trainer):
         self.model_accepts_loss_kwargs = False  # our loss is a per-micro-batch mean: scale by GA steps
         self._stored: dict[str, dict[str, list[Tensor]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self.add_callback(JsonlMetrics())
+        if not print_logs:
+            self.remove_callback(ProgressCallback)
+            self.add_callback(QuietProgress())
         self.sharded = self.is_fsdp_enabled or (
             self.is_deepspeed_enabled and getattr(self.accelerator.state.deepspeed_plugin, "zero_stage", 0) == 3
         )

@@ -1,0 +1,76 @@
+"""Win rates with bootstrap confidence intervals, and the sequence-level KL to the reference."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from ..logprobs import IGNORE_INDEX, sequence_logps, shift_for_causal_lm, token_logps
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Mean with a 95% percentile-bootstrap interval over prompts."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return f"{100 * self.mean:.1f} [{100 * self.low:.1f}, {100 * self.high:.1f}]"
+
+
+def bootstrap(values: Sequence[float], *, resamples: int = 2000, seed: int = 0, level: float = 0.95) -> Interval:
+    """Mean of ``values`` and its percentile-bootstrap interval (resampling prompts with replacement)."""
+    vals = list(values)
+    if not vals:
+        return Interval(float("nan"), float("nan"), float("nan"), 0)
+    rng = random.Random(seed)
+    n = len(vals)
+    means = sorted(sum(vals[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
+    lo = means[int((1 - level) / 2 * resamples)]
+    hi = means[min(resamples - 1, int((1 + level) / 2 * resamples))]
+    return Interval(sum(vals) / n, lo, hi, n)
+
+
+def win_rate(judge: Any, prompts: Sequence[str], a: Sequence[str], b: Sequence[str], **kw: Any) -> Interval:
+    """How often ``a`` beats ``b`` under ``judge`` (ties 1/2), with a bootstrap interval."""
+    return bootstrap(judge.compare(prompts, a, b), **kw)
+
+
+@torch.no_grad()
+def sequence_kl(
+    policy: Any, reference: Any, samples: Sequence[tuple[list[int], list[int]]], pad_token_id: int, batch_size: int = 16
+) -> float:
+    """Monte-Carlo KL(π‖π_ref) ≈ mean over policy samples of log π(y|x) − log π_ref(y|x) (summed over tokens).
+
+    samples: (prompt ids, sampled ids) pairs as returned by ``generate(..., return_ids=True)``.
+    """
+    device = next(policy.parameters()).device
+    total, count = 0.0, 0
+    for s in range(0, len(samples), batch_size):
+        chunk = samples[s : s + batch_size]
+        width = max(len(p) + len(r) for p, r in chunk)
+        input_ids = torch.full((len(chunk), width), pad_token_id, dtype=torch.long)
+        labels = torch.full((len(chunk), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for i, (p, r) in enumerate(chunk):
+            input_ids[i, : len(p) + len(r)] = torch.tensor(p + r)
+            labels[i, len(p) : len(p) + len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[i, : len(p) + len(r)] = 1
+        input_ids, mask, labels = input_ids.to(device), mask.to(device), shift_for_causal_lm(labels).to(device)
+        lp = [
+            sequence_logps(token_logps(m(input_ids=input_ids, attention_mask=mask).logits, labels), labels)[0]
+            for m in (policy, reference)
+        ]
+        total += float((lp[0] - lp[1]).sum())
+        count += len(chunk)
+    return total / max(count, 1)

@@ -1,0 +1,1 @@
+"""The demo study: offline controlled-sentiment preference data, runs, evaluation and report."""
