@@ -160,6 +160,11 @@ def test_auto_picks_by_shape_and_memory():
     assert choose_method(8192, 8192, 256, 50304, max_extra_bytes=1e8) == "chunked"
     h, w, _b, loss_fn = setup(n=12, d=30, v=40, bias=False, seed=2)
     assert logits_sam_loss(loss_fn, h, w, rho=0.1).method == "gram"
+    h, w, _b, loss_fn = setup(n=40, d=6, v=25, bias=False, seed=2)  # N_r > d: weight is cheapest ...
+    assert logits_sam_loss(loss_fn, h, w, rho=0.1).method == "weight"
+    hb, wb = h.float().bfloat16(), w.float().bfloat16()  # ... but never for a bf16 head
+    assert logits_sam_loss(lambda z: loss_fn(z.double()), hb, wb, rho=0.1).method in ("gram", "chunked")
+    assert choose_method(8192, 8192, 256, 50304, allow_weight=False) in ("gram", "chunked")
 
 
 def test_metrics_and_bad_arguments():
@@ -195,3 +200,28 @@ def test_full_sam_matches_definition_and_restores_parameters():
         assert rel(p.grad, e) <= 1e-12
     assert out.eps_norm.item() == pytest.approx(0.05)
     assert out.loss_post > out.loss_pre
+
+
+def test_bf16_head_weight_method_rounds_eps_away_gram_keeps_it():
+    # A head of realistic scale (|W| ~ 0.02) in bf16 with the paper's ρ = 1e-4.
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(32, 64, generator=g).bfloat16()
+    w = (0.02 * torch.randn(512, 64, generator=g)).bfloat16()
+    labels = torch.randint(0, 512, (32,), generator=g)
+    loss_fn = dpo_like_loss(labels, torch.where(torch.arange(32) % 2 == 0, 1.0, -1.0))
+    z = F.linear(h, w).float().requires_grad_()
+    (grad,) = torch.autograd.grad(loss_fn(z), z)
+    exact = F.linear(h.double(), w.double()) + h.double() @ brute_eps(h, w, grad, 1e-4).T  # ε in float64
+    delta = exact - F.linear(h.double(), w.double())
+    for method, kept in (("weight", False), ("gram", True)):
+        p = perturb(h, w, grad, rho=1e-4, method=method).logits.double()
+        moved = p - F.linear(h, w).double()
+        if kept:
+            assert rel(moved, delta) < 0.01  # the perturbation survives (measured 5e-4)
+        else:
+            assert rel(moved, delta) > 0.5  # W + ε rounds back to W except where |W| is tiny (measured 1.01)
+
+
+def brute_eps(h, w, grad, rho):
+    gw = grad.double().T @ h.double()
+    return rho * gw / gw.norm()

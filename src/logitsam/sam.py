@@ -11,7 +11,8 @@ Methods (all exact, see DESIGN.md §4):
               rows with non-zero G enter, no V×d buffer, W never touched (no gather under
               FSDP/ZeRO-3), the clean logits are reused.
 - ``chunked`` weight method over vocabulary blocks, ε never whole (for N_r ≥ d when memory is tight).
-- ``auto``    the cheapest by the flop model below, within an optional extra-memory budget.
+- ``auto``    the cheapest by the flop model below, within an optional extra-memory budget; never
+              ``weight`` for a bf16/fp16 or sharded head.
 
 Precision: the perturbation is formed in float32 (float64 for float64 inputs) and the perturbed
 logits are returned in that precision. With bf16 weights ρ·g/‖g‖ is far below bf16's spacing, so
@@ -57,9 +58,16 @@ def method_costs(n: int, n_r: int, d: int, v: int, elem_bytes: int = 4) -> dict[
     }
 
 
-def choose_method(n: int, n_r: int, d: int, v: int, *, max_extra_bytes: float | None = None) -> str:
-    """Cheapest method in flops whose extra memory fits ``max_extra_bytes`` (None = no limit)."""
+def choose_method(
+    n: int, n_r: int, d: int, v: int, *, max_extra_bytes: float | None = None, allow_weight: bool = True
+) -> str:
+    """Cheapest method in flops whose extra memory fits ``max_extra_bytes`` (None = no limit).
+
+    ``allow_weight=False`` (bf16/fp16 heads, sharded heads) leaves only the logit-space methods.
+    """
     costs = method_costs(n, n_r, d, v)
+    if not allow_weight:
+        del costs["weight"]
     fits = [m for m, c in costs.items() if max_extra_bytes is None or c.extra_bytes <= max_extra_bytes]
     return min(fits or ["chunked"], key=lambda m: costs[m].flops)
 
@@ -145,9 +153,9 @@ def perturb(
     rows = _nonzero_rows(g2)  # only scored rows carry gradient
     h_r, g_r = h.detach()[rows], _acc(g2[rows])
     if method == "auto":
-        method = choose_method(h.shape[0], rows.numel(), d, v, max_extra_bytes=max_extra_bytes)
-        if weight is None and method == "weight":
-            method = "gram"
+        # W + ε in bf16/fp16 rounds ε away (module docstring): auto keeps to logit space there.
+        precise = weight is not None and weight.dtype in (torch.float32, torch.float64)
+        method = choose_method(h.shape[0], rows.numel(), d, v, max_extra_bytes=max_extra_bytes, allow_weight=precise)
 
     if method == "weight":
         g = g_r.T @ h_r  # (V, d): the paper's head gradient
