@@ -6,21 +6,25 @@ import sys
 
 import pytest
 
-
-@pytest.mark.parametrize("sam", ["--sam.rho=1e-4", "--sam.method=gram"])
-def test_two_process_ddp_on_cpu(tmp_path, sam):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [
+LAUNCHERS = {
+    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+    "accelerate": [
         sys.executable,
         "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "tests/dist_worker.py",
-        str(tmp_path),
-        sam,
-    ]
+        "accelerate.commands.launch",
+        "--config_file",
+        "configs/accelerate/cpu-2proc.yaml",
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("launcher", "sam"),
+    [("torchrun", "--sam.rho=1e-4"), ("torchrun", "--sam.method=gram"), ("accelerate", "--sam.rho=1e-4")],
+)
+def test_two_process_ddp_on_cpu(tmp_path, launcher, sam):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [*LAUNCHERS[launcher], "tests/dist_worker.py", str(tmp_path), sam]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "terminate called" not in out.stderr
