@@ -9,6 +9,8 @@ Positions whose label is ``IGNORE_INDEX`` (prompt, padding) get log-prob 0 and n
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -149,6 +151,13 @@ def sequence_logps(token_lp: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """
     mask = labels != IGNORE_INDEX
     return (token_lp * mask).sum(-1), mask.sum(-1)
+
+
+def model_sequence_logps(model: Any, input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> Tensor:
+    """(B,) summed log-probs of the labelled tokens under a causal LM (labels (B, T) not yet shifted)."""
+    shifted = shift_for_causal_lm(labels)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    return sequence_logps(token_logps(logits, shifted), shifted)[0]
 
 
 def shift_for_causal_lm(labels: Tensor) -> Tensor:

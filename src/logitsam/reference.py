@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .batching import PreferenceCollator
-from .logprobs import sequence_logps, shift_for_causal_lm, token_logps
+from .logprobs import model_sequence_logps
 from .models import cache_dir
 
 log = logging.getLogger(__name__)
@@ -40,11 +40,8 @@ def compute_reference_logps(
     out = []
     for s in tqdm(range(0, len(rows), batch_size), desc="reference log-probs", leave=False):
         batch = collate(rows[s : s + batch_size])
-        labels = shift_for_causal_lm(batch["labels"]).to(device)
-        logits = model(
-            input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-        ).logits
-        sums = sequence_logps(token_logps(logits, labels), labels)[0].float().cpu()
+        ids, mask, labels = (batch[k].to(device) for k in ("input_ids", "attention_mask", "labels"))
+        sums = model_sequence_logps(model, ids, mask, labels).float().cpu()
         n = len(sums) // 2
         out.append(torch.stack([sums[:n], sums[n:]], dim=1))
     return torch.cat(out) if out else torch.zeros(0, 2)

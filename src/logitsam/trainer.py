@@ -25,7 +25,7 @@ from transformers.trainer_callback import ProgressCallback
 
 from .config import SamConfig
 from .diagnostics.squeeze import preference_metrics, top_token_prob
-from .logprobs import sequence_logps, shift_for_causal_lm, token_logps
+from .logprobs import model_sequence_logps, sequence_logps, shift_for_causal_lm, token_logps
 from .losses import LossOutput, LossSpec, PreferenceLogps
 from .sam import logits_sam_loss
 from .sam_full import full_sam_backward
@@ -105,18 +105,14 @@ class PreferenceTrainer(Trainer):
             return None
         if "ref_logps" in batch:
             return batch["ref_logps"]
-        labels = shift_for_causal_lm(batch["labels"])
+        args = (batch["input_ids"], batch["attention_mask"], batch["labels"])
         if self.ref_model is not None:
-            logits = self._forward(self.ref_model, batch)[1]
-        else:  # LoRA: the policy with its adapters disabled is the reference
-            unwrapped = self.accelerator.unwrap_model(model)
-            if not hasattr(unwrapped, "disable_adapter"):
-                raise RuntimeError(
-                    "this loss needs a reference model, but none was given and the policy has no adapters"
-                )
-            with unwrapped.disable_adapter():
-                logits = self._forward(model, batch)[1]
-        return sequence_logps(token_logps(logits, labels), labels)[0]
+            return model_sequence_logps(self.ref_model, *args)
+        unwrapped = self.accelerator.unwrap_model(model)  # LoRA: the policy without its adapters
+        if not hasattr(unwrapped, "disable_adapter"):
+            raise RuntimeError("this loss needs a reference model, but none was given and the policy has no adapters")
+        with unwrapped.disable_adapter():
+            return model_sequence_logps(model, *args)
 
     def _head(self, model: Any) -> tuple[Tensor | None, Tensor | None]:
         if self.sharded:

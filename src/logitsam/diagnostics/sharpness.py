@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..logprobs import sequence_logps, shift_for_causal_lm, token_logps, token_logps_twice_differentiable
+from ..logprobs import model_sequence_logps, sequence_logps, shift_for_causal_lm, token_logps_twice_differentiable
 from ..losses import LossSpec, PreferenceLogps
 from .hessian import TraceEstimate, logit_hessian_trace, parameter_hessian_trace
 
@@ -58,9 +58,7 @@ def measure_sharpness(
     ref = None
     if spec.needs_reference:
         with torch.no_grad():
-            labels = shift_for_causal_lm(batch["labels"])
-            logits = (ref_model or model)(input_ids=ids, attention_mask=mask).logits
-            ref = sequence_logps(token_logps(logits, labels), labels)[0]
+            ref = model_sequence_logps(ref_model or model, ids, mask, batch["labels"])
     loss_fn = preference_loss_of_logits(batch, spec, params, ref)
     params_list = [p for p in model.parameters() if p.requires_grad]
     param = parameter_hessian_trace(

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..logprobs import IGNORE_INDEX, sequence_logps, shift_for_causal_lm, token_logps
+from ..logprobs import IGNORE_INDEX, model_sequence_logps
 
 
 @dataclass(frozen=True)
@@ -66,11 +66,8 @@ def sequence_kl(
             input_ids[i, : len(p) + len(r)] = torch.tensor(p + r)
             labels[i, len(p) : len(p) + len(r)] = torch.tensor(r, dtype=torch.long)
             mask[i, : len(p) + len(r)] = 1
-        input_ids, mask, labels = input_ids.to(device), mask.to(device), shift_for_causal_lm(labels).to(device)
-        lp = [
-            sequence_logps(token_logps(m(input_ids=input_ids, attention_mask=mask).logits, labels), labels)[0]
-            for m in (policy, reference)
-        ]
+        input_ids, mask, labels = input_ids.to(device), mask.to(device), labels.to(device)
+        lp = [model_sequence_logps(m, input_ids, mask, labels) for m in (policy, reference)]
         total += float((lp[0] - lp[1]).sum())
         count += len(chunk)
     return total / max(count, 1)
