@@ -64,23 +64,45 @@ def test_resume_gives_the_same_losses(tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
-    calls = {"n": 0}
+    from logitsam.trainer import PreferenceTrainer
+
+    state = {"step": 0}
+    original = PreferenceTrainer.compute_loss
+
+    def tracking(self, *a, **k):
+        state["step"] = self.state.global_step + 1
+        return original(self, *a, **k)
 
     def poisoned(inp, **hp):
-        calls["n"] += 1
         out = dpo(inp, **hp)
-        return out if calls["n"] < 3 else type(out)(out.losses * float("nan"), out.chosen_rewards, out.rejected_rewards)
+        return out if state["step"] < 3 else type(out)(out.losses * float("nan"), out.chosen_rewards, out.rejected_rewards)
 
+    monkeypatch.setattr(PreferenceTrainer, "compute_loss", tracking)
     monkeypatch.setitem(
         LOSSES, "poisoned", LossSpec("poisoned", poisoned, True, False, {"beta": 0.1, "label_smoothing": 0.0})
     )
     cfg = cfg_for(tmp_path, "--loss.name=poisoned", "--sam.rho=0", "--train.save_steps=2")
-    with pytest.raises(TrainingDiverged, match="at step 3"):
+    with pytest.raises(TrainingDiverged, match="at step 3") as err:
         train(cfg)
+    assert f"{tmp_path / 'checkpoint-2'} (step 2)" in str(err.value)  # names the checkpoint that exists
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "checkpoint-2")
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_divergence_message_never_points_at_a_missing_or_broken_checkpoint(tmp_path):
+    from safetensors.torch import save_file
+
+    from logitsam.trainer import last_good_state
+
+    assert "no checkpoint was saved" in last_good_state(str(tmp_path))
+    (tmp_path / "checkpoint-4").mkdir()
+    save_file({"w": torch.tensor([1.0, float("nan")])}, tmp_path / "checkpoint-4" / "model.safetensors")
+    assert "no checkpoint in" in last_good_state(str(tmp_path))
+    (tmp_path / "checkpoint-2").mkdir()
+    save_file({"w": torch.tensor([1.0, 2.0])}, tmp_path / "checkpoint-2" / "model.safetensors")
+    assert "checkpoint-2 (step 2)" in last_good_state(str(tmp_path))
 
 
 def test_precomputed_reference_matches_model_reference(tmp_path, monkeypatch):

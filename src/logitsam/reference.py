@@ -16,8 +16,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .batching import PreferenceCollator
-from .logprobs import model_sequence_logps
 from .models import cache_dir
+from .objective import model_sequence_logps
 
 log = logging.getLogger(__name__)
 
@@ -31,17 +31,28 @@ def cache_key(model_id: str, rows: list[dict[str, Any]]) -> str:
 
 @torch.no_grad()
 def compute_reference_logps(
-    model: Any, rows: list[dict[str, Any]], pad_token_id: int, batch_size: int = 8, device: str | None = None
+    model: Any,
+    rows: list[dict[str, Any]],
+    pad_token_id: int,
+    batch_size: int = 8,
+    device: str | None = None,
+    autocast: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """(len(rows), 2) summed reference log-probs of (chosen, rejected) for every row."""
+    """(len(rows), 2) summed reference log-probs of (chosen, rejected) for every row.
+
+    autocast: the mixed-precision dtype training will run under (e.g. bf16), so the cached values
+    equal what a live reference would give inside the training step.
+    """
     collate = PreferenceCollator(pad_token_id)
     device = device or next(model.parameters()).device
+    dev_type = torch.device(device).type
     model.eval()
     out = []
     for s in tqdm(range(0, len(rows), batch_size), desc="reference log-probs", leave=False):
         batch = collate(rows[s : s + batch_size])
         ids, mask, labels = (batch[k].to(device) for k in ("input_ids", "attention_mask", "labels"))
-        sums = model_sequence_logps(model, ids, mask, labels).float().cpu()
+        with torch.autocast(dev_type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            sums = model_sequence_logps(model, ids, mask, labels).float().cpu()
         n = len(sums) // 2
         out.append(torch.stack([sums[:n], sums[n:]], dim=1))
     return torch.cat(out) if out else torch.zeros(0, 2)

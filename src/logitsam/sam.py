@@ -5,7 +5,9 @@ G = ∂L/∂z at the clean logits (detached; rows of unscored tokens are zero), 
 g = Gᵀ H and the perturbation ε = ρ·g/‖g‖_F. The loss is evaluated at z' = H (W + ε)ᵀ + b with ε a
 constant, so one backward gives SAM's gradient at W + ε for both head and body.
 
-Methods (all exact, see DESIGN.md §4):
+These methods work on logits the model already produced: the trainer's default is the fused head
+(:mod:`logitsam.fused_head`); this module serves sharded heads (FSDP / ZeRO-3), heads that are not
+a plain linear layer, and direct callers. Methods (all exact, docs/design.md §4):
 - ``weight``  the paper's: build ε (V, d) and run the head again with W + ε.
 - ``gram``    logit space: H εᵀ = (ρ/‖g‖)(H H_rᵀ) G_r, ‖g‖² = Σ (H_r H_rᵀ) ⊙ (G_r G_rᵀ); only the N_r
               rows with non-zero G enter, no V×d buffer, W never touched (no gather under
@@ -14,10 +16,11 @@ Methods (all exact, see DESIGN.md §4):
 - ``auto``    the cheapest by the flop model below, within an optional extra-memory budget; never
               ``weight`` for a bf16/fp16 or sharded head.
 
-Precision: the perturbation is formed in float32 (float64 for float64 inputs) and the perturbed
-logits are returned in that precision. With bf16 weights ρ·g/‖g‖ is far below bf16's spacing, so
-``weight`` (which adds ε to W in W's dtype, as the paper's code does) loses most of ε; ``gram`` and
-``chunked`` add the perturbation to float32 logits and keep it.
+Precision: the perturbed logits are float32 (float64 for float64 inputs); ``gram`` runs its
+products in bf16 for bf16 hidden states (tensor cores), else in float32/float64. With bf16
+weights ρ·g/‖g‖ is far below bf16's spacing, so ``weight`` (which adds ε to W in W's dtype, as
+the paper's code does) loses most of ε; ``gram`` and ``chunked`` add the perturbation to float32
+logits and keep it.
 """
 
 from __future__ import annotations
@@ -89,8 +92,8 @@ def _nonzero_rows(g: Tensor, block_elements: int = 1 << 22) -> Tensor:
     return flags.nonzero().squeeze(-1)
 
 
-def _scale(rho: float, norm_sq: Tensor) -> Tensor:
-    """ρ/‖g‖, or 0 when g = 0 (no perturbation); no host sync."""
+def eps_scale(rho: float, norm_sq: Tensor) -> Tensor:
+    """ρ/‖g‖ from ‖g‖², or 0 when g = 0 (no perturbation); no host sync."""
     nz = norm_sq > 0
     return torch.where(nz, rho * torch.where(nz, norm_sq, 1.0).rsqrt(), 0.0)
 
@@ -160,14 +163,20 @@ def perturb(
     if method == "weight":
         g = g_r.T @ h_r  # (V, d): the paper's head gradient
         norm_sq = g.square().sum()
-        eps = g.mul_(_scale(rho, norm_sq))
+        eps = g.mul_(eps_scale(rho, norm_sq))
         out = _acc(F.linear(hidden, weight + eps.to(weight.dtype), bias))
     else:
         norm_sq = _grad_norm_sq(h_r, g_r, block)
-        scale = _scale(rho, norm_sq)
+        scale = eps_scale(rho, norm_sq)
         z = F.linear(hidden, weight, bias) if logits is None else logits
         z = _acc(z.reshape(-1, v))
-        if method == "gram":
+        if method == "gram" and hidden.dtype == torch.bfloat16:
+            # Tensor-core products: bf16 keeps fp32's range and ~3 digits, plenty for a shift
+            # added to float32 logits (the bf16 test bounds its error by 1e-2 relative).
+            hb = hidden.reshape(-1, d)
+            k = hb @ h_r.to(hb.dtype).T
+            out = z + (k @ g_r.to(hb.dtype)).float() * scale
+        elif method == "gram":
             # Keep H (with graph) on the left so the body gets the ε-term of the SAM gradient.
             out = torch.addmm(z, (h @ h_r.T) * scale, g_r)
         else:

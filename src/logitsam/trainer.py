@@ -1,13 +1,9 @@
 """PreferenceTrainer: transformers.Trainer with a preference loss, logits-SAM and squeeze metrics.
 
-One code path for CPU, one GPU, DDP, FSDP and ZeRO-3: the wrapped model's own forward returns the
-logits and the last hidden state (the head's input), and logits-SAM adds its perturbation in logit
-space. Under FSDP / ZeRO-3 the ``gram`` method is forced, so the sharded head weight is never
-gathered. The loss comes from the registry; nothing here matches on loss names.
-
-Perturbation scope: ε is computed per micro-batch from that micro-batch's gradient, on each rank
-separately (DDP ranks do not all-reduce the head gradient before perturbing; like SAM's
-m-sharpness). With gradient accumulation every micro-batch gets its own ε.
+One code path for CPU, one GPU, DDP, FSDP and ZeRO-3: :class:`~logitsam.objective.Objective` turns a
+batch into the loss (fused head by default; full logits + ``gram`` under FSDP / ZeRO-3 so the
+sharded head is never gathered). The loss comes from the registry; nothing here matches on loss
+names. Metrics stay on the device until a log step (no host sync per metric per step).
 """
 
 from __future__ import annotations
@@ -24,10 +20,8 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
 from .config import SamConfig
-from .diagnostics.squeeze import preference_metrics, top_token_prob
-from .logprobs import model_sequence_logps, sequence_logps, shift_for_causal_lm, token_logps
-from .losses import LossOutput, LossSpec, PreferenceLogps
-from .sam import logits_sam_loss
+from .losses import LossSpec
+from .objective import Objective, ObjectiveOutput, model_sequence_logps
 from .sam_full import full_sam_backward
 
 
@@ -57,7 +51,8 @@ class PreferenceTrainer(Trainer):
 
     loss_spec / loss_params: from :mod:`logitsam.losses`. sam: rho, mode (logits | full), method.
     ref_model: frozen reference (None: precomputed ``ref_logps`` in the batch, or the policy with
-    its LoRA adapters disabled, or no reference for reference-free losses).
+    its LoRA adapters disabled, or no reference for reference-free losses). chunk_rows: rows of
+    logits per fused-head chunk (None: sized for the device).
     """
 
     def __init__(
@@ -68,10 +63,13 @@ class PreferenceTrainer(Trainer):
         sam: SamConfig,
         ref_model: Any = None,
         print_logs: bool = True,
+        chunk_rows: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.loss_spec, self.loss_params, self.sam = loss_spec, loss_params, sam
+        rho = sam.rho if sam.mode == "logits" else 0.0
+        self.objective = Objective(loss_spec, loss_params, rho=rho, method=sam.method, chunk_rows=chunk_rows)
         self.model_accepts_loss_kwargs = False  # our loss is a per-micro-batch mean: scale by GA steps
         self._stored: dict[str, dict[str, list[Tensor]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self.add_callback(JsonlMetrics())
@@ -83,20 +81,10 @@ class PreferenceTrainer(Trainer):
         )
         self.ref_model = ref_model
         if ref_model is not None:
+            ref_model = ref_model.to(self.args.device)  # FSDP's prepare does not move an eval model
             if self.is_deepspeed_enabled or self.is_fsdp_enabled:
-                self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
-            else:
-                self.ref_model = ref_model.to(self.args.device)
-
-    # ---- forward pieces -------------------------------------------------------------------
-    def _forward(self, model: Any, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        out = model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            output_hidden_states=True,
-            use_cache=False,
-        )
-        return out.hidden_states[-1], out.logits
+                ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
+            self.ref_model = ref_model
 
     @torch.no_grad()
     def reference_logps(self, model: Any, batch: dict[str, Tensor]) -> Tensor | None:
@@ -114,61 +102,24 @@ class PreferenceTrainer(Trainer):
         with unwrapped.disable_adapter():
             return model_sequence_logps(model, *args)
 
-    def _head(self, model: Any) -> tuple[Tensor | None, Tensor | None]:
-        if self.sharded:
-            return None, None  # never gather a sharded head: gram works from logits alone
-        head = self.accelerator.unwrap_model(model).get_output_embeddings()
-        return head.weight, getattr(head, "bias", None)
+    def _store(self, mode: str, metrics: dict[str, Tensor]) -> None:
+        for k, v in metrics.items():
+            self._stored[mode][k].append(v.detach().float().reshape(()))
 
-    def _loss_fn(self, batch: dict[str, Tensor], labels: Tensor, ref: Tensor | None):
-        n = labels.shape[0] // 2
-        scores = (batch.get("score_chosen"), batch.get("score_rejected"))
-
-        def fn(logits: Tensor) -> tuple[Tensor, tuple[LossOutput, Tensor, Tensor]]:
-            sums, lengths = sequence_logps(token_logps(logits, labels), labels)
-            inp = PreferenceLogps(
-                sums[:n],
-                sums[n:],
-                lengths[:n],
-                lengths[n:],
-                None if ref is None else ref[:n],
-                None if ref is None else ref[n:],
-                *scores,
-            )
-            out = self.loss_spec.fn(inp, **self.loss_params)
-            return out.losses.mean(), (out, sums.detach(), lengths)
-
-        return fn
+    def _check_finite(self, loss: Tensor) -> None:
+        if not torch.isfinite(loss.detach()):
+            step = self.state.global_step + 1
+            where = last_good_state(self.args.output_dir)
+            raise TrainingDiverged(f"non-finite loss ({loss.item()}) at step {step}; {where}")
 
     # ---- Trainer hooks --------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if model.training else "eval"
-        labels = shift_for_causal_lm(inputs["labels"])
         ref = self.reference_logps(model, inputs)
-        hidden, logits = self._forward(model, inputs)
-        loss_fn = self._loss_fn(inputs, labels, ref)
-        metrics: dict[str, Tensor] = {}
-        if self.sam.rho != 0 and self.sam.mode == "logits" and mode == "train":
-            weight, bias = self._head(model)
-            method = "gram" if self.sharded else self.sam.method
-            res = logits_sam_loss(loss_fn, hidden, weight, bias, rho=self.sam.rho, method=method, logits=logits)
-            loss, (out, sums, _) = res.loss, res.aux_pre
-            metrics.update({k: torch.tensor(v) for k, v in res.metrics.items()})
-        else:
-            loss, (out, sums, _) = loss_fn(logits)
-        if not torch.isfinite(loss.detach()):
-            raise TrainingDiverged(
-                f"non-finite loss ({loss.item()}) at step {self.state.global_step + 1}; "
-                f"the last saved checkpoint in {self.args.output_dir} is the last good state"
-            )
-        n = labels.shape[0] // 2
-        metrics.update(
-            preference_metrics(out, sums[:n], sums[n:], *((None, None) if ref is None else (ref[:n], ref[n:])))
-        )
-        metrics["probs/top_token"] = top_token_prob(logits.detach(), labels)
-        for k, v in metrics.items():
-            self._stored[mode][k].append(v.detach().float().cpu())
-        return (loss, {"logits": logits}) if return_outputs else loss
+        res: ObjectiveOutput = self.objective(model, inputs, ref, sam=mode == "train", sharded=self.sharded)
+        self._check_finite(res.loss)
+        self._store(mode, res.metrics)
+        return (res.loss, {"sums": res.sums}) if return_outputs else res.loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         if not (self.sam.mode == "full" and self.sam.rho != 0):
@@ -176,21 +127,25 @@ class PreferenceTrainer(Trainer):
         model.train()
         inputs = self._prepare_inputs(inputs)
         gas = self.current_gradient_accumulation_steps
-        first = True
+        with self.compute_loss_context_manager():
+            ref = self.reference_logps(model, inputs)  # once: the reference does not move with θ
+        passes: list[ObjectiveOutput] = []
 
         def closure() -> Tensor:
-            nonlocal first
             # The clean pass must not trigger DDP's gradient all-reduce (it never reaches .grad).
+            first = not passes
             ctx = self.accelerator.no_sync(model) if first and self.accelerator.num_processes > 1 else nullcontext()
-            first = False
             with ctx, self.compute_loss_context_manager():
-                return self.compute_loss(model, inputs)
+                passes.append(self.objective(model, inputs, ref, sam=False, sharded=self.sharded))
+            if first:
+                self._check_finite(passes[0].loss)
+            return passes[-1].loss
 
         res = full_sam_backward(
             model.parameters(), closure, rho=self.sam.rho, backward=lambda loss: self.accelerator.backward(loss / gas)
         )
-        for k, v in res.metrics.items():
-            self._stored["train"][k].append(torch.tensor(v))
+        self._store("train", passes[0].metrics)  # the clean pass, as in logits-SAM mode
+        self._store("train", {k: torch.tensor(v) for k, v in res.metrics.items()})
         return res.loss_post / gas
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -205,8 +160,38 @@ class PreferenceTrainer(Trainer):
         stored = self._stored[mode]
         if stored:
             keys = sorted(stored)
-            means = torch.stack([torch.stack(stored[k]).mean() for k in keys]).to(self.args.device)
+            means = torch.stack([torch.stack([t.to(self.args.device) for t in stored[k]]).mean() for k in keys])
             means = self.accelerator.reduce(means, reduction="mean") if self.accelerator.num_processes > 1 else means
-            logs.update({prefix + k: round(float(v), 6) for k, v in zip(keys, means, strict=True)})
+            logs.update({prefix + k: round(float(v), 6) for k, v in zip(keys, means.tolist(), strict=True)})
             stored.clear()
         super().log(logs, start_time)
+
+
+def last_good_state(output_dir: str) -> str:
+    """Which saved state to resume from after a divergence: the newest checkpoint whose weights are finite."""
+    import re
+
+    from safetensors.torch import load_file
+
+    found = []
+    if os.path.isdir(output_dir):
+        for name in os.listdir(output_dir):
+            m = re.fullmatch(r"checkpoint-(\d+)", name)
+            if m and os.path.isdir(os.path.join(output_dir, name)):
+                found.append((int(m.group(1)), os.path.join(output_dir, name)))
+    for step, path in sorted(found, reverse=True):
+        files = [f for f in os.listdir(path) if f.endswith(".safetensors")]
+        try:
+            finite = bool(files) and all(
+                bool(torch.isfinite(t).all()) for f in files for t in load_file(os.path.join(path, f)).values()
+            )
+        except Exception:  # unreadable or partial: not a good state
+            finite = False
+        if finite:
+            return (
+                f"the newest checkpoint with finite weights is {path} (step {step}); "
+                f"resume with --train.resume_from_checkpoint={path}"
+            )
+    if found:
+        return f"no checkpoint in {output_dir} has finite weights ({len(found)} found); start again"
+    return f"no checkpoint was saved in {output_dir} before this step"

@@ -8,8 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..logprobs import model_sequence_logps, sequence_logps, shift_for_causal_lm, token_logps_twice_differentiable
-from ..losses import LossSpec, PreferenceLogps
+from ..logprobs import sequence_logps, shift_for_causal_lm, token_logps_twice_differentiable
+from ..losses import LossSpec
+from ..objective import model_sequence_logps, pair_logps
 from .hessian import TraceEstimate, logit_hessian_trace, parameter_hessian_trace
 
 
@@ -18,13 +19,11 @@ def preference_loss_of_logits(
 ) -> Callable[[Tensor], Tensor]:
     """Logits (2B, T, V) -> mean preference loss of the batch (chosen rows first, then rejected)."""
     labels = shift_for_causal_lm(batch["labels"])
-    n = labels.shape[0] // 2
+    scores = (batch.get("score_chosen"), batch.get("score_rejected"))
 
     def fn(logits: Tensor) -> Tensor:
         sums, lengths = sequence_logps(token_logps_twice_differentiable(logits, labels), labels)
-        r = (None, None) if ref is None else (ref[:n], ref[n:])
-        inp = PreferenceLogps(sums[:n], sums[n:], lengths[:n], lengths[n:], *r)
-        return spec.fn(inp, **params).losses.mean()
+        return spec.fn(pair_logps(sums, lengths, ref, scores), **params).losses.mean()
 
     return fn
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import torch
 
-from ..logprobs import IGNORE_INDEX, model_sequence_logps
+from ..logprobs import IGNORE_INDEX
+from ..objective import model_sequence_logps
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,8 @@ def sequence_kl(
     """Monte-Carlo KL(π‖π_ref) ≈ mean over policy samples of log π(y|x) − log π_ref(y|x) (summed over tokens).
 
     samples: (prompt ids, sampled ids) pairs as returned by ``generate(..., return_ids=True)``.
+    The two models may live on different devices: each gets the batch on its own.
     """
-    device = next(policy.parameters()).device
     total, count = 0.0, 0
     for s in range(0, len(samples), batch_size):
         chunk = samples[s : s + batch_size]
@@ -66,8 +67,10 @@ def sequence_kl(
             input_ids[i, : len(p) + len(r)] = torch.tensor(p + r)
             labels[i, len(p) : len(p) + len(r)] = torch.tensor(r, dtype=torch.long)
             mask[i, : len(p) + len(r)] = 1
-        input_ids, mask, labels = input_ids.to(device), mask.to(device), labels.to(device)
-        lp = [model_sequence_logps(m, input_ids, mask, labels) for m in (policy, reference)]
+        lp = []
+        for m in (policy, reference):
+            dev = next(m.parameters()).device
+            lp.append(model_sequence_logps(m, input_ids.to(dev), mask.to(dev), labels.to(dev)).double().cpu())
         total += float((lp[0] - lp[1]).sum())
         count += len(chunk)
     return total / max(count, 1)

@@ -26,6 +26,7 @@ from .. import config as config_mod
 from ..evaluation.generation import DecodeSettings, generate
 from ..evaluation.judges import GoldRewardJudge, vader_reward
 from ..evaluation.winrate import bootstrap, sequence_kl
+from ..losses import get_loss
 from ..models import cache_dir, load_model, load_tokenizer
 from ..run import train
 from .pairs import load_prompts, make_pairs, split_prompts, write_jsonl
@@ -123,8 +124,8 @@ def _run_config(s: DemoSettings, spec: RunSpec, out: str, train_file: str, eval_
     cfg.data.max_length, cfg.data.max_prompt_length = s.max_length, s.max_length // 2
     cfg.loss.name = spec.loss
     cfg.loss.params = dict(spec.params)
-    if spec.loss in ("dpo", "gate_dpo", "dpo_abs", "spo_target", "cpo"):
-        cfg.loss.beta = s.beta
+    if "beta" in get_loss(spec.loss).defaults and "beta" not in spec.params:
+        cfg.loss.beta = s.beta  # the study's β for every loss that has one, unless the run sets its own
     cfg.loss.reference = "precomputed"
     cfg.sam.rho, cfg.sam.mode = spec.rho, spec.mode
     t = cfg.train
