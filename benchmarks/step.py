@@ -133,8 +133,11 @@ def run_shape(name: str, args, dev: str, dtype: torch.dtype) -> list[dict]:
 
     mem, times = {}, {v: [] for v in variants}
     for v in variants:
+        t0 = time.perf_counter()
         step(v)  # warm-up
+        t1 = time.perf_counter()
         mem[v] = measure_memory(dev, lambda v=v: step(v, set_to_none=dev == "cuda"))
+        print(f"  [{v}: warm-up {t1 - t0:.1f} s, memory pass {time.perf_counter() - t1:.1f} s]", flush=True)
     order = list(variants)
     for _ in range(args.rounds):
         random.shuffle(order)

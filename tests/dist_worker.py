@@ -14,8 +14,9 @@ def digest(trainer) -> None:
     model = trainer.accelerator.unwrap_model(trainer.model)
     h = hashlib.sha256()
     for name, p in sorted(model.named_parameters()):
+        full = p.full_tensor() if hasattr(p, "full_tensor") else p  # FSDP2 shards are DTensors
         h.update(name.encode())
-        h.update(p.detach().cpu().to(torch.float64).numpy().tobytes())
+        h.update(full.detach().cpu().to(torch.float64).numpy().tobytes())
     rank = int(os.environ.get("RANK", "0"))
     with open(os.path.join(sys.argv[1], f"rank{rank}.digest"), "w") as f:
         f.write(h.hexdigest())

@@ -128,9 +128,12 @@ class WeightEps:
         step = max(1, (1 << 24) // max(1, self.g.shape[1]))
         return sum((self.g[a : a + step].to(acc).square().sum() for a in range(0, self.g.shape[0], step)), start=0.0)
 
-    def shift(self, s: int, e: int, h: Tensor) -> Tensor:
-        """H_c gᵀ in the held dtype (unscaled: the caller adds it times ``scale`` to float32 logits)."""
-        return F.linear(h[s:e].to(self.g.dtype), self.g)
+    def add_shift(self, z: Tensor, s: int, e: int, h: Tensor) -> Tensor:
+        """z += scale·H_c gᵀ: in place when dtypes agree, else through one held-dtype product."""
+        hc = h[s:e].to(self.g.dtype)
+        if z.dtype == self.g.dtype:
+            return z.addmm_(hc * self.scale, self.g.T)
+        return z.addcmul_(F.linear(hc, self.g), self.scale)
 
     def shift_back(self, dz: Tensor, acc: torch.dtype) -> Tensor:
         return (dz.to(self.g.dtype) @ self.g).to(acc).mul_(self.scale)
@@ -156,8 +159,12 @@ class GramEps:
             total += (kh * (self.g_r[a : a + step] @ self.g_r.T).to(acc)).sum()
         return total
 
-    def shift(self, s: int, e: int, h: Tensor) -> Tensor:
-        return (h[s:e].to(self.h_r.dtype) @ self.h_r.T) @ self.g_r
+    def add_shift(self, z: Tensor, s: int, e: int, h: Tensor) -> Tensor:
+        """z += scale·(H_c H_rᵀ) G_r."""
+        k = h[s:e].to(self.h_r.dtype) @ self.h_r.T
+        if z.dtype == self.g_r.dtype:
+            return z.addmm_(k.mul_(self.scale), self.g_r)
+        return z.addcmul_(k @ self.g_r, self.scale)
 
     def shift_back(self, dz: Tensor, acc: torch.dtype) -> Tensor:
         return ((dz.to(self.g_r.dtype) @ self.g_r.T) @ self.h_r).to(acc).mul_(self.scale)
@@ -223,7 +230,7 @@ def _sweep(job, h, w, b, cdt, pert, on_dz, *, top=False, fixed_gout=None):
     def logits(s: int, e: int) -> Tensor:
         z = F.linear(h[s:e].to(cdt), w, b).to(acc)
         # ε's product stays in its own dtype until it meets the float32 logits (no fp32 copy of it).
-        return z.addcmul_(pert.shift(s, e, h), pert.scale) if pert is not None else z
+        return pert.add_shift(z, s, e, h) if pert is not None else z
 
     for grp in plan.groups:
         kept = None

@@ -1,4 +1,4 @@
-"""Squeezing diagnostics (DESIGN.md §5): per-batch metrics with TRL's names plus drift and top-token mass.
+"""Squeezing diagnostics (docs/design.md §6): per-batch metrics with TRL's names plus drift and top-token mass.
 
 Δ+ < 0 (``logps/chosen_drift``) means the chosen response has become less likely than under the
 reference: the squeezing effect. ``probs/top_token`` is the mean probability of the argmax token

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The GPU check in one call (device machine: PyTorch + transformers + accelerate, no network).
+# Carry .whl (trl, datasets, dill, multiprocess, xxhash, vaderSentiment wheels; see the device
+# README) and run from the repo root:  bash benchmarks/gpu_check.sh "$OUT"
+set -uo pipefail
+out=${1:-/tmp/gpu-check}
+mkdir -p "$out"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+fi
+export PYTHONPATH=$PWD/src:${PYTHONPATH:-} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$out/gpu.txt"
+python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_bf16.py 2>&1 | tee "$out/gpu_tests.txt"
+python3 benchmarks/step.py --device cuda --out "$out/step_cuda.json" 2>&1 | grep -v -i warn | tee "$out/step_cuda.txt"
