@@ -16,13 +16,14 @@ import torch
 
 from . import config as config_mod
 from .batching import DropCounts, PreferenceCollator, tokenize_examples
+from .checkpoints import AtomicCheckpoints, checkpoint_step, resolve_resume, trim_metrics
 from .config import Config, TrainConfig
 from .data import load_examples
 from .errors import ConfigError
 from .losses import HyperparameterError, LossSpec, get_loss, resolve_hparams
 from .models import apply_lora, check_model_source, load_model, load_reference, load_tokenizer
 from .reference import attach_reference_logps
-from .rundir import check_output_dir
+from .rundir import check_output_dir, claim, is_main_process
 from .sam import METHODS
 
 log = logging.getLogger(__name__)
@@ -195,10 +196,23 @@ def train(cfg: Config, on_end: Callable[[Any], None] | None = None) -> dict[str,
     """
     check_config(cfg)
     spec, params = loss_setup(cfg)
+    t = cfg.train
+    resuming = t.resume_from_checkpoint not in (None, False)
+    with claim(t.output_dir, resuming=resuming, overwrite=t.overwrite_output_dir):
+        resume = resolve_resume(t.output_dir, t.resume_from_checkpoint, allow_incomplete=t.resume_allow_incomplete)
+        if is_main_process():
+            step = checkpoint_step(resume) if resume else None
+            if step is not None:  # the interrupted run logged steps the resumed one logs again
+                trim_metrics(t.output_dir, step)
+            config_mod.save(cfg, os.path.join(t.output_dir, "config.yaml"))
+        return _train(cfg, spec, params, resume, on_end)
+
+
+def _train(
+    cfg: Config, spec: LossSpec, params: dict[str, Any], resume: str | None, on_end: Callable[[Any], None] | None
+) -> dict[str, Any]:
     from .trainer import PreferenceTrainer
 
-    os.makedirs(cfg.train.output_dir, exist_ok=True)
-    config_mod.save(cfg, os.path.join(cfg.train.output_dir, "config.yaml"))
     tokenizer = load_tokenizer(cfg.model)
     data = prepare_data(cfg, tokenizer)
     args = build_training_args(cfg.train, has_eval=bool(data.eval_rows))
@@ -230,8 +244,9 @@ def train(cfg: Config, on_end: Callable[[Any], None] | None = None) -> dict[str,
         sam=cfg.sam,
         ref_model=ref_model,
         print_logs=cfg.train.print_logs,
+        callbacks=[AtomicCheckpoints()],
     )
-    result = trainer.train(resume_from_checkpoint=cfg.train.resume_from_checkpoint)
+    result = trainer.train(resume_from_checkpoint=resume)
     if cfg.train.save_model:
         trainer.save_model(cfg.train.output_dir)
     metrics = dict(result.metrics)
