@@ -139,6 +139,7 @@ def _cfg(tmp_path, *overrides):
         (["--train.lr_scheduler_type=zigzag"], "train.lr_scheduler_type: 'zigzag' is not one of linear"),
         (["--train.optim=sgd_nope"], "train.optim: unknown optimizer 'sgd_nope'"),
         (["--sam.method=magic"], "sam.method: 'magic' is not one of"),
+        (["--train.extra={adam_betaa: 0.9}"], "train.extra.adam_betaa: not a transformers.TrainingArguments field"),
         (["--model.name_or_path=/nonexistent/model"], "model.name_or_path: '/nonexistent/model' not found"),
         (["--model.name_or_path=./nope"], "model.name_or_path: './nope' not found"),
         (["--model.name_or_path=no such model!"], "not a local path, nor a Hugging Face model id"),

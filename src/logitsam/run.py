@@ -130,6 +130,7 @@ def _check_report_to(names: list[str]) -> None:
 
 def check_config(cfg: Config) -> None:
     """Cross-field and environment checks that per-field rules (config.RULES) cannot express."""
+    from transformers import TrainingArguments
     from transformers.trainer_utils import SchedulerType
     from transformers.training_args import OptimizerNames
 
@@ -153,6 +154,10 @@ def check_config(cfg: Config) -> None:
     if t.optim not in [o.value for o in OptimizerNames]:
         raise ConfigError(f"train.optim: unknown optimizer {t.optim!r} (see transformers' OptimizerNames)")
     _check_report_to(t.report_to)
+    fields = inspect.signature(TrainingArguments.__init__).parameters
+    unknown = sorted(k for k in t.extra if k not in fields)
+    if unknown:
+        raise ConfigError(f"train.extra.{unknown[0]}: not a transformers.TrainingArguments field")
     check_model_source(cfg.model.name_or_path, "model.name_or_path", cfg.model.gguf_file)
     if cfg.model.ref_name_or_path:
         check_model_source(cfg.model.ref_name_or_path, "model.ref_name_or_path", cfg.model.gguf_file)
