@@ -1,5 +1,7 @@
 """Config loading, overrides and their errors."""
 
+import re
+
 import pytest
 
 from logitsam import config as C
@@ -54,3 +56,174 @@ def test_recipes_load():
     assert len(recipes) >= 5
     for path in recipes:
         C.load(path)
+
+
+# ---- values rejected when read, naming the key ------------------------------------------------
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("--train.learning_rate=.nan", "train.learning_rate: nan is not a finite number"),
+        ("--train.learning_rate=-1e-5", "train.learning_rate: -1e-05 must be ≥ 0"),
+        ("--sam.rho=.inf", "sam.rho: inf is not a finite number"),
+        ("--sam.rho=-.inf", "sam.rho: -inf is not a finite number"),
+        ("--loss.beta=.nan", "loss.beta: nan is not a finite number"),
+        ("--train.per_device_train_batch_size=0", "train.per_device_train_batch_size: 0 must be > 0"),
+        ("--train.per_device_eval_batch_size=-2", "train.per_device_eval_batch_size: -2 must be > 0"),
+        ("--train.gradient_accumulation_steps=0", "train.gradient_accumulation_steps: 0 must be > 0"),
+        ("--train.logging_steps=0", "train.logging_steps: 0 must be > 0"),
+        ("--train.save_steps=-1", "train.save_steps"),
+        ("--train.max_steps=0", "train.max_steps: 0 must be -1"),
+        ("--train.seed=-1", "train.seed"),
+        ("--data.max_length=0", "data.max_length: 0 must be > 0"),
+        ("--data.max_prompt_length=-1", "data.max_prompt_length: -1 must be ≥ 0"),
+        ("--data.eval_fraction=1", "data.eval_fraction: 1.0 must be in [0, 1)"),
+        ("--data.eval_fraction=-0.1", "data.eval_fraction: -0.1 must be in [0, 1)"),
+        ("--data.format=xml", "data.format: 'xml' is not one of auto, explicit, hh, conversational"),
+        ("--train.output_dir=", "train.output_dir: '' must not be empty"),
+        ("--train.output_dir=' '", "train.output_dir"),
+        ("--train.report_to=['']", "train.report_to"),
+        ("--train.extra={output_dir: x}", "train.extra: {'output_dir': 'x'} repeats output_dir"),
+        ("--train.extra={adam_beta1: .nan}", "train.extra.adam_beta1: nan is not a finite number"),
+        ("--loss.params={beta: .inf}", "loss.params.beta: inf is not a finite number"),
+        ("--loss.params.gamma=.nan", "loss.params.gamma: nan is not a finite number"),
+        ("--model.dtype=float8", "model.dtype: 'float8' is not one of"),
+        ("--sam.mode=half", "sam.mode: 'half' is not one of logits, full"),
+        ("--loss.reference=disk", "loss.reference: 'disk' is not one of"),
+        ("--train.resume_from_checkpoint=''", "train.resume_from_checkpoint: '' must not be empty"),
+    ],
+)
+def test_bad_values_are_rejected_when_read(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        C.apply_overrides(C.Config(), [override])
+
+
+def test_yaml_nan_names_file_and_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train: {learning_rate: .nan}\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: train\.learning_rate: nan is not a finite number"):
+        C.load(str(path))
+    with pytest.raises(ConfigError, match=r"<dict>: data\.max_length: 0 must be > 0"):
+        C.from_dict({"data": {"max_length": 0}})
+
+
+def test_nested_override_sets_one_entry():
+    cfg = C.apply_overrides(C.Config(), ["--loss.params.gamma=0.5", "--loss.params.beta=2"])
+    assert cfg.loss.params == {"gamma": 0.5, "beta": 2}
+    with pytest.raises(ConfigError, match=r"unknown key sam\.rho\.x"):
+        C.apply_overrides(C.Config(), ["--sam.rho.x=1"])
+
+
+def test_config_path_that_is_a_directory_or_not_utf8(tmp_path):
+    with pytest.raises(ConfigError, match="is a directory, not a YAML config file"):
+        C.load(str(tmp_path))
+    path = tmp_path / "latin.yaml"
+    path.write_bytes(b"loss:\n  name: dpo # caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"latin\.yaml:2: not valid UTF-8 \(byte 0xe9\)"):
+        C.load(str(path))
+    path.write_bytes(b"\xef\xbb\xbfloss: {name: ipo}\n")  # a BOM is fine
+    assert C.load(str(path)).loss.name == "ipo"
+
+
+# ---- cross-field and environment checks (run.check_config / loss_setup) ------------------------
+def _cfg(tmp_path, *overrides):
+    cfg = C.load("configs/tiny-cpu.yaml")
+    return C.apply_overrides(cfg, [f"--train.output_dir={tmp_path / 'out'}", *overrides])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["--data.max_prompt_length=128"], "data.max_prompt_length: 128 must be < data.max_length (128)"),
+        (["--data.train_files=[]"], "data.train_files: give at least one training file"),
+        (["--train.report_to=[wandb_nope]"], "train.report_to: unknown integration 'wandb_nope'"),
+        (["--train.lr_scheduler_type=zigzag"], "train.lr_scheduler_type: 'zigzag' is not one of linear"),
+        (["--train.optim=sgd_nope"], "train.optim: unknown optimizer 'sgd_nope'"),
+        (["--sam.method=magic"], "sam.method: 'magic' is not one of"),
+        (["--train.extra={adam_betaa: 0.9}"], "train.extra.adam_betaa: not a transformers.TrainingArguments field"),
+        (["--model.name_or_path=/nonexistent/model"], "model.name_or_path: '/nonexistent/model' not found"),
+        (["--model.name_or_path=./nope"], "model.name_or_path: './nope' not found"),
+        (["--model.name_or_path=no such model!"], "not a local path, nor a Hugging Face model id"),
+        (["--model.ref_name_or_path=/nonexistent/ref"], "model.ref_name_or_path: '/nonexistent/ref' not found"),
+        (["--train.resume_from_checkpoint=/nonexistent/checkpoint-3"], "train.resume_from_checkpoint: "),
+    ],
+)
+def test_check_config_names_the_key(tmp_path, overrides, message):
+    from logitsam.run import check_config
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_config(_cfg(tmp_path, *overrides))
+
+
+def test_report_to_an_integration_that_is_not_installed(tmp_path, monkeypatch):
+    from transformers.integrations import integration_utils
+
+    from logitsam.run import check_config
+
+    monkeypatch.setattr(integration_utils, "get_available_reporting_integrations", lambda: ["tensorboard"])
+    check_config(_cfg(tmp_path, "--train.report_to=[tensorboard]"))  # installed: fine
+    with pytest.raises(ConfigError, match=r"train\.report_to: 'wandb' is not installed"):
+        check_config(_cfg(tmp_path, "--train.report_to=[wandb]"))
+
+
+def test_model_paths_that_are_not_models(tmp_path):
+    from logitsam.run import check_config
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "weights.bin").write_bytes(b"\0" * 8)
+    for name, message in (
+        ("empty", "is a directory without config.json, not a saved model"),
+        ("weights.bin", "is a file, not a model directory"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            check_config(_cfg(tmp_path, f"--model.name_or_path={tmp_path / name}"))
+
+
+def test_loading_a_broken_model_dir_is_a_config_error(tmp_path):
+    from logitsam.config import ModelConfig
+    from logitsam.models import load_model, load_tokenizer
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match=r"model\.name_or_path: cannot load a tokenizer from"):
+        load_tokenizer(ModelConfig(name_or_path=str(bad)))
+    with pytest.raises(ConfigError, match=r"model\.name_or_path: cannot load a causal LM from"):
+        load_model(ModelConfig(name_or_path=str(bad)))
+
+
+def test_output_dir_that_is_a_file_or_under_one(tmp_path):
+    from logitsam.run import check_config
+
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ConfigError, match=r"train\.output_dir: .* is a file, not a directory"):
+        check_config(_cfg(tmp_path, f"--train.output_dir={tmp_path / 'f'}"))
+    with pytest.raises(ConfigError, match=r"train\.output_dir: .* is under .*f', which is a file"):
+        check_config(_cfg(tmp_path, f"--train.output_dir={tmp_path / 'f' / 'run'}"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["--loss.beta=-0.1"], "loss.beta: loss 'dpo': beta = -0.1"),
+        (["--loss.beta=0"], "loss.beta: loss 'dpo': beta = 0.0"),
+        (["--loss.params={label_smoothing: 0.5}"], "loss.params.label_smoothing: loss 'dpo': label_smoothing = 0.5"),
+        (["--loss.params={nll_mode: x}"], "loss.params.nll_mode: loss 'dpo': no hyperparameter 'nll_mode'"),
+        (["--loss.name=slic", "--loss.beta=null", "--loss.params.nll_mode=median"], "loss.params.nll_mode: loss 'slic'"),
+        (["--loss.name=slic", "--loss.beta=0.1"], "loss.beta: loss 'slic' has no beta"),
+        (["--loss.name=dp0"], "loss.name: unknown loss 'dp0'"),
+        (["--loss.beta=null", "--loss.params={beta: -1}"], "loss.params.beta: loss 'dpo'"),
+    ],
+)
+def test_loss_setup_names_the_key(tmp_path, overrides, message):
+    from logitsam.run import loss_setup
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        loss_setup(_cfg(tmp_path, *overrides))
+
+
+def test_loss_params_read_as_yaml_1_1_numbers(tmp_path):
+    from logitsam.run import loss_setup
+
+    path = tmp_path / "c.yaml"
+    path.write_text("loss: {name: simpo, params: {gamma: 5e-1}}\n")  # PyYAML reads 5e-1 as a string
+    assert loss_setup(C.load(str(path)))[1]["gamma"] == 0.5

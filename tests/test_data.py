@@ -1,6 +1,7 @@
 """Data formats, file types, validation errors (file, line, field), tokenization and collation."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -155,3 +156,144 @@ def test_chat_template_rendering():
     assert tok.decode(rows[0]["chosen_ids"]) == "Red is a primary color.<|im_end|>"
     batch = PreferenceCollator(0)(rows)
     assert batch["score_chosen"].tolist() == [9.0, 10.0, 8.5, 9.0]
+
+
+# ---- hostile files ----------------------------------------------------------------------------
+ROW = {"prompt": "p", "chosen": " a", "rejected": " b"}
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("empty.jsonl", ""),
+        ("blank.jsonl", "\n  \n\t\n\r\n"),
+        ("empty.csv", ""),
+        ("header.csv", "prompt,chosen,rejected\n"),
+        ("bom-header.csv", "\ufeffprompt,chosen,rejected\r\n"),
+        ("empty-list.json", "[]"),
+        ("empty-data.json", '{"data": []}'),
+    ],
+)
+def test_files_without_rows(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{re.escape(str(path))}: no rows"):
+        load_examples([str(path)])
+
+
+def test_parquet_without_rows_and_not_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"prompt": pa.array([], pa.string())}), tmp_path / "empty.parquet")
+    with pytest.raises(DataError, match=r"empty\.parquet: no rows"):
+        load_examples([str(tmp_path / "empty.parquet")])
+    (tmp_path / "fake.parquet").write_text(json.dumps(ROW))
+    with pytest.raises(DataError, match=r"fake\.parquet: not a readable Parquet file"):
+        load_examples([str(tmp_path / "fake.parquet")])
+
+
+def test_missing_prompt_says_so(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps(ROW) + "\n" + json.dumps({"chosen": " a", "rejected": " b"}) + "\n")
+    with pytest.raises(DataError, match=r"d\.jsonl:2: field 'prompt': missing"):
+        load_examples([str(path)])
+    path = tmp_path / "d.csv"
+    path.write_text("chosen,rejected\n a, b\n")
+    with pytest.raises(DataError, match=r"d\.csv:2: field 'prompt': missing"):
+        load_examples([str(path)])
+
+
+def test_excel_csv_with_bom_and_line_breaks_in_fields(tmp_path):
+    path = tmp_path / "excel.csv"
+    text = 'prompt,chosen,rejected,score_chosen\r\n"two\r\nlines\u2028sep",yes,no,7.5\r\nq,a\u2029b,c\x85d,\r\n'
+    path.write_bytes(text.encode("utf-8-sig"))
+    ex = load_examples([str(path)])
+    assert [e.prompt for e in ex] == ["two\r\nlines\u2028sep", "q"]
+    assert ex[1].chosen == "a\u2029b" and ex[1].rejected == "c\x85d"
+    assert ex[0].score_chosen == 7.5 and ex[1].score_chosen is None
+    assert ex[1].source.endswith("excel.csv:4")  # the quoted line break counts as a line
+
+
+def test_jsonl_unicode_line_separators_stay_inside_strings(tmp_path):
+    path = tmp_path / "seps.jsonl"
+    rows = [{**ROW, "prompt": "a\u2028b\u2029c\x85d"}, {**ROW, "chosen": 5}]
+    path.write_bytes(b"\xef\xbb\xbf" + "\n".join(json.dumps(r, ensure_ascii=False) for r in rows).encode())
+    with pytest.raises(DataError, match=r"seps\.jsonl:2: field 'chosen'"):  # line 2, not 5
+        load_examples([str(path)])
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(rows[0], ensure_ascii=False).encode() + b"\r\n")
+    assert load_examples([str(path)])[0].prompt == "a\u2028b\u2029c\x85d"
+
+
+def conv(*turns, prompt=None, rejected_last=("assistant", "no")):
+    msgs = [{"role": r, "content": c} for r, c in turns]
+    row = {"chosen": msgs, "rejected": [*msgs[:-1], {"role": rejected_last[0], "content": rejected_last[1]}]}
+    if prompt is not None:
+        row["prompt"] = [{"role": r, "content": c} for r, c in prompt]
+    return row
+
+
+@pytest.mark.parametrize(
+    ("row", "expected"),
+    [
+        (conv(("user", "q"), ("bot", "a")), r"field 'chosen\[1\]\.role': 'bot' is not one of system, user, assistant"),
+        (conv(("user", "q"), ("user", "q2"), rejected_last=("user", "x")), r"field 'chosen\[1\]\.role': the response must be an assistant message, got 'user'"),
+        (conv(("user", "q")), r"field 'chosen\[0\]\.role': the response must be an assistant message"),
+        (conv(("assistant", "hi"), ("assistant", "a")), r"field 'chosen\[0\]\.role': expected 'user', got 'assistant'"),
+        (conv(("user", "q"), ("system", "s"), ("user", "q"), ("assistant", "a")), r"field 'chosen\[1\]\.role': expected 'assistant', got 'system' \(a system message may only come first\)"),
+        (conv(("user", "q"), ("user", "q"), ("assistant", "a")), r"field 'chosen\[1\]\.role': expected 'assistant', got 'user'"),
+        (conv(("system", "s"), ("assistant", "a")), r"field 'chosen': the prompt has no user turn"),
+        (conv(("assistant", "a"), prompt=[("user", "q"), ("assistant", "x")]), r"field 'prompt\[1\]\.role': the prompt must end with a user turn"),
+        (conv(("user", "a"), prompt=[("user", "q")], rejected_last=("user", "b")), r"field 'chosen\[0\]\.role': the response must be an assistant message"),
+        (conv(("user", "q\ud800"), ("assistant", "a")), r"field 'chosen\[0\]\.content': not valid Unicode"),
+        ({**ROW, "prompt": "\udfff"}, r"field 'prompt': not valid Unicode \(lone surrogate"),
+        ({**ROW, "score_chosen": float("nan"), "score_rejected": 1}, r"field 'score_chosen': expected a finite number"),
+        ({**ROW, "score_chosen": 1, "score_rejected": "inf"}, r"field 'score_rejected': expected a finite number"),
+        ({**ROW, "score_chosen": "high"}, r"field 'score_chosen': expected a number, got 'high'"),
+        ({**ROW, "score_chosen": True}, r"field 'score_chosen': expected a number, got True"),
+        ({**ROW, "score_chosen": [1]}, r"field 'score_chosen': expected a number"),
+        ({**conv(("user", "q"), ("assistant", "a")), "score_chosen": {"x": 1}}, r"field 'score_chosen': expected a number"),
+    ],
+)
+def test_hostile_rows_name_file_line_field(tmp_path, row, expected):
+    path = tmp_path / "h.jsonl"
+    path.write_text(json.dumps(ROW) + "\n" + json.dumps(row) + "\n")  # the bad row is on line 2
+    with pytest.raises(DataError, match=r"h\.jsonl:2: " + expected):
+        load_examples([str(path)])
+
+
+def test_system_prompt_and_multi_turn_conversations_are_fine():
+    row = conv(("system", "s"), ("user", "q"), ("assistant", "a"), ("user", "q2"), ("assistant", "yes"))
+    ex = parse_row(row, "auto", "x", 1)
+    assert [m["role"] for m in ex.prompt] == ["system", "user", "assistant", "user"] and ex.chosen["content"] == "yes"
+
+
+@pytest.mark.parametrize("text", ["[" * 100000, "1" * 5000])
+def test_pathological_json_is_a_data_error(tmp_path, text):
+    for name in ("p.jsonl", "p.json"):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(DataError, match="malformed JSON"):
+            load_examples([str(tmp_path / name)])
+
+
+def test_chat_template_failures_are_data_errors(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps(conv(("user", "q"), ("assistant", "a"))) + "\n")
+    ex = load_examples([str(path)])
+    tok = tiny_tokenizer()
+    tok.chat_template = None
+    with pytest.raises(DataError, match=r"c\.jsonl:1: field 'prompt': the tokenizer's chat template failed"):
+        tokenize_examples(tok, ex, 64, 32)
+    tok.chat_template = "{{ raise_exception('roles must alternate') }}"
+    with pytest.raises(DataError, match="roles must alternate"):
+        tokenize_examples(tok, ex, 64, 32)
+
+
+def test_csv_fields_longer_than_the_csv_module_default(tmp_path):
+    import csv
+
+    path = tmp_path / "long.csv"
+    path.write_text(f'prompt,chosen,rejected\nq,"{"x" * 200_000}",b\n')
+    limit = csv.field_size_limit()
+    assert len(load_examples([str(path)])[0].chosen) == 200_000
+    assert csv.field_size_limit() == limit  # the process-wide limit is restored

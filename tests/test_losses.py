@@ -152,3 +152,84 @@ def test_specs_describe_defaults():
     assert LOSSES["cpo"].defaults["nll_weight"] == 1.0  # paper Table 5: λ = 1
     assert LOSSES["simpo"].length_normalized and not LOSSES["dpo"].length_normalized
     assert not LOSSES["slic"].needs_reference and LOSSES["gate_dpo"].needs_reference
+
+
+# ---- hyperparameter ranges --------------------------------------------------------------------
+from logitsam.losses import HyperparameterError, describe_losses  # noqa: E402
+
+HOSTILE = [float("nan"), float("inf"), -float("inf"), "0.1", None, True, [0.1], {"x": 1}]
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_every_hyperparameter_has_a_range_and_defaults_pass(name):
+    spec = LOSSES[name]
+    assert set(spec.ranges) == set(spec.defaults)
+    assert resolve_hparams(spec) == dict(spec.defaults)
+
+
+@pytest.mark.parametrize(("name", "key"), [(n, k) for n in sorted(LOSSES) for k in LOSSES[n].defaults])
+def test_hostile_values_name_loss_and_key(name, key):
+    spec = LOSSES[name]
+    for value in HOSTILE:
+        with pytest.raises(HyperparameterError, match=rf"loss '{name}': {key} = ") as err:
+            resolve_hparams(spec, {key: value})
+        assert err.value.key == key and err.value.loss == name
+    rng = spec.ranges[key]
+    if not rng.choices:  # just outside each finite bound is rejected, the bound itself only if closed
+        for bound, open_, step in ((rng.low, rng.low_open, -1e-9), (rng.high, rng.high_open, 1e-9)):
+            if math.isinf(bound):
+                continue
+            with pytest.raises(HyperparameterError, match="outside"):
+                resolve_hparams(spec, {key: bound + step})
+            if open_:
+                with pytest.raises(HyperparameterError, match="outside"):
+                    resolve_hparams(spec, {key: bound})
+            else:
+                assert resolve_hparams(spec, {key: bound})[key] == bound
+
+
+@pytest.mark.parametrize(
+    ("name", "hp", "message"),
+    [
+        ("dpo", {"beta": 0}, r"beta = 0: 0.0 is outside \(0, inf\) \(β < 0 trains toward the rejected"),
+        ("dpo", {"beta": -0.1}, "outside"),
+        ("dpo", {"label_smoothing": 0.5}, r"outside \[0, 0.5\)"),
+        ("ipo", {"beta": 0.0}, "outside"),
+        ("slic", {"nll_mode": "median"}, "'median' is not one of sum, mean"),
+        ("cpo", {"nll_mode": 1}, "is not one of sum, mean"),
+        ("slic", {"margin": -1.0}, "outside"),
+        ("gate_dpo", {"tau": 1.5}, r"outside \[0, 1\]"),
+        ("spo_target", {"score_scale": 0}, "outside"),
+        ("dpo", {"beta": "0.1"}, "expected a number, got str"),
+    ],
+)
+def test_out_of_range_examples(name, hp, message):
+    with pytest.raises(HyperparameterError, match=message):
+        compute_loss(name, A, **hp)
+
+
+def test_ints_become_floats_and_numpy_numbers_pass():
+    import numpy as np
+
+    assert resolve_hparams(LOSSES["dpo"], {"beta": 1}) == {"beta": 1.0, "label_smoothing": 0.0}
+    assert isinstance(resolve_hparams(LOSSES["dpo"], {"beta": np.float32(0.5)})["beta"], float)
+
+
+def test_a_spec_without_ranges_still_rejects_nan_and_wrong_types():
+    from logitsam.losses import LossSpec, dpo
+
+    spec = LossSpec("custom", dpo, True, False, {"beta": 0.1, "label_smoothing": 0.0})
+    assert resolve_hparams(spec, {"beta": -3})["beta"] == -3.0  # no declared range: any finite number
+    for bad in (float("nan"), "x", None, True):
+        with pytest.raises(HyperparameterError, match="loss 'custom': beta"):
+            resolve_hparams(spec, {"beta": bad})
+
+
+def test_describe_losses_lists_every_hyperparameter():
+    rows = describe_losses()
+    assert {(r.loss, r.hparam) for r in rows} == {(n, k) for n, s in LOSSES.items() for k in s.defaults}
+    dpo_beta = next(r for r in rows if (r.loss, r.hparam) == ("dpo", "beta"))
+    assert (dpo_beta.default, dpo_beta.range) == (0.1, "(0, inf)") and "rejected" in dpo_beta.why
+    ls = next(r for r in rows if r.hparam == "label_smoothing")
+    assert ls.range == "[0, 0.5)"
+    assert next(r for r in rows if r.hparam == "nll_mode").range == "one of sum, mean"

@@ -142,3 +142,31 @@ def test_other_formats_train(tmp_path, fixture):
         )
     )
     assert out["metrics"]["rows_train"] == 4
+
+
+def test_kill_mid_save_resumes_from_the_previous_checkpoint(tmp_path):
+    """A run killed while writing checkpoint-6 (no trainer_state.json, a torn optimizer.pt, no marker)
+    after logging step 6: 'last' resumes from checkpoint-3, the log is trimmed so every step appears
+    once, and the resumed steps reproduce the uninterrupted losses."""
+    from logitsam.checkpoints import MARKER
+    from logitsam.errors import ConfigError
+
+    out = tmp_path / "run"
+    train(cfg_for(out))
+    straight = {r["step"]: r["loss"] for r in records(out) if "loss" in r}
+    assert (out / "checkpoint-3" / f"{MARKER}-0-of-1").exists()
+    with pytest.raises(ConfigError, match="holds a previous run"):  # same dir, no resume: refused
+        train(cfg_for(out))
+    ckpt = out / "checkpoint-6"
+    (ckpt / "trainer_state.json").unlink()
+    (ckpt / f"{MARKER}-0-of-1").unlink()
+    opt = (ckpt / "optimizer.pt").read_bytes()
+    (ckpt / "optimizer.pt").write_bytes(opt[: len(opt) // 2])
+    with pytest.raises(ConfigError, match=r"checkpoint-6' is incomplete: missing trainer_state\.json"):
+        train(cfg_for(out, f"--train.resume_from_checkpoint={ckpt}"))
+    train(cfg_for(out, "--train.resume_from_checkpoint=last"))
+    resumed = [r for r in records(out) if "loss" in r]
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6]
+    for r in resumed[3:]:
+        assert abs(r["loss"] - straight[r["step"]]) <= 1e-6
+    assert not (out / ".logitsam.lock").exists()

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from .data import PreferenceExample
+from .errors import DataError
 from .logprobs import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
@@ -43,13 +44,31 @@ class DropCounts:
         return self.prompt_too_long + self.identical_responses
 
 
+def _data_error(ex: PreferenceExample, key: str, problem: str) -> DataError:
+    """A DataError at the example's ``path:line`` source."""
+    path, _, line = ex.source.rpartition(":")
+    if not (path and line.isdigit()):
+        return DataError(ex.source or "<example>", None, key, problem)
+    return DataError(path, int(line), key, problem)
+
+
+def _template(tokenizer: Any, ex: PreferenceExample, key: str, messages: list, **kwargs: Any) -> str:
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+    except Exception as e:  # no template, or a template that rejects the conversation (jinja raise_exception)
+        raise _data_error(ex, key, f"the tokenizer's chat template failed: {' '.join(str(e).split())}") from None
+    if not isinstance(text, str):
+        raise _data_error(ex, key, f"the chat template rendered {type(text).__name__}, not text")
+    return text
+
+
 def _render_chat(tokenizer: Any, ex: PreferenceExample) -> tuple[str, str, str]:
-    prompt = tokenizer.apply_chat_template(ex.prompt, tokenize=False, add_generation_prompt=True)
+    prompt = _template(tokenizer, ex, "prompt", ex.prompt, add_generation_prompt=True)
     out = []
-    for resp in (ex.chosen, ex.rejected):
-        full = tokenizer.apply_chat_template([*ex.prompt, resp], tokenize=False)
+    for key, resp in (("chosen", ex.chosen), ("rejected", ex.rejected)):
+        full = _template(tokenizer, ex, key, [*ex.prompt, resp])
         if not full.startswith(prompt):
-            raise ValueError(f"{ex.source}: chat template does not render the prompt as a prefix of the reply")
+            raise _data_error(ex, key, "the chat template does not render the prompt as a prefix of the reply")
         out.append(full[len(prompt) :])
     return prompt, out[0], out[1]
 

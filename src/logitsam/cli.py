@@ -4,14 +4,41 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 
-from .errors import UserError
+from .errors import ConfigError, UserError
+
+
+def _out_dir(path: str, option: str) -> None:
+    """ConfigError unless ``path`` is, or can be created as, a directory (checked before any work)."""
+    from .rundir import check_output_dir
+
+    check_output_dir(path, option)
+
+
+def _out_file(path: str, option: str) -> None:
+    if os.path.isdir(path):
+        raise ConfigError(f"{option}: {path!r} is a directory, not a file")
+    _out_dir(os.path.dirname(os.path.abspath(path)), option)
+
+
+def _at_least(value: float, low: float, option: str) -> None:
+    if not math.isfinite(value) or value < low:
+        raise ConfigError(f"{option}: must be ≥ {low:g}, got {value!r}")
 
 
 def _toy(args: argparse.Namespace) -> int:
     from .theory.toy import ToyConfig, run_toy
 
+    _out_dir(args.out, "--out")
+    _at_least(args.dim, 1, "--dim")
+    _at_least(args.classes, 2, "--classes")
+    _at_least(args.steps, 1, "--steps")
+    for option, value in (("--lr", args.lr), ("--rho", args.rho)):
+        if not math.isfinite(value):
+            raise ConfigError(f"{option}: must be a finite number, got {value!r}")
     cfg = ToyConfig(
         dim=args.dim, classes=args.classes, neg_lr=args.lr, neg_steps=args.steps, rho=args.rho, seed=args.seed
     )
@@ -52,8 +79,25 @@ def _sharpness(args: argparse.Namespace) -> int:
     from .data import load_examples
     from .diagnostics.sharpness import measure_sharpness
     from .losses import get_loss, resolve_hparams
-    from .models import load_model, load_tokenizer
+    from .models import check_model_source, load_model, load_tokenizer
 
+    # everything checkable is checked before a model is loaded
+    _at_least(args.probes, 1, "--probes")
+    _at_least(args.pairs, 1, "--pairs")
+    _at_least(args.max_length, 2, "--max-length")
+    try:
+        spec = get_loss(args.loss)
+    except ValueError as e:
+        raise ConfigError(f"--loss: {e}") from None
+    try:
+        params = resolve_hparams(spec, {"beta": args.beta} if "beta" in spec.defaults else {})
+    except ValueError as e:
+        raise ConfigError(f"--beta: {e}") from None
+    check_model_source(args.model, "--model")
+    if args.ref:
+        check_model_source(args.ref, "--ref")
+    if args.out:
+        _out_file(args.out, "--out")
     mcfg = ModelConfig(name_or_path=args.model, dtype=args.dtype)
     tok = load_tokenizer(mcfg)
     rows, _ = tokenize_examples(tok, load_examples([args.data])[: args.pairs], args.max_length, args.max_length // 2)
@@ -62,8 +106,6 @@ def _sharpness(args: argparse.Namespace) -> int:
     batch = PreferenceCollator(tok.pad_token_id)(rows)
     model = load_model(mcfg, vocab_size=len(tok))
     ref = load_model(ModelConfig(name_or_path=args.ref, dtype=args.dtype), vocab_size=len(tok)) if args.ref else None
-    spec = get_loss(args.loss)
-    params = resolve_hparams(spec, {"beta": args.beta} if "beta" in spec.defaults else {})
     torch.manual_seed(args.seed)
     res = measure_sharpness(model, batch, spec, params, ref_model=ref, probes=args.probes, seed=args.seed)
     out = {k: v.to_dict() for k, v in res.items()}
@@ -78,9 +120,18 @@ def _sharpness(args: argparse.Namespace) -> int:
     return 0
 
 
+def _losses(args: argparse.Namespace) -> int:
+    from .losses import describe_losses
+
+    for r in describe_losses():
+        print(f"{r.loss:11s} {r.hparam:16s} default {r.default!r:8s} range {r.range:18s} {r.why}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .study.demo import DemoSettings, default_runs, quick_settings, run_demo
 
+    _out_dir(args.out, "--out")
     settings = quick_settings() if args.quick else DemoSettings(runs=default_runs(args.full))
     run_demo(args.out, settings)
     print(f"report: {args.out}/report.md (plots and results.json beside it)")
@@ -124,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--out", help="write the traces as JSON here")
     sh.set_defaults(func=_sharpness)
 
+    ls = sub.add_parser("losses", help="the registered losses, their hyperparameters, defaults and valid ranges")
+    ls.set_defaults(func=_losses)
+
     demo = sub.add_parser("demo", help="the offline squeezing study on SmolLM2-135M with a VADER judge")
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--quick", action="store_true", help="tiny random model, a handful of prompts (seconds)")
@@ -141,9 +195,26 @@ def main(argv: list[str] | None = None) -> int:
     args.overrides = rest
     try:
         return args.func(args)
-    except UserError as e:
-        print(f"logitsam: error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:
+        if _is_training_diverged(e):  # checked first: it may become a UserError subclass
+            print(f"logitsam: training diverged: {_one_line(e)}", file=sys.stderr)
+            return 3
+        if isinstance(e, UserError):
+            print(f"logitsam: error: {_one_line(e)}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _is_training_diverged(e: BaseException) -> bool:
+    """Whether ``e`` is trainer.TrainingDiverged; the trainer module (torch, transformers) is only
+    looked up when it is already loaded, which it is whenever it raised."""
+    trainer = sys.modules.get("logitsam.trainer")
+    diverged = getattr(trainer, "TrainingDiverged", None)
+    return isinstance(diverged, type) and isinstance(e, diverged)
 
 
 if __name__ == "__main__":

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .hparams import Range, check_like_default, nonnegative, one_of, positive
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,8 @@ class LossSpec:
         β·mean log-prob) rather than sums; callers always pass sums and lengths.
     uses_scores: the loss reads ``chosen_scores``/``rejected_scores`` when present.
     defaults: hyperparameters and their default values; any other keyword is an error.
+    ranges: the valid values of each hyperparameter (a key without one only has to be a finite
+        number / a value of its default's type); :func:`resolve_hparams` enforces them.
     """
 
     name: str
@@ -85,6 +89,7 @@ class LossSpec:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     uses_scores: bool = False
     summary: str = ""
+    ranges: Mapping[str, Range] = field(default_factory=dict)
 
 
 def _rewards(beta: float, chosen: Tensor, rejected: Tensor) -> tuple[Tensor, Tensor]:
@@ -199,46 +204,165 @@ def spo_target(inp: PreferenceLogps, *, beta: float = 0.1, target: float = 1.0, 
     return LossOutput(losses, *_rewards(beta, d_pos, d_neg))
 
 
-def _spec(name: str, fn: LossFn, ref: bool, norm: bool, summary: str, scores: bool = False) -> LossSpec:
+def _spec(
+    name: str, fn: LossFn, ref: bool, norm: bool, summary: str, ranges: dict[str, Range], scores: bool = False
+) -> LossSpec:
     import inspect
 
     defaults = {k: p.default for k, p in inspect.signature(fn).parameters.items() if p.kind == p.KEYWORD_ONLY}
-    return LossSpec(name, fn, ref, norm, defaults, scores, summary)
+    if set(ranges) != set(defaults):  # a registry entry must declare the range of every hyperparameter
+        raise AssertionError(f"loss {name!r}: ranges for {sorted(ranges)} but hyperparameters {sorted(defaults)}")
+    return LossSpec(name, fn, ref, norm, defaults, scores, summary, ranges)
 
+
+# Why each range: β is a temperature on a log-ratio, so β < 0 trains toward the rejected response and
+# β = 0 learns nothing; weights and margins below zero invert the term they scale.
+_BETA = positive("β < 0 trains toward the rejected response, β = 0 learns nothing")
+_NLL_MODE = one_of("sum", "mean", why="summed or token-mean NLL of the chosen response")
+_NLL_WEIGHT = nonnegative("λ < 0 pushes the chosen response's likelihood down")
 
 LOSSES: dict[str, LossSpec] = {
     s.name: s
     for s in (
-        _spec("dpo", dpo, True, False, "DPO / cDPO (label_smoothing)"),
-        _spec("hinge", hinge, True, False, "reference-based hinge (TRL 'hinge')"),
-        _spec("ipo", ipo, True, True, "IPO, length-normalised log-ratios"),
-        _spec("slic", slic, False, False, "SLiC-HF (paper Table 5)"),
-        _spec("cpo", cpo, False, False, "CPO (paper Table 5)"),
-        _spec("simpo", simpo, False, True, "SimPO"),
-        _spec("gate_dpo", gate_dpo, True, False, "Gate-DPO: gated rejected gradient"),
-        _spec("dpo_abs", dpo_abs, True, False, "DPO + absolute-improvement penalty (reconstruction)"),
-        _spec("spo_target", spo_target, True, False, "finite-target loss (reconstruction)", scores=True),
+        _spec(
+            "dpo",
+            dpo,
+            True,
+            False,
+            "DPO / cDPO (label_smoothing)",
+            {
+                "beta": _BETA,
+                "label_smoothing": Range(
+                    0.0, 0.5, high_open=True, why="ε is the assumed label-flip rate; ε ≥ 0.5 prefers rejected"
+                ),
+            },
+        ),
+        _spec("hinge", hinge, True, False, "reference-based hinge (TRL 'hinge')", {"beta": _BETA}),
+        _spec("ipo", ipo, True, True, "IPO, length-normalised log-ratios", {"beta": _BETA}),
+        _spec(
+            "slic",
+            slic,
+            False,
+            False,
+            "SLiC-HF (paper Table 5)",
+            {
+                "margin": nonnegative("a negative margin is met while the rejected response is more likely"),
+                "nll_weight": _NLL_WEIGHT,
+                "nll_mode": _NLL_MODE,
+            },
+        ),
+        _spec(
+            "cpo",
+            cpo,
+            False,
+            False,
+            "CPO (paper Table 5)",
+            {"beta": _BETA, "nll_weight": _NLL_WEIGHT, "nll_mode": _NLL_MODE},
+        ),
+        _spec(
+            "simpo",
+            simpo,
+            False,
+            True,
+            "SimPO",
+            {"beta": _BETA, "gamma": nonnegative("γ is SimPO's target reward margin")},
+        ),
+        _spec(
+            "gate_dpo",
+            gate_dpo,
+            True,
+            False,
+            "Gate-DPO: gated rejected gradient",
+            {
+                "beta": _BETA,
+                "alpha": positive("α is the gate's steepness; α ≤ 0 removes or inverts the gate"),
+                "tau": Range(0.0, 1.0, why="τ is a threshold on a probability"),
+            },
+        ),
+        _spec(
+            "dpo_abs",
+            dpo_abs,
+            True,
+            False,
+            "DPO + absolute-improvement penalty (reconstruction)",
+            {"beta": _BETA, "lam": nonnegative("λ < 0 rewards the chosen response falling below the reference")},
+        ),
+        _spec(
+            "spo_target",
+            spo_target,
+            True,
+            False,
+            "finite-target loss (reconstruction)",
+            {
+                "beta": _BETA,
+                "target": nonnegative("the target margin βδ; < 0 targets preferring the rejected response"),
+                "score_scale": positive("maps score gaps to margins; ≤ 0 removes or flips the preference"),
+            },
+            scores=True,
+        ),
     )
 }
 
 
+class HyperparameterError(ValueError):
+    """A hyperparameter is unknown, of the wrong type, NaN/inf or out of range; names the loss and key."""
+
+    def __init__(self, loss: str, key: str, problem: str) -> None:
+        super().__init__(f"loss {loss!r}: {problem}")
+        self.loss, self.key, self.problem = loss, key, problem
+
+
 def get_loss(name: str) -> LossSpec:
     """Look a loss up by name; an unknown name raises ValueError listing the known ones."""
-    try:
-        return LOSSES[name]
-    except KeyError:
-        raise ValueError(f"unknown loss {name!r}; known: {', '.join(sorted(LOSSES))}") from None
+    if not isinstance(name, str) or name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; known: {', '.join(sorted(LOSSES))}")
+    return LOSSES[name]
 
 
 def resolve_hparams(spec: LossSpec, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Defaults of ``spec`` updated with ``overrides``; an unknown key raises ValueError naming it."""
+    """Defaults of ``spec`` updated with ``overrides``, every value checked against its range.
+
+    Raises :class:`HyperparameterError` (a ValueError) naming the loss and the key for an unknown
+    key, a wrong type, NaN/inf or a value outside the declared range.
+    """
     params = dict(spec.defaults)
     for key, value in (overrides or {}).items():
         if key not in params:
             known = ", ".join(sorted(params)) or "none"
-            raise ValueError(f"loss {spec.name!r} has no hyperparameter {key!r} (known: {known})")
+            raise HyperparameterError(spec.name, str(key), f"no hyperparameter {key!r} (known: {known})")
         params[key] = value
+    for key, value in params.items():
+        rng = spec.ranges.get(key)
+        try:
+            params[key] = rng.check(value) if rng is not None else check_like_default(value, spec.defaults[key])
+        except ValueError as e:
+            raise HyperparameterError(spec.name, key, f"{key} = {value!r}: {e}") from None
     return params
+
+
+class LossParamRow(NamedTuple):
+    """One row of :func:`describe_losses`."""
+
+    loss: str
+    hparam: str
+    default: Any
+    range: str
+    why: str
+    summary: str
+
+
+def describe_losses() -> list[LossParamRow]:
+    """Every registered loss's hyperparameters with default and valid range (for ``logitsam losses``)."""
+    rows = []
+    for name in sorted(LOSSES):
+        spec = LOSSES[name]
+        for key, default in spec.defaults.items():
+            rng = spec.ranges.get(key)
+            text, why = (rng.describe(), rng.why) if rng is not None else ("any", "")
+            rows.append(LossParamRow(name, key, default, text, why, spec.summary))
+        if not spec.defaults:
+            rows.append(LossParamRow(name, "", None, "", "", spec.summary))
+    return rows
 
 
 def compute_loss(name: str, inp: PreferenceLogps, **hparams: Any) -> LossOutput:

@@ -17,6 +17,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import re
 from typing import Any
 
 import torch
@@ -144,6 +145,44 @@ def resolve_path(cfg: ModelConfig, name: str | None = None) -> str:
     return name
 
 
+def _one_line(e: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_model_source(name: str, key: str = "model.name_or_path", gguf_file: str | None = None) -> None:
+    """ConfigError (naming ``key``) when ``name`` visibly is no model: a missing path, a directory
+    without config.json, a file that is not .gguf, an impossible hub id, an uncached id offline."""
+    if name in (TINY, SMOLLM2):
+        return
+    if "\x00" in name:
+        raise ConfigError(f"{key}: {name!r} contains a NUL character")
+    if os.path.isdir(name):
+        if gguf_file:
+            if not os.path.isfile(os.path.join(name, gguf_file)):
+                raise ConfigError(f"model.gguf_file: {gguf_file!r} not found in {name!r}")
+        elif not any(os.path.isfile(os.path.join(name, f)) for f in ("config.json", "adapter_config.json")):
+            raise ConfigError(f"{key}: {name!r} is a directory without config.json, not a saved model")
+        return
+    if os.path.exists(name):
+        if not name.endswith(".gguf"):
+            raise ConfigError(f"{key}: {name!r} is a file, not a model directory (or a .gguf file)")
+        return
+    if os.path.isabs(name) or name.startswith((".", "~")) or name.endswith(".gguf") or "\\" in name:
+        raise ConfigError(f"{key}: {name!r} not found")
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]{0,95}(/[\w.-]{1,96})?", name, re.ASCII):
+        raise ConfigError(f"{key}: {name!r} not found (not a local path, nor a Hugging Face model id)")
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            cached = try_to_load_from_cache(name, "config.json")
+        except Exception:  # an id the hub's validator refuses: certainly not cached
+            cached = None
+        if not isinstance(cached, str):
+            raise ConfigError(f"{key}: {name!r} is not a local path and not in the Hugging Face cache (offline)")
+
+
 def load_tokenizer(cfg: ModelConfig) -> Any:
     """Tokenizer with a pad token (falls back to EOS) and right padding."""
     if cfg.name_or_path == TINY:
@@ -151,7 +190,12 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
     else:
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(resolve_path(cfg), trust_remote_code=cfg.trust_remote_code)
+        check_model_source(cfg.name_or_path, gguf_file=cfg.gguf_file)
+        try:
+            tok = AutoTokenizer.from_pretrained(resolve_path(cfg), trust_remote_code=cfg.trust_remote_code)
+        except (OSError, ValueError, KeyError, ImportError) as e:
+            where = f"model.name_or_path: cannot load a tokenizer from {cfg.name_or_path!r}"
+            raise ConfigError(f"{where}: {_one_line(e)}") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token or tok.unk_token
     tok.padding_side = "right"
@@ -166,12 +210,14 @@ def load_model(cfg: ModelConfig, *, name: str | None = None, vocab_size: int | N
         return tiny_model(vocab_size or len(tiny_tokenizer()), seed=seed, dtype=dtype)
     from transformers import AutoModelForCausalLM
 
+    key = "model.name_or_path" if name == cfg.name_or_path else "model.ref_name_or_path"
+    check_model_source(name, key, cfg.gguf_file)
     try:
         return AutoModelForCausalLM.from_pretrained(
             resolve_path(cfg, name), dtype=dtype, trust_remote_code=cfg.trust_remote_code
         )
-    except OSError as e:
-        raise ConfigError(f"model.name_or_path: cannot load {name!r}: {e}") from None
+    except (OSError, ValueError, KeyError, ImportError) as e:
+        raise ConfigError(f"{key}: cannot load a causal LM from {name!r}: {_one_line(e)}") from None
 
 
 def apply_lora(model: Any, cfg: ModelConfig) -> Any:

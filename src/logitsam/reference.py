@@ -1,7 +1,11 @@
 """Reference log-probs computed once and cached on disk, so the reference model leaves memory.
 
-The cache key hashes the reference model's identity and every tokenized row, so a changed model,
-tokenizer, data file or length limit can never reuse stale values.
+The cache key hashes the reference model's *content* (:func:`model_fingerprint`: class, config,
+every tensor's name, shape and dtype, its float64 sum and an evenly strided sample of its values),
+the model id string and every tokenized row. A different model saved at the same path, a changed
+dtype, tokenizer, data file or length limit therefore never reuses stale values. A cache file that
+cannot be read (corrupt, truncated, not plain tensors — it is loaded with ``weights_only=True``)
+or has the wrong shape is recomputed with a warning.
 """
 
 from __future__ import annotations
@@ -22,11 +26,41 @@ from .objective import model_sequence_logps
 log = logging.getLogger(__name__)
 
 
-def cache_key(model_id: str, rows: list[dict[str, Any]]) -> str:
-    h = hashlib.sha256(model_id.encode())
+CACHE_VERSION = "v2"  # bump when the key or the stored values change meaning
+_VOLATILE_CONFIG = ("_name_or_path", "transformers_version", "_commit_hash")
+
+
+@torch.no_grad()
+def model_fingerprint(model: Any, sample: int = 4096) -> str:
+    """Hash of what determines a model's outputs, cheap enough for billions of parameters.
+
+    Per tensor: name, shape, dtype, the float64 sum (moves with any real change of any value) and
+    ``sample`` evenly spaced values (all of them for small tensors). Plus the class and the config
+    without the fields that only say where it was loaded from.
+    """
+    h = hashlib.sha256(type(model).__name__.encode())
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "to_dict"):
+        fields = {k: v for k, v in config.to_dict().items() if k not in _VOLATILE_CONFIG}
+        h.update(json.dumps(fields, sort_keys=True, default=str).encode())
+    for name, t in model.state_dict().items():
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        if t.device.type == "meta" or t.numel() == 0:
+            continue
+        flat = t.detach().reshape(-1)
+        h.update(f"{float(flat.sum(dtype=torch.float64)):.12e}".encode())
+        if flat.numel() > sample:
+            flat = flat[torch.linspace(0, flat.numel() - 1, sample, device=flat.device).long()]
+        h.update(flat.cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def cache_key(model_id: str, rows: list[dict[str, Any]], fingerprint: str = "") -> str:
+    """Key of the cached values: model id, model fingerprint and every row's token ids."""
+    h = hashlib.sha256(f"{CACHE_VERSION}\0{model_id}\0{fingerprint}".encode())
     for r in rows:
         h.update(json.dumps([r["prompt_ids"], r["chosen_ids"], r["rejected_ids"]]).encode())
-    return h.hexdigest()[:24]
+    return h.hexdigest()[:32]
 
 
 @torch.no_grad()
@@ -58,19 +92,34 @@ def compute_reference_logps(
     return torch.cat(out) if out else torch.zeros(0, 2)
 
 
+def _load_cached(path: str, n: int) -> torch.Tensor | None:
+    """The cached (n, 2) values, or None (with a warning) when the file is unusable."""
+    try:
+        values = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt, truncated, or not plain tensors: never trust it
+        log.warning("reference log-prob cache %s is unreadable (%s); recomputing", path, type(e).__name__)
+        return None
+    if not isinstance(values, torch.Tensor) or tuple(values.shape) != (n, 2) or not values.is_floating_point():
+        log.warning("reference log-prob cache %s does not hold (%d, 2) values; recomputing", path, n)
+        return None
+    return values
+
+
 def attach_reference_logps(
     model: Any, model_id: str, rows: list[dict[str, Any]], pad_token_id: int, batch_size: int = 8
 ) -> str:
     """Add ``ref_logps`` (chosen, rejected) to each row, from the disk cache or computed now; returns the path."""
-    path = os.path.join(cache_dir(), "ref_logps", f"{cache_key(model_id, rows)}.pt")
-    if os.path.exists(path):
-        values = torch.load(path)
+    key = cache_key(model_id, rows, model_fingerprint(model))
+    path = os.path.join(cache_dir(), "ref_logps", f"{key}.pt")
+    values = _load_cached(path, len(rows)) if os.path.exists(path) else None
+    if values is not None:
         log.info("reference log-probs from cache %s", path)
     else:
         values = compute_reference_logps(model, rows, pad_token_id, batch_size)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        torch.save(values, path + ".tmp")
-        os.replace(path + ".tmp", path)
+        tmp = f"{path}.{os.getpid()}.tmp"  # per process: ranks may write the same key at once
+        torch.save(values, tmp)
+        os.replace(tmp, path)
     for r, v in zip(rows, values.tolist(), strict=True):
         r["ref_logps"] = v
     return path

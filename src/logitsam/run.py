@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import logging
 import os
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -14,12 +16,14 @@ import torch
 
 from . import config as config_mod
 from .batching import DropCounts, PreferenceCollator, tokenize_examples
+from .checkpoints import AtomicCheckpoints, checkpoint_step, resolve_resume, trim_metrics
 from .config import Config, TrainConfig
 from .data import load_examples
 from .errors import ConfigError
-from .losses import LossSpec, get_loss, resolve_hparams
-from .models import apply_lora, load_model, load_reference, load_tokenizer
+from .losses import HyperparameterError, LossSpec, get_loss, resolve_hparams
+from .models import apply_lora, check_model_source, load_model, load_reference, load_tokenizer
 from .reference import attach_reference_logps
+from .rundir import check_output_dir, claim, is_main_process
 from .sam import METHODS
 
 log = logging.getLogger(__name__)
@@ -73,30 +77,94 @@ def build_training_args(t: TrainConfig, has_eval: bool) -> Any:
         raise ConfigError(f"train: {e}") from None
 
 
+# YAML 1.1 (PyYAML) reads 1e-4 — an exponent without a dot — as a string; config.py reads such
+# strings as numbers for float fields, and loss.params (a free mapping) gets the same treatment.
+_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def loss_setup(cfg: Config) -> tuple[LossSpec, dict[str, Any]]:
-    """The loss spec and its validated hyperparameters (``loss.beta`` is shorthand for params.beta)."""
+    """The loss spec and its validated hyperparameters (``loss.beta`` is shorthand for params.beta).
+
+    Errors name the config key: ``loss.name``, ``loss.beta`` or ``loss.params.<key>``.
+    """
     try:
         spec = get_loss(cfg.loss.name)
-        params = dict(cfg.loss.params)
-        if cfg.loss.beta is not None:
-            if "beta" not in spec.defaults:
-                raise ValueError(f"loss {spec.name!r} has no beta")
-            params["beta"] = cfg.loss.beta
-        return spec, resolve_hparams(spec, params)
     except ValueError as e:
-        raise ConfigError(f"loss: {e}") from None
+        raise ConfigError(f"loss.name: {e}") from None
+    params = {
+        k: float(v) if isinstance(v, str) and _YAML11_FLOAT.fullmatch(v.strip()) else v
+        for k, v in cfg.loss.params.items()
+    }
+    if cfg.loss.beta is not None:
+        if "beta" not in spec.defaults:
+            raise ConfigError(f"loss.beta: loss {spec.name!r} has no beta (its hyperparameters: {_known(spec)})")
+        params["beta"] = cfg.loss.beta
+    try:
+        return spec, resolve_hparams(spec, params)
+    except HyperparameterError as e:
+        key = "loss.beta" if e.key == "beta" and cfg.loss.beta is not None else f"loss.params.{e.key}"
+        raise ConfigError(f"{key}: {e}") from None
+
+
+def _known(spec: LossSpec) -> str:
+    return ", ".join(sorted(spec.defaults)) or "none"
+
+
+def _check_report_to(names: list[str]) -> None:
+    from transformers.integrations.integration_utils import (
+        INTEGRATION_TO_CALLBACK,
+        get_available_reporting_integrations,
+    )
+
+    available = set(get_available_reporting_integrations())
+    if importlib.util.find_spec("flytekit") is not None:  # not in transformers' availability list
+        available.add("flyte")
+    for name in names:
+        if name in ("none", "all") or name in available:
+            continue
+        if name not in INTEGRATION_TO_CALLBACK:
+            known = ", ".join(["none", "all", *sorted(INTEGRATION_TO_CALLBACK)])
+            raise ConfigError(f"train.report_to: unknown integration {name!r} (known: {known})")
+        raise ConfigError(f"train.report_to: {name!r} is not installed (pip install it, or report_to: [none])")
 
 
 def check_config(cfg: Config) -> None:
-    """Cross-field checks that dataclass types cannot express."""
-    if not cfg.data.train_files:
+    """Cross-field and environment checks that per-field rules (config.RULES) cannot express."""
+    from transformers import TrainingArguments
+    from transformers.trainer_utils import SchedulerType
+    from transformers.training_args import OptimizerNames
+
+    d, t = cfg.data, cfg.train
+    if not d.train_files:
         raise ConfigError("data.train_files: give at least one training file")
+    if d.max_prompt_length >= d.max_length:
+        raise ConfigError(
+            f"data.max_prompt_length: {d.max_prompt_length} must be < data.max_length ({d.max_length}), "
+            "or no room is left for the responses"
+        )
     if cfg.sam.mode not in ("logits", "full"):
         raise ConfigError(f"sam.mode: {cfg.sam.mode!r} is not one of logits, full")
     if cfg.sam.method not in METHODS:
         raise ConfigError(f"sam.method: {cfg.sam.method!r} is not one of {', '.join(METHODS)}")
     if cfg.loss.reference not in ("model", "precomputed", "none"):
         raise ConfigError(f"loss.reference: {cfg.loss.reference!r} is not one of model, precomputed, none")
+    schedulers = [s.value for s in SchedulerType]
+    if t.lr_scheduler_type not in schedulers:
+        raise ConfigError(f"train.lr_scheduler_type: {t.lr_scheduler_type!r} is not one of {', '.join(schedulers)}")
+    if t.optim not in [o.value for o in OptimizerNames]:
+        raise ConfigError(f"train.optim: unknown optimizer {t.optim!r} (see transformers' OptimizerNames)")
+    _check_report_to(t.report_to)
+    fields = inspect.signature(TrainingArguments.__init__).parameters
+    unknown = sorted(k for k in t.extra if k not in fields)
+    if unknown:
+        raise ConfigError(f"train.extra.{unknown[0]}: not a transformers.TrainingArguments field")
+    check_model_source(cfg.model.name_or_path, "model.name_or_path", cfg.model.gguf_file)
+    if cfg.model.ref_name_or_path:
+        check_model_source(cfg.model.ref_name_or_path, "model.ref_name_or_path", cfg.model.gguf_file)
+    check_output_dir(t.output_dir)
+    resume = t.resume_from_checkpoint
+    if isinstance(resume, str) and resume.strip().lower() != "last" and not os.path.exists(resume):
+        raise ConfigError(f"train.resume_from_checkpoint: {resume!r} not found")
 
 
 @dataclass
@@ -131,12 +199,25 @@ def train(cfg: Config, on_end: Callable[[Any], None] | None = None) -> dict[str,
 
     ``on_end(trainer)`` runs on every rank after training, before distributed teardown.
     """
-    from .trainer import PreferenceTrainer
-
     check_config(cfg)
     spec, params = loss_setup(cfg)
-    os.makedirs(cfg.train.output_dir, exist_ok=True)
-    config_mod.save(cfg, os.path.join(cfg.train.output_dir, "config.yaml"))
+    t = cfg.train
+    resuming = t.resume_from_checkpoint not in (None, False)
+    with claim(t.output_dir, resuming=resuming, overwrite=t.overwrite_output_dir):
+        resume = resolve_resume(t.output_dir, t.resume_from_checkpoint, allow_incomplete=t.resume_allow_incomplete)
+        if is_main_process():
+            step = checkpoint_step(resume) if resume else None
+            if step is not None:  # the interrupted run logged steps the resumed one logs again
+                trim_metrics(t.output_dir, step)
+            config_mod.save(cfg, os.path.join(t.output_dir, "config.yaml"))
+        return _train(cfg, spec, params, resume, on_end)
+
+
+def _train(
+    cfg: Config, spec: LossSpec, params: dict[str, Any], resume: str | None, on_end: Callable[[Any], None] | None
+) -> dict[str, Any]:
+    from .trainer import PreferenceTrainer
+
     tokenizer = load_tokenizer(cfg.model)
     data = prepare_data(cfg, tokenizer)
     args = build_training_args(cfg.train, has_eval=bool(data.eval_rows))
@@ -168,8 +249,9 @@ def train(cfg: Config, on_end: Callable[[Any], None] | None = None) -> dict[str,
         sam=cfg.sam,
         ref_model=ref_model,
         print_logs=cfg.train.print_logs,
+        callbacks=[AtomicCheckpoints()],
     )
-    result = trainer.train(resume_from_checkpoint=cfg.train.resume_from_checkpoint)
+    result = trainer.train(resume_from_checkpoint=resume)
     if cfg.train.save_model:
         trainer.save_model(cfg.train.output_dir)
     metrics = dict(result.metrics)

@@ -6,26 +6,35 @@
 - :class:`LLMJudge`: an OpenAI-compatible chat API (base URL, model, key from arguments or the
   environment: LOGITSAM_JUDGE_BASE_URL / _MODEL / _API_KEY, falling back to OPENAI_*), asked the
   DPO paper's pairwise question in both orders to cancel position bias, with retries and timeouts.
+
+LLM verdicts: ``More helpful: A`` / ``Preferred: B`` in the usual variations (markdown bold, any
+case, quoted, trailing punctuation, on the comparison's line) parse; anything else ("C", empty,
+null content) is a *failure*. A pair counts only when both orders parse — one parsed and one
+failed order is a failed pair, not a win — and a failed pair's outcome is NaN (never a tie).
+``judge.last`` reports the failures; more than ``max_failure_rate`` of the pairs failing makes
+``compare`` raise :class:`JudgeError`.
 """
 
 from __future__ import annotations
 
-import json
+import http.client
+import math
 import os
 import random
 import re
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 
+from .http import HTTPStatusError, RedirectRefused, post_json
+
 
 class Judge(Protocol):
     def compare(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> list[float]:
-        """P(response a is better than response b) for each prompt."""
+        """P(response a is better than response b) for each prompt (NaN where the judge failed)."""
         ...
 
 
@@ -105,7 +114,28 @@ PAIRWISE_PROMPTS = {
 
 
 class JudgeError(RuntimeError):
-    """The judge API failed after all retries."""
+    """The judge API failed after all retries, or too many verdicts could not be parsed."""
+
+
+# "More helpful: A", "**Preferred:** 'b'.", "more helpful - Response A" ... : the label, then the letter.
+_VERDICT = re.compile(
+    r"(?:preferred|more\s+helpful)[\s*_`]*[:\-–][\s*_`\"'(\[]*(?:(?:response|summary)\s+)?[\"'*_`(\[]*([ab])(?![a-z0-9])(.*)",
+    re.IGNORECASE,
+)
+
+
+@dataclass
+class JudgeReport:
+    """Outcome of the last :meth:`LLMJudge.compare`: how many pairs failed, which, and examples."""
+
+    pairs: int = 0
+    failures: int = 0
+    failed: list[int] = field(default_factory=list)  # indices of the failed pairs
+    examples: list[str] = field(default_factory=list)  # a few unparsed answers, shortened
+
+    @property
+    def failure_rate(self) -> float:
+        return self.failures / self.pairs if self.pairs else 0.0
 
 
 class LLMJudge:
@@ -122,6 +152,7 @@ class LLMJudge:
         retries: int = 3,
         backoff: float = 1.0,
         seed: int = 0,
+        max_failure_rate: float = 0.1,
     ) -> None:
         env = os.environ.get
         self.base_url = (base_url or env("LOGITSAM_JUDGE_BASE_URL") or env("OPENAI_BASE_URL") or "").rstrip("/")
@@ -129,51 +160,99 @@ class LLMJudge:
         self.api_key = api_key or env("LOGITSAM_JUDGE_API_KEY") or env("OPENAI_API_KEY") or ""
         if not self.base_url:
             raise ValueError("LLMJudge needs a base URL (argument or LOGITSAM_JUDGE_BASE_URL / OPENAI_BASE_URL)")
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"LLMJudge base URL must start with http:// or https://, got {self.base_url!r}")
         if task not in PAIRWISE_PROMPTS:
             raise ValueError(f"unknown judge task {task!r}; choose from {', '.join(PAIRWISE_PROMPTS)}")
+        if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
+            raise ValueError(f"LLMJudge timeout must be a positive number of seconds, got {timeout!r}")
+        if not (isinstance(retries, int) and retries >= 0):
+            raise ValueError(f"LLMJudge retries must be an int >= 0, got {retries!r}")
+        if not (isinstance(max_failure_rate, (int, float)) and 0.0 <= max_failure_rate <= 1.0):
+            raise ValueError(f"LLMJudge max_failure_rate must be in [0, 1], got {max_failure_rate!r}")
         self.template = PAIRWISE_PROMPTS[task]
-        self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        self.timeout, self.retries, self.backoff = float(timeout), retries, backoff
+        self.max_failure_rate = float(max_failure_rate)
         self.rng = random.Random(seed)
+        self.last = JudgeReport()
 
-    def _ask(self, content: str) -> str:
-        body = json.dumps(
-            {"model": self.model, "messages": [{"role": "user", "content": content}], "temperature": 0.0}
-        ).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
+    def _ask(self, content: str) -> str | None:
+        """The judge's answer text; None when the API keeps answering without text (null content)."""
+        payload = {"model": self.model, "messages": [{"role": "user", "content": content}], "temperature": 0.0}
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         last: Exception | None = None
+        no_text = False  # the last attempt got a well-formed answer whose content was not text
         for attempt in range(self.retries + 1):
-            req = urllib.request.Request(f"{self.base_url}/chat/completions", data=body, headers=headers)
+            no_text = False
             try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    return json.loads(resp.read())["choices"][0]["message"]["content"]
-            except (urllib.error.URLError, TimeoutError, KeyError, IndexError, json.JSONDecodeError) as e:
+                answer = post_json(f"{self.base_url}/chat/completions", payload, headers, self.timeout)
+                text = answer["choices"][0]["message"]["content"]
+                if isinstance(text, str):
+                    return text
+                no_text, last = True, ValueError(f"message content is {type(text).__name__}, not text")
+            except (HTTPStatusError, RedirectRefused) as e:
                 last = e
-                if isinstance(e, urllib.error.HTTPError) and e.code < 500 and e.code != 429:
-                    break  # a client error will not go away by retrying
-                if attempt < self.retries:
-                    time.sleep(self.backoff * 2**attempt * (0.5 + self.rng.random()))
-        raise JudgeError(f"judge at {self.base_url} failed after {self.retries + 1} tries: {last}")
+                if not getattr(e, "retriable", False):
+                    break  # a client error or a refused redirect will not go away by retrying
+            except (OSError, http.client.HTTPException, ValueError, KeyError, IndexError, TypeError) as e:
+                last = e  # network trouble, dropped connection, timeout, odd or non-UTF-8 body
+            if attempt < self.retries:
+                time.sleep(self.backoff * 2**attempt * (0.5 + self.rng.random()))
+        if no_text:
+            return None  # the service works but gives no verdict: a failed judgment, not an outage
+        detail = f"{type(last).__name__}: {last}" if str(last) else type(last).__name__
+        raise JudgeError(f"judge at {self.base_url} failed after {attempt + 1} tries: {detail}")
 
     @staticmethod
-    def parse(answer: str) -> str | None:
-        """'A' or 'B' from the judge's last 'Preferred:' / 'More helpful:' line (None if absent)."""
-        found = re.findall(r"(?:Preferred|More helpful)\s*:\s*\"?([AB])\b", answer)
-        return found[-1] if found else None
+    def parse(answer: str | None) -> str | None:
+        """'A' or 'B' from the judge's last 'Preferred:' / 'More helpful:' verdict (None if absent).
 
-    def _one(self, prompt: str, a: str, b: str) -> float | None:
-        first = self.parse(self._ask(self.template.format(prompt=prompt, a=a, b=b)))
-        second = self.parse(self._ask(self.template.format(prompt=prompt, a=b, b=a)))  # swapped order
-        votes = [v for v in ((first == "A") if first else None, (second == "B") if second else None) if v is not None]
-        return sum(votes) / len(votes) if votes else None
+        A lowercase letter counts only when nothing but punctuation follows it on its line, so
+        "More helpful: a response that ..." is not read as A.
+        """
+        if not isinstance(answer, str):
+            return None
+        for m in reversed(list(_VERDICT.finditer(answer))):
+            letter, rest = m.group(1), m.group(2).split("\n", 1)[0]
+            if letter.isupper() or not re.search(r"[a-z0-9]", rest, re.IGNORECASE):
+                return letter.upper()
+        return None
+
+    def _one(self, prompt: str, a: str, b: str) -> tuple[float | None, str]:
+        """Mean vote of both orders, or (None, unparsed answer) when either order fails."""
+        first = self._ask(self.template.format(prompt=prompt, a=a, b=b))
+        v1 = self.parse(first)
+        if v1 is None:
+            return None, str(first)
+        second = self._ask(self.template.format(prompt=prompt, a=b, b=a))  # swapped order
+        v2 = self.parse(second)
+        if v2 is None:
+            return None, str(second)
+        return ((v1 == "A") + (v2 == "B")) / 2, ""
 
     def compare(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> list[float]:
-        """Average of the two orders per prompt; an unparseable pair of answers counts as a tie."""
-        out = []
-        for p, x, y in zip(prompts, a, b, strict=True):
-            v = self._one(p, x, y)
-            out.append(0.5 if v is None else v)
+        """Average of the two orders per prompt; NaN for a failed pair (see the module docstring).
+
+        Raises JudgeError when more than ``max_failure_rate`` of the pairs failed; ``self.last``
+        holds the report either way.
+        """
+        out, report = [], JudgeReport()
+        for i, (p, x, y) in enumerate(zip(prompts, a, b, strict=True)):
+            v, raw = self._one(p, x, y)
+            report.pairs += 1
+            if v is None:
+                report.failures += 1
+                report.failed.append(i)
+                if len(report.examples) < 3:
+                    report.examples.append(raw[:120])
+            out.append(math.nan if v is None else v)
+        self.last = report
+        if report.failure_rate > self.max_failure_rate:
+            raise JudgeError(
+                f"judge verdicts could not be parsed for {report.failures} of {report.pairs} pairs "
+                f"({report.failure_rate:.0%} > max_failure_rate {self.max_failure_rate:.0%}); "
+                f"e.g. {report.examples[0]!r}"
+            )
         return out
 
 

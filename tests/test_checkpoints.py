@@ -1,0 +1,132 @@
+"""Checkpoint completeness, 'last' resolution, completion markers and metrics trimming (no training)."""
+
+import json
+import logging
+import re
+from types import SimpleNamespace
+
+import pytest
+
+from logitsam.checkpoints import (
+    MARKER,
+    AtomicCheckpoints,
+    checkpoint_problems,
+    resolve_resume,
+    trim_metrics,
+    verify_checkpoint,
+)
+from logitsam.errors import ConfigError
+
+FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth")
+
+
+def fake_checkpoint(root, step, skip=()):
+    path = root / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    for name in FILES:
+        if name not in skip:
+            (path / name).write_bytes(b"x" * 16)
+    if "trainer_state.json" not in skip:
+        (path / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("skip", "missing"),
+    [
+        (("model.safetensors",), "model weights"),
+        (("optimizer.pt",), "optimizer state (optimizer.pt)"),
+        (("scheduler.pt",), "scheduler state (scheduler.pt)"),
+        (("trainer_state.json",), "trainer_state.json"),
+        (("rng_state.pth",), "RNG state"),
+    ],
+)
+def test_verify_lists_what_is_missing(tmp_path, skip, missing):
+    path = fake_checkpoint(tmp_path, 3, skip)
+    with pytest.raises(ConfigError, match=rf"train\.resume_from_checkpoint: checkpoint .* is incomplete: missing .*{re.escape(missing)}"):
+        verify_checkpoint(str(path))
+    verify_checkpoint(str(fake_checkpoint(tmp_path, 4)))  # complete: no error
+
+
+def test_torn_trainer_state_and_everything_missing(tmp_path):
+    path = fake_checkpoint(tmp_path, 3)
+    (path / "trainer_state.json").write_text('{"global_st')  # killed while writing
+    assert checkpoint_problems(str(path)) == ["trainer_state.json with global_step (missing or unreadable)"]
+    (tmp_path / "empty").mkdir()
+    assert len(checkpoint_problems(str(tmp_path / "empty"))) == 5
+
+
+def test_last_skips_partial_checkpoints(tmp_path, caplog):
+    fake_checkpoint(tmp_path, 3)
+    fake_checkpoint(tmp_path, 10)
+    fake_checkpoint(tmp_path, 20, skip=("optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"))
+    (tmp_path / "checkpoint-x").mkdir()  # not a checkpoint name: ignored
+    with caplog.at_level(logging.WARNING):
+        assert resolve_resume(str(tmp_path), "last") == str(tmp_path / "checkpoint-10")  # numeric, not lexical
+    assert "skipping incomplete checkpoint" in caplog.text and "checkpoint-20" in caplog.text
+    assert resolve_resume(str(tmp_path), True) == str(tmp_path / "checkpoint-10")
+    assert resolve_resume(str(tmp_path), None) is None and resolve_resume(str(tmp_path), False) is None
+
+
+def test_incomplete_only_with_allow_incomplete(tmp_path, caplog):
+    partial = fake_checkpoint(tmp_path, 7, skip=("optimizer.pt",))
+    with pytest.raises(ConfigError, match=r"every checkpoint .* is incomplete .*resume_allow_incomplete"):
+        resolve_resume(str(tmp_path), "last")
+    with pytest.raises(ConfigError, match="incomplete: missing optimizer state"):
+        resolve_resume(str(tmp_path), str(partial))
+    with caplog.at_level(logging.WARNING):
+        assert resolve_resume(str(tmp_path), str(partial), allow_incomplete=True) == str(partial)
+    assert "RESUMING FROM AN INCOMPLETE CHECKPOINT" in caplog.text
+
+
+def test_bad_resume_values(tmp_path):
+    with pytest.raises(ConfigError, match="no checkpoint-N directory"):
+        resolve_resume(str(tmp_path), "last")
+    with pytest.raises(ConfigError, match="'/nonexistent/checkpoint-1' not found"):
+        resolve_resume(str(tmp_path), "/nonexistent/checkpoint-1")
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ConfigError, match="is a file, not a checkpoint directory"):
+        resolve_resume(str(tmp_path), str(tmp_path / "f"))
+
+
+def test_marker_protocol(tmp_path):
+    """on_save marks a checkpoint complete; a save about to rewrite it unmarks it first; a file that
+    changes afterwards (a second save killed half-way) makes it incomplete again."""
+    cb = AtomicCheckpoints()
+    path = fake_checkpoint(tmp_path, 3)
+    args = SimpleNamespace(output_dir=str(tmp_path), process_index=0, world_size=1)
+    state = SimpleNamespace(global_step=3)
+    cb.on_save(args, state, SimpleNamespace(should_save=False))
+    marker = path / f"{MARKER}-0-of-1"
+    assert json.loads(marker.read_text())["files"]["optimizer.pt"] == 16
+    assert checkpoint_problems(str(path)) == []
+    cb.on_step_end(args, state, SimpleNamespace(should_save=False))
+    assert marker.exists()
+    cb.on_step_end(args, state, SimpleNamespace(should_save=True))
+    assert not marker.exists()
+    cb.on_save(args, state, None)
+    (path / "optimizer.pt").write_bytes(b"x" * 3)  # truncated by a later interrupted write
+    assert "optimizer.pt changed" in " ".join(checkpoint_problems(str(path)))
+
+
+def test_markers_of_every_rank_are_needed(tmp_path):
+    path = fake_checkpoint(tmp_path, 3)
+    (path / "rng_state.pth").rename(path / "rng_state_0.pth")
+    (path / "rng_state_1.pth").write_bytes(b"r")
+    cb, state = AtomicCheckpoints(), SimpleNamespace(global_step=3)
+    cb.on_save(SimpleNamespace(output_dir=str(tmp_path), process_index=0, world_size=2), state, None)
+    assert checkpoint_problems(str(path)) == ["completion markers of ranks [1] (save interrupted on those ranks)"]
+    cb.on_save(SimpleNamespace(output_dir=str(tmp_path), process_index=1, world_size=2), state, None)
+    assert checkpoint_problems(str(path)) == []
+    assert json.loads((path / f"{MARKER}-1-of-2").read_text())["files"] == {"rng_state_1.pth": 1}
+
+
+def test_trim_metrics(tmp_path):
+    recs = [{"step": s, "loss": s / 10} for s in (1, 2, 3, 4, 5)] + [{"step": 3, "eval_loss": 1.0}]
+    lines = [json.dumps(r) for r in recs]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 6, "lo')  # torn last line
+    assert trim_metrics(str(tmp_path), 3) == 3
+    kept = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in kept] == [1, 2, 3, 3] and kept[-1] == {"step": 3, "eval_loss": 1.0}
+    assert trim_metrics(str(tmp_path), 3) == 0
+    assert trim_metrics(str(tmp_path / "nowhere"), 3) == 0

@@ -1,0 +1,96 @@
+"""The reference log-prob cache is keyed by model content, and unusable cache files are recomputed."""
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from logitsam import reference as R
+from logitsam.batching import tokenize_examples
+from logitsam.data import load_examples
+from logitsam.models import tiny_model, tiny_tokenizer
+
+
+@pytest.fixture
+def rows(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOGITSAM_CACHE", str(tmp_path / "cache"))
+    tok = tiny_tokenizer()
+    out, _ = tokenize_examples(tok, load_examples(["tests/fixtures/explicit.jsonl"])[:3], 512, 384)
+    assert len(out) == 3
+    return out, tok.eos_token_id
+
+
+def attach(model, rows, model_id):
+    data, pad = rows
+    fresh = [dict(r) for r in data]
+    path = R.attach_reference_logps(model, model_id, fresh, pad, batch_size=2)
+    return torch.tensor([r["ref_logps"] for r in fresh]), path
+
+
+def saved_model(path, seed):
+    tiny_model(len(tiny_tokenizer()), seed=seed).save_pretrained(path)
+    return AutoModelForCausalLM.from_pretrained(path)
+
+
+def test_a_different_model_at_the_same_path_is_not_reused(tmp_path, rows):
+    model_dir = str(tmp_path / "ref")
+    model_id = f"{model_dir}:float32"  # what run.train passes: path and dtype only
+    a = saved_model(model_dir, seed=0)
+    va, path_a = attach(a, rows, model_id)
+    b = saved_model(model_dir, seed=1)  # overwrite the directory with another model
+    vb, path_b = attach(b, rows, model_id)
+    live_b = R.compute_reference_logps(b, rows[0], rows[1], batch_size=2)
+    assert path_a != path_b and os.path.exists(path_a) and os.path.exists(path_b)
+    assert not torch.allclose(va, vb)
+    assert torch.equal(vb, live_b)
+
+
+def test_same_content_hits_the_cache(tmp_path, rows, monkeypatch):
+    model = saved_model(str(tmp_path / "ref"), seed=0)
+    first, path = attach(model, rows, "m")
+    reloaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "ref"))
+
+    def never(*args, **kwargs):
+        raise AssertionError("recomputed although cached")
+
+    monkeypatch.setattr(R, "compute_reference_logps", never)
+    again, path2 = attach(reloaded, rows, "m")
+    assert path2 == path and torch.equal(first, again)
+
+
+def test_fingerprint_sees_small_changes_dtype_and_config():
+    model = tiny_model(len(tiny_tokenizer()), seed=0)
+    base = R.model_fingerprint(model)
+    assert R.model_fingerprint(tiny_model(len(tiny_tokenizer()), seed=0)) == base  # deterministic
+    w = model.model.embed_tokens.weight.view(-1)
+    assert w.numel() > 4096  # sampled, not hashed whole
+    sampled = set(torch.linspace(0, w.numel() - 1, 4096).long().tolist())
+    with torch.no_grad():
+        w[min(set(range(w.numel())) - sampled)] += 1e-3  # a value the strided sample does not hit
+    assert R.model_fingerprint(model) != base
+    assert R.model_fingerprint(tiny_model(len(tiny_tokenizer()), seed=0, dtype=torch.bfloat16)) != base
+    other = tiny_model(len(tiny_tokenizer()), seed=0)
+    other.config.rope_theta = 1234.0  # same weights, different outputs
+    assert R.model_fingerprint(other) != base
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "wrong_shape", "pickle"])
+def test_unusable_cache_files_are_recomputed(tmp_path, rows, caplog, damage):
+    model = tiny_model(len(tiny_tokenizer()), seed=0)
+    good, path = attach(model, rows, "m")
+    if damage == "garbage":
+        Path(path).write_bytes(b"\x00not a torch file")
+    elif damage == "truncated":
+        Path(path).write_bytes(Path(path).read_bytes()[:300])
+    elif damage == "wrong_shape":
+        torch.save(torch.zeros(7, 2), path)
+    else:  # arbitrary objects are refused by weights_only=True, never unpickled
+        torch.save({"values": logging.getLogger("x")}, path)
+    with caplog.at_level(logging.WARNING):
+        again, _ = attach(model, rows, "m")
+    assert "recomputing" in caplog.text
+    assert torch.equal(again, good)
+    assert torch.equal(torch.load(path, weights_only=True), good)  # the cache file is repaired

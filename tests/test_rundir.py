@@ -1,0 +1,127 @@
+"""Output directory: usable paths, refusal to mix with a previous run, the run lock."""
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from logitsam.errors import ConfigError
+from logitsam.rundir import LOCK_NAME, RunLock, check_output_dir, claim
+
+
+def write_lock(directory, pid, host=None):
+    directory.mkdir(parents=True, exist_ok=True)
+    info = {"pid": pid, "host": host or socket.gethostname(), "started": 0.0, "id": "x"}
+    (directory / LOCK_NAME).write_text(json.dumps(info))
+    return info
+
+
+def enter(path, resuming=False, overwrite=False):
+    with claim(str(path), resuming=resuming, overwrite=overwrite):
+        pass
+
+
+def dead_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("", "must not be empty"),
+        ("   ", "must not be empty"),
+        ("file", "is a file, not a directory"),
+        ("file/sub/run", "which is a file"),
+    ],
+)
+def test_unusable_paths(tmp_path, name, message):
+    (tmp_path / "file").write_text("x")
+    path = str(tmp_path / name) if name.strip() else name
+    with pytest.raises(ConfigError, match=rf"train\.output_dir: .*{message}"):
+        check_output_dir(path)
+    with pytest.raises(ConfigError, match=message):
+        enter(path)
+    assert (tmp_path / "file").read_text() == "x"  # nothing written was touched
+
+
+def test_a_directory_that_cannot_be_created():
+    with pytest.raises(ConfigError, match=r"train\.output_dir: cannot create '/proc/logitsam-test/run'"):
+        enter("/proc/logitsam-test/run", resuming=False, overwrite=False)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_an_unwritable_parent(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o500)
+    with pytest.raises(ConfigError, match="is not writable"):
+        check_output_dir(str(ro / "run"))
+
+
+def test_previous_run_is_refused_unless_resuming_or_overwriting(tmp_path, caplog):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text("old")
+    (out / "metrics.jsonl").write_text('{"step": 1, "loss": 9}\n')
+    (out / "checkpoint-5").mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match=r"holds a previous run \(config\.yaml, metrics\.jsonl, checkpoint-5\)"):
+        enter(str(out), resuming=False, overwrite=False)
+    assert (out / "metrics.jsonl").exists() and (out / "checkpoint-5").exists()  # nothing lost
+    with claim(str(out), resuming=True, overwrite=False):
+        assert (out / "metrics.jsonl").exists()  # resuming keeps the records (trimmed elsewhere)
+    with caplog.at_level(logging.WARNING), claim(str(out), resuming=False, overwrite=True):
+        assert not (out / "metrics.jsonl").exists() and not (out / "checkpoint-5").exists()
+    assert (out / "notes.txt").read_text() == "mine"  # files that are not a run's stay
+    assert "removed the previous run's metrics.jsonl, checkpoint-5" in caplog.text
+    with claim(str(tmp_path / "fresh"), resuming=False, overwrite=False):
+        assert (tmp_path / "fresh" / LOCK_NAME).exists()
+    assert not (tmp_path / "fresh" / LOCK_NAME).exists()
+
+
+def test_lock_excludes_a_second_run_and_is_released_on_error(tmp_path):
+    out = str(tmp_path / "run")
+    with pytest.raises(RuntimeError, match="boom"), claim(out, resuming=False, overwrite=False):
+        info = json.loads((tmp_path / "run" / LOCK_NAME).read_text())
+        assert (info["pid"], info["host"]) == (os.getpid(), socket.gethostname())
+        with pytest.raises(ConfigError, match=rf"in use by pid {os.getpid()}"):
+            enter(out, resuming=True, overwrite=False)
+        raise RuntimeError("boom")
+    assert not (tmp_path / "run" / LOCK_NAME).exists()  # released although the run failed
+
+
+def test_lock_of_a_live_process_or_another_host_is_respected(tmp_path):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        write_lock(tmp_path / "a", sleeper.pid)
+        with pytest.raises(ConfigError, match=rf"in use by pid {sleeper.pid}.*delete the lock file"):
+            enter(str(tmp_path / "a"), resuming=False, overwrite=False)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    write_lock(tmp_path / "b", dead_pid(), host="some-other-host")  # cannot tell: refuse
+    with pytest.raises(ConfigError, match="on 'some-other-host'"):
+        enter(str(tmp_path / "b"), resuming=False, overwrite=False)
+    assert (tmp_path / "b" / LOCK_NAME).exists()
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, caplog):
+    pid = dead_pid()
+    write_lock(tmp_path, pid)
+    with caplog.at_level(logging.WARNING), claim(str(tmp_path), resuming=False, overwrite=False):
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+    assert f"taking over the stale lock {tmp_path / LOCK_NAME} left by pid {pid}" in caplog.text
+    assert not list(tmp_path.iterdir())  # released, no leftovers of the takeover
+
+
+def test_release_never_removes_a_lock_that_is_not_ours(tmp_path):
+    lock = RunLock(str(tmp_path))
+    lock.acquire()
+    other = write_lock(tmp_path, 1, host="elsewhere")  # replaced behind our back
+    lock.release()
+    assert json.loads((tmp_path / LOCK_NAME).read_text()) == other
