@@ -8,7 +8,7 @@ The registry ``LOSSES`` maps a name to a :class:`LossSpec` that tells callers ev
 (reference model or not, which log-prob normalisation the loss works on, default hyperparameters),
 so no caller matches on loss names.
 
-Notation (DESIGN.md §3): Δ± = logp_θ(y±) − logp_ref(y±), δ = Δ+ − Δ−, β the temperature.
+Notation (docs/design.md §3): Δ± = logp_θ(y±) − logp_ref(y±), δ = Δ+ − Δ−, β the temperature.
 """
 
 from __future__ import annotations
@@ -76,7 +76,6 @@ class LossSpec:
     needs_reference: the trainer must supply ``ref_chosen``/``ref_rejected``.
     length_normalized: the preference term works on mean per-token log-probs (rewards are then
         β·mean log-prob) rather than sums; callers always pass sums and lengths.
-    uses_scores: the loss reads ``chosen_scores``/``rejected_scores`` when present.
     defaults: hyperparameters and their default values; any other keyword is an error.
     ranges: the valid values of each hyperparameter (a key without one only has to be a finite
         number / a value of its default's type); :func:`resolve_hparams` enforces them.
@@ -87,7 +86,6 @@ class LossSpec:
     needs_reference: bool
     length_normalized: bool
     defaults: Mapping[str, Any] = field(default_factory=dict)
-    uses_scores: bool = False
     summary: str = ""
     ranges: Mapping[str, Range] = field(default_factory=dict)
 
@@ -205,14 +203,14 @@ def spo_target(inp: PreferenceLogps, *, beta: float = 0.1, target: float = 1.0, 
 
 
 def _spec(
-    name: str, fn: LossFn, ref: bool, norm: bool, summary: str, ranges: dict[str, Range], scores: bool = False
+    name: str, fn: LossFn, ref: bool, norm: bool, summary: str, ranges: dict[str, Range]
 ) -> LossSpec:
     import inspect
 
     defaults = {k: p.default for k, p in inspect.signature(fn).parameters.items() if p.kind == p.KEYWORD_ONLY}
     if set(ranges) != set(defaults):  # a registry entry must declare the range of every hyperparameter
         raise AssertionError(f"loss {name!r}: ranges for {sorted(ranges)} but hyperparameters {sorted(defaults)}")
-    return LossSpec(name, fn, ref, norm, defaults, scores, summary, ranges)
+    return LossSpec(name, fn, ref, norm, defaults, summary, ranges)
 
 
 # Why each range: β is a temperature on a log-ratio, so β < 0 trains toward the rejected response and
@@ -298,7 +296,6 @@ LOSSES: dict[str, LossSpec] = {
                 "target": nonnegative("the target margin βδ; < 0 targets preferring the rejected response"),
                 "score_scale": positive("maps score gaps to margins; ≤ 0 removes or flips the preference"),
             },
-            scores=True,
         ),
     )
 }
@@ -356,12 +353,16 @@ def describe_losses() -> list[LossParamRow]:
     rows = []
     for name in sorted(LOSSES):
         spec = LOSSES[name]
+        kind = ("reference" if spec.needs_reference else "reference-free") + (
+            ", length-normalised" if spec.length_normalized else ", summed log-probs"
+        )
+        summary = f"{spec.summary} [{kind}]"
         for key, default in spec.defaults.items():
             rng = spec.ranges.get(key)
             text, why = (rng.describe(), rng.why) if rng is not None else ("any", "")
-            rows.append(LossParamRow(name, key, default, text, why, spec.summary))
+            rows.append(LossParamRow(name, key, default, text, why, summary))
         if not spec.defaults:
-            rows.append(LossParamRow(name, "", None, "", "", spec.summary))
+            rows.append(LossParamRow(name, "", None, "", "", summary))
     return rows
 
 

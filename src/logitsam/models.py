@@ -48,12 +48,7 @@ def resolve_dtype(name: str, device: str | None = None) -> torch.dtype:
         on_gpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
         return torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else torch.float32
     try:
-        return {
-            "float32": torch.float32,
-            "bfloat16": torch.bfloat16,
-            "float16": torch.float16,
-            "float64": torch.float64,
-        }[name]
+        return DTYPES[name]
     except KeyError:
         raise ConfigError(f"model.dtype: unknown dtype {name!r} (auto, float32, bfloat16, float16)") from None
 

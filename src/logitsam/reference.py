@@ -106,16 +106,25 @@ def _load_cached(path: str, n: int) -> torch.Tensor | None:
 
 
 def attach_reference_logps(
-    model: Any, model_id: str, rows: list[dict[str, Any]], pad_token_id: int, batch_size: int = 8
+    model: Any,
+    model_id: str,
+    rows: list[dict[str, Any]],
+    pad_token_id: int,
+    batch_size: int = 8,
+    *,
+    autocast: torch.dtype | None = None,
 ) -> str:
-    """Add ``ref_logps`` (chosen, rejected) to each row, from the disk cache or computed now; returns the path."""
-    key = cache_key(model_id, rows, model_fingerprint(model))
+    """Add ``ref_logps`` (chosen, rejected) to each row, from the disk cache or computed now; returns the path.
+
+    autocast: the mixed-precision dtype of training (part of the cache key: values differ under it).
+    """
+    key = cache_key(f"{model_id}\0autocast={autocast}", rows, model_fingerprint(model))
     path = os.path.join(cache_dir(), "ref_logps", f"{key}.pt")
     values = _load_cached(path, len(rows)) if os.path.exists(path) else None
     if values is not None:
         log.info("reference log-probs from cache %s", path)
     else:
-        values = compute_reference_logps(model, rows, pad_token_id, batch_size)
+        values = compute_reference_logps(model, rows, pad_token_id, batch_size, autocast=autocast)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{os.getpid()}.tmp"  # per process: ranks may write the same key at once
         torch.save(values, tmp)

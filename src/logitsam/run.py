@@ -231,10 +231,11 @@ def _train(
         ref_model = load_reference(cfg.model, model)
         if cfg.loss.reference == "precomputed":
             ref_id = f"{cfg.model.ref_name_or_path or cfg.model.name_or_path}:{cfg.model.dtype}"
-            ref = ref_model if ref_model is not None else model
+            ref = (ref_model if ref_model is not None else model).to(args.device)  # as the trainer will run it
+            amp = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
             for rows in (data.train_rows, data.eval_rows):
                 if rows:
-                    attach_reference_logps(ref, ref_id, rows, tokenizer.pad_token_id)
+                    attach_reference_logps(ref, ref_id, rows, tokenizer.pad_token_id, autocast=amp)
             ref_model = None  # freed: the batches carry the reference log-probs now
     model = apply_lora(model, cfg.model)
     trainer = PreferenceTrainer(

@@ -30,8 +30,11 @@ class Interval:
 
 
 def bootstrap(values: Sequence[float], *, resamples: int = 2000, seed: int = 0, level: float = 0.95) -> Interval:
-    """Mean of ``values`` and its percentile-bootstrap interval (resampling prompts with replacement)."""
-    vals = list(values)
+    """Mean of ``values`` and its percentile-bootstrap interval (resampling prompts with replacement).
+
+    NaN values (comparisons the judge failed on) are left out; ``n`` counts the rest.
+    """
+    vals = [v for v in values if v == v]
     if not vals:
         return Interval(float("nan"), float("nan"), float("nan"), 0)
     rng = random.Random(seed)

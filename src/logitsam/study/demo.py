@@ -134,6 +134,7 @@ def _run_config(s: DemoSettings, spec: RunSpec, out: str, train_file: str, eval_
     t.learning_rate, t.num_train_epochs, t.warmup_steps = s.learning_rate, s.epochs, 0.1
     t.logging_steps, t.eval_steps, t.seed = 1, s.eval_steps, spec.seed
     t.save_model = False
+    t.overwrite_output_dir = True  # the demo reruns its own runs from scratch
     t.extra = {"save_strategy": "no", "eval_on_start": True}
     t.print_logs = False  # progress bars only; every record is in metrics.jsonl
     return cfg
