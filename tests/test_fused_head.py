@@ -170,3 +170,64 @@ def test_auto_picks_gram_for_few_rows_and_weight_for_many():
     assert choose_fused_method(256, 4096, 128256, 2) == "gram"
     assert choose_fused_method(8192, 2048, 128256, 2) == "weight"
     assert choose_fused_method(8192, 2048, 128256, 2, max_extra_bytes=1e6) == "gram"
+
+
+def brute_adaptive(spec, params, h, w, b, labels, ref, scores, rho):
+    """ε = ρ·(|W|⊙g)/‖|W|⊙g‖ (the paper's code's sam_adaptive) by autograd, loss at W + ε."""
+    lengths = (labels != IGNORE_INDEX).sum(-1)
+
+    def sums_of(hh, ww, bb):
+        return sequence_logps(token_logps_twice_differentiable(F.linear(hh, ww, bb), labels), labels)[0]
+
+    w0 = w.detach().clone().requires_grad_()
+    (gw,) = torch.autograd.grad(loss_of_sums(spec, params, sums_of(h.detach(), w0, b), lengths, ref, scores), w0)
+    ga = gw * w.abs()
+    eps = rho * ga / ga.norm()
+    hc, wc = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    bc = None if b is None else b.detach().clone().requires_grad_()
+    loss = loss_of_sums(spec, params, sums_of(hc, wc + eps, bc), lengths, ref, scores)
+    loss.backward()
+    return loss.detach(), hc.grad, wc.grad, None if bc is None else bc.grad
+
+
+@pytest.mark.parametrize("name", ["dpo", "cpo", "spo_target"])
+@pytest.mark.parametrize("rho", [0.4, -0.4])
+@pytest.mark.parametrize("path", ["fused", "weight", "chunked"])
+def test_adaptive_matches_brute_force(name, rho, path):
+    from logitsam.sam import logits_sam_loss
+
+    spec = LOSSES[name]
+    params = resolve_hparams(spec, {})
+    h, w, b, labels, ref, scores = make(seed=11)
+    want = brute_adaptive(spec, params, h, w, b, labels, ref, scores, rho)
+    plain = brute(spec, params, h, w, b, labels, ref, scores, rho)
+    assert rel(plain[2], want[2]) > 1e-4  # adaptive really differs from the plain perturbation
+    if path == "fused":
+        lengths = (labels != IGNORE_INDEX).sum(-1)
+        hc, wc = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+        bc = b.detach().clone().requires_grad_()
+        plan = plan_rows(labels, 5)
+        pl = lambda p, c, r: spec.fn(subset_logps(p, c, r, lengths, ref, scores), **params).losses  # noqa: E731
+        job = FusedJob(plan, labels.shape[0] // 2, pl, rho, "auto", adaptive=True)
+        sums = fused_sequence_sums(hc.reshape(-1, hc.shape[-1])[plan.rows], wc, bc, job)
+        loss = loss_of_sums(spec, params, sums, lengths, ref, scores)
+        assert job.method_used == "weight"
+    else:
+        hc, wc = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+        bc = b.detach().clone().requires_grad_()
+        lengths = (labels != IGNORE_INDEX).sum(-1)
+
+        def fn(z):
+            return loss_of_sums(spec, params, sequence_logps(token_logps_twice_differentiable(z, labels), labels)[0], lengths, ref, scores)
+
+        loss = logits_sam_loss(fn, hc, wc, bc, rho=rho, method=path, adaptive=True, block=4).loss
+    loss.backward()
+    check([loss.detach(), hc.grad, wc.grad, bc.grad], list(want))
+
+
+def test_adaptive_refuses_gram():
+    from logitsam.sam import perturb
+
+    h, w, *_ = make()
+    with pytest.raises(ValueError, match="adaptive"):
+        perturb(h.reshape(-1, h.shape[-1]), w, torch.zeros(h.shape[0] * h.shape[1], w.shape[0], dtype=D), rho=0.1, method="gram", adaptive=True)

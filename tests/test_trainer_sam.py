@@ -41,7 +41,7 @@ def batch(b=2, t=10, seed=0):
     }
 
 
-def brute(model, spec, params, data, rho):
+def brute(model, spec, params, data, rho, adaptive=False):
     m = copy.deepcopy(model)
     labels = shift_for_causal_lm(data["labels"])
     lengths = (labels != IGNORE_INDEX).sum(-1)
@@ -57,6 +57,8 @@ def brute(model, spec, params, data, rho):
     head = m.get_output_embeddings()
     w0 = head.weight.detach().clone().requires_grad_()
     (gw,) = torch.autograd.grad(loss_of(F.linear(hidden.detach(), w0, head.bias)), w0)
+    if adaptive:
+        gw = gw * head.weight.detach().abs()
     eps = rho * gw / gw.norm()
     loss = loss_of(F.linear(hidden, head.weight + eps, head.bias))
     loss.backward()
@@ -96,6 +98,23 @@ def test_trainer_step_is_the_sam_gradient(name, method, tmp_path):
     metrics = {k: v[-1].item() for k, v in tr._stored["train"].items()}
     assert metrics["sam/eps_norm"] == pytest.approx(rho)
     assert metrics["sam/loss_post"] == pytest.approx(want_loss.item(), rel=1e-6)  # logged as float32
+
+
+@pytest.mark.parametrize("method", ["auto", "weight", "chunked"])
+def test_adaptive_trainer_step_is_the_adaptive_sam_gradient(method, tmp_path):
+    spec = LOSSES["dpo"]
+    params = resolve_hparams(spec, {})
+    model = tiny_model(V, seed=1, dtype=torch.float64)
+    data = batch()
+    want_loss, want = brute(model, spec, params, data, 0.5, adaptive=True)
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], remove_unused_columns=False)
+    sam = SamConfig(rho=0.5, method=method, adaptive=True)
+    tr = PreferenceTrainer(model=model, args=args, loss_spec=spec, loss_params=params, sam=sam)
+    model.train()
+    loss = tr.compute_loss(model, data)
+    loss.backward()
+    assert abs(loss.item() - want_loss.item()) <= 1e-10 * abs(want_loss.item())
+    assert rel_all(grads_of(model), want) <= 1e-10
 
 
 @pytest.mark.parametrize("method", ["weight", "gram", "auto"])

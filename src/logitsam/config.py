@@ -70,6 +70,7 @@ class SamConfig:
     rho: float = 0.0
     mode: str = "logits"  # logits | full
     method: str = "auto"  # weight | gram | chunked | auto (gram is forced under FSDP / ZeRO-3)
+    adaptive: bool = False  # ε ∝ |W|⊙g as the paper's code's sam_adaptive (weight/chunked/auto, not gram)
 
 
 @dataclass

@@ -124,6 +124,12 @@ class WeightEps:
     def accumulate(self, s: int, e: int, dz: Tensor) -> None:
         self.g.addmm_(dz.to(self.g.dtype).T, self.h[s:e].to(self.g.dtype))
 
+    def make_adaptive(self, weight: Tensor) -> None:
+        """g ← |W|⊙g (the paper's code's ``sam_adaptive``), in row blocks (no V×d temporary)."""
+        step = max(1, (1 << 24) // max(1, self.g.shape[1]))
+        for a in range(0, self.g.shape[0], step):
+            self.g[a : a + step].mul_(weight[a : a + step].detach().abs().to(self.g.dtype))
+
     def norm_sq(self, acc: torch.dtype) -> Tensor:
         step = max(1, (1 << 24) // max(1, self.g.shape[1]))
         return sum((self.g[a : a + step].to(acc).square().sum() for a in range(0, self.g.shape[0], step)), start=0.0)
@@ -192,6 +198,7 @@ class FusedJob:
     rho: float = 0.0
     method: str = "auto"
     need_grads: bool = True
+    adaptive: bool = False  # ε ∝ |W|⊙g (weight method only)
     # reported:
     clean_sums: Tensor | None = None
     top_token: Tensor | None = None
@@ -262,7 +269,11 @@ def _sweep(job, h, w, b, cdt, pert, on_dz, *, top=False, fixed_gout=None):
 
 def _make_pert(job: FusedJob, h: Tensor, v: int, cdt: torch.dtype):
     method = job.method
-    if method == "auto":
+    if job.adaptive and method == "gram":
+        raise ValueError("adaptive logits-SAM needs W elementwise (ε ∝ |W|⊙g): use weight or auto")
+    if method == "auto" and job.adaptive:
+        method = "weight"
+    elif method == "auto":
         method = choose_fused_method(h.shape[0], h.shape[1], v, torch.finfo(_held(cdt)).bits // 8)
     job.method_used = method
     if method == "weight":
@@ -281,6 +292,8 @@ def _run(job, h, weight, bias, cdt, *, gout=None, u_clean=None):
     if job.rho != 0 and job.need_grads:
         pert = _make_pert(job, h, v, cdt)
         clean, u0 = _sweep(job, h, w, b, cdt, None, pert.accumulate, top=gout is None, fixed_gout=u_clean)
+        if job.adaptive:
+            pert.make_adaptive(weight)
         norm_sq = pert.norm_sq(acc)
         pert.scale = eps_scale(job.rho, norm_sq)
         job.clean_sums, job.grad_norm = clean, norm_sq.sqrt()

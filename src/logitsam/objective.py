@@ -71,8 +71,9 @@ class Objective:
     """A registered loss with its hyperparameters and logits-SAM settings, applied to models.
 
     spec / params: from :mod:`logitsam.losses`; rho, method: logits-SAM (ρ = 0: off; method
-    weight | gram | chunked | auto); chunk_rows: rows of logits per chunk in the fused path
-    (None: sized for the device); fused: False forces the full-logits path.
+    weight | gram | chunked | auto); adaptive: ε ∝ |W|⊙g (weight/chunked); chunk_rows: rows of
+    logits per chunk in the fused path (None: sized for the device); fused: False forces the
+    full-logits path.
     """
 
     def __init__(
@@ -84,9 +85,11 @@ class Objective:
         method: str = "auto",
         chunk_rows: int | None = None,
         fused: bool = True,
+        adaptive: bool = False,
     ) -> None:
         self.spec, self.params = spec, params
         self.rho, self.method, self.chunk_rows, self.fused = rho, method, chunk_rows, fused
+        self.adaptive = adaptive
 
     def losses(self, inp: PreferenceLogps) -> LossOutput:
         return self.spec.fn(inp, **self.params)
@@ -131,6 +134,7 @@ class Objective:
 
         need = torch.is_grad_enabled() and (h_r.requires_grad or head.weight.requires_grad)
         job = FusedJob(plan, labels.shape[0] // 2, pair_losses, self.rho if sam_on else 0.0, self.method, need)
+        job.adaptive = self.adaptive
         sums = fused_sequence_sums(h_r, head.weight, head.bias, job)
         out = self.losses(pair_logps(sums, lengths, ref, scores))
         loss = out.losses.mean()
@@ -155,7 +159,9 @@ class Objective:
             weight = None if head is None else head.weight
             bias = None if head is None else head.bias
             method = "gram" if weight is None else self.method
-            res = logits_sam_loss(fn, hidden, weight, bias, rho=self.rho, method=method, logits=logits)
+            res = logits_sam_loss(
+                fn, hidden, weight, bias, rho=self.rho, method=method, logits=logits, adaptive=self.adaptive
+            )
             loss, (out, sums) = res.loss, res.aux_pre
             metrics.update(_sam_metrics(res.loss_pre, res.loss_post, self.rho, res.grad_norm))
         else:

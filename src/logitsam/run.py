@@ -146,6 +146,8 @@ def check_config(cfg: Config) -> None:
         raise ConfigError(f"sam.mode: {cfg.sam.mode!r} is not one of logits, full")
     if cfg.sam.method not in METHODS:
         raise ConfigError(f"sam.method: {cfg.sam.method!r} is not one of {', '.join(METHODS)}")
+    if cfg.sam.adaptive and cfg.sam.method == "gram":
+        raise ConfigError("sam.adaptive: needs the head weight elementwise; use sam.method weight, chunked or auto")
     if cfg.loss.reference not in ("model", "precomputed", "none"):
         raise ConfigError(f"loss.reference: {cfg.loss.reference!r} is not one of model, precomputed, none")
     schedulers = [s.value for s in SchedulerType]

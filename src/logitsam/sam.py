@@ -98,26 +98,39 @@ def eps_scale(rho: float, norm_sq: Tensor) -> Tensor:
     return torch.where(nz, rho * torch.where(nz, norm_sq, 1.0).rsqrt(), 0.0)
 
 
+def _eps_block(g_r: Tensor, h_r: Tensor, s: int, block: int, w_abs: Tensor | None) -> Tensor:
+    """Rows [s, s + block) of the (unscaled) perturbation direction: G_rᵀH_r, times |W| if adaptive."""
+    g = g_r[:, s : s + block].T @ h_r
+    return g if w_abs is None else g.mul_(w_abs[s : s + block].to(g.dtype))
+
+
+def _blocked_norm_sq(h_r: Tensor, g_r: Tensor, block: int, w_abs: Tensor | None) -> Tensor:
+    total = h_r.new_zeros(())
+    for s in range(0, g_r.shape[1], block):
+        total = total + _eps_block(g_r, h_r, s, block, w_abs).square().sum()
+    return total
+
+
 class _BlockedPerturbation(torch.autograd.Function):
-    """Δ = H εᵀ with ε = scale·G_rᵀ H_r built one vocabulary block at a time, in both passes."""
+    """Δ = H εᵀ with ε = scale·G_rᵀ H_r (⊙|W| if adaptive) built one vocabulary block at a time, in both passes."""
 
     @staticmethod
-    def forward(ctx, h: Tensor, h_r: Tensor, g_r: Tensor, scale: Tensor, block: int) -> Tensor:
+    def forward(ctx, h: Tensor, h_r: Tensor, g_r: Tensor, scale: Tensor, block: int, w_abs: Tensor | None) -> Tensor:
         out = h.new_empty(h.shape[0], g_r.shape[1])
         for s in range(0, g_r.shape[1], block):
-            out[:, s : s + block] = h @ (scale * (g_r[:, s : s + block].T @ h_r)).T
-        ctx.save_for_backward(h_r, g_r, scale)
+            out[:, s : s + block] = h @ (scale * _eps_block(g_r, h_r, s, block, w_abs)).T
+        ctx.save_for_backward(h_r, g_r, scale, w_abs)
         ctx.block = block
         return out
 
     @staticmethod
     def backward(ctx, d_out: Tensor):
-        h_r, g_r, scale = ctx.saved_tensors
+        h_r, g_r, scale, w_abs = ctx.saved_tensors
         d_h = None
         for s in range(0, g_r.shape[1], ctx.block):
-            part = d_out[:, s : s + ctx.block] @ (scale * (g_r[:, s : s + ctx.block].T @ h_r))
+            part = d_out[:, s : s + ctx.block] @ (scale * _eps_block(g_r, h_r, s, ctx.block, w_abs))
             d_h = part if d_h is None else d_h + part
-        return d_h, None, None, None, None
+        return d_h, None, None, None, None, None
 
 
 @dataclass
@@ -141,12 +154,15 @@ def perturb(
     logits: Tensor | None = None,
     block: int = 8192,
     max_extra_bytes: float | None = None,
+    adaptive: bool = False,
 ) -> Perturbed:
     """Logits at W + ε with diagnostics; see :func:`perturbed_logits` for the arguments."""
     if method not in METHODS:
         raise ValueError(f"unknown logits-SAM method {method!r}; choose from {', '.join(METHODS)}")
-    if weight is None and (logits is None or method == "weight"):
+    if weight is None and (logits is None or method == "weight" or adaptive):
         raise ValueError("without the head weight (sharded head) give the clean logits and use gram/chunked/auto")
+    if adaptive and method == "gram":
+        raise ValueError("adaptive logits-SAM needs W elementwise (ε ∝ |W|⊙g): use weight, chunked or auto")
     v, d = (weight.shape[0] if weight is not None else logits.shape[-1]), hidden.shape[-1]
     lead = hidden.shape[:-1]
     if grad_logits.shape != (*lead, v):
@@ -155,18 +171,23 @@ def perturb(
     g2 = grad_logits.detach().reshape(-1, v)
     rows = _nonzero_rows(g2)  # only scored rows carry gradient
     h_r, g_r = h.detach()[rows], _acc(g2[rows])
-    if method == "auto":
+    precise = weight is not None and weight.dtype in (torch.float32, torch.float64)
+    if method == "auto" and adaptive:
+        method = "weight" if precise else "chunked"
+    elif method == "auto":
         # W + ε in bf16/fp16 rounds ε away (module docstring): auto keeps to logit space there.
-        precise = weight is not None and weight.dtype in (torch.float32, torch.float64)
         method = choose_method(h.shape[0], rows.numel(), d, v, max_extra_bytes=max_extra_bytes, allow_weight=precise)
+    w_abs = _acc(weight.detach().abs()) if adaptive else None
 
     if method == "weight":
         g = g_r.T @ h_r  # (V, d): the paper's head gradient
+        if w_abs is not None:
+            g.mul_(w_abs)  # the official code's adaptive form, |W|⊙g
         norm_sq = g.square().sum()
         eps = g.mul_(eps_scale(rho, norm_sq))
         out = _acc(F.linear(hidden, weight + eps.to(weight.dtype), bias))
     else:
-        norm_sq = _grad_norm_sq(h_r, g_r, block)
+        norm_sq = _grad_norm_sq(h_r, g_r, block) if w_abs is None else _blocked_norm_sq(h_r, g_r, block, w_abs)
         scale = eps_scale(rho, norm_sq)
         z = F.linear(hidden, weight, bias) if logits is None else logits
         z = _acc(z.reshape(-1, v))
@@ -180,7 +201,7 @@ def perturb(
             # Keep H (with graph) on the left so the body gets the ε-term of the SAM gradient.
             out = torch.addmm(z, (h @ h_r.T) * scale, g_r)
         else:
-            out = z + _BlockedPerturbation.apply(h, h_r, g_r, scale, block)
+            out = z + _BlockedPerturbation.apply(h, h_r, g_r, scale, block, w_abs)
         out = out.reshape(*lead, v)
     grad_norm = norm_sq.sqrt().detach()
     eps_norm = torch.where(norm_sq > 0, grad_norm.new_tensor(abs(rho)), 0.0)
@@ -198,6 +219,7 @@ def perturbed_logits(
     logits: Tensor | None = None,
     block: int = 8192,
     max_extra_bytes: float | None = None,
+    adaptive: bool = False,
 ) -> Tensor:
     """Logits at the perturbed head W + ε, ε = ρ·g/‖g‖_F, g = grad_logitsᵀ·hidden, ε constant.
 
@@ -206,6 +228,8 @@ def perturbed_logits(
     grad_logits: ∂L/∂z at the clean logits, shape (N, V) or (B, T, V); zero rows are unscored.
     logits: optional clean logits H Wᵀ + b already computed with graph (reused by gram/chunked).
     rho: may be negative (theory mode). method: weight | gram | chunked | auto.
+    adaptive: ε = ρ·(|W|⊙g)/‖|W|⊙g‖ as the paper's code's ``sam_adaptive`` (not ASAM's
+    ρ·W²⊙g/‖|W|⊙g‖); needs W elementwise, so weight or chunked (auto picks one).
     Returns (..., V) logits (float32, or float64 for float64 inputs) whose gradients to hidden,
     weight and bias equal those of ``hidden @ (weight + ε).T + bias``.
     """
@@ -219,6 +243,7 @@ def perturbed_logits(
         logits=logits,
         block=block,
         max_extra_bytes=max_extra_bytes,
+        adaptive=adaptive,
     ).logits
 
 
@@ -261,6 +286,7 @@ def logits_sam_loss(
     logits: Tensor | None = None,
     block: int = 8192,
     max_extra_bytes: float | None = None,
+    adaptive: bool = False,
 ) -> SamOutput:
     """One logits-SAM step for a loss written as a function of the logits.
 
@@ -285,6 +311,7 @@ def logits_sam_loss(
         logits=logits,
         block=block,
         max_extra_bytes=max_extra_bytes,
+        adaptive=adaptive,
     )
     del grad, logits  # the graph keeps what backward needs; free the rest now
     loss, aux_post = _split(loss_fn(p.logits))

@@ -69,7 +69,10 @@ class PreferenceTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.loss_spec, self.loss_params, self.sam = loss_spec, loss_params, sam
         rho = sam.rho if sam.mode == "logits" else 0.0
-        self.objective = Objective(loss_spec, loss_params, rho=rho, method=sam.method, chunk_rows=chunk_rows)
+        adaptive = getattr(sam, "adaptive", False)
+        self.objective = Objective(
+            loss_spec, loss_params, rho=rho, method=sam.method, chunk_rows=chunk_rows, adaptive=adaptive
+        )
         self.model_accepts_loss_kwargs = False  # our loss is a per-micro-batch mean: scale by GA steps
         self._stored: dict[str, dict[str, list[Tensor]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self.add_callback(JsonlMetrics())
@@ -79,6 +82,8 @@ class PreferenceTrainer(Trainer):
         self.sharded = self.is_fsdp_enabled or (
             self.is_deepspeed_enabled and getattr(self.accelerator.state.deepspeed_plugin, "zero_stage", 0) == 3
         )
+        if self.sharded and adaptive and rho:
+            raise ValueError("sam.adaptive needs the head weight elementwise; a sharded head (FSDP/ZeRO-3) has none")
         self.ref_model = ref_model
         if ref_model is not None:
             ref_model = ref_model.to(self.args.device)  # FSDP's prepare does not move an eval model
