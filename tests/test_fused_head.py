@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from logitsam.fused_head import FusedJob, choose_fused_method, fused_sequence_sums, plan_rows
+from logitsam.fused_head import FusedJob, fused_sequence_sums, plan_rows
+from logitsam.fused_sam import choose_fused_method
 from logitsam.logprobs import IGNORE_INDEX, sequence_logps, token_logps_twice_differentiable
 from logitsam.losses import LOSSES, resolve_hparams
 from logitsam.objective import pair_logps, subset_logps

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .fused_sam import GramEps, WeightEps, choose_fused_method, held_dtype
 from .logprobs import IGNORE_INDEX
 from .sam import eps_scale
 
@@ -108,86 +109,6 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _held(dtype: torch.dtype) -> torch.dtype:
-    """dtype for ε's ingredients: the compute dtype, except fp16 whose range underflows them."""
-    return torch.float32 if dtype == torch.float16 else dtype
-
-
-class WeightEps:
-    """ε = scale·g with g = Σ_c G_cᵀ H_c (V, d) held in the compute dtype (bf16 on a GPU)."""
-
-    def __init__(self, h: Tensor, v: int, dtype: torch.dtype) -> None:
-        self.h = h.detach()
-        self.g = torch.zeros(v, h.shape[1], dtype=_held(dtype), device=h.device)
-        self.scale: Tensor | None = None
-
-    def accumulate(self, s: int, e: int, dz: Tensor) -> None:
-        self.g.addmm_(dz.to(self.g.dtype).T, self.h[s:e].to(self.g.dtype))
-
-    def make_adaptive(self, weight: Tensor) -> None:
-        """g ← |W|⊙g (the paper's code's ``sam_adaptive``), in row blocks (no V×d temporary)."""
-        step = max(1, (1 << 24) // max(1, self.g.shape[1]))
-        for a in range(0, self.g.shape[0], step):
-            self.g[a : a + step].mul_(weight[a : a + step].detach().abs().to(self.g.dtype))
-
-    def norm_sq(self, acc: torch.dtype) -> Tensor:
-        step = max(1, (1 << 24) // max(1, self.g.shape[1]))
-        return sum((self.g[a : a + step].to(acc).square().sum() for a in range(0, self.g.shape[0], step)), start=0.0)
-
-    def add_shift(self, z: Tensor, s: int, e: int, h: Tensor) -> Tensor:
-        """z += scale·H_c gᵀ: in place when dtypes agree, else through one held-dtype product."""
-        hc = h[s:e].to(self.g.dtype)
-        if z.dtype == self.g.dtype:
-            return z.addmm_(hc * self.scale, self.g.T)
-        return z.addcmul_(F.linear(hc, self.g), self.scale)
-
-    def shift_back(self, dz: Tensor, acc: torch.dtype) -> Tensor:
-        return (dz.to(self.g.dtype) @ self.g).to(acc).mul_(self.scale)
-
-
-class GramEps:
-    """ε = scale·G_rᵀ H_r never formed: the rows G_r (N_r, V) are kept, products go through H H_rᵀ."""
-
-    def __init__(self, h: Tensor, v: int, dtype: torch.dtype) -> None:
-        self.h_r = h.detach().to(_held(dtype))
-        self.g_r = torch.zeros(h.shape[0], v, dtype=self.h_r.dtype, device=h.device)
-        self.scale: Tensor | None = None
-
-    def accumulate(self, s: int, e: int, dz: Tensor) -> None:
-        self.g_r[s:e] = dz
-
-    def norm_sq(self, acc: torch.dtype) -> Tensor:
-        # ‖G_rᵀ H_r‖² = Σ (H_r H_rᵀ) ⊙ (G_r G_rᵀ), in row blocks so no N_r × N_r matrix is whole.
-        step = max(1, (1 << 24) // max(1, self.h_r.shape[0]))
-        total = torch.zeros((), dtype=acc, device=self.h_r.device)
-        for a in range(0, self.h_r.shape[0], step):
-            kh = (self.h_r[a : a + step] @ self.h_r.T).to(acc)
-            total += (kh * (self.g_r[a : a + step] @ self.g_r.T).to(acc)).sum()
-        return total
-
-    def add_shift(self, z: Tensor, s: int, e: int, h: Tensor) -> Tensor:
-        """z += scale·(H_c H_rᵀ) G_r."""
-        k = h[s:e].to(self.h_r.dtype) @ self.h_r.T
-        if z.dtype == self.g_r.dtype:
-            return z.addmm_(k.mul_(self.scale), self.g_r)
-        return z.addcmul_(k @ self.g_r, self.scale)
-
-    def shift_back(self, dz: Tensor, acc: torch.dtype) -> Tensor:
-        return ((dz.to(self.g_r.dtype) @ self.g_r.T) @ self.h_r).to(acc).mul_(self.scale)
-
-
-def choose_fused_method(n_r: int, d: int, v: int, elem_bytes: int, max_extra_bytes: float | None = None) -> str:
-    """Fewer tensor-core flops wins; extra flops over a plain fused step (docs/design.md §5).
-
-    weight: g, recomputed z, H εᵀ and dz'ε, 4 products of 2·N_r·V·d; gram: recomputed z plus
-    six N_r²(d + V) products (norm, shift, its backward). Both run in the compute dtype.
-    """
-    flops = {"weight": 8.0 * n_r * v * d, "gram": 2.0 * n_r * v * d + 6.0 * n_r * n_r * (d + v)}
-    mem = {"weight": float(v * d * elem_bytes), "gram": float(n_r * (v + d) * elem_bytes)}
-    fits = [m for m in flops if max_extra_bytes is None or mem[m] <= max_extra_bytes] or ["gram"]
-    return min(fits, key=lambda m: flops[m])
-
-
 @dataclass
 class FusedJob:
     """Everything the fused function needs besides tensors, and what it reports back."""
@@ -225,7 +146,10 @@ def _sweep(job, h, w, b, cdt, pert, on_dz, *, top=False, fixed_gout=None):
     """One pass over the groups: log-prob sums (S,), and dz of every chunk handed to ``on_dz``.
 
     dz rows use dL/dsums from the group's own pair losses, or ``fixed_gout`` (S,) when given.
-    Returns (sums, u) with u the (S,) dL/dsums that was used.
+    Returns (sums, u) with u the (S,) dL/dsums that was used. Per chunk the (rows, V) work is a
+    few memory passes (GPU-bound by bandwidth there): the logits in the compute dtype, their row
+    max, e = exp(z − max) in float32 (in place when z already is), its row sum, and dz written
+    straight in the compute dtype; the max-token probability is 1/Σe for free.
     """
     plan, acc = job.plan, _acc(cdt)
     sums = torch.zeros(plan.n_seqs, dtype=acc, device=h.device)
@@ -235,36 +159,68 @@ def _sweep(job, h, w, b, cdt, pert, on_dz, *, top=False, fixed_gout=None):
     y, seq = plan.labels, plan.seq
 
     def logits(s: int, e: int) -> Tensor:
-        z = F.linear(h[s:e].to(cdt), w, b).to(acc)
+        z = F.linear(h[s:e].to(cdt), w, b)
+        if pert is None:
+            return z
         # ε's product stays in its own dtype until it meets the float32 logits (no fp32 copy of it).
-        return pert.add_shift(z, s, e, h) if pert is not None else z
+        return pert.add_shift(z.to(acc), s, e, h)
+
+    def exp_shifted(z: Tensor, shift: Tensor) -> Tensor:
+        """exp(z − shift[:, None]) in float32, reusing z's memory when it is float32 already."""
+        return (z.sub_(shift[:, None]) if z.dtype == acc else torch.sub(z, shift[:, None])).exp_()
 
     for grp in plan.groups:
         kept = None
         for s, e in grp.chunks:
             z = logits(s, e)
-            lse[s:e] = torch.logsumexp(z, dim=-1)
-            sums.index_add_(0, seq[s:e], z.gather(1, y[s:e, None]).squeeze(1) - lse[s:e])
+            zy = z.gather(1, y[s:e, None]).squeeze(1).to(acc)
+            m = z.amax(-1).to(acc)
+            ex = exp_shifted(z, m)
+            total = ex.sum(-1)
+            lse[s:e] = m + total.log()
+            sums.index_add_(0, seq[s:e], zy - lse[s:e])
             if top:
-                top_sum += (z.amax(-1) - lse[s:e]).exp().sum()
-            kept = z if len(grp.chunks) == 1 and on_dz is not None else None
-            del z
+                top_sum += total.reciprocal().sum()  # max_v softmax = exp(m − lse) = 1/Σe
+            kept = (ex, total) if len(grp.chunks) == 1 and on_dz is not None else None
+            del z, ex
         if on_dz is None:
             continue
         g_seq = _pair_grad(job, grp.pairs, sums) if fixed_gout is None else fixed_gout.to(acc)
         if fixed_gout is None:
             u += g_seq
         for s, e in grp.chunks:
-            z = kept if kept is not None else logits(s, e)
-            kept = None
             g = g_seq[seq[s:e]]
-            dz = z.sub_(lse[s:e, None]).exp_().mul_(-g[:, None])  # in place: one (rows, V) temporary
-            dz.scatter_add_(1, y[s:e, None], g[:, None])
-            on_dz(s, e, dz)
-            del dz, z
+            if kept is not None:
+                ex, coef = kept[0], -g / kept[1]
+            else:  # recomputed: normalise with the stored log-sum-exp
+                ex, coef = exp_shifted(logits(s, e), lse[s:e]), -g
+            kept = None
+            k = None
+            if cdt == torch.float16:  # fp16 underflows small gradients: scale rows to ~1, consumers undo it
+                k = torch.exp2(-torch.floor(torch.log2(g.abs().amax().clamp(min=1e-30))))
+                coef, g = coef * k, g * k
+            # dz = −g·softmax written straight in the compute dtype (one pass, no float32 copy).
+            if cdt == acc:
+                dz = ex.mul_(coef[:, None])
+            else:
+                dz = torch.mul(ex, coef[:, None], out=ex.new_empty(ex.shape, dtype=cdt))
+            del ex
+            dz.scatter_add_(1, y[s:e, None], g[:, None].to(cdt))  # d logp_y / dz_y = 1 − p_y
+            on_dz(s, e, dz if k is None else _Scaled(dz, k))
+            del dz
     if top:
         job.top_token = top_sum / max(1, y.shape[0])
     return sums, (fixed_gout if fixed_gout is not None else u)
+
+
+class _Scaled:
+    """dz held as (dz·k) in fp16 with the float32 scale k; ``.to(dtype)`` undoes k, ``.raw`` keeps it."""
+
+    def __init__(self, raw: Tensor, k: Tensor) -> None:
+        self.raw, self.k = raw, k
+
+    def to(self, dtype: torch.dtype) -> Tensor:
+        return self.raw.to(torch.float32).div_(self.k).to(dtype)
 
 
 def _make_pert(job: FusedJob, h: Tensor, v: int, cdt: torch.dtype):
@@ -274,7 +230,7 @@ def _make_pert(job: FusedJob, h: Tensor, v: int, cdt: torch.dtype):
     if method == "auto" and job.adaptive:
         method = "weight"
     elif method == "auto":
-        method = choose_fused_method(h.shape[0], h.shape[1], v, torch.finfo(_held(cdt)).bits // 8)
+        method = choose_fused_method(h.shape[0], h.shape[1], v, torch.finfo(held_dtype(cdt)).bits // 8)
     job.method_used = method
     if method == "weight":
         return WeightEps(h, v, cdt)
@@ -307,19 +263,22 @@ def _run(job, h, weight, bias, cdt, *, gout=None, u_clean=None):
     d_b = torch.zeros(bias.shape, dtype=acc, device=bias.device) if bias is not None and bias.requires_grad else None
     same = d_w is not None and d_w.dtype == cdt
 
-    def grads(s: int, e: int, dz: Tensor) -> None:
-        dzc = dz.to(cdt)
+    def grads(s: int, e: int, dz: Tensor | _Scaled) -> None:
+        k = dz.k if isinstance(dz, _Scaled) else None
+        dzc = dz.raw if k is not None else dz  # compute dtype (fp16: scaled by k)
         dh = (dzc @ w).to(acc)
         if pert is not None:
-            dh += pert.shift_back(dz, acc)  # the body's share of the ε-term: dz'·ε
-        d_h[s:e] = dh.to(h.dtype)
+            dh += pert.shift_back(dz, acc) if k is None else pert.shift_back(dz.to(acc), acc)  # dz'·ε
+        d_h[s:e] = (dh if k is None else dh.div_(k)).to(h.dtype)
         if d_w is not None:
-            if same:
+            if same and k is None:
                 d_w.addmm_(dzc.T, h[s:e].to(cdt))
             else:
-                d_w.add_((dzc.T @ h[s:e].to(cdt)).to(d_w.dtype))
+                part = (dzc.T @ h[s:e].to(cdt)).to(acc)
+                d_w.add_((part if k is None else part.div_(k)).to(d_w.dtype))
         if d_b is not None:
-            d_b.add_(dz.sum(0))
+            db = dzc.sum(0, dtype=acc)
+            d_b.add_(db if k is None else db.div_(k))
 
     sums, u = _sweep(job, h, w, b, cdt, pert, grads, top=pert is None and gout is None, fixed_gout=gout)
     if pert is None:

@@ -1,0 +1,93 @@
+"""logits-SAM's perturbation inside the fused head (docs/design.md §5): ε's ingredient, its norm,
+and its products with hidden rows and with dz, all in the compute dtype.
+
+- :class:`WeightEps` holds g = Σ_c G_cᵀ H_c (V, d) (optionally |W|⊙g, the adaptive form);
+- :class:`GramEps` holds the rows G_r (N_r, V) and never forms ε (products through H H_rᵀ).
+Both add scale·(H εᵀ) to float32 logits as a separate product, so bf16 never rounds ε away.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def held_dtype(dtype: torch.dtype) -> torch.dtype:
+    """dtype for ε's ingredients: the compute dtype, except fp16 whose range underflows them."""
+    return torch.float32 if dtype == torch.float16 else dtype
+
+
+class WeightEps:
+    """ε = scale·g with g = Σ_c G_cᵀ H_c (V, d) held in the compute dtype (bf16 on a GPU)."""
+
+    def __init__(self, h: Tensor, v: int, dtype: torch.dtype) -> None:
+        self.h = h.detach()
+        self.g = torch.zeros(v, h.shape[1], dtype=held_dtype(dtype), device=h.device)
+        self.scale: Tensor | None = None
+
+    def accumulate(self, s: int, e: int, dz: Tensor) -> None:
+        self.g.addmm_(dz.to(self.g.dtype).T, self.h[s:e].to(self.g.dtype))
+
+    def make_adaptive(self, weight: Tensor) -> None:
+        """g ← |W|⊙g (the paper's code's ``sam_adaptive``), in row blocks (no V×d temporary)."""
+        step = max(1, (1 << 24) // max(1, self.g.shape[1]))
+        for a in range(0, self.g.shape[0], step):
+            self.g[a : a + step].mul_(weight[a : a + step].detach().abs().to(self.g.dtype))
+
+    def norm_sq(self, acc: torch.dtype) -> Tensor:
+        step = max(1, (1 << 24) // max(1, self.g.shape[1]))
+        return sum((self.g[a : a + step].to(acc).square().sum() for a in range(0, self.g.shape[0], step)), start=0.0)
+
+    def add_shift(self, z: Tensor, s: int, e: int, h: Tensor) -> Tensor:
+        """z += scale·H_c gᵀ: in place when dtypes agree, else through one held-dtype product."""
+        hc = h[s:e].to(self.g.dtype)
+        if z.dtype == self.g.dtype:
+            return z.addmm_(hc * self.scale, self.g.T)
+        return z.addcmul_(F.linear(hc, self.g), self.scale)
+
+    def shift_back(self, dz: Tensor, acc: torch.dtype) -> Tensor:
+        return (dz.to(self.g.dtype) @ self.g).to(acc).mul_(self.scale)
+
+
+class GramEps:
+    """ε = scale·G_rᵀ H_r never formed: the rows G_r (N_r, V) are kept, products go through H H_rᵀ."""
+
+    def __init__(self, h: Tensor, v: int, dtype: torch.dtype) -> None:
+        self.h_r = h.detach().to(held_dtype(dtype))
+        self.g_r = torch.zeros(h.shape[0], v, dtype=self.h_r.dtype, device=h.device)
+        self.scale: Tensor | None = None
+
+    def accumulate(self, s: int, e: int, dz: Tensor) -> None:
+        self.g_r[s:e] = dz.to(self.g_r.dtype)
+
+    def norm_sq(self, acc: torch.dtype) -> Tensor:
+        # ‖G_rᵀ H_r‖² = Σ (H_r H_rᵀ) ⊙ (G_r G_rᵀ), in row blocks so no N_r × N_r matrix is whole.
+        step = max(1, (1 << 24) // max(1, self.h_r.shape[0]))
+        total = torch.zeros((), dtype=acc, device=self.h_r.device)
+        for a in range(0, self.h_r.shape[0], step):
+            kh = (self.h_r[a : a + step] @ self.h_r.T).to(acc)
+            total += (kh * (self.g_r[a : a + step] @ self.g_r.T).to(acc)).sum()
+        return total
+
+    def add_shift(self, z: Tensor, s: int, e: int, h: Tensor) -> Tensor:
+        """z += scale·(H_c H_rᵀ) G_r."""
+        k = h[s:e].to(self.h_r.dtype) @ self.h_r.T
+        if z.dtype == self.g_r.dtype:
+            return z.addmm_(k.mul_(self.scale), self.g_r)
+        return z.addcmul_(k @ self.g_r, self.scale)
+
+    def shift_back(self, dz: Tensor, acc: torch.dtype) -> Tensor:
+        return ((dz.to(self.g_r.dtype) @ self.g_r.T) @ self.h_r).to(acc).mul_(self.scale)
+
+
+def choose_fused_method(n_r: int, d: int, v: int, elem_bytes: int, max_extra_bytes: float | None = None) -> str:
+    """Fewer tensor-core flops wins; extra flops over a plain fused step (docs/design.md §5).
+
+    weight: g, recomputed z, H εᵀ and dz'ε, 4 products of 2·N_r·V·d; gram: recomputed z plus
+    six N_r²(d + V) products (norm, shift, its backward). Both run in the compute dtype.
+    """
+    flops = {"weight": 8.0 * n_r * v * d, "gram": 2.0 * n_r * v * d + 6.0 * n_r * n_r * (d + v)}
+    mem = {"weight": float(v * d * elem_bytes), "gram": float(n_r * (v + d) * elem_bytes)}
+    fits = [m for m in flops if max_extra_bytes is None or mem[m] <= max_extra_bytes] or ["gram"]
+    return min(fits, key=lambda m: flops[m])
