@@ -46,6 +46,13 @@ class QuietProgress(ProgressCallback):
         return None
 
 
+def head_is_sharded(trainer: Trainer) -> bool:
+    """Whether ``trainer`` shards the model (FSDP or ZeRO-3): the objective then never gathers the head."""
+    return trainer.is_fsdp_enabled or (
+        trainer.is_deepspeed_enabled and getattr(trainer.accelerator.state.deepspeed_plugin, "zero_stage", 0) == 3
+    )
+
+
 class PreferenceTrainer(Trainer):
     """Trainer for any registered preference loss, with logits-SAM or full SAM.
 
@@ -76,9 +83,7 @@ class PreferenceTrainer(Trainer):
         if not print_logs:
             self.remove_callback(ProgressCallback)
             self.add_callback(QuietProgress())
-        self.sharded = self.is_fsdp_enabled or (
-            self.is_deepspeed_enabled and getattr(self.accelerator.state.deepspeed_plugin, "zero_stage", 0) == 3
-        )
+        self.sharded = head_is_sharded(self)
         self.ref_model = ref_model
         if ref_model is not None:
             ref_model = ref_model.to(self.args.device)  # FSDP's prepare does not move an eval model
