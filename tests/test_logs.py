@@ -87,3 +87,21 @@ def test_final_evaluation_runs_when_the_schedule_missed_the_last_step(tmp_path):
     evals = [r for r in records(tmp_path) if "eval_loss" in r]
     assert [r["step"] for r in evals] == [4, 6]
     assert out["metrics"]["eval_loss"] == evals[-1]["eval_loss"]
+
+
+def test_tensorboard_events_hold_train_sam_and_eval_scalars(tmp_path):
+    """report_to: [tensorboard] with the real writer (offline): the scalars are the logged numbers."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(tiny(tmp_path, "--train.max_steps=3", "--train.report_to=[tensorboard]", "--train.print_logs=false"))
+    (log_dir,) = {p.parent for p in tmp_path.glob("runs/*/events.out.tfevents.*")}
+    acc = EventAccumulator(str(log_dir))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/sam/eps_norm", "train/sam/loss_post", "eval/loss", "eval/logps/chosen_drift"} <= tags
+    logged = [r for r in records(tmp_path) if "loss" in r]
+    loss = acc.Scalars("train/loss")
+    assert [e.step for e in loss] == [r["step"] for r in logged] == [1, 2, 3]
+    assert [e.value for e in loss] == pytest.approx([r["loss"] for r in logged], rel=1e-6)  # stored as float32
+    assert [e.value for e in acc.Scalars("train/sam/eps_norm")] == pytest.approx([1e-4] * 3, rel=1e-6)
+    assert [e.step for e in acc.Scalars("eval/loss")] == [3]  # evaluated once, at the last step
