@@ -19,7 +19,9 @@ TRL's own metric store, so they reach TRL's logs, ``report_to`` and ``state.log_
 ``rewards/*``, ``logps/chosen``, ``logps/rejected`` (TRL's names; log-probs are sums), plus
 ``logps/*_drift``, ``probs/top_token`` and ``sam/{loss_pre,loss_post,eps_norm,grad_norm}``.
 TRL's ``entropy``, ``logits/*``, ``mean_token_accuracy``, ``num_tokens`` and CPO's ``nll_loss``
-are not logged: they need the full logits the fused head never builds.
+are not logged: they need the full logits the fused head never builds. For ``ipo`` the rewards are
+β × length-normalised log-ratios (what IPO's loss uses); TRL logs unnormalised ones. Evaluation
+returns no logits (``compute_metrics`` receives none).
 """
 
 from __future__ import annotations
