@@ -101,7 +101,7 @@ class TrainConfig:
     resume_allow_incomplete: bool = False  # resume from a checkpoint with missing files (warns loudly)
     overwrite_output_dir: bool = False  # reuse an output_dir holding a previous run (its metrics/checkpoints go)
     save_model: bool = True  # save the final model in output_dir (studies that evaluate in-process skip it)
-    print_logs: bool = True  # print each log record under the progress bar (metrics.jsonl has them regardless)
+    print_logs: bool = True  # one compact line per log record under the progress bar (metrics.jsonl regardless)
     dataloader_num_workers: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -259,7 +259,7 @@ def _train(
         trainer.save_model(cfg.train.output_dir)
     metrics = dict(result.metrics)
     if data.eval_rows:
-        metrics.update(trainer.evaluate())
+        metrics.update(final_evaluation(trainer))
     metrics["rows_train"] = len(data.train_rows)
     metrics["rows_eval"] = len(data.eval_rows)
     metrics["rows_dropped"] = data.drops.total
@@ -267,6 +267,15 @@ def _train(
         on_end(trainer)
     _teardown(trainer)
     return {"metrics": metrics}
+
+
+def final_evaluation(trainer: Any) -> dict[str, float]:
+    """The evaluation metrics at the last step: the ones logged there when the schedule already
+    evaluated it (``eval_steps`` divides the step count), else one ``trainer.evaluate()``."""
+    last = next((r for r in reversed(trainer.state.log_history) if "eval_loss" in r), None)
+    if last is not None and last.get("step") == trainer.state.global_step:
+        return {k: v for k, v in last.items() if k.startswith("eval_")}
+    return trainer.evaluate()
 
 
 def _teardown(trainer: Any) -> None:

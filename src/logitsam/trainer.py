@@ -8,7 +8,6 @@ names. Metrics stay on the device until a log step (no host sync per metric per 
 
 from __future__ import annotations
 
-import json
 import os
 from collections import defaultdict
 from contextlib import nullcontext
@@ -16,10 +15,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from transformers import Trainer, TrainerCallback
-from transformers.trainer_callback import ProgressCallback
+from transformers import Trainer
 
 from .config import SamConfig
+from .logs import JsonlMetrics, install_console
 from .losses import LossSpec
 from .objective import Objective, ObjectiveOutput, model_sequence_logps
 from .sam_full import full_sam_backward
@@ -29,21 +28,11 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf; the message names the step. Checkpoints already saved stay valid."""
 
 
-class JsonlMetrics(TrainerCallback):
-    """Appends every log record (with its step) to ``<output_dir>/metrics.jsonl`` on the main process."""
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if state.is_world_process_zero and logs:
-            os.makedirs(args.output_dir, exist_ok=True)
-            with open(os.path.join(args.output_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
-                f.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
-
-
-class QuietProgress(ProgressCallback):
-    """Progress bars without printing every log record under them."""
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        return None
+def head_is_sharded(trainer: Trainer) -> bool:
+    """Whether ``trainer`` shards the model (FSDP or ZeRO-3): the objective then never gathers the head."""
+    return trainer.is_fsdp_enabled or (
+        trainer.is_deepspeed_enabled and getattr(trainer.accelerator.state.deepspeed_plugin, "zero_stage", 0) == 3
+    )
 
 
 class PreferenceTrainer(Trainer):
@@ -76,12 +65,8 @@ class PreferenceTrainer(Trainer):
         self.model_accepts_loss_kwargs = False  # our loss is a per-micro-batch mean: scale by GA steps
         self._stored: dict[str, dict[str, list[Tensor]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self.add_callback(JsonlMetrics())
-        if not print_logs:
-            self.remove_callback(ProgressCallback)
-            self.add_callback(QuietProgress())
-        self.sharded = self.is_fsdp_enabled or (
-            self.is_deepspeed_enabled and getattr(self.accelerator.state.deepspeed_plugin, "zero_stage", 0) == 3
-        )
+        install_console(self, show=print_logs)
+        self.sharded = head_is_sharded(self)
         if self.sharded and adaptive and rho:
             raise ValueError("sam.adaptive needs the head weight elementwise; a sharded head (FSDP/ZeRO-3) has none")
         self.ref_model = ref_model

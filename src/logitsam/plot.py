@@ -1,0 +1,130 @@
+"""One PNG that compares training runs from their ``metrics.jsonl`` (``logitsam plot``).
+
+Eight panels, every run overlaid in its own colour (label: the directory name unless given):
+loss; reward margin and accuracy; chosen and rejected drift vs the reference (train); top-token
+probability; SAM losses (at W and W + ε); SAM norms (‖∇_W L‖, ‖ε‖); evaluation loss and margin;
+chosen and rejected drift on the evaluation pairs (where squeezing shows, docs/design.md §6).
+Within a panel the first metric is drawn solid, the second dashed. A panel whose metrics no run
+logged says "not logged". Drawn with matplotlib's Agg canvas (no display, no pyplot state).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+from .errors import UserError
+
+Record = dict[str, Any]
+
+# (title, ((metric key, legend name), ...), log-scale y when all values are positive)
+PANELS: tuple[tuple[str, tuple[tuple[str, str], ...], bool], ...] = (
+    ("loss", (("loss", "loss"),), False),
+    ("reward margin and accuracy", (("rewards/margins", "margin"), ("rewards/accuracies", "accuracy")), False),
+    ("drift vs reference (train)", (("logps/chosen_drift", "chosen"), ("logps/rejected_drift", "rejected")), False),
+    ("top-token probability", (("probs/top_token", "top token"),), False),
+    ("SAM losses", (("sam/loss_pre", "at W"), ("sam/loss_post", "at W + ε")), False),
+    ("SAM norms", (("sam/grad_norm", "‖∇W L‖"), ("sam/eps_norm", "‖ε‖")), True),
+    ("eval loss and margin", (("eval_loss", "loss"), ("eval_rewards/margins", "margin")), False),
+    (
+        "drift vs reference (eval)",
+        (("eval_logps/chosen_drift", "chosen"), ("eval_logps/rejected_drift", "rejected")),
+        False,
+    ),
+)
+STYLES = ("-", "--")
+ZERO_LINE = {"drift vs reference (train)", "drift vs reference (eval)"}
+
+
+def read_metrics(run_dir: str) -> list[Record]:
+    """The records of ``<run_dir>/metrics.jsonl``; UserError naming the dir/file if absent or malformed."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        raise UserError(f"{run_dir}: no metrics.jsonl in this directory (is it a logitsam run directory?)")
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+            if not isinstance(rec, dict):
+                raise UserError(f"{path}:{i}: expected a JSON object per line")
+            records.append(rec)
+    return records
+
+
+def series(records: list[Record], key: str) -> tuple[list[float], list[float]]:
+    """(steps, values) of the records that carry a finite number under ``key`` and a step."""
+    steps, values = [], []
+    for r in records:
+        v, s = r.get(key), r.get("step")
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and isinstance(s, (int, float)):
+            steps.append(float(s))
+            values.append(float(v))
+    return steps, values
+
+
+def runs_figure(run_dirs: list[str], labels: list[str] | None = None) -> Any:
+    """The matplotlib Figure (Agg canvas) of :func:`plot_runs`; one Axes per entry of ``PANELS``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    if not run_dirs:
+        raise UserError("plot: give at least one run directory")
+    if labels is not None and len(labels) != len(run_dirs):
+        raise UserError(f"plot: {len(labels)} labels for {len(run_dirs)} run directories")
+    names = labels or [os.path.basename(os.path.normpath(d)) or d for d in run_dirs]
+    runs = [read_metrics(d) for d in run_dirs]
+
+    fig = Figure(figsize=(13, 15), layout="constrained")
+    FigureCanvasAgg(fig)
+    colors = [f"C{i % 10}" for i in range(len(runs))]
+    for ax, (title, metrics, log_y) in zip(fig.subplots(4, 2).flat, PANELS, strict=True):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        drawn: list[float] = []
+        for name, records, color in zip(names, runs, colors, strict=True):
+            for (key, short), style in zip(metrics, STYLES, strict=False):
+                steps, values = series(records, key)
+                if steps:
+                    ax.plot(
+                        steps,
+                        values,
+                        style,
+                        color=color,
+                        marker="." if len(steps) < 30 else None,
+                        label=f"{name}: {short}",
+                    )
+                    drawn += values
+        if not drawn:
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="0.5")
+            continue
+        if title in ZERO_LINE:
+            ax.axhline(0.0, color="0.6", linewidth=0.8, label="_zero")
+        if log_y and min(drawn) > 0:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    return fig
+
+
+def plot_runs(run_dirs: list[str], out: str, labels: list[str] | None = None) -> str:
+    """Draw the runs' ``metrics.jsonl`` curves into one PNG at ``out``; returns ``out``.
+
+    run_dirs: run output directories; labels: legend names (default: the directory names).
+    Raises UserError for a directory without metrics.jsonl or a malformed record.
+    """
+    fig = runs_figure(run_dirs, labels)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    try:
+        fig.savefig(out, format="png", dpi=100)
+    except OSError as e:
+        raise UserError(f"{out}: cannot write the plot: {e.strerror or e}") from None
+    return out
