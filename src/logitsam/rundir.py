@@ -29,24 +29,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from .checkpoints import WEIGHTS
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 LOCK_NAME = ".logitsam.lock"
 KEY = "train.output_dir"
 # What a finished or interrupted run leaves behind (HF Trainer and run.train).
-RUN_FILES = (
-    "config.yaml",
-    "metrics.jsonl",
-    "trainer_state.json",
-    "training_args.bin",
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-    "adapter_model.safetensors",
-    "adapter_model.bin",
-)
+RUN_FILES = ("config.yaml", "metrics.jsonl", "trainer_state.json", "training_args.bin", *WEIGHTS)
 
 
 def is_main_process() -> bool:
