@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from conftest import ROOT
 from logitsam.batching import PreferenceCollator, tokenize_examples
 from logitsam.data import load_examples, parse_row
 from logitsam.errors import DataError
@@ -100,7 +101,7 @@ def test_non_utf8_and_json_errors(tmp_path):
         load_examples([str(tmp_path / "nope.jsonl")])
 
 
-def test_cli_reports_data_errors_without_traceback(tmp_path):
+def test_cli_reports_data_errors_without_traceback(tmp_path, cli_env):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": 3, "chosen": "b", "rejected": "c"}\n')
     out = subprocess.run(
@@ -116,7 +117,8 @@ def test_cli_reports_data_errors_without_traceback(tmp_path):
         ],
         capture_output=True,
         text=True,
-        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+        env=cli_env,
+        cwd=ROOT,
     )
     assert out.returncode == 2
     assert f"{bad}:2: field 'prompt': expected a string" in out.stderr

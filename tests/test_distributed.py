@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+from conftest import ROOT
+
 LAUNCHERS = {
     "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
     "accelerate": [
@@ -40,8 +42,9 @@ def test_two_process_ddp_on_cpu(tmp_path, launcher, sam):
 
 def run(launcher, out_dir, *overrides):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), env.get("PYTHONPATH", "")) if p)
     cmd = [*LAUNCHERS[launcher], "tests/dist_worker.py", str(out_dir), *overrides]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "terminate called" not in out.stderr
     digests = [(out_dir / f"rank{r}.digest").read_text() for r in range(2)]

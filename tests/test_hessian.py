@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from conftest import ROOT
 from logitsam.diagnostics.hessian import _rademacher, hutchinson, logit_hessian_trace, parameter_hessian_trace
 
 D = torch.float64
@@ -137,7 +138,7 @@ def test_sharpness_on_a_micro_transformer_matches_exact_trace():
     assert res["logit_hessian"].mean > 0  # the logit Hessian of this loss has a positive trace here
 
 
-def test_sharpness_cli(tmp_path):
+def test_sharpness_cli(tmp_path, cli_env):
     import json
     import subprocess
     import sys
@@ -162,7 +163,8 @@ def test_sharpness_cli(tmp_path):
         ],
         capture_output=True,
         text=True,
-        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+        env=cli_env,
+        cwd=ROOT,
     )
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(out.read_text())
