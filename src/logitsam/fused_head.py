@@ -62,6 +62,8 @@ def plan_rows(labels: Tensor, chunk_rows: int) -> RowPlan:
 
     labels: (S, T) with chosen sequences first (pair j = sequences j and j + S/2). One host sync.
     """
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be ≥ 1, got {chunk_rows}")
     s, t = labels.shape
     n_pairs = s // 2
     flat = labels.reshape(-1)

@@ -27,8 +27,8 @@ from .diagnostics.squeeze import preference_metrics, top_token_prob
 from .forward import body_forward, fusable, output_head
 from .fused_head import FusedJob, fused_sequence_sums, plan_rows
 from .logprobs import IGNORE_INDEX, chunk_rows_for, sequence_logps, shift_for_causal_lm, token_logps
-from .losses import LossOutput, LossSpec, PreferenceLogps
-from .sam import logits_sam_loss
+from .losses import LossOutput, LossSpec, PreferenceLogps, resolve_hparams
+from .sam import METHODS, check_rho, logits_sam_loss
 
 Scores = tuple[Tensor | None, Tensor | None]
 
@@ -87,9 +87,14 @@ class Objective:
         fused: bool = True,
         adaptive: bool = False,
     ) -> None:
-        self.spec, self.params = spec, params
-        self.rho, self.method, self.chunk_rows, self.fused = rho, method, chunk_rows, fused
-        self.adaptive = adaptive
+        if method not in METHODS:
+            raise ValueError(f"unknown logits-SAM method {method!r}; choose from {', '.join(METHODS)}")
+        bad_rows = isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1
+        if chunk_rows is not None and bad_rows:
+            raise ValueError(f"chunk_rows must be None or an int ≥ 1, got {chunk_rows!r}")
+        self.spec, self.params = spec, resolve_hparams(spec, params)  # ranges checked here too
+        self.rho, self.method, self.chunk_rows, self.fused = check_rho(rho), method, chunk_rows, fused
+        self.adaptive = bool(adaptive)
 
     def losses(self, inp: PreferenceLogps) -> LossOutput:
         return self.spec.fn(inp, **self.params)
@@ -108,12 +113,15 @@ class Objective:
         ref: (S,) reference sums (None for reference-free losses); sam: apply logits-SAM when
         ρ ≠ 0 and gradients are being recorded; sharded: the head is sharded (FSDP / ZeRO-3).
         """
+        check_batch(batch, ref)
         labels = shift_for_causal_lm(batch["labels"])
         lengths = (labels != IGNORE_INDEX).sum(-1)
         scores = (batch.get("score_chosen"), batch.get("score_rejected"))
         sam_on = sam and self.rho != 0 and torch.is_grad_enabled()
         fused = self.fused and not sharded and self.method != "chunked" and fusable(model)
         hidden, logits = body_forward(model, batch["input_ids"], batch["attention_mask"], fused=fused)
+        vocab = output_head(model).weight.shape[0] if logits is None else logits.shape[-1]
+        check_labels(labels, vocab)
         if logits is None:
             res = self._fused(model, hidden, labels, lengths, ref, scores, sam_on)
         else:
@@ -167,6 +175,41 @@ class Objective:
         else:
             loss, (out, sums) = fn(logits)
         return ObjectiveOutput(loss, out, sums, metrics, "logits")
+
+
+def check_batch(batch: dict[str, Tensor], ref: Tensor | None) -> None:
+    """Keys, shapes and dtypes of a pair batch, each problem named (no device sync)."""
+    missing = [k for k in ("input_ids", "attention_mask", "labels") if k not in batch]
+    if missing:
+        raise ValueError(f"the batch lacks {', '.join(missing)} (input_ids, attention_mask, labels are required)")
+    ids, labels = batch["input_ids"], batch["labels"]
+    for name in ("input_ids", "labels"):
+        t = batch[name]
+        if not isinstance(t, Tensor) or t.dim() != 2 or t.is_floating_point() or t.dtype == torch.bool:
+            raise ValueError(f"{name} must be an integer (S, T) tensor, got {getattr(t, 'dtype', type(t))}")
+    if labels.shape != ids.shape or tuple(batch["attention_mask"].shape) != tuple(ids.shape):
+        raise ValueError(
+            f"labels {tuple(labels.shape)} and attention_mask {tuple(batch['attention_mask'].shape)} "
+            f"must have input_ids' shape {tuple(ids.shape)}"
+        )
+    s = ids.shape[0]
+    if s < 2 or s % 2:
+        raise ValueError(f"a pair batch has 2B sequences (chosen rows, then rejected), got {s}")
+    if ref is not None and tuple(ref.shape) != (s,):
+        raise ValueError(f"reference log-probs must have shape ({s},) (chosen, then rejected), got {tuple(ref.shape)}")
+    for key in ("score_chosen", "score_rejected"):
+        if batch.get(key) is not None and tuple(batch[key].shape) != (s // 2,):
+            raise ValueError(f"{key} must have shape ({s // 2},), got {tuple(batch[key].shape)}")
+
+
+def check_labels(labels: Tensor, vocab: int) -> None:
+    """Shifted labels are token ids in [0, V) or −100, and every sequence scores a token (one sync)."""
+    scored = labels != IGNORE_INDEX
+    bad_id, empty = torch.stack([(scored & ((labels < 0) | (labels >= vocab))).any(), (~scored.any(-1)).any()]).tolist()
+    if bad_id:
+        raise ValueError(f"labels must be token ids in [0, {vocab}) or {IGNORE_INDEX} (unscored)")
+    if empty:
+        raise ValueError("every sequence needs at least one scored (label ≠ −100) token after the shift")
 
 
 def _sam_metrics(loss_pre: Tensor, loss_post: Tensor, rho: float, grad_norm: Tensor) -> dict[str, Tensor]:

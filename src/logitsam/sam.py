@@ -25,6 +25,8 @@ logits and keep it.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +36,34 @@ import torch.nn.functional as F
 from torch import Tensor
 
 METHODS = ("weight", "gram", "chunked", "auto")
+
+
+def check_rho(rho: Any) -> float:
+    """ρ as a float; a ValueError for anything but a finite real number."""
+    if isinstance(rho, bool) or not isinstance(rho, numbers.Real) or not math.isfinite(rho):
+        raise ValueError(f"rho must be a finite number, got {rho!r}")
+    return float(rho)
+
+
+def _check_inputs(hidden: Any, weight: Any, bias: Any, logits: Any, block: Any) -> int:
+    """Shapes and dtypes of perturb's arguments, each problem named; returns V."""
+    if not isinstance(hidden, Tensor) or not hidden.is_floating_point() or hidden.dim() < 2:
+        raise ValueError(f"hidden must be a floating tensor (..., d), got {getattr(hidden, 'shape', type(hidden))}")
+    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+        raise ValueError(f"block must be an int ≥ 1, got {block!r}")
+    if weight is not None:
+        if not isinstance(weight, Tensor) or weight.dim() != 2 or not weight.is_floating_point():
+            raise ValueError(f"weight must be a floating (V, d) tensor, got {getattr(weight, 'shape', type(weight))}")
+        if weight.shape[1] != hidden.shape[-1]:
+            raise ValueError(f"hidden has d={hidden.shape[-1]} but weight is {tuple(weight.shape)} (V, d)")
+        if weight.dtype != hidden.dtype:
+            raise ValueError(f"hidden is {hidden.dtype} but weight is {weight.dtype}: give both in one dtype")
+    v = weight.shape[0] if weight is not None else logits.shape[-1]
+    if bias is not None and (not isinstance(bias, Tensor) or tuple(bias.shape) != (v,)):
+        raise ValueError(f"bias must have shape ({v},), got {tuple(getattr(bias, 'shape', ()))}")
+    if logits is not None and tuple(logits.shape) != (*hidden.shape[:-1], v):
+        raise ValueError(f"logits have shape {tuple(logits.shape)}, expected {(*hidden.shape[:-1], v)}")
+    return v
 
 
 def _acc(x: Tensor) -> Tensor:
@@ -163,7 +193,8 @@ def perturb(
         raise ValueError("without the head weight (sharded head) give the clean logits and use gram/chunked/auto")
     if adaptive and method == "gram":
         raise ValueError("adaptive logits-SAM needs W elementwise (ε ∝ |W|⊙g): use weight, chunked or auto")
-    v, d = (weight.shape[0] if weight is not None else logits.shape[-1]), hidden.shape[-1]
+    rho = check_rho(rho)
+    v, d = _check_inputs(hidden, weight, bias, logits, block), hidden.shape[-1]
     lead = hidden.shape[:-1]
     if grad_logits.shape != (*lead, v):
         raise ValueError(f"grad_logits has shape {tuple(grad_logits.shape)}, expected {(*lead, v)}")
@@ -295,10 +326,15 @@ def logits_sam_loss(
     2. perturbed logits by :func:`perturb`; 3. the loss there, returned with graph.
     """
     if logits is None:
+        if weight is None:
+            raise ValueError("logits_sam_loss needs the head weight or the clean logits")
+        _check_inputs(hidden, weight, bias, None, block)
         logits = F.linear(hidden, weight, bias)
     clean = logits.detach().requires_grad_()
     with torch.enable_grad():
         loss_pre, aux_pre = _split(loss_fn(clean))
+        if not isinstance(loss_pre, Tensor) or loss_pre.dim() != 0 or not loss_pre.requires_grad:
+            raise ValueError("loss_fn must return a scalar tensor (or (scalar, aux)) computed from its logits")
         (grad,) = torch.autograd.grad(loss_pre, clean)
     del clean
     p = perturb(

@@ -1,0 +1,101 @@
+"""The Python API names what is wrong with its arguments instead of failing deep inside (or not at all)."""
+
+import pytest
+import torch
+
+from logitsam.losses import LOSSES, resolve_hparams
+from logitsam.models import tiny_model
+from logitsam.objective import Objective
+from logitsam.sam import logits_sam_loss, perturbed_logits
+
+H, W = torch.randn(6, 4), torch.randn(10, 4)
+G = torch.randn(6, 10)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(rho=float("nan")), "finite"),
+        (dict(rho=float("inf")), "finite"),
+        (dict(rho="0.1"), "finite"),
+        (dict(rho=0.1, method="chunked", block=-1), "block"),
+        (dict(rho=0.1, method="chunked", block=0), "block"),
+        (dict(rho=0.1, method="gram", block=-5), "block"),
+        (dict(rho=0.1, bias=torch.randn(12)), "bias"),
+        (dict(rho=0.1, method="gram", logits=torch.randn(6, 11)), "logits"),
+    ],
+)
+def test_perturbed_logits_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        perturbed_logits(H, W, G, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("hidden", "weight", "match"),
+    [
+        (torch.randn(6, 5), W, "d=5"),
+        (H.double(), W, "dtype|float64"),
+        (torch.randint(0, 3, (6, 4)), W, "floating"),
+        (H, torch.randn(10), "weight"),
+        (H.numpy(), W, "floating"),
+    ],
+)
+def test_perturbed_logits_names_shape_and_dtype_mismatches(hidden, weight, match):
+    with pytest.raises(ValueError, match=match):
+        perturbed_logits(hidden, weight, G, rho=0.1)
+
+
+@pytest.mark.parametrize("bad", [lambda z: z.sum(-1), lambda z: 1.0, lambda z: torch.tensor(1.0)])
+def test_logits_sam_loss_needs_a_scalar_loss_of_the_logits(bad):
+    with pytest.raises(ValueError, match="scalar"):
+        logits_sam_loss(bad, H, W, rho=0.1)
+    with pytest.raises(ValueError, match="weight or the clean logits"):
+        logits_sam_loss(lambda z: z.sum(), H, None, rho=0.1)
+
+
+def pair_batch(s=4, t=8, v=300):
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, v, (s, t), generator=g)
+    labels = ids.clone()
+    labels[:, :3] = -100
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda b: b.update(labels=b["labels"][:, :5]), "labels"),
+        (lambda b: b.update(labels=b["labels"][:2]), "labels"),
+        (lambda b: b.update({k: v[:3] for k, v in b.items()}), "2B sequences"),
+        (lambda b: b.update(labels=torch.full_like(b["labels"], -100)), "scored"),
+        (lambda b: b["labels"].__setitem__((0, 5), 400), r"\[0, 300\)"),
+        (lambda b: b["labels"].__setitem__((0, 5), -1), r"\[0, 300\)"),
+        (lambda b: b.update(labels=b["labels"].float()), "integer"),
+        (lambda b: b.pop("attention_mask"), "attention_mask"),
+        (lambda b: b.update(score_chosen=torch.ones(5), score_rejected=torch.ones(5)), "score_chosen"),
+    ],
+)
+@pytest.mark.parametrize("fused", [True, False])
+def test_objective_checks_the_batch(edit, match, fused):
+    model = tiny_model(300)
+    batch = pair_batch()
+    edit(batch)
+    spec = LOSSES["dpo"]
+    with pytest.raises(ValueError, match=match):
+        Objective(spec, resolve_hparams(spec, {}), fused=fused)(model, batch, torch.zeros(4))
+
+
+def test_objective_checks_reference_and_settings():
+    model, spec = tiny_model(300), LOSSES["dpo"]
+    with pytest.raises(ValueError, match=r"shape \(4,\)"):
+        Objective(spec, {})(model, pair_batch(), torch.zeros(3))
+    for kwargs, match in [
+        (dict(rho=float("nan")), "finite"),
+        (dict(chunk_rows=-1), "chunk_rows"),
+        (dict(chunk_rows=0), "chunk_rows"),
+        (dict(method="fast"), "method"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            Objective(spec, {}, **kwargs)
+    with pytest.raises(ValueError, match="beta"):
+        Objective(spec, {"beta": -1.0})
