@@ -30,6 +30,12 @@ CACHE_VERSION = "v2"  # bump when the key or the stored values change meaning
 _VOLATILE_CONFIG = ("_name_or_path", "transformers_version", "_commit_hash")
 
 
+def sample_indices(n: int, sample: int) -> torch.Tensor:
+    """``sample`` evenly spaced indices into ``n`` values, first and last included, in exact integer
+    arithmetic (a float32 ``linspace`` rounds ``n - 1`` up past the end once n exceeds 2**24)."""
+    return torch.arange(sample, dtype=torch.int64) * (n - 1) // max(1, sample - 1)
+
+
 @torch.no_grad()
 def model_fingerprint(model: Any, sample: int = 4096) -> str:
     """Hash of what determines a model's outputs, cheap enough for billions of parameters.
@@ -50,7 +56,7 @@ def model_fingerprint(model: Any, sample: int = 4096) -> str:
         flat = t.detach().reshape(-1)
         h.update(f"{float(flat.sum(dtype=torch.float64)):.12e}".encode())
         if flat.numel() > sample:
-            flat = flat[torch.linspace(0, flat.numel() - 1, sample, device=flat.device).long()]
+            flat = flat[sample_indices(flat.numel(), sample).to(flat.device)]
         h.update(flat.cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
