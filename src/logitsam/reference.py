@@ -77,6 +77,7 @@ def compute_reference_logps(
     batch_size: int = 8,
     device: str | None = None,
     autocast: torch.dtype | None = None,
+    desc: str = "",
 ) -> torch.Tensor:
     """(len(rows), 2) summed reference log-probs of (chosen, rejected) for every row.
 
@@ -88,7 +89,8 @@ def compute_reference_logps(
     dev_type = torch.device(device).type
     model.eval()
     out = []
-    for s in tqdm(range(0, len(rows), batch_size), desc="reference log-probs", leave=False):
+    label = f"{desc}: reference log-probs" if desc else "reference log-probs"
+    for s in tqdm(range(0, len(rows), batch_size), desc=label, leave=False):
         batch = collate(rows[s : s + batch_size])
         ids, mask, labels = (batch[k].to(device) for k in ("input_ids", "attention_mask", "labels"))
         with torch.autocast(dev_type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
@@ -119,10 +121,12 @@ def attach_reference_logps(
     batch_size: int = 8,
     *,
     autocast: torch.dtype | None = None,
+    desc: str = "",
 ) -> str:
     """Add ``ref_logps`` (chosen, rejected) to each row, from the disk cache or computed now; returns the path.
 
     autocast: the mixed-precision dtype of training (part of the cache key: values differ under it).
+    desc: the run's name, shown on the progress bar.
     """
     key = cache_key(f"{model_id}\0autocast={autocast}", rows, model_fingerprint(model))
     path = os.path.join(cache_dir(), "ref_logps", f"{key}.pt")
@@ -130,7 +134,7 @@ def attach_reference_logps(
     if values is not None:
         log.info("reference log-probs from cache %s", path)
     else:
-        values = compute_reference_logps(model, rows, pad_token_id, batch_size, autocast=autocast)
+        values = compute_reference_logps(model, rows, pad_token_id, batch_size, autocast=autocast, desc=desc)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{os.getpid()}.tmp"  # per process: ranks may write the same key at once
         torch.save(values, tmp)

@@ -16,8 +16,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import ProgressCallback
+from transformers.trainer_utils import has_length
 
 from .config import SamConfig
 from .losses import LossSpec
@@ -39,10 +41,37 @@ class JsonlMetrics(TrainerCallback):
                 f.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
 
 
-class QuietProgress(ProgressCallback):
-    """Progress bars without printing every log record under them."""
+class NamedProgress(ProgressCallback):
+    """Progress bars named after the run (``args.run_name``, else output_dir's last part), so
+    several runs in one process (a study) tell their bars apart; ``print_logs=False``: log
+    records are not printed under the bar (metrics.jsonl has them)."""
+
+    def __init__(self, print_logs: bool = True) -> None:
+        super().__init__()
+        self.print_logs = print_logs
+
+    @staticmethod
+    def run_name(args: Any) -> str:
+        return args.run_name or os.path.basename(os.path.normpath(args.output_dir))
+
+    def on_train_begin(self, args, state, control, **kwargs):  # ProgressCallback's, with a name
+        if state.is_world_process_zero:
+            self.training_bar = tqdm(total=state.max_steps, dynamic_ncols=True, desc=f"{self.run_name(args)}: train")
+        self.current_step = 0
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        if state.is_world_process_zero and self.prediction_bar is None and has_length(eval_dataloader):
+            self.prediction_bar = tqdm(
+                total=len(eval_dataloader),
+                leave=self.training_bar is None,
+                dynamic_ncols=True,
+                desc=f"{self.run_name(args)}: eval",
+            )
+        super().on_prediction_step(args, state, control, eval_dataloader=eval_dataloader, **kwargs)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.print_logs:
+            return super().on_log(args, state, control, logs=logs, **kwargs)
         return None
 
 
@@ -73,9 +102,8 @@ class PreferenceTrainer(Trainer):
         self.model_accepts_loss_kwargs = False  # our loss is a per-micro-batch mean: scale by GA steps
         self._stored: dict[str, dict[str, list[Tensor]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self.add_callback(JsonlMetrics())
-        if not print_logs:
-            self.remove_callback(ProgressCallback)
-            self.add_callback(QuietProgress())
+        if self.pop_callback(ProgressCallback) is not None:  # absent with disable_tqdm
+            self.add_callback(NamedProgress(print_logs))
         self.sharded = self.is_fsdp_enabled or (
             self.is_deepspeed_enabled and getattr(self.accelerator.state.deepspeed_plugin, "zero_stage", 0) == 3
         )
