@@ -139,9 +139,13 @@ def test_generation_is_seeded_and_kl_of_a_model_to_itself_is_zero():
     assert sequence_kl(model, model, ids, tok.pad_token_id) == pytest.approx(0.0, abs=1e-6)
 
 
-def test_demo_quick(tmp_path, monkeypatch, capsys):
+def test_demo_quick(tmp_path, monkeypatch, capsys, caplog):
+    import logging
+
     from logitsam import run as run_mod
     from logitsam.study.demo import quick_settings, run_demo
+
+    caplog.set_level(logging.WARNING, logger="transformers")  # test_trl_parity quiets it: no Trainer bars then
 
     def no_second_model(*args, **kwargs):
         raise AssertionError("the demo's reference is the policy before its first step: nothing more to load")
