@@ -106,6 +106,116 @@ def test_other_errors_are_not_swallowed(monkeypatch):
 
 
 def test_losses_lists_ranges(capsys):
+    from logitsam.losses import LOSSES
+
     rc, out, _ = run(capsys, "losses")
     assert rc == 0
-    assert any(line.startswith("dpo") and "beta" in line and "(0, inf)" in line for line in out.splitlines())
+    lines = out.splitlines()
+    assert {line.split(":")[0] for line in lines if line and not line.startswith((" ", "Set "))} == set(LOSSES)
+    dpo = lines.index(next(line for line in lines if line.startswith("dpo: ")))
+    beta = lines[dpo + 1].split()
+    assert beta[:6] == ["beta", "default", "0.1", "range", "(0,", "inf)"] and "β < 0" in lines[dpo + 1]
+
+
+def test_train_help_lists_every_config_key_and_loss(capsys):
+    from logitsam.config import describe_fields
+    from logitsam.losses import LOSSES
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    for r in describe_fields():
+        line = next(line for line in out.splitlines() if line.split()[:1] == [r.key])
+        assert r.type in line and f" {r.default} " in line and line.rstrip().endswith(r.help), line
+    assert "--section.key value" in out
+    assert all(name in out.split("losses (loss.name")[1] for name in LOSSES)
+
+
+def test_train_from_another_directory_with_space_overrides(capsys, tmp_path, monkeypatch):
+    import os
+
+    from logitsam import config as C
+
+    config = os.path.abspath("configs/tiny-cpu.yaml")
+    fixture = os.path.abspath("tests/fixtures/explicit.jsonl")
+    monkeypatch.chdir(tmp_path)
+    rc, out, _ = run(
+        capsys, "train", "--config", config, "--train.output_dir", "out", "--train.max_steps", "2",
+        "--train.eval_steps=null", "--train.print_logs", "false", "--train.save_model=false",
+    )
+    assert rc == 0 and "config.yaml and metrics.jsonl in out" in out
+    saved = C.load(str(tmp_path / "out" / "config.yaml"))
+    assert saved.data.train_files == [fixture] and saved.train.max_steps == 2
+    assert saved.model.dtype == "float32" and saved.train.bf16 is False  # 'auto' and null, as used
+
+
+def test_overrides_without_a_value_or_key(capsys):
+    for argv, message in (
+        (["--sam.rho"], "override '--sam.rho': expected --section.key=value or --section.key value"),
+        (["stray"], "override 'stray': expected"),
+    ):
+        rc, _, err = run(capsys, "train", "--config", "configs/tiny-cpu.yaml", *argv)
+        assert rc == 2 and message in one_error_line(err)
+
+
+def test_other_commands_refuse_stray_arguments(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["toy", "--sam.rho=1"])
+    assert e.value.code == 2 and "unrecognized arguments: --sam.rho=1" in capsys.readouterr().err
+
+
+def test_demo_quick_and_full_together_is_an_error(capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["demo", "--quick", "--full", "--out", str(tmp_path / "d")])
+    assert e.value.code == 2 and "not allowed with argument --quick" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
+def test_demo_help_says_what_quick_uses(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "tiny random model, letters-fraction reward (not VADER)" in out
+
+
+@pytest.fixture
+def fake_plot(monkeypatch):
+    """logitsam.plot is written on another branch: the CLI only has to call plot_runs as documented."""
+    import sys
+    import types
+
+    from logitsam.errors import UserError
+
+    calls = []
+
+    def plot_runs(run_dirs, out, labels=None):
+        calls.append((run_dirs, out, labels))
+        if any("nometrics" in d for d in run_dirs):
+            raise UserError(f"{run_dirs[-1]}: no metrics.jsonl")
+        return out
+
+    monkeypatch.setitem(sys.modules, "logitsam.plot", types.SimpleNamespace(plot_runs=plot_runs))
+    return calls
+
+
+def test_plot_calls_plot_runs(capsys, tmp_path, fake_plot):
+    out = str(tmp_path / "p.png")
+    rc, printed, _ = run(capsys, "plot", "runs/a", "runs/b", "--out", out, "--labels", "DPO, DPO+SAM")
+    assert rc == 0 and fake_plot == [(["runs/a", "runs/b"], out, ["DPO", "DPO+SAM"])]
+    assert printed.strip() == f"wrote {out}"
+    rc, _, _ = run(capsys, "plot", "runs/a", "--out", out)
+    assert rc == 0 and fake_plot[-1] == (["runs/a"], out, None)
+
+
+def test_plot_mistakes_are_one_line(capsys, tmp_path, fake_plot):
+    out = str(tmp_path / "p.png")
+    rc, _, err = run(capsys, "plot", "a", "b", "--out", out, "--labels", "one")
+    assert rc == 2 and "--labels: 1 labels for 2 run directories" in one_error_line(err)
+    rc, _, err = run(capsys, "plot", "a", "--out", str(tmp_path))
+    assert rc == 2 and "--out:" in one_error_line(err) and "is a directory" in err
+    rc, _, err = run(capsys, "plot", "x/nometrics", "--out", out)
+    assert rc == 2 and "x/nometrics: no metrics.jsonl" in one_error_line(err)
+    assert len(fake_plot) == 1  # only the last call reached plot_runs
+    with pytest.raises(SystemExit):
+        cli.main(["plot", "a"])  # --out is required

@@ -1,5 +1,6 @@
 """Config loading, overrides and their errors."""
 
+import os
 import re
 
 import pytest
@@ -17,8 +18,8 @@ def test_yaml_and_overrides_roundtrip(tmp_path):
     assert cfg.data.train_files == ["a.jsonl", "b.jsonl"] and cfg.sam.rho == 1e-5 and cfg.train.max_steps == 3
     C.apply_overrides(cfg, ["--loss.beta=1"])  # int accepted for a float field
     assert cfg.loss.beta == 1.0 and isinstance(cfg.loss.beta, float)
-    C.save(cfg, str(tmp_path / "saved.yaml"))
-    assert C.load(str(tmp_path / "saved.yaml")) == cfg
+    C.save(cfg, str(tmp_path / "saved.yaml"))  # relative data paths now read against the saved file's dir
+    assert C.load(str(tmp_path / "saved.yaml")) == C.resolve_paths(cfg, str(tmp_path))
 
 
 @pytest.mark.parametrize(
@@ -28,13 +29,84 @@ def test_yaml_and_overrides_roundtrip(tmp_path):
         ("--optim.lr=1", "unknown section 'optim'"),
         ("--train.max_steps=abc", "train.max_steps: expected int, got str"),
         ("--train.max_steps=true", "expected int, got bool"),
-        ("--data.train_files=x.jsonl", "expected a list"),
-        ("--sam.rho", "expected --section.key=value"),
+        ("--data.train_files={a: 1}", "expected a list"),
+        ("--data.train_files=null", "expected a list"),
+        ("--sam.rho", "expected --section.key=value or --section.key value"),
+        ("sam.rho", "expected --section.key=value or --section.key value"),
+        ("--rho=1", "expected --section.key=value"),
     ],
 )
 def test_bad_overrides_are_clear(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
         C.apply_overrides(C.Config(), [override])
+
+
+def test_space_separated_overrides():
+    cfg = C.apply_overrides(
+        C.Config(),
+        ["--sam.rho", "-1e-4", "--train.max_steps", "-1", "--loss.name=ipo", "--train.report_to", "[none]"],
+    )
+    assert cfg.sam.rho == -1e-4 and cfg.train.max_steps == -1 and cfg.loss.name == "ipo"
+    assert cfg.train.report_to == ["none"]
+    for tokens in (["--sam.rho"], ["--sam.rho", "--train.max_steps=3"]):  # a value is missing
+        with pytest.raises(ConfigError, match=r"override '--sam\.rho': expected --section\.key=value or"):
+            C.apply_overrides(C.Config(), tokens)
+    with pytest.raises(ConfigError, match=r"override '--sam\.rhoo 1': unknown key sam\.rhoo"):
+        C.apply_overrides(C.Config(), ["--sam.rhoo", "1"])  # the error shows the override as typed
+
+
+def test_one_value_where_a_list_is_expected(tmp_path):
+    cfg = C.apply_overrides(C.Config(), ["--data.train_files=x.jsonl", "--train.report_to", "tensorboard"])
+    assert cfg.data.train_files == ["x.jsonl"] and cfg.train.report_to == ["tensorboard"]
+    assert C.apply_overrides(C.Config(), ["--model.lora_target_modules=q_proj"]).model.lora_target_modules == [
+        "q_proj"
+    ]
+    (tmp_path / "c.yaml").write_text("data:\n  train_files: x.jsonl\n  eval_files: org/set:test\n")
+    cfg = C.load(str(tmp_path / "c.yaml"))
+    assert cfg.data.train_files == [str(tmp_path / "x.jsonl")] and cfg.data.eval_files == ["org/set:test"]
+
+
+def test_config_file_paths_resolve_against_its_directory(tmp_path, monkeypatch):
+    conf = tmp_path / "conf"
+    (conf / "models" / "m").mkdir(parents=True)
+    (conf / "d.jsonl").write_text("")
+    (conf / "c.yaml").write_text(
+        "model: {name_or_path: models/m, ref_name_or_path: EleutherAI/pythia-70m}\n"
+        "data:\n  train_files: [d.jsonl, ../shared/x.csv, ~/h.jsonl, /abs/y.jsonl]\n"
+        "  eval_files: [org/set:test, saved_dir_that_is_nowhere]\n"
+        "train: {output_dir: runs/x}\n"
+    )
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    cfg = C.load("../conf/c.yaml")
+    assert cfg.model.name_or_path == str(conf / "models" / "m")  # an existing dir beside the config
+    assert cfg.model.ref_name_or_path == "EleutherAI/pythia-70m"  # a hub id stays one
+    assert cfg.data.train_files == [
+        str(conf / "d.jsonl"),
+        str(tmp_path / "shared" / "x.csv"),  # not there: still resolved, so 'not found' names the real place
+        os.path.expanduser("~/h.jsonl"),
+        "/abs/y.jsonl",
+    ]
+    assert cfg.data.eval_files == ["org/set:test", "saved_dir_that_is_nowhere"]  # hub names
+    assert cfg.train.output_dir == "runs/x"  # outputs go under the current directory
+    C.apply_overrides(cfg, ["--data.train_files", "mine.jsonl", "--model.name_or_path=tiny-random"])
+    assert cfg.data.train_files == ["mine.jsonl"]  # command-line paths: relative to the current directory
+    assert C.load(str(conf / "c.yaml")).model.name_or_path == str(conf / "models" / "m")
+
+
+def test_every_config_key_is_documented():
+    import dataclasses
+
+    rows = C.describe_fields()
+    expected = [f"{s.name}.{f.name}" for s in dataclasses.fields(C.Config) for f in dataclasses.fields(s.default_factory)]
+    assert [r.key for r in rows] == expected
+    for r in rows:
+        assert len(r.help) > 10 and "\n" not in r.help, r.key
+    by_key = {r.key: r for r in rows}
+    assert (by_key["data.train_files"].type, by_key["data.train_files"].default) == ("list[str]", "[]")
+    assert (by_key["train.bf16"].type, by_key["train.bf16"].default) == ("bool | None", "null")
+    assert (by_key["train.report_to"].default, by_key["loss.params"].type) == ("[none]", "dict[str, Any]")
+    assert by_key["train.learning_rate"].default == "5.0e-07"
 
 
 def test_bad_yaml_names_the_file(tmp_path):

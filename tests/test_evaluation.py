@@ -139,12 +139,33 @@ def test_generation_is_seeded_and_kl_of_a_model_to_itself_is_zero():
     assert sequence_kl(model, model, ids, tok.pad_token_id) == pytest.approx(0.0, abs=1e-6)
 
 
-def test_demo_quick(tmp_path, monkeypatch):
+def test_demo_quick(tmp_path, monkeypatch, capsys, caplog):
+    import logging
+
+    from logitsam import run as run_mod
     from logitsam.study.demo import quick_settings, run_demo
 
+    caplog.set_level(logging.WARNING, logger="transformers")  # test_trl_parity quiets it: no Trainer bars then
+
+    def no_second_model(*args, **kwargs):
+        raise AssertionError("the demo's reference is the policy before its first step: nothing more to load")
+
+    monkeypatch.setattr(run_mod, "load_reference", no_second_model)
     monkeypatch.setenv("LOGITSAM_CACHE", str(tmp_path / "cache"))
     res = run_demo(str(tmp_path / "demo"), quick_settings())
+    printed = capsys.readouterr()
+    assert printed.out.startswith("demo on a tiny random model") and "letters reward" in printed.out.splitlines()[0]
+    for bar in ("SFT: held-out samples", "dpo/s0: train", "dpo+lsam(1e-2)/s0: train", "dpo+lsam(1e-2)/s0: held-out"):
+        assert bar in printed.err, bar  # progress bars name their run
     saved = json.loads((tmp_path / "demo" / "results.json").read_text())
+    # the common start is evaluated once: by the first run, shared with the second (same model, pairs, loss)
+    first, second = (saved["runs"][k]["log"] for k in ("dpo/s0", "dpo+lsam(1e-2)/s0"))
+    start = [r for r in first if r["step"] == 0 and "eval_loss" in r]
+    assert len(start) == 1 and "shared_from" not in start[0]
+    assert second[0] == {**start[0], "shared_from": "dpo/s0"}
+    own = (tmp_path / "demo" / "runs" / "dpo+lsam(1e-2)_s0" / "metrics.jsonl").read_text().splitlines()
+    own = [json.loads(line) for line in own]
+    assert not [r for r in own if r["step"] == 0]
     assert set(saved["runs"]) == {"dpo/s0", "dpo+lsam(1e-2)/s0"}
     for rec in saved["runs"].values():
         assert 0.0 <= rec["win_vs_sft"]["mean"] <= 1.0 and rec["win_vs_sft"]["n"] == 4
@@ -152,6 +173,8 @@ def test_demo_quick(tmp_path, monkeypatch):
         assert any("sam/eps_norm" in r for r in rec["log"]) == ("lsam" in rec["method"])
     report = (tmp_path / "demo" / "report.md").read_text()
     assert "| dpo |" in report and "## Reading" in report
+    assert "pipeline check on a tiny random model" in report and "| mean letters reward |" in report
+    assert "VADER" not in report and "real model" not in report
     assert (tmp_path / "demo" / "drift.png").stat().st_size > 5000
     assert res["pairs"]["train"] > 0
     assert list((tmp_path / "cache" / "demo").glob("pairs-*.jsonl"))  # pairs cached

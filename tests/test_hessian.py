@@ -1,11 +1,21 @@
 """Hutchinson traces against exact Hessian traces on a tiny model in float64."""
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
 from conftest import ROOT
+
+with warnings.catch_warnings():
+    # torch.func.hessian's forward-mode AD imports this torch module on first use, and the module itself
+    # scripts its decompositions with the deprecated torch.jit.script (18 DeprecationWarnings from torch's
+    # own code). Imported here, once, so only that import is silenced; our code never uses forward AD.
+    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=DeprecationWarning)
+    import torch._decomp.decompositions_for_jvp
+
 from logitsam.diagnostics.hessian import _rademacher, hutchinson, logit_hessian_trace, parameter_hessian_trace
 
 D = torch.float64

@@ -67,7 +67,7 @@ def test_fingerprint_sees_small_changes_dtype_and_config():
     assert R.model_fingerprint(tiny_model(len(tiny_tokenizer()), seed=0)) == base  # deterministic
     w = model.model.embed_tokens.weight.view(-1)
     assert w.numel() > 4096  # sampled, not hashed whole
-    sampled = set(torch.linspace(0, w.numel() - 1, 4096).long().tolist())
+    sampled = set(R.sample_indices(w.numel(), 4096).tolist())
     with torch.no_grad():
         w[min(set(range(w.numel())) - sampled)] += 1e-3  # a value the strided sample does not hit
     assert R.model_fingerprint(model) != base
@@ -75,6 +75,14 @@ def test_fingerprint_sees_small_changes_dtype_and_config():
     other = tiny_model(len(tiny_tokenizer()), seed=0)
     other.config.rope_theta = 1234.0  # same weights, different outputs
     assert R.model_fingerprint(other) != base
+
+
+def test_fingerprint_samples_stay_in_bounds_for_large_tensors():
+    # SmolLM2's embedding: a float32 linspace put the last index at n, one past the end
+    for n in (28311552, 2**24 + 1, 4097, 4096 * 7 + 3):
+        idx = R.sample_indices(n, 4096)
+        assert idx[0] == 0 and idx[-1] == n - 1 and len(idx) == 4096
+        assert bool((idx[1:] > idx[:-1]).all())
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "wrong_shape", "pickle"])

