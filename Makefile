@@ -37,7 +37,7 @@ test: $(STAMP) lint
 
 bench: $(STAMP)
 	$(PY) benchmarks/sam_overhead.py
-	HF_HUB_OFFLINE=1 $(PY) benchmarks/trainer_step.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/step.py --device cpu
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
