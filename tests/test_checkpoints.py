@@ -1,11 +1,14 @@
 """Checkpoint completeness, 'last' resolution, completion markers and metrics trimming (no training)."""
 
+import dataclasses
 import json
 import logging
 import re
 from types import SimpleNamespace
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from logitsam.checkpoints import (
     MARKER,
@@ -17,7 +20,15 @@ from logitsam.checkpoints import (
 )
 from logitsam.errors import ConfigError
 
-FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth")
+FILES = ("optimizer.pt", "scheduler.pt", "rng_state.pth")
+
+
+def trainer_state(step):
+    """What transformers.Trainer writes (TrainerState.save_to_json)."""
+    from transformers import TrainerState
+
+    state = TrainerState(global_step=step, max_steps=6, train_batch_size=2, epoch=step / 3, logging_steps=1)
+    return json.dumps(dataclasses.asdict(state))
 
 
 def fake_checkpoint(root, step, skip=()):
@@ -26,8 +37,10 @@ def fake_checkpoint(root, step, skip=()):
     for name in FILES:
         if name not in skip:
             (path / name).write_bytes(b"x" * 16)
+    if "model.safetensors" not in skip:
+        save_file({"w": torch.ones(4, 4)}, str(path / "model.safetensors"))
     if "trainer_state.json" not in skip:
-        (path / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+        (path / "trainer_state.json").write_text(trainer_state(step))
     return path
 
 
@@ -130,3 +143,52 @@ def test_trim_metrics(tmp_path):
     assert [r["step"] for r in kept] == [1, 2, 3, 3] and kept[-1] == {"step": 3, "eval_loss": 1.0}
     assert trim_metrics(str(tmp_path), 3) == 0
     assert trim_metrics(str(tmp_path / "nowhere"), 3) == 0
+
+
+def _damage_weights(path, how):
+    weights = path / "model.safetensors"
+    raw = weights.read_bytes()
+    if how == "truncated":
+        weights.write_bytes(raw[: len(raw) - 8])
+    elif how == "header":  # the 8-byte length, then JSON that is not
+        weights.write_bytes(raw[:8] + b"{garbage" + raw[16:])
+    elif how == "empty":
+        weights.write_bytes(b"")
+    elif how == "shard":  # a second weights file (sharded or adapter) that is broken
+        (path / "model-00002-of-00002.safetensors").write_bytes(raw[:20])
+
+
+@pytest.mark.parametrize("how", ["truncated", "header", "empty", "shard"])
+def test_unreadable_weights_make_a_checkpoint_incomplete(tmp_path, caplog, how):
+    fake_checkpoint(tmp_path, 3)
+    broken = fake_checkpoint(tmp_path, 6)
+    _damage_weights(broken, how)
+    problems = checkpoint_problems(str(broken))
+    assert len(problems) == 1 and problems[0].startswith("readable weights (") and "truncated or corrupt" in problems[0]
+    with caplog.at_level(logging.WARNING):
+        assert resolve_resume(str(tmp_path), "last") == str(tmp_path / "checkpoint-3")  # skipped by last
+    assert "skipping incomplete checkpoint" in caplog.text and "checkpoint-6" in caplog.text
+    with pytest.raises(ConfigError, match=r"checkpoint-6' is incomplete: missing readable weights \(.*model"):
+        resolve_resume(str(tmp_path), str(broken))  # refused when named
+
+
+@pytest.mark.parametrize(
+    ("state", "problem"),
+    [
+        ({"global_step": 6}, "lacks max_steps, train_batch_size, epoch, logging_steps, eval_steps, save_steps, log_history"),
+        ({**json.loads(trainer_state(6)), "train_batch_size": None}, "bad train_batch_size"),
+        ({**json.loads(trainer_state(6)), "epoch": "one"}, "bad epoch"),
+        ({**json.loads(trainer_state(6)), "log_history": {"step": 1}}, "bad log_history"),
+        ({**json.loads(trainer_state(6)), "stateful_callbacks": [1]}, "TrainerState loads (All callbacks passed"),
+        ({**json.loads(trainer_state(6)), "no_such_field": 1}, "a trainer_state.json that transformers' TrainerState loads"),
+        ({**json.loads(trainer_state(6)), "global_step": -1}, "trainer_state.json with global_step (missing or unreadable)"),
+        ([6], "trainer_state.json with global_step (missing or unreadable)"),
+    ],
+)
+def test_trainer_state_must_hold_what_the_trainer_reads(tmp_path, state, problem):
+    path = fake_checkpoint(tmp_path, 6)
+    (path / "trainer_state.json").write_text(json.dumps(state))
+    problems = checkpoint_problems(str(path))
+    assert len(problems) == 1 and problem in problems[0], problems
+    with pytest.raises(ConfigError, match="is incomplete: missing"):
+        verify_checkpoint(str(path))

@@ -1,5 +1,7 @@
 """The command line: user mistakes exit 2 with one line, a diverged run exits 3, never a traceback."""
 
+import json
+
 import pytest
 
 from logitsam import cli
@@ -219,3 +221,46 @@ def test_plot_mistakes_are_one_line(capsys, tmp_path, fake_plot):
     assert len(fake_plot) == 1  # only the last call reached plot_runs
     with pytest.raises(SystemExit):
         cli.main(["plot", "a"])  # --out is required
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["toy", "--seed", "99999999999999999999999"], "--seed: must be in [0, 2**32), got 99999999999999999999999"),
+        (["toy", "--seed", "-1"], "--seed: must be in [0, 2**32)"),
+        (["sharpness", "--model", "tiny-random", "--data", HH, "--seed", str(2**32)], "--seed: must be in [0, 2**32)"),
+        (["toy", "--rho", "0"], "--rho: is |ρ| (the SAM runs use +ρ and −ρ) and must be > 0, got 0.0"),
+        (["toy", "--rho", "-0.5"], "--rho: is |ρ| (the SAM runs use +ρ and −ρ) and must be > 0, got -0.5"),
+        (["toy", "--out", "/proc/logitsam_toy"], "--out: cannot write into '/proc/logitsam_toy'"),
+        (["toy", "--out", "/proc"], "--out: cannot write into '/proc'"),
+        (["demo", "--quick", "--out", "/proc/logitsam_demo"], "--out: cannot write into '/proc/logitsam_demo'"),
+        (["sharpness", "--model", "tiny-random", "--data", HH, "--out", "/proc/x/s.json"], "--out: cannot write into"),
+    ],
+)
+def test_arguments_out_of_range_or_unwritable(capsys, argv, message):
+    rc, _, err = run(capsys, *argv)
+    assert rc == 2 and message in one_error_line(err)
+
+
+def test_sharpness_takes_the_first_pairs_that_survive_tokenization(capsys, tmp_path):
+    rows = [{"prompt": "x" * 400, "chosen": " a", "rejected": " b"}] * 3  # dropped: prompt too long
+    rows += [{"prompt": f"q{i}", "chosen": f" yes {i}", "rejected": f" no {i}"} for i in range(3)]
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "s.json"
+    argv = ["--model", "tiny-random", "--data", str(data), "--pairs", "2", "--probes", "1", "--max-length", "64"]
+    rc, _, _ = run(capsys, "sharpness", *argv, "--out", str(out))
+    assert rc == 0 and json.loads(out.read_text())["pairs"] == 2
+
+
+def test_sharpness_with_broken_model_weights(capsys, tmp_path):
+    from logitsam.models import tiny_model, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    tiny_model(len(tok)).save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])
+    capsys.readouterr()  # save_pretrained's progress bar
+    rc, _, err = run(capsys, "sharpness", "--model", str(tmp_path / "m"), "--data", HH)
+    assert rc == 2 and f"{weights} is truncated or corrupt" in one_error_line(err)

@@ -299,3 +299,80 @@ def test_loss_params_read_as_yaml_1_1_numbers(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("loss: {name: simpo, params: {gamma: 5e-1}}\n")  # PyYAML reads 5e-1 as a string
     assert loss_setup(C.load(str(path)))[1]["gamma"] == 0.5
+
+
+# ---- values YAML reads differently than meant, sections and keys given twice or misspelt --------
+def test_numbers_as_strings_inside_mappings_are_numbers(tmp_path):
+    cfg = C.apply_overrides(C.Config(), ["--train.extra.adam_epsilon=1e-8", "--loss.params={gamma: 5E-1, tag: e5}"])
+    assert cfg.train.extra["adam_epsilon"] == 1e-8 and isinstance(cfg.train.extra["adam_epsilon"], float)
+    assert cfg.loss.params == {"gamma": 0.5, "tag": "e5"}  # only numbers: other text stays text
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  extra: {adam_beta2: 9.99e-1, lr_scheduler_kwargs: {min_lr: 1e-6}}\n")
+    extra = C.load(str(path)).train.extra
+    assert extra == {"adam_beta2": 0.999, "lr_scheduler_kwargs": {"min_lr": 1e-6}}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("train:\n  seed: 1\n  seed: 2\n", r"c\.yaml:3: duplicate key 'seed'"),
+        ("loss: {name: dpo}\nloss: {name: ipo}\n", r"c\.yaml:2: duplicate key 'loss'"),
+        ("loss:\n  params:\n    gamma: 1\n    gamma: 2\n", r"c\.yaml:4: duplicate key 'gamma'"),
+        ("trian: {}\n", r"c\.yaml: unknown section 'trian' \(known: model, data"),
+        ("1: {}\n", r"c\.yaml: unknown section 1 "),
+        ("trian:\n", r"c\.yaml: unknown section 'trian'"),
+        ("foo: 3\n", r"c\.yaml: unknown section 'foo'"),
+        ("train: 3\n", r"c\.yaml: section 'train' must be a mapping"),
+    ],
+)
+def test_duplicate_keys_and_unknown_sections(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        C.load(str(path))
+
+
+def test_duplicate_keys_in_an_override_and_merge_keys(tmp_path):
+    with pytest.raises(ConfigError, match=r"override '--loss\.params=\{a: 1, a: 2\}': duplicate key 'a'"):
+        C.apply_overrides(C.Config(), ["--loss.params={a: 1, a: 2}"])
+    path = tmp_path / "c.yaml"  # a YAML merge key may be overridden: that is what it is for
+    path.write_text("train:\n  extra: {<<: {adam_beta1: 0.8, adam_beta2: 0.9}, adam_beta1: 0.85}\n")
+    assert C.load(str(path)).train.extra == {"adam_beta1": 0.85, "adam_beta2": 0.9}
+
+
+def test_numbers_where_a_name_or_path_is_expected(tmp_path):
+    cfg = C.apply_overrides(C.Config(), ["--train.output_dir=2024", "--data.train_files=[7]", "--loss.name=2.10"])
+    assert (cfg.train.output_dir, cfg.data.train_files, cfg.loss.name) == ("2024", ["7"], "2.10")  # as typed
+    cfg = C.apply_overrides(C.Config(), ["--train.resume_from_checkpoint=12"])
+    assert cfg.train.resume_from_checkpoint == "12"
+    path = tmp_path / "c.yaml"
+    path.write_text("train: {output_dir: 2024}\nmodel: {name_or_path: 42}\n")
+    cfg = C.load(str(path))
+    assert cfg.train.output_dir == "2024" and cfg.model.name_or_path == "42"
+    with pytest.raises(ConfigError, match=r"train\.output_dir: expected str, got bool"):
+        C.apply_overrides(C.Config(), ["--train.output_dir=true"])
+    with pytest.raises(ConfigError, match=r"train\.output_dir: expected str, got float nan"):
+        C.from_dict({"train": {"output_dir": float("nan")}})  # only finite numbers read as names
+
+
+def test_home_directory_is_expanded_once_when_read(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = C.apply_overrides(
+        C.Config(),
+        [
+            "--train.output_dir=~/runs/x",
+            "--data.train_files=[~/d.jsonl, rel.jsonl]",
+            "--data.eval_files=~/e.jsonl",
+            "--model.name_or_path=~/m",
+            "--model.ref_name_or_path=~/r",
+            "--train.resume_from_checkpoint=~/runs/x/checkpoint-3",
+        ],
+    )
+    assert cfg.train.output_dir == str(tmp_path / "runs" / "x")
+    assert cfg.data.train_files == [str(tmp_path / "d.jsonl"), "rel.jsonl"]
+    assert cfg.data.eval_files == [str(tmp_path / "e.jsonl")]
+    assert (cfg.model.name_or_path, cfg.model.ref_name_or_path) == (str(tmp_path / "m"), str(tmp_path / "r"))
+    assert cfg.train.resume_from_checkpoint == str(tmp_path / "runs" / "x" / "checkpoint-3")
+    path = tmp_path / "c.yaml"
+    path.write_text("train: {output_dir: ~/y}\n")
+    assert C.load(str(path)).train.output_dir == str(tmp_path / "y")

@@ -208,12 +208,15 @@ def test_missing_prompt_says_so(tmp_path):
 
 def test_excel_csv_with_bom_and_line_breaks_in_fields(tmp_path):
     path = tmp_path / "excel.csv"
-    text = 'prompt,chosen,rejected,score_chosen\r\n"two\r\nlines\u2028sep",yes,no,7.5\r\nq,a\u2029b,c\x85d,\r\n'
+    text = (
+        'prompt,chosen,rejected,score_chosen,score_rejected\r\n"two\r\nlines\u2028sep",yes,no,7.5,1\r\n'
+        "q,a\u2029b,c\x85d,2,1\r\n"
+    )
     path.write_bytes(text.encode("utf-8-sig"))
     ex = load_examples([str(path)])
     assert [e.prompt for e in ex] == ["two\r\nlines\u2028sep", "q"]
     assert ex[1].chosen == "a\u2029b" and ex[1].rejected == "c\x85d"
-    assert ex[0].score_chosen == 7.5 and ex[1].score_chosen is None
+    assert ex[0].score_chosen == 7.5 and ex[1].score_chosen == 2.0
     assert ex[1].source.endswith("excel.csv:4")  # the quoted line break counts as a line
 
 
@@ -299,3 +302,56 @@ def test_csv_fields_longer_than_the_csv_module_default(tmp_path):
     limit = csv.field_size_limit()
     assert len(load_examples([str(path)])[0].chosen) == 200_000
     assert csv.field_size_limit() == limit  # the process-wide limit is restored
+
+
+# ---- records read strictly: nothing silently repaired or dropped ------------------------------
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("c.csv", "prompt,chosen,rejected\nq,a,b\nq,a,b,c\n", r"c\.csv:3: 4 fields, but the header has 3 \(an unquoted comma"),
+        ("c.csv", 'prompt,chosen,rejected\n"q\nx",a,b\nq, a, b, c, d\n', r"c\.csv:4: 5 fields, but the header has 3"),
+        ("c.csv", "prompt,chosen,prompt\nq,a,b\n", r"c\.csv:1: field 'prompt': the header names this column twice"),
+        ("c.csv", 'prompt,chosen,rejected\nq,a,b\n"q,a,b\nx,y,z\n', r"c\.csv:3: unterminated quote"),
+        ("c.csv", "prompt;chosen;rejected\nq;a;b\n", r"c\.csv:2: field 'prompt': missing .*fields found: 'prompt;chosen;rejected'"),
+        ("d.jsonl", '{"prompt": "q", "chosen": "a", "rejected": "b"}\n{"prompt": "q", "chosen": "a", "chosen": "c", "rejected": "b"}\n', r"d\.jsonl:2: field 'chosen': the object gives this key twice"),
+        ("d.jsonl", '{"prompt": "q", "chosen": [{"role": "user", "content": "x", "role": "assistant"}], "rejected": "b"}\n', r"d\.jsonl:1: field 'role': the object gives this key twice"),
+        ("d.json", '[\n {"prompt": "q", "chosen": "a", "rejected": "b"},\n {"prompt": "q",\n  "rejected": "b", "rejected": "c"}\n]', r"d\.json:3: field 'rejected': the object gives this key twice"),
+        ("d.json", '{"data": [{"prompt": "q", "chosen": "a", "rejected": "b", "prompt": "z"}]}', r"d\.json:1: field 'prompt': the object gives this key twice"),
+        ("d.json", '{"prompt": "q", "chosen": "a", "rejected": "b"}\n{"prompt": "q", "chosen": "a", "rejected": "b"}\n', r"d\.json:2: malformed JSON: Extra data .*looks like JSON Lines .*name it \.jsonl"),
+        ("d.jsonl", json.dumps({**ROW, "score_chosen": 1.0}), r"d\.jsonl:1: field 'score_rejected': missing, but score_chosen is given"),
+        ("d.jsonl", json.dumps({**ROW, "score_rejected": 0}), r"d\.jsonl:1: field 'score_chosen': missing, but score_rejected is given"),
+        ("d.jsonl", json.dumps({"chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "b"}], "score_chosen": 2}), r"d\.jsonl:1: field 'score_rejected': missing, but"),
+        ("d.jsonl", json.dumps({"prompt": "q", "chosen": [{"role": "assistant", "content": "a"}], "rejected": [{"role": "assistant", "content": "b"}]}), r"d\.jsonl:1: field 'prompt': must be a message list .* when chosen/rejected are message lists"),
+    ],
+)
+def test_records_that_would_be_misread(tmp_path, name, content, expected):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(DataError, match=expected):
+        load_examples([str(path)])
+
+
+def test_rows_with_and_without_scores_are_not_mixed(tmp_path):
+    scored = {**ROW, "score_chosen": 2, "score_rejected": 1}
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in (scored, scored, ROW, scored)) + "\n")
+    with pytest.raises(DataError, match=r"mixed\.jsonl:3: field 'score_chosen': has no scores, but the first row \(.*mixed\.jsonl:1\) has them"):
+        load_examples([str(path)])
+    path.write_text("\n".join(json.dumps(r) for r in (ROW, scored)) + "\n")
+    with pytest.raises(DataError, match=r"mixed\.jsonl:2: field 'score_chosen': has scores, but the first row .* has none"):
+        load_examples([str(path)])
+    other = tmp_path / "plain.csv"  # across the files of one data set too
+    other.write_text("prompt,chosen,rejected\nq,a,b\n")
+    (tmp_path / "s.jsonl").write_text(json.dumps(scored) + "\n")
+    with pytest.raises(DataError, match=r"plain\.csv:2: field 'score_chosen': has no scores"):
+        load_examples([str(tmp_path / "s.jsonl"), str(other)])
+    assert len(load_examples([str(tmp_path / "s.jsonl"), FIX + "/ultrafeedback.jsonl"])) == 5  # all scored: fine
+    assert [e.score_chosen for e in load_examples([FIX + "/explicit.jsonl"])] == [None] * 8  # none scored: fine
+
+
+def test_hub_names_offline_say_they_need_a_network(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataError, match=r"org/prefs:train: not a local file; as a hub data set name it needs a network, but HF_HUB_OFFLINE=1"):
+        load_examples(["org/prefs:train"])
+    with pytest.raises(DataError, match=r"nope\.jsonl: file not found"):
+        load_examples(["nope.jsonl"])

@@ -226,6 +226,12 @@ def _yaml_text(v) -> str:
     return v if isinstance(v, str) else yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("\n...")
 
 
+# transformers.TrainingArguments fields a recipe passes through train.extra, and values for them
+EXTRA_FIELDS = ["adam_beta1", "adam_beta2", "adam_epsilon", "lr_scheduler_kwargs", "save_strategy", "eval_strategy"]
+EXTRA_FIELDS += ["deepspeed", "push_to_hub", "optim_args", "logging_strategy", "warmup_ratio", "fp16", "tf32"]
+EXTRA_VALUES = st.sampled_from(["1e-8", "5.0", "-1", "bogus", "[1]", "{min_lr: 1e-6}", "{x: 1}", "true", "null", "/nope.json"])
+
+
 @st.composite
 def override(draw):
     if draw(st.integers(0, 9)) == 0:
@@ -233,6 +239,8 @@ def override(draw):
     if draw(st.integers(0, 4)) == 0:
         key = draw(st.sampled_from([f"loss.params.{h}" for h in HPARAMS]) | text)
         return f"--{key}={_yaml_text(draw(NUMBERS | st.sampled_from(WORDS)))}"
+    if draw(st.integers(0, 4)) == 0:  # checked by preflight: TrainingArguments built on trial
+        return f"--train.extra.{draw(st.sampled_from(EXTRA_FIELDS))}={draw(EXTRA_VALUES | st.sampled_from(WORDS))}"
     section, f = draw(st.sampled_from(KEYS))
     tricky = st.sampled_from(["[1, 2", "{a: b}", "!!binary aGk=", "2024-01-01", "&a [*a]", "!!python/object:os.system x"])
     raw = draw(st.one_of(_values_for(f).map(_yaml_text), tricky))

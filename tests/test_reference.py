@@ -85,7 +85,9 @@ def test_fingerprint_samples_stay_in_bounds_for_large_tensors():
         assert bool((idx[1:] > idx[:-1]).all())
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "wrong_shape", "pickle"])
+@pytest.mark.parametrize(
+    "damage", ["garbage", "truncated", "wrong_shape", "pickle", "replaced", "nan_with_checksum", "no_checksum"]
+)
 def test_unusable_cache_files_are_recomputed(tmp_path, rows, caplog, damage):
     model = tiny_model(len(tiny_tokenizer()), seed=0)
     good, path = attach(model, rows, "m")
@@ -95,6 +97,15 @@ def test_unusable_cache_files_are_recomputed(tmp_path, rows, caplog, damage):
         Path(path).write_bytes(Path(path).read_bytes()[:300])
     elif damage == "wrong_shape":
         torch.save(torch.zeros(7, 2), path)
+    elif damage == "replaced":  # other values of the right shape and dtype
+        torch.save(good + 0.5, path)
+    elif damage == "nan_with_checksum":  # non-finite values are refused even with a matching checksum
+        bad = good.clone()
+        bad[1, 0] = float("nan")
+        torch.save(bad, path)
+        Path(path).with_suffix(".sha256").write_text(R.checksum(Path(path).stem, bad))
+    elif damage == "no_checksum":  # e.g. written by an older version
+        Path(path).with_suffix(".sha256").unlink()
     else:  # arbitrary objects are refused by weights_only=True, never unpickled
         torch.save({"values": logging.getLogger("x")}, path)
     with caplog.at_level(logging.WARNING):
@@ -102,3 +113,4 @@ def test_unusable_cache_files_are_recomputed(tmp_path, rows, caplog, damage):
     assert "recomputing" in caplog.text
     assert torch.equal(again, good)
     assert torch.equal(torch.load(path, weights_only=True), good)  # the cache file is repaired
+    assert Path(path).with_suffix(".sha256").read_text().strip() == R.checksum(Path(path).stem, good)

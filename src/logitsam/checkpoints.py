@@ -11,9 +11,11 @@ protocol, subclass-free:
   marker of the directory about to be (re)written; in ``on_save``, which HF calls only after
   ``_save_checkpoint`` returned, it fsyncs the files and writes ``.logitsam-complete-<rank>-of-<world>``
   (atomically: temporary file + rename) holding the step and every file's size;
-- :func:`verify_checkpoint` lists what a checkpoint lacks: model weights, optimizer and scheduler
-  state, ``trainer_state.json`` with its step, RNG state, and — where markers exist — every rank's
-  marker and unchanged file sizes. Checkpoints from plain HF (no markers) are judged by their files;
+- :func:`verify_checkpoint` lists what a checkpoint lacks: model weights (every ``*.safetensors``
+  file's header is read and must cover the whole file: a truncated or corrupt file does not
+  count), optimizer and scheduler state, a ``trainer_state.json`` that transformers' ``TrainerState``
+  loads with the fields the Trainer reads on resume, RNG state, and — where markers exist — every
+  rank's marker and unchanged file sizes. Checkpoints from plain HF (no markers) are judged by their files;
 - :func:`resolve_resume` turns ``train.resume_from_checkpoint`` (a path, ``last`` or true) into a
   checkpoint directory: ``last`` is the newest *complete* ``checkpoint-N`` (partial ones are skipped
   with a warning), so a kill mid-save leaves the previous checkpoint as the one resumed from;
@@ -33,6 +35,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from .errors import ConfigError
+from .models import broken_safetensors
 
 log = logging.getLogger(__name__)
 KEY = "train.resume_from_checkpoint"
@@ -75,12 +78,56 @@ def checkpoint_problems(path: str) -> list[str]:
         problems.append("optimizer state (optimizer.pt)")
     if not (os.path.isfile(os.path.join(path, "scheduler.pt")) or deepspeed):
         problems.append("scheduler state (scheduler.pt)")
-    if checkpoint_step(path) is None:
-        problems.append("trainer_state.json with global_step (missing or unreadable)")
+    broken = broken_safetensors(path)  # a truncated or corrupt weights file
+    if broken:
+        problems.append(f"readable weights ({broken})")
+    state = _trainer_state_problem(path)
+    if state:
+        problems.append(state)
     if not _any(path, "rng_state.pth", "rng_state_*.pth"):
         problems.append("RNG state (rng_state.pth)")
     problems += _marker_problems(path)
     return problems
+
+
+# What transformers.Trainer reads from trainer_state.json when it resumes (TrainerState fields).
+_STATE_INTS = ("global_step", "max_steps", "train_batch_size")
+_STATE_NUMBERS = ("epoch", "logging_steps", "eval_steps", "save_steps")
+
+
+def _trainer_state_problem(path: str) -> str | None:
+    """Why ``path/trainer_state.json`` cannot resume a Trainer (None: it can)."""
+    from transformers import TrainerState
+
+    file = os.path.join(path, "trainer_state.json")
+    if checkpoint_step(path) is None:
+        return "trainer_state.json with global_step (missing or unreadable)"
+    try:
+        state = TrainerState.load_from_json(file)
+        with open(file, encoding="utf-8") as f:
+            given = set(json.load(f))
+    except (OSError, ValueError, TypeError, AttributeError) as e:  # not an object, fields TrainerState lacks
+        return f"a trainer_state.json that transformers' TrainerState loads ({' '.join(str(e).split())[:200]})"
+    absent = [k for k in (*_STATE_INTS, *_STATE_NUMBERS, "log_history") if k not in given]
+    bad = [k for k in _STATE_INTS if k in given and not (_is_int(v := getattr(state, k)) and v >= (k != "global_step"))]
+    bad += [k for k in _STATE_NUMBERS if k in given and not (_is_number(v := getattr(state, k)) and v >= 0)]
+    if not isinstance(state.log_history, list) or not all(isinstance(r, dict) for r in state.log_history):
+        bad.append("log_history")
+    if not isinstance(state.stateful_callbacks, dict):
+        bad.append("stateful_callbacks")
+    if not (absent or bad):
+        return None
+    what = [f"lacks {', '.join(absent)}"] if absent else []
+    what += [f"bad {', '.join(bad)}"] if bad else []
+    return f"a trainer_state.json with the fields the Trainer reads on resume ({'; '.join(what)})"
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _marker_problems(path: str) -> list[str]:

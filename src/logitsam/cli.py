@@ -7,6 +7,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -14,10 +15,17 @@ from .errors import ConfigError, UserError
 
 
 def _out_dir(path: str, option: str) -> None:
-    """ConfigError unless ``path`` is, or can be created as, a directory (checked before any work)."""
+    """Create ``path`` (a directory) and check a file can be written in it, before any work:
+    ConfigError naming ``option`` otherwise (a file in the way, no permission, /proc, ...)."""
     from .rundir import check_output_dir
 
     check_output_dir(path, option)
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise ConfigError(f"{option}: cannot write into {path!r}: {e.strerror or e}") from None
 
 
 def _out_file(path: str, option: str) -> None:
@@ -31,16 +39,24 @@ def _at_least(value: float, low: float, option: str) -> None:
         raise ConfigError(f"{option}: must be ≥ {low:g}, got {value!r}")
 
 
+def _seed(value: int, option: str = "--seed") -> None:
+    if not 0 <= value < 2**32:
+        raise ConfigError(f"{option}: must be in [0, 2**32), got {value}")
+
+
 def _toy(args: argparse.Namespace) -> int:
     from .theory.toy import ToyConfig, run_toy
 
-    _out_dir(args.out, "--out")
     _at_least(args.dim, 1, "--dim")
     _at_least(args.classes, 2, "--classes")
     _at_least(args.steps, 1, "--steps")
+    _seed(args.seed)
     for option, value in (("--lr", args.lr), ("--rho", args.rho)):
         if not math.isfinite(value):
             raise ConfigError(f"{option}: must be a finite number, got {value!r}")
+    if args.rho <= 0:
+        raise ConfigError(f"--rho: is |ρ| (the SAM runs use +ρ and −ρ) and must be > 0, got {args.rho!r}")
+    _out_dir(args.out, "--out")
     cfg = ToyConfig(
         dim=args.dim, classes=args.classes, neg_lr=args.lr, neg_steps=args.steps, rho=args.rho, seed=args.seed
     )
@@ -72,8 +88,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _sharpness(args: argparse.Namespace) -> int:
-    import os
-
     import torch
 
     from .batching import PreferenceCollator, tokenize_examples
@@ -87,6 +101,7 @@ def _sharpness(args: argparse.Namespace) -> int:
     _at_least(args.probes, 1, "--probes")
     _at_least(args.pairs, 1, "--pairs")
     _at_least(args.max_length, 2, "--max-length")
+    _seed(args.seed)
     try:
         spec = get_loss(args.loss)
     except ValueError as e:
@@ -102,7 +117,13 @@ def _sharpness(args: argparse.Namespace) -> int:
         _out_file(args.out, "--out")
     mcfg = ModelConfig(name_or_path=args.model, dtype=args.dtype)
     tok = load_tokenizer(mcfg)
-    rows, _ = tokenize_examples(tok, load_examples([args.data])[: args.pairs], args.max_length, args.max_length // 2)
+    examples, rows = load_examples([args.data]), []
+    for start in range(0, len(examples), args.pairs):  # the first --pairs rows that survive tokenization
+        if len(rows) >= args.pairs:
+            break
+        chunk = examples[start : start + args.pairs]
+        rows += tokenize_examples(tok, chunk, args.max_length, args.max_length // 2)[0]
+    rows = [{**r, "index": i} for i, r in enumerate(rows[: args.pairs])]
     if not rows:
         raise UserError(f"{args.data}: no usable preference pairs")
     batch = PreferenceCollator(tok.pad_token_id)(rows)
@@ -115,9 +136,11 @@ def _sharpness(args: argparse.Namespace) -> int:
     for k, v in res.items():
         print(f"{k:18s} trace = {v.mean:.6g} ± {v.stderr:.3g} (Hutchinson, {v.probes} Rademacher probes)")
     if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(out, f, indent=1)
+        try:
+            with open(args.out, "w") as f:
+                json.dump(out, f, indent=1)
+        except OSError as e:
+            raise ConfigError(f"--out: cannot write {args.out!r}: {e.strerror or e}") from None
         print(f"wrote {args.out}")
     return 0
 

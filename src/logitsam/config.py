@@ -5,20 +5,19 @@ dataclass whose fields carry a one-line doc (``metadata["help"]``, listed by :fu
 and ``logitsam train --help``). YAML files give any subset; ``--section.key=value`` or
 ``--section.key value`` overrides parse the value as YAML and check it against the field's type
 (``--loss.params.gamma=0.5`` sets one entry of a mapping; a single value where a list is expected
-is a one-item list). Relative local paths in a config file (data files, a model directory or
-.gguf file) are resolved against the file's directory; paths given on the command line against
-the current directory. Unknown sections/keys, wrong types, NaN/inf and values outside a field's
-range (``RULES``) are ConfigErrors that name the file (or the override) and the key, raised when
-the value is read. Cross-field and environment checks (files, installed integrations) live in
-``run.check_config``.
+is a one-item list; value coercions: config_values.py). Relative local paths in a config file (data
+files, a model directory or .gguf file) are resolved against the file's directory; paths given on
+the command line against the current directory; a leading ``~`` is expanded once, when the value is
+read. Unknown sections (empty ones too) and keys, a key given twice, wrong types, NaN/inf and values
+outside a field's range (``RULES``) are ConfigErrors that name the file (or the override) and the
+key, raised when the value is read. Cross-field and environment checks (files, installed
+integrations, training arguments) live in ``preflight.check_config``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-import types
 import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from typing import Any
 import yaml
 
 from .config_rules import RULES
+from .config_values import DuplicateKeyError, accepts_text, check_value, parse_yaml
 from .errors import ConfigError
 from .paths import resolve_data_path, resolve_model_path
 
@@ -155,6 +155,9 @@ class TrainConfig:
         None, "continue a run: a checkpoint dir, or last / true (the newest complete checkpoint in output_dir)"
     )
     resume_allow_incomplete: bool = opt(False, "resume from a checkpoint with missing files (warns loudly)")
+    resume_allow_changes: bool = opt(
+        False, "resume with settings that differ from the run's config.yaml (loss, batch size, SAM, ...)"
+    )
     overwrite_output_dir: bool = opt(
         False, "reuse an output_dir that holds a previous run (its metrics.jsonl and checkpoints are removed)"
     )
@@ -192,7 +195,7 @@ class FieldDoc:
     help: str
 
 
-def _yaml_text(value: Any) -> str:
+def yaml_text(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
 
 
@@ -206,71 +209,30 @@ def describe_fields() -> list[FieldDoc]:
             default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
             kind = str(hints[f.name]) if typing.get_origin(hints[f.name]) else hints[f.name].__name__
             key, kind = f"{section.name}.{f.name}", kind.replace("typing.", "")
-            rows.append(FieldDoc(key, kind, _yaml_text(default), f.metadata["help"]))
+            rows.append(FieldDoc(key, kind, yaml_text(default), f.metadata["help"]))
     return rows
 
 
-def _finite(value: Any, where: str) -> Any:
-    """``value`` unless a float anywhere in it (nested lists/mappings too) is NaN or infinite."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{where}: {value!r} is not a finite number")
-    if isinstance(value, dict):
-        for k, v in value.items():
-            _finite(v, f"{where}.{k}")
-    elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            _finite(v, f"{where}[{i}]")
-    return value
+# Paths that may start with ~ (the home directory): expanded once, when the value is read, so the
+# lock, config.yaml, checkpoints and metrics all go to the same place.
+HOME_FIELDS = (
+    "data.train_files",
+    "data.eval_files",
+    "model.name_or_path",
+    "model.ref_name_or_path",
+    "train.output_dir",
+    "train.resume_from_checkpoint",
+)
 
 
-def _check(value: Any, tp: Any, where: str) -> Any:
-    """Value checked (and lightly coerced: int -> float) against a field type; NaN/inf rejected."""
-    return _finite(_typed(value, tp, where), where)
+def _expand_home(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_expand_home(v) for v in value]
+    return os.path.expanduser(value) if isinstance(value, str) and value.startswith("~") else value
 
 
-def _typed(value: Any, tp: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in typing.get_args(tp):
-            return None
-        errors = []
-        for arm in typing.get_args(tp):
-            if arm is type(None):
-                continue
-            try:
-                return _typed(value, arm, where)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
-    if origin is list:
-        if value is not None and not isinstance(value, (list, dict)):
-            value = [value]  # one value where a list is expected: train_files: x.jsonl
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
-        (inner,) = typing.get_args(tp) or (Any,)
-        return [_typed(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
-        bad = [k for k in value if not isinstance(k, str)]
-        if bad:
-            raise ConfigError(f"{where}: keys must be strings, got {bad[0]!r}")
-        return dict(value)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
-        try:  # YAML 1.1 reads '1e-4' as a string
-            return float(value)
-        except ValueError:
-            pass
-    if tp in (int, float, str, bool) and (not isinstance(value, tp) or (tp is int and isinstance(value, bool))):
-        raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
-    return value
-
-
-def _set(cfg: Config, section: Any, key: Any, value: Any, where: str) -> None:
+def _set(cfg: Config, section: Any, key: Any, value: Any, where: str, text: str | None = None) -> None:
+    """Check and set one value; ``text``: the value as typed (an override), kept for names and paths."""
     if not isinstance(section, str) or section not in SECTIONS:
         raise ConfigError(f"{where}: unknown section {section!r} (known: {', '.join(SECTIONS)})")
     obj = getattr(cfg, section)
@@ -278,10 +240,17 @@ def _set(cfg: Config, section: Any, key: Any, value: Any, where: str) -> None:
     field_name, _, sub = key.partition(".") if isinstance(key, str) else (key, "", "")
     if field_name not in hints or (sub and typing.get_origin(hints[field_name]) is not dict):
         raise ConfigError(f"{where}: unknown key {section}.{key} (known: {', '.join(hints)})")
+    tp = hints[field_name]
+    numeric = {int, float} & set(typing.get_args(tp) or (tp,))
+    typed_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if text is not None and not sub and typed_number and accepts_text(tp) and not numeric:
+        value = text.strip()  # --train.output_dir=2024.10: the name as typed, not 2024.1
     if sub:  # one entry of a mapping field, e.g. loss.params.gamma
         value = {**getattr(obj, field_name), sub: value}
     name = f"{section}.{field_name}"
-    value = _check(value, hints[field_name], f"{where}: {name}")
+    value = check_value(value, tp, f"{where}: {name}")
+    if name in HOME_FIELDS:
+        value = _expand_home(value)
     rule = RULES.get(name)
     problem = rule(value) if rule is not None and value is not None else None
     if problem:
@@ -317,7 +286,9 @@ def from_dict(data: dict[str, Any], source: str = "<dict>", base_dir: str | None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections")
     for section, values in data.items():
-        if values is None and section in SECTIONS:  # an empty section ("train:" with nothing under it)
+        if not isinstance(section, str) or section not in SECTIONS:  # even when empty: a misspelt section
+            raise ConfigError(f"{source}: unknown section {section!r} (known: {', '.join(SECTIONS)})")
+        if values is None:  # an empty section ("train:" with nothing under it)
             continue
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: section {section!r} must be a mapping")
@@ -346,7 +317,9 @@ def load(path: str) -> Config:
         line = raw.count(b"\n", 0, e.start) + 1
         raise ConfigError(f"{path}:{line}: not valid UTF-8 (byte 0x{raw[e.start]:02x})") from None
     try:
-        data = yaml.safe_load(text)
+        data = parse_yaml(text)
+    except DuplicateKeyError as e:
+        raise ConfigError(f"{path}:{e.line}: duplicate key {e.key!r} (each key may appear once per mapping)") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {' '.join(str(e).split())}") from None
     except RecursionError:
@@ -384,10 +357,12 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     for raw, dotted, value_text in split_overrides(overrides):
         section, key = dotted.split(".", 1)
         try:
-            value = yaml.safe_load(value_text) if value_text != "" else ""
+            value = parse_yaml(value_text) if value_text != "" else ""
+        except DuplicateKeyError as e:
+            raise ConfigError(f"override {raw!r}: duplicate key {e.key!r}") from None
         except (yaml.YAMLError, RecursionError):
             value = value_text
-        _set(cfg, section, key, value, f"override {raw!r}")
+        _set(cfg, section, key, value, f"override {raw!r}", value_text)
     return cfg
 
 

@@ -1,7 +1,8 @@
 """Preference data: read files, recognise the format, validate, produce PreferenceExamples.
 
 Files: JSONL, JSON (a list of objects, or {"data": [...]}), CSV, Parquet, a local HF ``datasets``
-directory (``save_to_disk``), or a hub name when the user has a network (never in tests).
+directory (``save_to_disk``), or a hub name when the user has a network (never in tests); reading
+them is datafiles.py's part.
 
 Formats, as the paper's data sets are published:
 - ``explicit``: string fields ``prompt``, ``chosen``, ``rejected`` (TL;DR preference style).
@@ -9,14 +10,18 @@ Formats, as the paper's data sets are published:
   prefix up to and including its last ``\\n\\nAssistant:``; the responses are what follows.
 - ``conversational``: ``chosen``/``rejected`` are message lists ({"role", "content"}); the prompt is
   ``prompt`` when it is a message list, else the shared messages before the last one
-  (UltraFeedback binarized). ``score_chosen``/``score_rejected`` are kept when present.
+  (UltraFeedback binarized: a string ``prompt`` beside full conversations is ignored; without the
+  user turn in ``chosen``/``rejected`` it must be a message list).
 ``auto`` recognises each row's format from its fields.
+
+Scores (``score_chosen``/``score_rejected``, explicit and conversational rows) come in pairs: a row
+gives both or neither, and the rows of one :func:`load_examples` call all give them or all do not
+(a batch mixing the two would silently lose its scores).
 
 Conversations: an optional first ``system`` message, then ``user`` and ``assistant`` turns
 alternating from ``user``; the prompt ends with a ``user`` turn and each response is one
 ``assistant`` message. Text may not contain lone surrogates; scores must be finite numbers.
-Files are UTF-8 (a leading BOM, as Excel writes it, is ignored); JSON lines are split on ``\n``
-only, so U+2028/U+2029/NEL inside strings stay in the string. A file without rows is an error.
+A file without rows is an error. A missing field's error lists the fields the row has.
 
 Every problem is a :class:`~logitsam.errors.DataError` naming the file, the 1-based line (rows
 for Parquet and dataset directories) and the field.
@@ -24,21 +29,16 @@ for Parquet and dataset directories) and the field.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
-import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from .datafiles import read_rows
 from .errors import DataError
 
 FORMATS = ("auto", "explicit", "hh", "conversational")
 HH_MARKER = "\n\nAssistant:"
 ROLES = ("system", "user", "assistant")
-BOM = b"\xef\xbb\xbf"
 Message = dict[str, str]
 
 
@@ -58,128 +58,6 @@ class PreferenceExample:
         return isinstance(self.prompt, list)
 
 
-def _utf8_error(path: str, raw: bytes, err: UnicodeDecodeError) -> DataError:
-    line = raw.count(b"\n", 0, err.start) + 1
-    return DataError(path, line, None, f"not valid UTF-8 (byte 0x{raw[err.start]:02x})")
-
-
-def _read_text(path: str) -> str:
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise DataError(path, None, None, f"cannot read: {e.strerror or e}") from None
-    raw = raw[len(BOM) :] if raw.startswith(BOM) else raw  # Excel's "CSV UTF-8" starts with a BOM
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise _utf8_error(path, raw, e) from None
-
-
-def _loads(text: str, path: str, line: int) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(path, line + e.lineno - 1, None, f"malformed JSON: {e.msg} (column {e.colno})") from None
-    except (ValueError, RecursionError) as e:  # e.g. an integer with too many digits, nesting too deep
-        raise DataError(path, line, None, f"malformed JSON: {str(e) or type(e).__name__}") from None
-
-
-def _jsonl(path: str) -> Iterator[tuple[int, Any]]:
-    # split on \n only: str.splitlines also splits at U+2028/U+2029/NEL, which JSON strings may hold
-    for i, line in enumerate(_read_text(path).split("\n"), start=1):
-        if line.strip():
-            yield i, _loads(line, path, i)
-
-
-def _json(path: str) -> Iterator[tuple[int, Any]]:
-    text = _read_text(path)
-    data = _loads(text, path, 1)
-    wrapped = isinstance(data, dict) and isinstance(data.get("data"), list)
-    items = data["data"] if wrapped else data
-    if not isinstance(items, list):
-        raise DataError(path, 1, None, 'expected a list of objects (or {"data": [...]})')
-    yield from zip(_element_lines(text, len(items), wrapped), items, strict=True)
-
-
-def _element_lines(text: str, count: int, wrapped: bool) -> list[int]:
-    """1-based line where each element of the (top-level or "data") array starts."""
-    try:
-        pos = text.index("[", text.index('"data"') if wrapped else 0) + 1
-        dec, lines = json.JSONDecoder(), []
-        for _ in range(count):
-            while text[pos] in " \t\r\n,":
-                pos += 1
-            lines.append(text.count("\n", 0, pos) + 1)
-            pos = dec.raw_decode(text, pos)[1]
-        return lines
-    except (ValueError, IndexError):  # unusual layout: fall back to element numbers
-        return list(range(1, count + 1))
-
-
-def _csv(path: str) -> Iterator[tuple[int, Any]]:
-    # newline="": quoted fields keep their line breaks, and only \r/\n end a record (not U+2028)
-    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
-    rows, start = [], 2
-    limit = csv.field_size_limit()
-    csv.field_size_limit(2**31 - 1)  # long responses exceed the default 128 KiB per field
-    try:
-        for row in reader:
-            rows.append((start, dict(row)))
-            start = reader.line_num + 1
-    except csv.Error as e:
-        raise DataError(path, reader.line_num or 1, None, f"malformed CSV: {e}") from None
-    finally:
-        csv.field_size_limit(limit)
-    yield from rows
-
-
-def _table(rows: Any) -> Iterator[tuple[int, Any]]:
-    for i, row in enumerate(rows, start=1):
-        yield i, dict(row)
-
-
-def read_rows(path: str) -> Iterator[tuple[int, Any]]:
-    """(line or row number, raw record) for every record of a data file, directory or hub name."""
-    if os.path.isdir(path):
-        import datasets
-
-        try:
-            ds = datasets.load_from_disk(path)
-        except Exception as e:
-            raise DataError(path, None, None, f"not a datasets directory ({e})") from None
-        if isinstance(ds, datasets.DatasetDict):
-            ds = ds["train"] if "train" in ds else next(iter(ds.values()))
-        yield from _table(ds)
-        return
-    ext = os.path.splitext(path)[1].lower()
-    if not os.path.exists(path):
-        if ext or os.environ.get("HF_HUB_OFFLINE") == "1":
-            raise DataError(path, None, None, "file not found")
-        import datasets  # a hub name, e.g. trl-lib/ultrafeedback_binarized[:train]
-
-        name, _, split = path.partition(":")
-        try:
-            ds = datasets.load_dataset(name, split=split or "train")
-        except Exception as e:  # network, unknown name, bad split: all reported the same way
-            raise DataError(path, None, None, f"cannot load it as a hub data set: {' '.join(str(e).split())}") from None
-        yield from _table(ds)
-        return
-    readers = {".jsonl": _jsonl, ".json": _json, ".csv": _csv}
-    if ext in readers:
-        yield from readers[ext](path)
-    elif ext == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            table = pq.read_table(path).to_pylist()
-        except Exception as e:  # pyarrow raises ArrowInvalid / OSError for non-Parquet bytes
-            raise DataError(path, None, None, f"not a readable Parquet file ({' '.join(str(e).split())})") from None
-        yield from _table(table)
-    else:
-        raise DataError(path, None, None, f"unsupported file type {ext!r} (use .jsonl, .json, .csv, .parquet)")
-
-
 def _unicode(value: str, key: str, path: str, line: int) -> str:
     try:
         value.encode("utf-8")
@@ -188,9 +66,14 @@ def _unicode(value: str, key: str, path: str, line: int) -> str:
     return value
 
 
+def _found(row: dict) -> str:
+    keys = [repr(k) for k in row]
+    return f"fields found: {', '.join(keys[:8])}{', ...' if len(keys) > 8 else ''}" if keys else "no fields"
+
+
 def _text(row: dict, key: str, path: str, line: int) -> str:
     if key not in row or row[key] is None:
-        raise DataError(path, line, key, "missing")
+        raise DataError(path, line, key, f"missing ({_found(row)})")
     value = row[key]
     if not isinstance(value, str):
         raise DataError(path, line, key, f"expected a string, got {type(value).__name__}")
@@ -244,6 +127,14 @@ def _score(row: dict, key: str, path: str, line: int) -> float | None:
     return score
 
 
+def _scores(row: dict, path: str, line: int) -> tuple[float | None, float | None]:
+    chosen, rejected = _score(row, "score_chosen", path, line), _score(row, "score_rejected", path, line)
+    if (chosen is None) != (rejected is None):
+        given, absent = ("score_chosen", "score_rejected") if rejected is None else ("score_rejected", "score_chosen")
+        raise DataError(path, line, absent, f"missing, but {given} is given (give both scores or neither)")
+    return chosen, rejected
+
+
 def _common_length(a: str, b: str) -> int:
     n = 0
     for x, y in zip(a, b, strict=False):
@@ -277,7 +168,10 @@ def parse_row(row: Any, fmt: str, path: str, line: int) -> PreferenceExample:
     if fmt == "auto":
         detected = detect_format(row)
         if detected is None:  # most likely an explicit row without its prompt
-            msg = f"missing (and 'chosen' is neither a message list nor an HH transcript with {HH_MARKER!r})"
+            msg = (
+                f"missing (and 'chosen' is neither a message list nor an HH transcript with {HH_MARKER!r}; "
+                f"{_found(row)})"
+            )
             raise DataError(path, line, "prompt", msg)
         fmt = detected
     src = f"{path}:{line}"
@@ -285,8 +179,7 @@ def parse_row(row: Any, fmt: str, path: str, line: int) -> PreferenceExample:
         prompt = _text(row, "prompt", path, line)
         chosen = _nonempty(_text(row, "chosen", path, line), "chosen", path, line)
         rejected = _nonempty(_text(row, "rejected", path, line), "rejected", path, line)
-        scores = _score(row, "score_chosen", path, line), _score(row, "score_rejected", path, line)
-        return PreferenceExample(prompt, chosen, rejected, *scores, source=src)
+        return PreferenceExample(prompt, chosen, rejected, *_scores(row, path, line), source=src)
     if fmt == "hh":
         chosen, rejected = _text(row, "chosen", path, line), _text(row, "rejected", path, line)
         common = chosen[: _common_length(chosen, rejected)]
@@ -316,6 +209,11 @@ def parse_row(row: Any, fmt: str, path: str, line: int) -> PreferenceExample:
             prompt = chosen_m[:-1]
             if rejected_m[:-1] != prompt:
                 raise DataError(path, line, "rejected", "its conversation before the last message differs from chosen")
+            if not prompt and isinstance(row.get("prompt"), str):
+                raise DataError(
+                    path, line, "prompt", "must be a message list ([{\"role\": \"user\", \"content\": ...}]) when "
+                    "chosen/rejected are message lists without the user turn"
+                )
             if not prompt:
                 raise DataError(path, line, "chosen", "no prompt: give 'prompt' or earlier messages")
             chosen_m, rejected_m = chosen_m[-1:], rejected_m[-1:]
@@ -325,14 +223,7 @@ def parse_row(row: Any, fmt: str, path: str, line: int) -> PreferenceExample:
                 raise DataError(path, line, key, "expected exactly one response message after the prompt")
             _assistant(msgs[0], f"{key}[{len(row[key]) - 1}]", path, line)
             _nonempty(msgs[0]["content"], f"{key}.content", path, line)
-        return PreferenceExample(
-            prompt,
-            chosen_m[0],
-            rejected_m[0],
-            _score(row, "score_chosen", path, line),
-            _score(row, "score_rejected", path, line),
-            src,
-        )
+        return PreferenceExample(prompt, chosen_m[0], rejected_m[0], *_scores(row, path, line), src)
     raise DataError(path, line, None, f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
 
 
@@ -340,10 +231,26 @@ def load_examples(paths: list[str], fmt: str = "auto") -> list[PreferenceExample
     """All examples of ``paths``, in order. Raises DataError on the first bad record."""
     if fmt not in FORMATS:
         raise DataError(paths[0] if paths else "<data>", None, "format", f"unknown format {fmt!r}")
-    out = []
+    out: list[PreferenceExample] = []
     for path in paths:
         before = len(out)
         out.extend(parse_row(row, fmt, path, line) for line, row in read_rows(path))
         if len(out) == before:
             raise DataError(path, None, None, "no rows (the file is empty, blank or only a header)")
+    _same_scores(out)
     return out
+
+
+def _same_scores(examples: list[PreferenceExample]) -> None:
+    """DataError at the first example that has scores when the first has none, or the reverse."""
+    if not examples:
+        return
+    first = examples[0].score_chosen is not None
+    odd = next((ex for ex in examples if (ex.score_chosen is not None) != first), None)
+    if odd is None:
+        return
+    path, _, line = odd.source.rpartition(":")
+    where = (path, int(line)) if path and line.isdigit() else (odd.source, None)
+    has, other = ("no scores", "has them") if first else ("scores", "has none")
+    problem = f"has {has}, but the first row ({examples[0].source}) {other}: give scores on every row or on none"
+    raise DataError(*where, "score_chosen", problem)

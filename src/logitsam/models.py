@@ -17,6 +17,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import pickle
 import re
 import warnings
 from typing import Any
@@ -204,22 +205,60 @@ def load_model(cfg: ModelConfig, *, name: str | None = None, vocab_size: int | N
     name = name or cfg.name_or_path
     if name == TINY:
         return tiny_model(vocab_size or len(tiny_tokenizer()), seed=seed, dtype=dtype)
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     key = "model.name_or_path" if name == cfg.name_or_path else "model.ref_name_or_path"
     check_model_source(name, key, cfg.gguf_file)
     try:
-        return AutoModelForCausalLM.from_pretrained(
-            resolve_path(cfg, name), dtype=dtype, trust_remote_code=cfg.trust_remote_code
-        )
-    except (OSError, ValueError, KeyError, ImportError) as e:
+        path = resolve_path(cfg, name)
+        bad = broken_safetensors(path) if os.path.isdir(path) else None
+        if bad is not None:
+            raise ConfigError(f"{key}: cannot load a causal LM from {name!r}: {bad}")
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError, KeyError, ImportError, SafetensorError, pickle.UnpicklingError) as e:
         raise ConfigError(f"{key}: cannot load a causal LM from {name!r}: {_one_line(e)}") from None
+
+
+def broken_safetensors(folder: str) -> str | None:
+    """What is wrong with the first unreadable ``*.safetensors`` file in ``folder`` (its header is
+    read, and checked to cover the whole file: a truncated or corrupt file), or None."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        names = sorted(n for n in os.listdir(folder) if n.endswith(".safetensors"))
+    except OSError:
+        return None
+    for name in names:
+        path = os.path.join(folder, name)
+        try:
+            with safe_open(path, framework="pt") as f:
+                f.keys()
+        except (SafetensorError, OSError) as e:
+            return f"{path} is truncated or corrupt ({_one_line(e)})"
+    return None
+
+
+def check_lora_targets(model: Any, cfg: ModelConfig) -> None:
+    """ConfigError naming ``model.lora_target_modules`` when none of them is a module of ``model``
+    (peft's rule: a module name equal to a target or ending in ``.<target>``), before any work."""
+    targets = cfg.lora_target_modules
+    if cfg.lora_r <= 0 or not targets:
+        return
+    names = [n for n, _ in model.named_modules()]
+    if not any(n == t or n.endswith(f".{t}") for t in targets for n in names):
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise ConfigError(
+            f"model.lora_target_modules: none of {targets} is a module of the model (its linear layers: "
+            f"{', '.join(linear) or 'none'})"
+        )
 
 
 def apply_lora(model: Any, cfg: ModelConfig) -> Any:
     """Wrap ``model`` with LoRA adapters when ``cfg.lora_r > 0``."""
     if cfg.lora_r <= 0:
         return model
+    check_lora_targets(model, cfg)
     from peft import LoraConfig, get_peft_model
 
     lora = LoraConfig(
@@ -233,7 +272,10 @@ def apply_lora(model: Any, cfg: ModelConfig) -> Any:
         # peft reads model.is_gradient_checkpointing, deprecated by transformers 5 (FutureWarning) in favour of
         # is_activation_checkpointing; the read is inside peft, so only this exact message is silenced, here
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-        return get_peft_model(model, lora)
+        try:
+            return get_peft_model(model, lora)
+        except (ValueError, TypeError) as e:  # peft's NoMatchingPeftModuleError, unsupported module types
+            raise ConfigError(f"model.lora_target_modules: {_one_line(e)}") from None
 
 
 def load_reference(cfg: ModelConfig, policy: Any) -> Any | None:

@@ -3,9 +3,12 @@
 The cache key hashes the reference model's *content* (:func:`model_fingerprint`: class, config,
 every tensor's name, shape and dtype, its float64 sum and an evenly strided sample of its values),
 the model id string and every tokenized row. A different model saved at the same path, a changed
-dtype, tokenizer, data file or length limit therefore never reuses stale values. A cache file that
-cannot be read (corrupt, truncated, not plain tensors — it is loaded with ``weights_only=True``)
-or has the wrong shape is recomputed with a warning.
+dtype, tokenizer, data file or length limit therefore never reuses stale values. Beside each
+``<key>.pt`` (the plain (n, 2) tensor) a ``<key>.sha256`` holds the SHA-256 of the key and the
+values' bytes, so a file replaced with other values — even of the right shape — is noticed. A cache
+file that cannot be read (corrupt, truncated, not plain tensors — it is loaded with
+``weights_only=True``), has the wrong shape, holds NaN/inf, or does not match its checksum (or has
+none) is recomputed with a warning.
 """
 
 from __future__ import annotations
@@ -100,7 +103,13 @@ def compute_reference_logps(
     return torch.cat(out) if out else torch.zeros(0, 2)
 
 
-def _load_cached(path: str, n: int) -> torch.Tensor | None:
+def checksum(key: str, values: torch.Tensor) -> str:
+    """SHA-256 of the cache key and the values' bytes (stored beside the values as ``<key>.sha256``)."""
+    data = values.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+    return hashlib.sha256(key.encode() + b"\0" + data).hexdigest()
+
+
+def _load_cached(path: str, key: str, n: int) -> torch.Tensor | None:
     """The cached (n, 2) values, or None (with a warning) when the file is unusable."""
     try:
         values = torch.load(path, map_location="cpu", weights_only=True)
@@ -110,7 +119,34 @@ def _load_cached(path: str, n: int) -> torch.Tensor | None:
     if not isinstance(values, torch.Tensor) or tuple(values.shape) != (n, 2) or not values.is_floating_point():
         log.warning("reference log-prob cache %s does not hold (%d, 2) values; recomputing", path, n)
         return None
+    if not bool(torch.isfinite(values).all()):
+        log.warning("reference log-prob cache %s holds NaN or infinite values; recomputing", path)
+        return None
+    try:
+        with open(_checksum_path(path), encoding="ascii") as f:
+            expected = f.read().strip()
+    except (OSError, ValueError):
+        expected = None
+    if expected != checksum(key, values):
+        log.warning("reference log-prob cache %s does not match its checksum (changed or replaced); recomputing", path)
+        return None
     return values
+
+
+def _checksum_path(path: str) -> str:
+    return path.removesuffix(".pt") + ".sha256"
+
+
+def _write(path: str, key: str, values: torch.Tensor) -> None:
+    """The values, then their checksum, each written atomically (per process: ranks may write one key at once)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    torch.save(values, tmp)
+    os.replace(tmp, path)
+    side = _checksum_path(path)
+    with open(f"{side}.{os.getpid()}.tmp", "w", encoding="ascii") as f:
+        f.write(checksum(key, values) + "\n")
+    os.replace(f"{side}.{os.getpid()}.tmp", side)
 
 
 def attach_reference_logps(
@@ -130,15 +166,12 @@ def attach_reference_logps(
     """
     key = cache_key(f"{model_id}\0autocast={autocast}", rows, model_fingerprint(model))
     path = os.path.join(cache_dir(), "ref_logps", f"{key}.pt")
-    values = _load_cached(path, len(rows)) if os.path.exists(path) else None
+    values = _load_cached(path, key, len(rows)) if os.path.exists(path) else None
     if values is not None:
         log.info("reference log-probs from cache %s", path)
     else:
         values = compute_reference_logps(model, rows, pad_token_id, batch_size, autocast=autocast, desc=desc)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"  # per process: ranks may write the same key at once
-        torch.save(values, tmp)
-        os.replace(tmp, path)
+        _write(path, key, values)
     for r, v in zip(rows, values.tolist(), strict=True):
         r["ref_logps"] = v
     return path

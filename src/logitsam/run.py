@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
-import inspect
 import logging
 import math
 import os
 import random
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,73 +16,20 @@ import torch
 from . import config as config_mod
 from .batching import DropCounts, PreferenceCollator, tokenize_examples
 from .checkpoints import AtomicCheckpoints, checkpoint_step, resolve_resume, trim_metrics
-from .config import Config, TrainConfig
+from .config import Config
+from .config_values import numbers_from_text
 from .data import load_examples
 from .errors import ConfigError
 from .losses import HyperparameterError, LossSpec, get_loss, resolve_hparams
-from .models import DTYPES, apply_lora, check_model_source, load_model, load_reference, load_tokenizer
+from .models import DTYPES, apply_lora, check_lora_targets, load_model, load_reference, load_tokenizer
+from .preflight import build_training_args, check_config, check_optimizer
 from .reference import attach_reference_logps
-from .rundir import check_output_dir, claim, is_main_process
-from .sam import METHODS
+from .resume import check_resume_settings
+from .rundir import claim, is_main_process
+
+__all__ = ["build_training_args", "check_config", "loss_setup", "prepare_data", "resolved_config", "train"]
 
 log = logging.getLogger(__name__)
-
-
-def build_training_args(t: TrainConfig, has_eval: bool, checkpointing: bool = False) -> Any:
-    """transformers.TrainingArguments with CPU-safe defaults (no bf16 without a GPU).
-
-    checkpointing: recompute activations also when ``t.gradient_checkpointing`` is unset
-    (``model.gradient_checkpointing``).
-    """
-    from transformers import TrainingArguments
-
-    on_gpu = torch.cuda.is_available()
-    bf16 = t.bf16 if t.bf16 is not None else bool(on_gpu and torch.cuda.is_bf16_supported())
-    if bf16 and not on_gpu:
-        raise ConfigError("train.bf16: bf16 mixed precision needs a GPU that supports it")
-    kwargs: dict[str, Any] = dict(
-        output_dir=t.output_dir,
-        per_device_train_batch_size=t.per_device_train_batch_size,
-        per_device_eval_batch_size=t.per_device_eval_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        learning_rate=t.learning_rate,
-        num_train_epochs=t.num_train_epochs,
-        max_steps=t.max_steps,
-        warmup_steps=t.warmup_steps,
-        lr_scheduler_type=t.lr_scheduler_type,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        optim=t.optim,
-        logging_steps=t.logging_steps,
-        save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
-        eval_strategy="steps" if has_eval and t.eval_steps else "no",
-        eval_steps=t.eval_steps,
-        seed=t.seed,
-        data_seed=t.seed,
-        bf16=bf16,
-        report_to=t.report_to,
-        remove_unused_columns=False,
-        use_cpu=not on_gpu,
-        dataloader_num_workers=t.dataloader_num_workers,
-        ddp_find_unused_parameters=False,
-    )
-    if t.gradient_checkpointing or checkpointing:  # renamed in transformers 5 (gradient_ -> activation_)
-        params = inspect.signature(TrainingArguments.__init__).parameters
-        kwargs["activation_checkpointing" if "activation_checkpointing" in params else "gradient_checkpointing"] = True
-    kwargs.update(t.extra)
-    if not has_eval:  # nothing to evaluate: drop evaluation switches a recipe may carry
-        kwargs["eval_strategy"] = "no"
-        kwargs.pop("eval_on_start", None)
-    try:
-        return TrainingArguments(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"train: {e}") from None
-
-
-# YAML 1.1 (PyYAML) reads 1e-4 — an exponent without a dot — as a string; config.py reads such
-# strings as numbers for float fields, and loss.params (a free mapping) gets the same treatment.
-_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def loss_setup(cfg: Config) -> tuple[LossSpec, dict[str, Any]]:
@@ -97,13 +41,15 @@ def loss_setup(cfg: Config) -> tuple[LossSpec, dict[str, Any]]:
         spec = get_loss(cfg.loss.name)
     except ValueError as e:
         raise ConfigError(f"loss.name: {e}") from None
-    params = {
-        k: float(v) if isinstance(v, str) and _YAML11_FLOAT.fullmatch(v.strip()) else v
-        for k, v in cfg.loss.params.items()
-    }
+    params = numbers_from_text(dict(cfg.loss.params))  # YAML 1.1 reads 1e-4 as a string
     if cfg.loss.beta is not None:
         if "beta" not in spec.defaults:
             raise ConfigError(f"loss.beta: loss {spec.name!r} has no beta (its hyperparameters: {_known(spec)})")
+        if "beta" in params and params["beta"] != cfg.loss.beta:
+            raise ConfigError(
+                f"loss.beta: {cfg.loss.beta!r} and loss.params.beta: {params['beta']!r} disagree "
+                "(loss.beta is shorthand for loss.params.beta): set one of them"
+            )
         params["beta"] = cfg.loss.beta
     try:
         return spec, resolve_hparams(spec, params)
@@ -114,65 +60,6 @@ def loss_setup(cfg: Config) -> tuple[LossSpec, dict[str, Any]]:
 
 def _known(spec: LossSpec) -> str:
     return ", ".join(sorted(spec.defaults)) or "none"
-
-
-def _check_report_to(names: list[str]) -> None:
-    from transformers.integrations.integration_utils import (
-        INTEGRATION_TO_CALLBACK,
-        get_available_reporting_integrations,
-    )
-
-    available = set(get_available_reporting_integrations())
-    if importlib.util.find_spec("flytekit") is not None:  # not in transformers' availability list
-        available.add("flyte")
-    for name in names:
-        if name in ("none", "all") or name in available:
-            continue
-        if name not in INTEGRATION_TO_CALLBACK:
-            known = ", ".join(["none", "all", *sorted(INTEGRATION_TO_CALLBACK)])
-            raise ConfigError(f"train.report_to: unknown integration {name!r} (known: {known})")
-        raise ConfigError(f"train.report_to: {name!r} is not installed (pip install it, or report_to: [none])")
-
-
-def check_config(cfg: Config) -> None:
-    """Cross-field and environment checks that per-field rules (config.RULES) cannot express."""
-    from transformers import TrainingArguments
-    from transformers.trainer_utils import SchedulerType
-    from transformers.training_args import OptimizerNames
-
-    d, t = cfg.data, cfg.train
-    if not d.train_files:
-        raise ConfigError("data.train_files: give at least one training file")
-    if d.max_prompt_length >= d.max_length:
-        raise ConfigError(
-            f"data.max_prompt_length: {d.max_prompt_length} must be < data.max_length ({d.max_length}), "
-            "or no room is left for the responses"
-        )
-    if cfg.sam.mode not in ("logits", "full"):
-        raise ConfigError(f"sam.mode: {cfg.sam.mode!r} is not one of logits, full")
-    if cfg.sam.method not in METHODS:
-        raise ConfigError(f"sam.method: {cfg.sam.method!r} is not one of {', '.join(METHODS)}")
-    if cfg.sam.adaptive and cfg.sam.method == "gram":
-        raise ConfigError("sam.adaptive: needs the head weight elementwise; use sam.method weight, chunked or auto")
-    if cfg.loss.reference not in ("model", "precomputed", "none"):
-        raise ConfigError(f"loss.reference: {cfg.loss.reference!r} is not one of model, precomputed, none")
-    schedulers = [s.value for s in SchedulerType]
-    if t.lr_scheduler_type not in schedulers:
-        raise ConfigError(f"train.lr_scheduler_type: {t.lr_scheduler_type!r} is not one of {', '.join(schedulers)}")
-    if t.optim not in [o.value for o in OptimizerNames]:
-        raise ConfigError(f"train.optim: unknown optimizer {t.optim!r} (see transformers' OptimizerNames)")
-    _check_report_to(t.report_to)
-    fields = inspect.signature(TrainingArguments.__init__).parameters
-    unknown = sorted(k for k in t.extra if k not in fields)
-    if unknown:
-        raise ConfigError(f"train.extra.{unknown[0]}: not a transformers.TrainingArguments field")
-    check_model_source(cfg.model.name_or_path, "model.name_or_path", cfg.model.gguf_file)
-    if cfg.model.ref_name_or_path:
-        check_model_source(cfg.model.ref_name_or_path, "model.ref_name_or_path", cfg.model.gguf_file)
-    check_output_dir(t.output_dir)
-    resume = t.resume_from_checkpoint
-    if isinstance(resume, str) and resume.strip().lower() != "last" and not os.path.exists(resume):
-        raise ConfigError(f"train.resume_from_checkpoint: {resume!r} not found")
 
 
 @dataclass
@@ -192,6 +79,11 @@ def prepare_data(cfg: Config, tokenizer: Any) -> Prepared:
         order = list(range(len(train)))
         random.Random(d.seed).shuffle(order)
         k = max(1, int(len(train) * d.eval_fraction))
+        if k >= len(train):
+            raise ConfigError(
+                f"data.eval_fraction: {d.eval_fraction:g} of {len(train)} training rows holds out all of them "
+                "(at least one is held out); lower it, add rows, or give data.eval_files"
+            )
         evals, train = [train[i] for i in order[:k]], [train[i] for i in sorted(order[k:])]
     train_rows, drops = tokenize_examples(tokenizer, train, d.max_length, d.max_prompt_length)
     eval_rows, eval_drops = tokenize_examples(tokenizer, evals, d.max_length, d.max_prompt_length)
@@ -210,14 +102,26 @@ def train(cfg: Config, on_end: Callable[[Any], None] | None = None) -> dict[str,
     check_config(cfg)
     spec, params = loss_setup(cfg)
     t = cfg.train
+    if cfg.sam.rho < 0:
+        log.warning(
+            "sam.rho = %g < 0: SAM then steps *against* the ascent direction (an anti-perturbation that seeks "
+            "sharper regions); the paper's logits-SAM uses ρ > 0 with a positive learning rate",
+            cfg.sam.rho,
+        )
     resuming = t.resume_from_checkpoint not in (None, False)
     with claim(t.output_dir, resuming=resuming, overwrite=t.overwrite_output_dir):
         resume = resolve_resume(t.output_dir, t.resume_from_checkpoint, allow_incomplete=t.resume_allow_incomplete)
-        if is_main_process():
-            step = checkpoint_step(resume) if resume else None
-            if step is not None:  # the interrupted run logged steps the resumed one logs again
-                trim_metrics(t.output_dir, step)
         return _train(cfg, spec, params, resume, on_end)
+
+
+def total_steps(args: Any, n_train: int) -> tuple[int, int]:
+    """(optimizer steps of the run, steps per epoch), as transformers.Trainer counts them."""
+    per_step = args.per_device_train_batch_size * args.world_size
+    batches = n_train // per_step if args.dataloader_drop_last else math.ceil(n_train / per_step)
+    steps_per_epoch = max(math.ceil(batches / args.gradient_accumulation_steps), 1)
+    if args.max_steps > 0:
+        return args.max_steps, steps_per_epoch
+    return math.ceil(args.num_train_epochs * steps_per_epoch), steps_per_epoch
 
 
 def resolved_config(cfg: Config, args: Any, model: Any, n_train: int) -> Config:
@@ -234,14 +138,9 @@ def resolved_config(cfg: Config, args: Any, model: Any, n_train: int) -> Config:
     t = out.train
     t.bf16 = bool(args.bf16)
     t.gradient_checkpointing = bool(getattr(args, "activation_checkpointing", None) or args.gradient_checkpointing)
-    per_step = args.per_device_train_batch_size * args.world_size
-    batches = n_train // per_step if args.dataloader_drop_last else math.ceil(n_train / per_step)
-    steps_per_epoch = max(math.ceil(batches / args.gradient_accumulation_steps), 1)  # as transformers.Trainer
+    max_steps, steps_per_epoch = total_steps(args, n_train)
     if args.max_steps > 0:
-        max_steps = args.max_steps
         t.num_train_epochs = max_steps / steps_per_epoch
-    else:
-        max_steps = math.ceil(args.num_train_epochs * steps_per_epoch)
     t.warmup_steps = float(args.get_warmup_steps(max_steps))
     return out
 
@@ -249,18 +148,22 @@ def resolved_config(cfg: Config, args: Any, model: Any, n_train: int) -> Config:
 def _train(
     cfg: Config, spec: LossSpec, params: dict[str, Any], resume: str | None, on_end: Callable[[Any], None] | None
 ) -> dict[str, Any]:
+    """Load, check everything that can fail, and only then touch output_dir (trim metrics.jsonl,
+    write config.yaml) and train: a run that fails before training loses nothing already written."""
     from .trainer import PreferenceTrainer
 
     tokenizer = load_tokenizer(cfg.model)
     data = prepare_data(cfg, tokenizer)
     checkpointing = bool(cfg.model.gradient_checkpointing or cfg.train.gradient_checkpointing)
-    args = build_training_args(cfg.train, has_eval=bool(data.eval_rows), checkpointing=checkpointing)
+    has_eval = bool(data.eval_rows)
+    args = build_training_args(cfg.train, has_eval=has_eval, checkpointing=checkpointing)
     model = load_model(cfg.model, vocab_size=len(tokenizer))  # tiny-random: fixed init, the 'pretrained' model
+    check_lora_targets(model, cfg.model)
     if checkpointing:
         model.config.use_cache = False
-    if is_main_process():
-        resolved = resolved_config(cfg, args, model, len(data.train_rows))
-        config_mod.save(resolved, os.path.join(cfg.train.output_dir, "config.yaml"))
+    resolved = resolved_config(cfg, args, model, len(data.train_rows))
+    if resume:
+        check_resume_settings(resolved, resume)
     ref_model = None
     if spec.needs_reference:
         if cfg.loss.reference == "none":
@@ -295,6 +198,13 @@ def _train(
         print_logs=cfg.train.print_logs,
         callbacks=[AtomicCheckpoints()],
     )
+    steps = total_steps(args, len(data.train_rows))[0]
+    check_optimizer(trainer, cfg.train, steps, has_eval, checkpointing)
+    if is_main_process():  # everything is verified: now the run directory changes
+        step = checkpoint_step(resume) if resume else None
+        if step is not None:  # the interrupted run logged steps the resumed one logs again
+            trim_metrics(cfg.train.output_dir, step)
+        config_mod.save(resolved, os.path.join(cfg.train.output_dir, "config.yaml"))
     result = trainer.train(resume_from_checkpoint=resume)
     if cfg.train.save_model:
         trainer.save_model(cfg.train.output_dir)

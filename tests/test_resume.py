@@ -1,0 +1,96 @@
+"""Resuming end to end: a resume that fails loses nothing, a resume with other settings is refused
+(unless allowed), and checkpoints with unreadable weights or trainer state are never resumed from."""
+
+import json
+import shutil
+
+import pytest
+
+from logitsam import config as C
+from logitsam.errors import ConfigError, DataError
+from logitsam.run import train
+
+
+def cfg_for(out, *overrides):
+    cfg = C.load("configs/tiny-cpu.yaml")
+    return C.apply_overrides(cfg, [f"--train.output_dir={out}", "--train.eval_steps=null", "--train.print_logs=false", *overrides])
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished 6-step run (checkpoints 3 and 6), trained once for the module; tests copy it."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    train(cfg_for(out))
+    return out
+
+
+@pytest.fixture
+def run_dir(finished, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    return out
+
+
+def snapshot(out):
+    return {name: (out / name).read_bytes() for name in ("metrics.jsonl", "config.yaml")}
+
+
+def steps(out):
+    return [r["step"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "message"),
+    [
+        (["--data.train_files=[/nonexistent/d.jsonl]"], DataError, "file not found"),
+        (["--model.lora_r=2", "--model.lora_target_modules=[nope]"], ConfigError, "model.lora_target_modules"),
+        (["--train.extra.adam_beta1=5.0"], ConfigError, "train.extra.adam_beta1"),
+    ],
+)
+def test_a_resume_that_fails_trims_and_overwrites_nothing(run_dir, overrides, error, message):
+    before = snapshot(run_dir)
+    ckpt = run_dir / "checkpoint-3"
+    with pytest.raises(error, match=message.replace(".", r"\.")):
+        train(cfg_for(run_dir, f"--train.resume_from_checkpoint={ckpt}", "--train.resume_allow_changes=true", *overrides))
+    assert snapshot(run_dir) == before  # metrics.jsonl not trimmed to step 3, config.yaml not rewritten
+
+
+def test_resume_with_other_settings_is_refused_and_lists_them(run_dir):
+    before = snapshot(run_dir)
+    ckpt = f"--train.resume_from_checkpoint={run_dir / 'checkpoint-3'}"
+    with pytest.raises(ConfigError) as err:
+        train(cfg_for(run_dir, ckpt, "--loss.beta=0.2", "--train.per_device_train_batch_size=1", "--sam.rho=0"))
+    message = str(err.value)
+    assert message.startswith("train.resume_from_checkpoint: these settings differ from the resumed run's")
+    for change in ("loss.beta: 0.1 -> 0.2", "sam.rho: 0.0001 -> 0.0", "train.per_device_train_batch_size: 2 -> 1"):
+        assert change in message, message
+    assert "train.resume_allow_changes=true" in message and "logging_steps" not in message
+    with pytest.raises(ConfigError, match=r"train\.extra\.adam_beta2: \(unset\) -> 0\.99"):
+        train(cfg_for(run_dir, ckpt, "--train.extra.adam_beta2=0.99"))
+    assert snapshot(run_dir) == before
+
+
+def test_resume_with_free_or_allowed_changes_continues(run_dir):
+    ckpt = f"--train.resume_from_checkpoint={run_dir / 'checkpoint-3'}"
+    train(cfg_for(run_dir, ckpt, "--train.logging_steps=2", "--train.save_steps=100", "--train.save_model=false"))
+    assert steps(run_dir) == [1, 2, 3, 4, 5, 6]  # trimmed after step 3, then logged again (HF keeps the
+    # checkpoint's logging interval on resume)
+    train(cfg_for(run_dir, ckpt, "--sam.rho=0", "--train.resume_allow_changes=true", "--train.save_model=false"))
+    assert C.load(str(run_dir / "config.yaml")).sam.rho == 0.0  # the resumed run's settings are saved
+
+
+def test_last_skips_checkpoints_with_broken_weights_or_state(run_dir):
+    weights = run_dir / "checkpoint-6" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated (its completion marker would say so too)
+    (run_dir / "checkpoint-6" / ".logitsam-complete-0-of-1").unlink()  # only the file check remains
+    before = snapshot(run_dir)
+    with pytest.raises(ConfigError, match=r"checkpoint-6' is incomplete: missing readable weights"):
+        train(cfg_for(run_dir, f"--train.resume_from_checkpoint={run_dir / 'checkpoint-6'}"))
+    state = run_dir / "checkpoint-3" / "trainer_state.json"
+    state.write_text('{"global_step": 3}')
+    (run_dir / "checkpoint-3" / ".logitsam-complete-0-of-1").unlink()
+    with pytest.raises(ConfigError, match=r"checkpoint-3' is incomplete: missing a trainer_state\.json with the fields"):
+        train(cfg_for(run_dir, f"--train.resume_from_checkpoint={run_dir / 'checkpoint-3'}"))
+    with pytest.raises(ConfigError, match=r"every checkpoint in .* is incomplete"):
+        train(cfg_for(run_dir, "--train.resume_from_checkpoint=last"))
+    assert snapshot(run_dir) == before
