@@ -178,3 +178,47 @@ def test_demo_quick(tmp_path, monkeypatch, capsys, caplog):
     assert (tmp_path / "demo" / "drift.png").stat().st_size > 5000
     assert res["pairs"]["train"] > 0
     assert list((tmp_path / "cache" / "demo").glob("pairs-*.jsonl"))  # pairs cached
+
+
+def test_shipped_pairs_are_used_when_their_key_matches(tmp_path, monkeypatch):
+    """The demo's pairs ship with the package: used (and cached) when key and reward match, never sampled;
+    --resample samples again and compares."""
+    from logitsam.evaluation.generation import DecodeSettings
+    from logitsam.study import pairs as P
+
+    prompts, dec = ["a", "b"], DecodeSettings(max_new_tokens=4, temperature=1.0)
+    key = P.pairs_key("m", prompts, dec, 0)
+    shipped = tmp_path / "demo_pairs.jsonl"
+    rows = [{"prompt": "a", "chosen": "x", "rejected": "y", "score_chosen": 1.0, "score_rejected": 0.0}]
+    shipped.write_text(json.dumps({"key": key, "reward": "vader", "made_with": "test"}) + "\n" + json.dumps(rows[0]) + "\n")
+    monkeypatch.setattr(P, "_shipped_file", lambda: shipped)
+    sampled = []
+
+    def fake_generate(model, tok, doubled, settings, **kw):
+        sampled.append(len(doubled))
+        return ["x", "y", "p", "q"]
+
+    monkeypatch.setattr(P, "generate", fake_generate)
+    reward = lambda prompt, text: {"x": 1.0, "y": 0.0, "p": 0.5, "q": 0.2}[text]  # noqa: E731
+    got = P.make_pairs(None, None, prompts, reward, dec, model_id="m", cache=str(tmp_path / "c"), reward_name="vader")
+    assert got == rows and sampled == []
+    assert (tmp_path / "c" / f"pairs-{key}.jsonl").exists()
+    other = P.make_pairs(None, None, prompts, reward, dec, model_id="m", cache=str(tmp_path / "d"), reward_name="letters")
+    assert sampled == [4] and len(other) == 2  # another reward: the shipped pairs do not apply
+    again = P.make_pairs(
+        None, None, prompts, reward, dec, model_id="m", cache=str(tmp_path / "e"), reward_name="vader", resample=True
+    )
+    assert sampled == [4, 4] and len(again) == 2
+
+
+def test_the_shipped_pairs_are_the_default_demos():
+    """make demo uses the shipped pairs: their key is the one the default settings compute."""
+    from logitsam.evaluation.generation import DecodeSettings
+    from logitsam.study.demo import DemoSettings
+    from logitsam.study.pairs import load_prompts, pairs_key, shipped_pairs
+
+    s = DemoSettings()
+    key = pairs_key(s.model, load_prompts()[: s.max_prompts], DecodeSettings(max_new_tokens=s.new_tokens, temperature=1.0), 0)
+    header, rows = shipped_pairs(key, s.reward)
+    assert header["pairs"] == len(rows) == 280
+    assert all(r["score_chosen"] > r["score_rejected"] for r in rows)

@@ -179,6 +179,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     _out_dir(args.out, "--out")
     settings = quick_settings() if args.quick else DemoSettings(runs=default_runs(args.full))
+    settings.resample = args.resample
     run_demo(args.out, settings)
     print(f"report: {args.out}/report.md (plots and results.json beside it)")
     return 0
@@ -289,6 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="tiny random model, letters-fraction reward (not VADER), 16 prompts: a pipeline check in seconds",
     )
     mode.add_argument("--full", action="store_true", help="every method of the table (hours on a CPU)")
+    demo.add_argument(
+        "--resample",
+        action="store_true",
+        help="sample the preference pairs again (≈16 min on 2 CPU cores) instead of using the shipped ones, "
+        "and report whether they reproduce them",
+    )
     demo.set_defaults(func=_demo)
     return p
 

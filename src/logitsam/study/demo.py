@@ -70,6 +70,7 @@ class DemoSettings:
     epochs: float = 1.0
     eval_steps: int = 10
     max_length: int = 96
+    resample: bool = False  # sample the pairs again instead of using the shipped / cached ones
     runs: list[RunSpec] = field(default_factory=list)
 
 
@@ -189,7 +190,9 @@ def run_demo(out: str, settings: DemoSettings) -> dict[str, Any]:
     _, eval_prompts = split_prompts(prompts, s.n_eval_prompts)
     dec = DecodeSettings(max_new_tokens=s.new_tokens, temperature=1.0)
     cache = os.path.join(cache_dir(), "demo")
-    pairs = make_pairs(sft, tok, prompts, reward, dec, model_id=s.model, cache=cache)
+    pairs = make_pairs(
+        sft, tok, prompts, reward, dec, model_id=s.model, cache=cache, reward_name=s.reward, resample=s.resample
+    )
     held = set(eval_prompts)
     train_pairs = [p for p in pairs if p["prompt"] not in held]
     eval_pairs = [p for p in pairs if p["prompt"] in held]

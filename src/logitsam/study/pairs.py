@@ -3,12 +3,18 @@
 Each prompt is the opening of a review; the model samples two continuations; the gold reward is
 VADER's compound sentiment; the more positive continuation is chosen. Pairs are cached on disk,
 keyed by the model, the prompts and the decoding settings.
+
+The demo's own pairs (SmolLM2-135M-Instruct Q4_1, the packaged prompts, 32 new tokens at T = 1,
+seed 0, VADER) ship with the package in ``data/demo_pairs.jsonl``, whose first line records how
+they were made and their key: sampling them costs ~16 minutes on 2 CPU cores. ``resample=True``
+generates them again and reports whether they reproduce the shipped file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 from dataclasses import asdict
@@ -16,6 +22,9 @@ from importlib import resources
 from typing import Any
 
 from ..evaluation.generation import DecodeSettings, generate
+
+log = logging.getLogger(__name__)
+SHIPPED = "data/demo_pairs.jsonl"
 
 
 def load_prompts(path: str | None = None) -> list[str]:
@@ -33,6 +42,27 @@ def split_prompts(prompts: list[str], n_eval: int, seed: int = 0) -> tuple[list[
     return order[: len(order) - n_eval], order[len(order) - n_eval :]
 
 
+def pairs_key(model_id: str, prompts: list[str], settings: DecodeSettings, seed: int) -> str:
+    """What a set of sampled pairs depends on, hashed."""
+    return hashlib.sha256(json.dumps([model_id, prompts, asdict(settings), seed]).encode()).hexdigest()[:16]
+
+
+def _shipped_file() -> Any:
+    return resources.files("logitsam.study").joinpath(SHIPPED)
+
+
+def shipped_pairs(key: str, reward_name: str | None) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """(header, pairs) shipped with the package for ``key`` and this reward, or None."""
+    path = _shipped_file()
+    if reward_name is None or not path.is_file():
+        return None
+    lines = path.read_text(encoding="utf-8").split("\n")
+    header = json.loads(lines[0])
+    if header.get("key") != key or header.get("reward") != reward_name:
+        return None
+    return header, [json.loads(line) for line in lines[1:] if line.strip()]
+
+
 def make_pairs(
     model: Any,
     tokenizer: Any,
@@ -44,16 +74,26 @@ def make_pairs(
     cache: str,
     seed: int = 0,
     batch_size: int = 32,
+    reward_name: str | None = None,
+    resample: bool = False,
 ) -> list[dict[str, Any]]:
     """Two sampled continuations per prompt, scored by ``reward(prompt, text)``; chosen = higher score.
 
-    Pairs with equal scores are dropped (no preference). Cached under ``cache``.
+    Pairs with equal scores are dropped (no preference). Cached under ``cache``; the shipped pairs
+    are used when their key and ``reward_name`` match, unless ``resample`` (which then logs whether
+    the new pairs equal the shipped ones).
     """
-    key = hashlib.sha256(json.dumps([model_id, prompts, asdict(settings), seed]).encode()).hexdigest()[:16]
+    key = pairs_key(model_id, prompts, settings, seed)
     path = os.path.join(cache, f"pairs-{key}.jsonl")
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            return [json.loads(line) for line in f]
+    shipped = shipped_pairs(key, reward_name)
+    if not resample:
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                return [json.loads(line) for line in f]
+        if shipped is not None:
+            log.info("using the %d pairs shipped with logitsam (%s)", len(shipped[1]), shipped[0].get("made_with"))
+            write_jsonl(shipped[1], path)
+            return shipped[1]
     doubled = [p for p in prompts for _ in range(2)]
     texts = generate(model, tokenizer, doubled, settings, batch_size=batch_size, seed=seed, desc="sampling pairs")
     pairs = []
@@ -69,6 +109,14 @@ def make_pairs(
         for p in pairs:
             f.write(json.dumps(p) + "\n")
     os.replace(path + ".tmp", path)
+    if resample and shipped is not None:
+        same = pairs == shipped[1]
+        (log.info if same else log.warning)(
+            "resampled pairs %s the shipped ones (%d vs %d pairs)",
+            "reproduce" if same else "DIFFER from",
+            len(pairs),
+            len(shipped[1]),
+        )
     return pairs
 
 
