@@ -51,15 +51,16 @@ def win_rate(judge: Any, prompts: Sequence[str], a: Sequence[str], b: Sequence[s
 
 
 @torch.no_grad()
-def sequence_kl(
+def sequence_kl_values(
     policy: Any, reference: Any, samples: Sequence[tuple[list[int], list[int]]], pad_token_id: int, batch_size: int = 16
-) -> float:
-    """Monte-Carlo KL(π‖π_ref) ≈ mean over policy samples of log π(y|x) − log π_ref(y|x) (summed over tokens).
+) -> list[float]:
+    """Per sample: log π(y|x) − log π_ref(y|x) (summed over the sampled tokens), in ``samples`` order.
 
+    Their mean over policy samples is the Monte-Carlo estimate of KL(π‖π_ref).
     samples: (prompt ids, sampled ids) pairs as returned by ``generate(..., return_ids=True)``.
     The two models may live on different devices: each gets the batch on its own.
     """
-    total, count = 0.0, 0
+    values: list[float] = []
     for s in range(0, len(samples), batch_size):
         chunk = samples[s : s + batch_size]
         width = max(len(p) + len(r) for p, r in chunk)
@@ -74,6 +75,13 @@ def sequence_kl(
         for m in (policy, reference):
             dev = next(m.parameters()).device
             lp.append(model_sequence_logps(m, input_ids.to(dev), mask.to(dev), labels.to(dev)).double().cpu())
-        total += float((lp[0] - lp[1]).sum())
-        count += len(chunk)
-    return total / max(count, 1)
+        values += (lp[0] - lp[1]).tolist()
+    return values
+
+
+def sequence_kl(
+    policy: Any, reference: Any, samples: Sequence[tuple[list[int], list[int]]], pad_token_id: int, batch_size: int = 16
+) -> float:
+    """Monte-Carlo KL(π‖π_ref): the mean of ``sequence_kl_values`` over policy samples."""
+    values = sequence_kl_values(policy, reference, samples, pad_token_id, batch_size)
+    return sum(values) / max(len(values), 1)

@@ -50,6 +50,7 @@ class RunSpec:
     mode: str = "logits"
     seed: int = 0
     params: dict[str, Any] = field(default_factory=dict)
+    lr_scale: float = 1.0  # the run's learning rate = the study's × this (a smaller-step baseline)
 
     @property
     def method(self) -> str:
@@ -155,7 +156,7 @@ def _run_config(
     t = cfg.train
     t.output_dir = os.path.join(out, "runs", spec.name.replace("/", "_"))
     t.per_device_train_batch_size = t.per_device_eval_batch_size = s.batch_size
-    t.learning_rate, t.num_train_epochs, t.warmup_steps = s.learning_rate, s.epochs, 0.1
+    t.learning_rate, t.num_train_epochs, t.warmup_steps = s.learning_rate * spec.lr_scale, s.epochs, 0.1
     t.logging_steps, t.eval_steps, t.seed = 1, s.eval_steps, spec.seed
     t.save_model = False
     t.overwrite_output_dir = True  # the demo reruns its own runs from scratch

@@ -1,0 +1,121 @@
+"""What `logitsam study` runs: the demo's task at full size, its configurations, seeds and their order.
+
+The task is the demo's (SmolLM2-135M-Instruct, VADER, the same 232 training pairs, one epoch at the
+demo's learning rate and β); the study adds configurations, seeds and held-out prompts. Groups run
+in order of how much the report's claims depend on them, every seed of a group before the next
+group, so a study stopped part-way has complete comparisons for the groups it finished.
+
+Tuning, stated so the report can say it: ρ = 0.1 for DPO was chosen in the demo's development
+sweep over {1e-2, 1e-1} on seed 0; SLiC-HF and CPO take ρ in the paper's Table 6 proportions to
+DPO's (SLiC-HF ×10, CPO ×1), untuned here. The study's seeds (default 2, 3, 4) were never used for
+tuning; the ρ sweep below runs on the same seeds, so a ρ picked from it would be tuned on them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .demo import DemoSettings, RunSpec
+
+DPO_RHO = 0.1
+TUNING_NOTE = (
+    "ρ = 0.1 for DPO + logits-SAM was chosen on the demo's tuning seed 0 (development sweep over {1e-2, 1e-1}); "
+    "SLiC-HF and CPO use the paper's Table 6 proportions (SLiC-HF 10× DPO's ρ, CPO 1×), untuned; the study's "
+    "seeds were never used for tuning. The ρ sweep runs on the study's seeds: a ρ picked from it is tuned on them."
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    """One configuration of the study (a row of the report), run once per seed."""
+
+    label: str
+    loss: str = "dpo"
+    rho: float = 0.0
+    mode: str = "logits"
+    lr_scale: float = 1.0
+    params: tuple[tuple[str, Any], ...] = ()
+    plain: str | None = None  # the label of the same loss without SAM (head-to-head partner)
+    hessian: bool = False
+
+    def spec(self, seed: int) -> RunSpec:
+        return RunSpec(
+            f"{self.label}/s{seed}", self.loss, self.rho, self.mode, seed, dict(self.params), lr_scale=self.lr_scale
+        )
+
+
+def _rho(x: float) -> str:
+    return f"{x:.0e}".replace("e-0", "e-").replace("e+0", "e")
+
+
+def _lsam(loss: str, rho: float, **kw: Any) -> Config:
+    return Config(f"{loss}+lsam({_rho(rho)})", loss, rho, plain=loss, **kw)
+
+
+GROUPS: dict[str, list[Config]] = {
+    # Table 1 analogue for DPO, with the Hessian traces of §4.3
+    "dpo": [Config("dpo", hessian=True), _lsam("dpo", DPO_RHO, hessian=True)],
+    # the "it just moves less" control: DPO with a smaller step
+    "dpo-small-step": [Config("dpo(lr×0.5)", lr_scale=0.5, plain="dpo")],
+    "slic-cpo": [Config("slic"), _lsam("slic", 10 * DPO_RHO), Config("cpo"), _lsam("cpo", DPO_RHO)],
+    # Table 3 analogue: four decades of ρ (1e-1 is in the "dpo" group)
+    "rho": [_lsam("dpo", r) for r in (1e-3, 1e-2, 1.0)],
+    "remedies": [Config("gate_dpo", "gate_dpo"), Config("dpo_abs", "dpo_abs"), Config("spo_target", "spo_target")],
+    "full-sam": [Config(f"dpo+fullsam({_rho(1e-2)})", "dpo", 1e-2, mode="full", plain="dpo")],
+}
+
+
+@dataclass
+class StudySettings(DemoSettings):
+    """The demo's settings plus the study's seeds, held-out prompts and diagnostics."""
+
+    seeds: tuple[int, ...] = (2, 3, 4)
+    groups: tuple[str, ...] = tuple(GROUPS)
+    eval_steps: int = 5  # held-out drift trajectories for the matched-movement comparison
+    extra_prompts: int = 260  # held-out review openings added to the demo's 48 (win rates, KL)
+    gen_batch: int = 32
+    hessian_pairs: int = 8
+    hessian_probes: int = 8
+    device: str = "auto"
+    configs: list[Config] = field(default_factory=list)
+
+    def plan(self) -> list[tuple[Config, RunSpec]]:
+        """(configuration, run) in execution order: group by group, every seed of a group in turn."""
+        out = []
+        for g in self.groups:
+            for seed in self.seeds:
+                out += [(c, c.spec(seed)) for c in GROUPS[g]]
+        return out
+
+    def key(self) -> str:
+        """What every run's results depend on besides its own configuration and seed (a changed key
+        means a finished run no longer belongs to this study)."""
+        keep = {
+            k: v
+            for k, v in asdict(self).items()
+            if k not in ("seeds", "groups", "runs", "configs", "device", "gen_batch", "resample")
+        }
+        return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def quick_study() -> StudySettings:
+    """The study pipeline on the tiny random model and the letters reward, in seconds (tests only)."""
+    return StudySettings(
+        model="tiny-random",
+        reward="letters",
+        n_eval_prompts=4,
+        max_prompts=16,
+        new_tokens=8,
+        learning_rate=1e-3,
+        batch_size=4,
+        eval_steps=1,
+        max_length=160,
+        seeds=(0, 1),
+        groups=("dpo", "dpo-small-step"),
+        extra_prompts=6,
+        hessian_pairs=2,
+        hessian_probes=2,
+    )
