@@ -211,13 +211,13 @@ def _study(args: argparse.Namespace) -> int:
     if args.plan:
         from .study.runner import record_path
 
-        for cfg, spec in s.plan():
+        for _cfg, spec in s.plan():
             done = os.path.exists(record_path(args.out, spec.name))
             print(f"{'done' if done else 'todo'}  {spec.name}")
         return 0
     _out_dir(args.out, "--out")
     if args.report_only:
-        from .study.analysis import write_study_report
+        from .study.study_report import write_study_report
 
         print(write_study_report(args.out))
     else:

@@ -90,9 +90,15 @@ class Study:
         prompts = load_prompts()[: s.max_prompts]
         _, demo_eval = split_prompts(prompts, s.n_eval_prompts)
         pairs = make_pairs(
-            self.sft, self.tok, prompts, self.reward, self.dec,
-            model_id=s.model, cache=os.path.join(cache_dir(), "demo"), reward_name=s.reward,
-        )  # fmt: skip
+            self.sft,
+            self.tok,
+            prompts,
+            self.reward,
+            self.dec,
+            model_id=s.model,
+            cache=os.path.join(cache_dir(), "demo"),
+            reward_name=s.reward,
+        )
         held = set(demo_eval)
         self.train_pairs = [p for p in pairs if p["prompt"] not in held]
         self.eval_pairs = [p for p in pairs if p["prompt"] in held]
@@ -106,9 +112,15 @@ class Study:
     def _samples(self, model: Any, name: str) -> tuple[list[str], list]:
         # one seed for every model (common random numbers: paired comparisons see the same noise)
         return generate(
-            model, self.tok, self.prompts, self.dec, batch_size=self.s.gen_batch, seed=1234,
-            desc=f"{name}: held-out samples", return_ids=True,
-        )  # fmt: skip
+            model,
+            self.tok,
+            self.prompts,
+            self.dec,
+            batch_size=self.s.gen_batch,
+            seed=1234,
+            desc=f"{name}: held-out samples",
+            return_ids=True,
+        )
 
     def _vs_chosen(self, samples: list[str]) -> list[float]:
         by = dict(zip(self.prompts, samples, strict=True))
@@ -201,8 +213,10 @@ def run_study(out: str, s: StudySettings, report: bool = True) -> dict[str, dict
     done = sum(os.path.exists(record_path(out, spec.name)) for _, spec in plan)
     print(f"study on {describe(s)}: {len(plan)} runs planned, {done} already finished in {out}")
     study = Study(out, s)
-    print(f"held-out prompts: {len(study.prompts)} ({len(study.eval_pairs)} with preference pairs); "
-          f"device {study.device} [{time.time() - t0:.0f}s]")  # fmt: skip
+    print(
+        f"held-out prompts: {len(study.prompts)} ({len(study.eval_pairs)} with preference pairs); "
+        f"device {study.device} [{time.time() - t0:.0f}s]"
+    )
     records = {}
     for i, (cfg, spec) in enumerate(plan, 1):
         fresh = not os.path.exists(record_path(out, spec.name))
@@ -218,7 +232,7 @@ def run_study(out: str, s: StudySettings, report: bool = True) -> dict[str, dict
             )
     print(f"all {len(plan)} runs finished [{time.time() - t0:.0f}s]")
     if report:
-        from .analysis import write_study_report
+        from .study_report import write_study_report
 
         print(write_study_report(out))
     return records

@@ -1,0 +1,201 @@
+"""The study's analysis: per-configuration estimates, paired comparisons, the matched-movement
+control and one line per claim (results.json + report.md + plots in the study directory).
+
+Everything is computed from ``shared.json`` and the finished runs' ``record.json`` (runner.py), so
+the report can be rewritten at any time (``logitsam study --report-only``) and covers the runs
+finished so far; configurations with fewer seeds than planned are marked.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from collections import defaultdict
+from typing import Any
+
+from .plan import GROUPS
+from .stats import Estimate, at_level, cluster_bootstrap, head_to_head, on_line, seed_interval
+
+ORDER = [c.label for g in GROUPS.values() for c in g]
+PLAIN = {c.label: c.plain for g in GROUPS.values() for c in g}
+HELD = ("eval_logps/chosen_drift", "eval_logps/rejected_drift", "eval_probs/top_token")
+
+
+def load(out: str) -> tuple[dict[str, Any], dict[str, dict[int, dict[str, Any]]]]:
+    """(shared.json, {configuration label: {seed: record}}) of a study directory."""
+    with open(os.path.join(out, "shared.json"), encoding="utf-8") as f:
+        shared = json.load(f)
+    runs: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
+    for path in sorted(glob.glob(os.path.join(out, "runs", "*", "record.json"))):
+        with open(path, encoding="utf-8") as f:
+            rec = json.load(f)
+        if rec.get("key") == shared["key"]:
+            runs[rec["method"]][rec["spec"]["seed"]] = rec
+    order = {label: i for i, label in enumerate(ORDER)}
+    return shared, dict(sorted(runs.items(), key=lambda kv: order.get(kv[0], len(order))))
+
+
+def trajectory(rec: dict[str, Any], key: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of a held-out evaluation metric along a run (step 0 = the shared start)."""
+    pts = sorted({r["step"]: r[key] for r in rec["log"] if key in r and "eval_loss" in r}.items())
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def final(rec: dict[str, Any], key: str) -> float:
+    _, vals = trajectory(rec, key)
+    return vals[-1] if vals else float("nan")
+
+
+def _mean(xs: list[float]) -> float:
+    v = [x for x in xs if x == x]
+    return sum(v) / len(v) if v else float("nan")
+
+
+def config_row(label: str, seeds: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Estimates for one configuration over its seeds (grids are seeds × prompts)."""
+    recs = [seeds[s] for s in sorted(seeds)]
+    row: dict[str, Any] = {"method": label, "seeds": sorted(seeds), "plain": PLAIN.get(label)}
+    for name, key in (
+        ("win_vs_sft", "outcomes_vs_sft"),
+        ("win_vs_chosen", "outcomes_vs_chosen"),
+        ("reward", "rewards"),
+        ("kl", "kl_values"),
+    ):
+        row[name] = cluster_bootstrap([r[key] for r in recs]).to_dict()
+    for key in HELD:
+        row[key.split("/")[1] + "_final"] = seed_interval([final(r, key) for r in recs]).to_dict()
+    row["chosen_drift_min"] = seed_interval([min(trajectory(r, HELD[0])[1] or [float("nan")]) for r in recs]).to_dict()
+    if all("hessian" in r for r in recs):
+        for kind in ("parameter_hessian", "logit_hessian"):
+            row[kind] = {
+                "by_seed": {s: seeds[s]["hessian"][kind] for s in sorted(seeds)},
+                "mean": seed_interval([r["hessian"][kind]["trace"] for r in recs]).to_dict(),
+            }
+    return row
+
+
+def paired(a: dict[int, dict], b: dict[int, dict]) -> dict[str, Any]:
+    """``a`` against ``b`` on their common seeds: head-to-head win rate (same prompt, same seed, 95%
+    cluster bootstrap), and per-seed differences of the held-out measures and KL (t over seeds)."""
+    common = sorted(set(a) & set(b))
+    if not common:
+        return {"seeds": []}
+    out: dict[str, Any] = {"seeds": common}
+    out["win"] = cluster_bootstrap(head_to_head([a[s]["rewards"] for s in common], [b[s]["rewards"] for s in common]))
+    for key in HELD:
+        out[key.split("/")[1] + "_diff"] = seed_interval([final(a[s], key) - final(b[s], key) for s in common])
+    out["kl_diff"] = seed_interval([_mean(a[s]["kl_values"]) - _mean(b[s]["kl_values"]) for s in common])
+    out["reward_diff"] = seed_interval([_mean(a[s]["rewards"]) - _mean(b[s]["rewards"]) for s in common])
+    if all("hessian" in a[s] and "hessian" in b[s] for s in common):
+        for kind in ("parameter_hessian", "logit_hessian"):
+            diffs = [a[s]["hessian"][kind]["trace"] - b[s]["hessian"][kind]["trace"] for s in common]
+            out[kind + "_diff"] = seed_interval(diffs)
+    return {k: v.to_dict() if isinstance(v, Estimate) else v for k, v in out.items()}
+
+
+def matched(sam: dict[int, dict], plain: dict[int, dict], small: dict[int, dict]) -> dict[str, Any]:
+    """The "it just moves less" control, per seed, then t over seeds (positive = logits-SAM's chosen
+    drift is higher than plain DPO's at the same movement):
+
+    - ``equal_rejected``: the plain run's held-out chosen drift where its trajectory reaches the
+      rejected drift the SAM run ended at;
+    - ``equal_margin``: the same at the SAM run's final held-out log-ratio margin (Δ+ − Δ−);
+    - ``equal_kl``: on the line through plain DPO and DPO at half the learning rate (KL, Δ+) at the SAM
+      run's KL (``equal_kl_bracketed``: seeds whose SAM KL lies between the two);
+    - ``reward_at_equal_kl``: the same line for the mean reward (a frontier: higher = better trade).
+    """
+    out: dict[str, Any] = {}
+    common = sorted(set(sam) & set(plain))
+    rows = defaultdict(list)
+    for s in common:
+        cp, rp, mp = final(sam[s], HELD[0]), final(sam[s], HELD[1]), None
+        _, c_traj = trajectory(plain[s], HELD[0])
+        _, r_traj = trajectory(plain[s], HELD[1])
+        rows["equal_rejected"].append(cp - at_level(r_traj, c_traj, rp))
+        mp = cp - rp
+        rows["equal_margin"].append(cp - at_level([c - r for c, r in zip(c_traj, r_traj, strict=True)], c_traj, mp))
+        if s in small:
+            kl_s, kl_p, kl_h = (_mean(x[s]["kl_values"]) for x in (sam, plain, small))
+            y, inside = on_line(kl_h, final(small[s], HELD[0]), kl_p, final(plain[s], HELD[0]), kl_s)
+            rows["equal_kl"].append(cp - y)
+            rows["equal_kl_bracketed"].append(float(inside))
+            y, _ = on_line(kl_h, _mean(small[s]["rewards"]), kl_p, _mean(plain[s]["rewards"]), kl_s)
+            rows["reward_at_equal_kl"].append(_mean(sam[s]["rewards"]) - y)
+    for k, v in rows.items():
+        out[k + "_seeds"] = sum(x == x for x in v)  # seeds where the match exists (a trajectory reached it)
+        out[k] = (
+            {"seeds_bracketed": int(sum(v)), "of": len(v)} if k == "equal_kl_bracketed" else seed_interval(v).to_dict()
+        )
+    out["seeds"] = common
+    return out
+
+
+def _fmt(e: dict[str, float], pct: bool = False, digits: int = 2) -> str:
+    """ "mean [low, high]" (percent for rates); three significant digits where ``digits`` would show 0."""
+    if not e or e.get("n", 0) == 0 or e["mean"] != e["mean"]:
+        return "–"
+    k = 100 if pct else 1
+    vals = [k * e["mean"], k * e["low"], k * e["high"]]
+    if pct:
+        f = "{:.1f}"
+    elif 0 < max(abs(v) for v in vals if v == v) < 10**-digits:
+        f = "{:+.3g}"
+    else:
+        f = "{:+." + str(digits) + "f}"
+    if vals[1] != vals[1]:
+        return f"{f.format(vals[0])} (1 seed)"
+    return f"{f.format(vals[0])} [{f.format(vals[1])}, {f.format(vals[2])}]"
+
+
+def verdict(e: dict[str, float], null: float, direction: int, smallest: float | None = None) -> str:
+    """reproduced: the interval excludes ``null`` on the claimed side; not reproduced: it excludes it on
+    the other side, or lies entirely short of ``smallest`` (the smallest effect the claim is about);
+    otherwise inconclusive."""
+    if not e or e.get("n", 0) < 2 or e["low"] != e["low"]:
+        return "not measured"
+    side = Estimate(**e).excludes(null)
+    if side == direction:
+        return "reproduced"
+    if side == -direction:
+        return "not reproduced"
+    if smallest is not None and (e["high"] < smallest if direction > 0 else e["low"] > smallest):
+        return "not reproduced"
+    return "inconclusive"
+
+
+def analyse(out: str) -> dict[str, Any]:
+    """Every estimate, comparison and claim of a study directory (the body of results.json)."""
+    shared, runs = load(out)
+    rows = {label: config_row(label, seeds) for label, seeds in runs.items()}
+    sft = {
+        "win_vs_chosen": cluster_bootstrap([shared["sft_vs_chosen"]]).to_dict(),
+        "reward": cluster_bootstrap([shared["sft_rewards"]]).to_dict(),
+    }
+    pairs = {}
+    for label in runs:
+        partner = PLAIN.get(label)
+        if partner and partner in runs:
+            pairs[label] = {"against": partner, **paired(runs[label], runs[partner])}
+    lsam = next((lb for lb in runs if lb.startswith("dpo+lsam(") and lb in pairs and lb.endswith("(1e-1)")), None)
+    control = {}
+    if lsam and "dpo" in runs:
+        control = matched(runs[lsam], runs["dpo"], runs.get("dpo(lr×0.5)", {}))
+        if "dpo(lr×0.5)" in runs:
+            control["vs_small_step"] = paired(runs[lsam], runs["dpo(lr×0.5)"])
+    from .claims import claims
+
+    res = {
+        "description": shared["description"],
+        "tuning": shared["tuning"],
+        "prompts": len(shared["prompts"]),
+        "chosen_prompts": len(shared["chosen_prompts"]),
+        "pairs": shared["pairs"],
+        "planned_seeds": list(shared["settings"]["seeds"]),
+        "sft": sft,
+        "configs": rows,
+        "paired": pairs,
+        "matched_movement": control,
+    }
+    res["claims"] = claims(res)
+    return res
