@@ -71,7 +71,7 @@ def test_quick_study_records_resumes_and_reports(tmp_path, monkeypatch, capsys):
     # other settings in the same directory are refused, naming the file
     changed = _quick()
     changed.learning_rate = 2e-3
-    with pytest.raises(UserError, match="shared.json: made with other study settings"):
+    with pytest.raises(UserError, match=r"shared\.json: made with other study settings"):
         run_study(out, changed)
 
 
