@@ -210,9 +210,17 @@ def run_demo(out: str, settings: DemoSettings) -> dict[str, Any]:
         "description": describe(s),
         "pairs": {"train": len(train_pairs), "heldout": len(eval_pairs)},
     }
-    results["sft"] = {"mean_reward": bootstrap(judge.score(eval_prompts, sft_samples)).to_dict(), "kl": 0.0}
     chosen_by_prompt = {p["prompt"]: p["chosen"] for p in eval_pairs}
     cmp_prompts = [p for p in eval_prompts if p in chosen_by_prompt]
+    sft_by_prompt = dict(zip(eval_prompts, sft_samples, strict=True))
+    sft_vs_chosen = judge.compare(
+        cmp_prompts, [sft_by_prompt[p] for p in cmp_prompts], [chosen_by_prompt[p] for p in cmp_prompts]
+    )
+    results["sft"] = {
+        "mean_reward": bootstrap(judge.score(eval_prompts, sft_samples)).to_dict(),
+        "win_vs_chosen": bootstrap(sft_vs_chosen).to_dict(),
+        "kl": 0.0,
+    }
     runs: dict[str, Any] = {}
     start_evals: dict[str, tuple[str, list[dict[str, Any]]]] = {}  # loss setup -> (run, its step-0 eval records)
     for spec in s.runs:

@@ -7,7 +7,7 @@ import os
 from collections import defaultdict
 from typing import Any
 
-from ..evaluation.winrate import bootstrap
+from .stats import cluster_bootstrap, head_to_head
 
 
 def _series(log: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -16,7 +16,7 @@ def _series(log: list[dict], key: str) -> tuple[list[int], list[float]]:
 
 
 def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per method: seeds pooled (per-prompt outcomes pooled for the intervals)."""
+    """One row per method; intervals resample prompts and seeds as clusters (stats.cluster_bootstrap)."""
     groups: dict[str, list[dict]] = defaultdict(list)
     for rec in results["runs"].values():
         groups[rec["method"]].append(rec)
@@ -27,21 +27,28 @@ def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
         row = {
             "method": method,
             "seeds": len(recs),
-            "win_vs_sft": bootstrap([x for r in recs for x in r.get("outcomes_vs_sft", [])]).to_dict(),
-            "win_vs_chosen": bootstrap([x for r in recs for x in r.get("outcomes_vs_chosen", [])]).to_dict(),
-            "mean_reward": bootstrap([x for r in recs for x in r.get("rewards", [])]).to_dict(),
+            "win_vs_sft": cluster_bootstrap([r.get("outcomes_vs_sft", []) for r in recs]).to_dict(),
+            "win_vs_chosen": cluster_bootstrap([r.get("outcomes_vs_chosen", []) for r in recs]).to_dict(),
+            "mean_reward": cluster_bootstrap([r.get("rewards", []) for r in recs]).to_dict(),
             "kl": sum(r.get("kl", float("nan")) for r in recs) / len(recs),
             "chosen_drift_final": sum(d[-1] for d in drifts if d) / max(1, sum(1 for d in drifts if d)),
             "chosen_drift_min": sum(min(d) for d in drifts if d) / max(1, sum(1 for d in drifts if d)),
             "rejected_drift_final": sum(d[-1] for d in rej if d) / max(1, sum(1 for d in rej if d)),
             "train_seconds": sum(r.get("train_seconds", 0.0) for r in recs) / len(recs),
         }
+        plain = method.split("+lsam")[0] if "+lsam" in method else None
+        if plain in groups:  # head-to-head against the same loss without SAM: same prompt, same seed
+            mine = {r["spec"]["seed"]: r for r in recs}
+            theirs = {r["spec"]["seed"]: r for r in groups[plain]}
+            seeds = sorted(set(mine) & set(theirs))
+            grid = head_to_head([mine[x]["rewards"] for x in seeds], [theirs[x]["rewards"] for x in seeds])
+            row["head_to_head"] = {"against": plain, **cluster_bootstrap(grid).to_dict()}
         rows.append(row)
     return rows
 
 
 def _pct(iv: dict) -> str:
-    if iv["n"] == 0:
+    if iv["n"] == 0 or iv["mean"] != iv["mean"]:
         return "–"
     return f"{100 * iv['mean']:.1f} [{100 * iv['low']:.1f}, {100 * iv['high']:.1f}]"
 
@@ -52,13 +59,16 @@ REWARD_NAMES = {"vader": "VADER", "letters": "letters reward"}
 def table(rows: list[dict[str, Any]], sft: dict[str, Any], reward: str = "vader") -> str:
     name = REWARD_NAMES.get(reward, reward)
     head = (
-        f"| method | seeds | win vs SFT % [95% CI] | win vs chosen % [95% CI] | mean {name} | KL to ref "
-        "| held-out Δ+ final (min) | held-out Δ− final |\n|---|---|---|---|---|---|---|---|\n"
+        f"| method | seeds | win vs SFT % [95% CI] | win vs chosen % [95% CI] | head-to-head vs plain % | mean {name} "
+        "| KL to ref | held-out Δ+ final (min) | held-out Δ− final |\n|---|---|---|---|---|---|---|---|---|\n"
     )
-    lines = [f"| SFT (start) | – | 50 (by definition) | – | {sft['mean_reward']['mean']:+.3f} | 0 | 0 | 0 |"]
+    chosen = _pct(sft["win_vs_chosen"]) if "win_vs_chosen" in sft else "–"
+    lines = [f"| SFT (start) | – | 50 (by definition) | {chosen} | – | {sft['mean_reward']['mean']:+.3f} | 0 | 0 | 0 |"]
     for r in rows:
+        h2h = r.get("head_to_head")
+        h2h_text = f"{_pct(h2h)} vs {h2h['against']}" if h2h else "–"
         lines.append(
-            f"| {r['method']} | {r['seeds']} | {_pct(r['win_vs_sft'])} | {_pct(r['win_vs_chosen'])} | "
+            f"| {r['method']} | {r['seeds']} | {_pct(r['win_vs_sft'])} | {_pct(r['win_vs_chosen'])} | {h2h_text} | "
             f"{r['mean_reward']['mean']:+.3f} | {r['kl']:.2f} | {r['chosen_drift_final']:+.2f} "
             f"({r['chosen_drift_min']:+.2f}) | {r['rejected_drift_final']:+.2f} |"
         )
@@ -163,8 +173,11 @@ def write_report(out: str, results: dict[str, Any]) -> str:
         f"{s['new_tokens']} new tokens; wall time {results['wall_seconds'] / 60:.1f} min.",
         "",
         "Win rates: each model's sample for a held-out prompt against the SFT model's sample (same seed) and "
-        "against the held-out pair's chosen response, judged by the gold reward (ties 1/2); intervals are 95% "
-        "percentile bootstraps over prompts, seeds pooled. Δ± = log π(y±) − log π_ref(y±) on held-out pairs "
+        "against the held-out pair's chosen response (the SFT row: the SFT model's own rate against chosen), judged "
+        "by the gold reward (ties 1/2); head-to-head: each SAM run against the run of the same loss without SAM on "
+        "the same prompt with the same seed. Intervals are 95% percentile bootstraps resampling prompts and seeds as "
+        "clusters (two seeds are few: `logitsam study` runs three and more prompts). "
+        "Δ± = log π(y±) − log π_ref(y±) on held-out pairs "
         "(negative Δ+ = the chosen response is being squeezed). Every run starts from the same model and evaluates "
         "the same held-out pairs, so step 0 is evaluated once per loss setup and shared.",
         "",
