@@ -172,6 +172,8 @@ def test_demo_quick_and_full_together_is_an_error(capsys, tmp_path):
         cli.main(["demo", "--quick", "--full", "--out", str(tmp_path / "d")])
     assert e.value.code == 2 and "not allowed with argument --quick" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+    assert cli.main(["demo", "--full", "--out", str(tmp_path / "d")]) != 0
+    assert "logitsam study --out DIR" in capsys.readouterr().err
 
 
 def test_demo_help_says_what_quick_uses(capsys):

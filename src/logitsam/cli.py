@@ -178,7 +178,11 @@ def _demo(args: argparse.Namespace) -> int:
     from .study.demo import DemoSettings, default_runs, quick_settings, run_demo
 
     _out_dir(args.out, "--out")
-    settings = quick_settings() if args.quick else DemoSettings(runs=default_runs(args.full))
+    if args.full:
+        raise ConfigError(
+            "--full: the whole table is now `logitsam study --out DIR` (3 seeds, 300 held-out prompts, intervals)"
+        )
+    settings = quick_settings() if args.quick else DemoSettings(runs=default_runs())
     settings.resample = args.resample
     run_demo(args.out, settings)
     print(f"report: {args.out}/report.md (plots and results.json beside it)")
@@ -332,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="tiny random model, letters-fraction reward (not VADER), 16 prompts: a pipeline check in seconds",
     )
-    mode.add_argument("--full", action="store_true", help="every method of the table (hours on a CPU)")
+    mode.add_argument("--full", action="store_true", help=argparse.SUPPRESS)  # replaced by `logitsam study`
     demo.add_argument(
         "--resample",
         action="store_true",
