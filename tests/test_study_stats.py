@@ -6,6 +6,7 @@ intervals with the t quantiles typed in from a table and the standard deviation 
 and every matched-movement number worked out on paper from linear trajectories.
 """
 
+import itertools
 import json
 import math
 import statistics
@@ -129,6 +130,13 @@ def test_cluster_bootstrap_degenerate_grids():
     assert (e.mean, e.low, e.high, e.n) == (1.0, 1.0, 1.0, 1)
 
 
+def test_cluster_bootstrap_n_counts_only_seeds_with_data():
+    grid = [[0.6, 0.7, 0.8, 0.9], [NAN, NAN, NAN, NAN]]
+    e = cluster_bootstrap(grid, resamples=200)
+    assert e.mean == pytest.approx(0.75)
+    assert e.n == 1
+
+
 def test_cluster_bootstrap_is_reproducible_by_seed():
     grid = np.random.default_rng(5).normal(size=(3, 10)).tolist()
     assert cluster_bootstrap(grid, resamples=300, seed=1) == cluster_bootstrap(grid, resamples=300, seed=1)
@@ -191,7 +199,7 @@ def test_t_quantile_table_and_expansion():
     assert abs(t_quantile(10**6) - 1.95996) < 1e-4
     # decreasing in df
     qs = [t_quantile(d) for d in range(1, 200)]
-    assert all(a > b for a, b in zip(qs, qs[1:], strict=False))
+    assert all(a > b for a, b in itertools.pairwise(qs))
     assert math.isnan(t_quantile(0)) and math.isnan(t_quantile(-3))
 
 
@@ -245,7 +253,7 @@ def test_at_level_takes_the_first_crossing():
     # −1 is crossed three times (y = 1, 3, 4.5): the first one counts
     assert at_level(xs, ys, -1.0) == pytest.approx(1.0)
     # −3 only on the last segment
-    assert at_level(xs, ys, -3.0) == pytest.approx(5.0)
+    assert at_level(xs, ys, -3.0) == pytest.approx(5.5)
     # touching the level and turning back counts as reaching it
     assert at_level([0.0, -1.0, 0.0, -2.0], [0.0, 7.0, 0.0, 9.0], -1.0) == 7.0
 
@@ -312,7 +320,7 @@ def test_verdict_smallest_effect():
     # direction −1 mirrors it
     assert verdict(_e(0.01, -0.01, 0.05), 0.0, -1, -0.02) == "not reproduced"
     assert verdict(_e(0.01, -0.03, 0.05), 0.0, -1, -0.02) == "inconclusive"
-    assert SMALLEST_WIN == pytest.approx(0.523)
+    assert abs(SMALLEST_WIN - 0.523) < 1e-12
 
 
 def test_fmt_rules():
@@ -564,7 +572,7 @@ def test_analyse_matched_movement(study):
 def test_analyse_claims(study):
     _, res = study
     by = {c["claim"]: c for c in res["claims"]}
-    assert len(by) == len(res["claims"]) == 6
+    assert len(by) == len(res["claims"]) == 8  # every claim is listed, measured or not
 
     def find(prefix):
         (c,) = [c for claim, c in by.items() if claim.startswith(prefix)]
@@ -577,13 +585,13 @@ def test_analyse_claims(study):
     assert win["verdict"] == "reproduced" and "100.0 [100.0, 100.0]%" in win["evidence"]
     for name in ("SLiC-HF", "CPO"):
         c = find(f"logits-SAM raises {name}'s win rate")
-        assert c["verdict"] == "not measured" and c["evidence"] == "runs missing"
-    flat = find("logits-SAM finds flatter solutions")
-    assert flat["verdict"] == "reproduced"
+        assert c["verdict"] == "not measured" and c["evidence"].startswith("runs missing")
+    for kind in ("parameter", "logit"):
+        assert find(f"logits-SAM finds flatter solutions (§4.3: lower {kind}")["verdict"] == "reproduced"
     matched = find("the squeezing reduction is not just a smaller step")
     assert matched["verdict"] == "reproduced"
     assert "3 of 3 seeds" in matched["evidence"]
-    assert not any(c.startswith("some ρ of the sweep") for c in by)  # one ρ only
+    assert find("some ρ of the sweep")["verdict"] == "not measured"  # one ρ only
 
 
 def test_analyse_claim_verdicts_follow_the_data(tmp_path):
@@ -636,7 +644,7 @@ def test_write_study_report_on_the_synthetic_study(tmp_path):
     out = build_study(tmp_path)
     text = write_study_report(out)
     assert "- **reproduced** — logits-SAM reduces the squeezing" in text  # the claims, one line each
-    assert len(text.splitlines()) == 6
+    assert len(text.splitlines()) == 8
     res = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
     assert res["paired"]["dpo+lsam(1e-1)"]["win"]["mean"] == 1.0
     assert [c["verdict"] for c in res["claims"]] == [c["verdict"] for c in analyse(out)["claims"]]
@@ -656,22 +664,13 @@ def test_write_study_report_on_the_synthetic_study(tmp_path):
 # ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    reason="BUG: analysis.paired returns {'seeds': []} without 'win'/'*_diff' when two configurations share no "
-    "seed, and claims.claims indexes dpo['chosen_drift_diff'] / p['win'] unguarded (KeyError in analyse)",
-    strict=True,
-)
 def test_analyse_with_no_common_seed_between_sam_and_dpo(tmp_path):
     out = build_study(tmp_path, runs={"dpo": (2,), "dpo+lsam(1e-1)": (3,)})
     res = analyse(out)
-    assert res["paired"]["dpo+lsam(1e-1)"]["seeds"] == []
+    assert "dpo+lsam(1e-1)" not in res["paired"]  # nothing to pair: no comparison, not an empty one
     assert {c["verdict"] for c in res["claims"]} == {"not measured"}
 
 
-@pytest.mark.xfail(
-    reason="BUG: study_report.table1 reads p['win'] of a pair with no common seed (KeyError in write_study_report)",
-    strict=True,
-)
 def test_write_study_report_with_no_common_seed_for_the_half_step_control(tmp_path):
     from logitsam.study.study_report import write_study_report
 

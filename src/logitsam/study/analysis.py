@@ -175,13 +175,13 @@ def analyse(out: str) -> dict[str, Any]:
     pairs = {}
     for label in runs:
         partner = PLAIN.get(label)
-        if partner and partner in runs:
+        if partner and partner in runs and set(runs[label]) & set(runs[partner]):  # comparable on some seed
             pairs[label] = {"against": partner, **paired(runs[label], runs[partner])}
     lsam = next((lb for lb in runs if lb.startswith("dpo+lsam(") and lb in pairs and lb.endswith("(1e-1)")), None)
     control = {}
     if lsam and "dpo" in runs:
         control = matched(runs[lsam], runs["dpo"], runs.get("dpo(lr×0.5)", {}))
-        if "dpo(lr×0.5)" in runs:
+        if set(runs.get("dpo(lr×0.5)", {})) & set(runs[lsam]):
             control["vs_small_step"] = paired(runs[lsam], runs["dpo(lr×0.5)"])
     from .claims import claims
 

@@ -22,50 +22,62 @@ def claims(res: dict[str, Any]) -> list[dict[str, str]]:
     def add(claim: str, v: str, evidence: str) -> None:
         out.append({"claim": claim, "verdict": v, "evidence": evidence})
 
+    missing = "runs missing (no finished seed in common)"
     dpo = pairs.get("dpo+lsam(1e-1)")
+    squeeze = "logits-SAM reduces the squeezing of held-out chosen responses in DPO (paper §3, Fig. 1c)"
     if dpo:
         e = dpo["chosen_drift_diff"]
         add(
-            "logits-SAM reduces the squeezing of held-out chosen responses in DPO (paper §3, Fig. 1c)",
+            squeeze,
             verdict(e, 0.0, +1),
             f"held-out Δ+ (DPO+logits-SAM − DPO, same seed) {_fmt(e)} nats, t-interval over {e['n']} seeds; "
             f"Δ− difference {_fmt(dpo['rejected_drift_diff'])}",
         )
+    else:
+        add(squeeze, "not measured", missing)
     for loss, name in (("dpo", "DPO"), ("slic", "SLiC-HF"), ("cpo", "CPO")):
         labs = [k for k in pairs if k.startswith(f"{loss}+lsam(") and (loss != "dpo" or k.endswith("(1e-1)"))]
-        lab = labs[0] if labs else None
-        if lab is None:
-            add(f"logits-SAM raises {name}'s win rate (Table 1)", "not measured", "runs missing")
+        claim = f"logits-SAM raises {name}'s win rate (Table 1)"
+        if not labs:
+            add(claim, "not measured", missing)
             continue
-        p = pairs[lab]
+        p = pairs[labs[0]]
         add(
-            f"logits-SAM raises {name}'s win rate (Table 1)",
+            claim,
             verdict(p["win"], 0.5, +1, SMALLEST_WIN),
-            f"head-to-head {lab} vs {loss}: {_fmt(p['win'], pct=True)}% (same prompts and seeds, prompt×seed cluster "
-            f"bootstrap, {len(p['seeds'])} seeds); KL difference {_fmt(p['kl_diff'])}",
+            f"head-to-head {labs[0]} vs {loss}: {_fmt(p['win'], pct=True)}% (same prompts and seeds, prompt×seed "
+            f"cluster bootstrap, {len(p['seeds'])} seeds); KL difference {_fmt(p['kl_diff'])}",
         )
     sweep = sorted((_rho_of(k), k) for k in pairs if k.startswith("dpo+lsam("))
+    claim = "some ρ of the sweep raises DPO's win rate (Table 3; the best ρ is picked on the same seeds)"
     if len(sweep) >= 2:
         best = max(sweep, key=lambda r: pairs[r[1]]["win"]["mean"])
         parts = [f"ρ={r:g}: {_fmt(pairs[k]['win'], pct=True)}%" for r, k in sweep]
         add(
-            "some ρ of the sweep raises DPO's win rate (Table 3; the best ρ is picked on the same seeds)",
+            claim,
             verdict(pairs[best[1]]["win"], 0.5, +1, SMALLEST_WIN),
             f"head-to-head vs DPO by ρ: {'; '.join(parts)}; highest at ρ={best[0]:g}",
         )
-    if dpo and "logit_hessian_diff" in dpo:
-        lg, pr = dpo["logit_hessian_diff"], dpo["parameter_hessian_diff"]
-        add(
-            "logits-SAM finds flatter solutions (§4.3: lower Hessian trace)",
-            verdict(lg, 0.0, -1),
-            f"logit-Hessian trace difference {_fmt(lg, digits=3)}, parameter-Hessian {_fmt(pr, digits=1)} "
-            "(SAM − plain, same seed, t over seeds; each trace a Hutchinson estimate, stderr in results.json)",
-        )
+    else:
+        add(claim, "not measured", "fewer than two values of ρ finished")
+    for kind, name, digits in (("parameter_hessian", "parameter", 1), ("logit_hessian", "logit", 3)):
+        claim = f"logits-SAM finds flatter solutions (§4.3: lower {name}-Hessian trace)"
+        if dpo and f"{kind}_diff" in dpo:
+            e = dpo[f"{kind}_diff"]
+            add(
+                claim,
+                verdict(e, 0.0, -1),
+                f"trace difference (SAM − plain, same seed) {_fmt(e, digits=digits)}, t over {e['n']} seeds; each "
+                "trace a Hutchinson estimate (per-seed values and standard errors in results.json)",
+            )
+        else:
+            add(claim, "not measured", missing)
+    claim = "the squeezing reduction is not just a smaller step (matched-movement control)"
     if mm.get("equal_rejected"):
         e = mm["equal_rejected"]
         kl = mm.get("equal_kl", {})
         add(
-            "the squeezing reduction is not just a smaller step (matched-movement control)",
+            claim,
             verdict(e, 0.0, +1),
             f"Δ+ of DPO+logits-SAM minus DPO's at the same held-out rejected drift {_fmt(e)} "
             f"({mm['equal_rejected_seeds']} of {len(mm['seeds'])} seeds' DPO trajectories reach it); "
@@ -73,4 +85,6 @@ def claims(res: dict[str, Any]) -> list[dict[str, str]]:
             f"{_fmt(mm.get('equal_margin', {}))}; at the same KL (line through DPO and DPO at half the learning rate) "
             f"{_fmt(kl)}, reward at the same KL {_fmt(mm.get('reward_at_equal_kl', {}), digits=3)}",
         )
+    else:
+        add(claim, "not measured", missing)
     return out

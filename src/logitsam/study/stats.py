@@ -75,11 +75,12 @@ def cluster_bootstrap(
     """Mean of a seeds × prompts grid with a percentile interval resampling seeds *and* prompts.
 
     grid[s][p]: the outcome of seed s on prompt p (NaN: missing, e.g. a failed judgement; left out of
-    every mean). With one seed this is the ordinary bootstrap over prompts. ``n`` = seeds.
+    every mean). With one seed this is the ordinary bootstrap over prompts. ``n`` = seeds with any outcome.
     """
     x = np.asarray(grid, dtype=np.float64)
     if x.ndim != 2 or x.size == 0 or np.isnan(x).all():
         return NAN
+    x = x[~np.isnan(x).all(axis=1)]  # a seed with no outcome at all is not a cluster
     s_n, p_n = x.shape
     ok = ~np.isnan(x)
     vals = np.where(ok, x, 0.0)
