@@ -14,8 +14,8 @@ import os
 from collections import defaultdict
 from typing import Any
 
-from .plan import GROUPS
-from .stats import Estimate, at_level, cluster_bootstrap, head_to_head, on_line, seed_interval
+from .plan import GROUPS, TUNING_NOTE
+from .stats import Estimate, at_level, crossed_interval, head_to_head, on_line, seed_interval
 
 ORDER = [c.label for g in GROUPS.values() for c in g]
 PLAIN = {c.label: c.plain for g in GROUPS.values() for c in g}
@@ -47,6 +47,11 @@ def final(rec: dict[str, Any], key: str) -> float:
     return vals[-1] if vals else float("nan")
 
 
+def _min(xs: list[float]) -> float:
+    v = [x for x in xs if x == x]
+    return min(v) if v else float("nan")
+
+
 def _mean(xs: list[float]) -> float:
     v = [x for x in xs if x == x]
     return sum(v) / len(v) if v else float("nan")
@@ -62,10 +67,11 @@ def config_row(label: str, seeds: dict[int, dict[str, Any]]) -> dict[str, Any]:
         ("reward", "rewards"),
         ("kl", "kl_values"),
     ):
-        row[name] = cluster_bootstrap([r[key] for r in recs]).to_dict()
+        e = crossed_interval([r[key] for r in recs])
+        row[name] = (_clip(e, 0.0, 1.0) if name.startswith("win") else e).to_dict()
     for key in HELD:
         row[key.split("/")[1] + "_final"] = seed_interval([final(r, key) for r in recs]).to_dict()
-    row["chosen_drift_min"] = seed_interval([min(trajectory(r, HELD[0])[1] or [float("nan")]) for r in recs]).to_dict()
+    row["chosen_drift_min"] = seed_interval([_min(trajectory(r, HELD[0])[1]) for r in recs]).to_dict()
     if all("hessian" in r for r in recs):
         for kind in ("parameter_hessian", "logit_hessian"):
             row[kind] = {
@@ -75,23 +81,73 @@ def config_row(label: str, seeds: dict[int, dict[str, Any]]) -> dict[str, Any]:
     return row
 
 
-def paired(a: dict[int, dict], b: dict[int, dict]) -> dict[str, Any]:
-    """``a`` against ``b`` on their common seeds: head-to-head win rate (same prompt, same seed, 95%
-    cluster bootstrap), and per-seed differences of the held-out measures and KL (t over seeds)."""
+def _clip(e: Estimate, low: float, high: float) -> Estimate:
+    """An interval cut to the values the quantity can take (a t interval for a rate can leave [0, 1])."""
+    return Estimate(e.mean, max(low, e.low), min(high, e.high), e.n)
+
+
+def _grid(runs: dict[int, dict], seeds: list[int], key: str) -> list[list[float]]:
+    return [runs[s][key] for s in seeds]
+
+
+def _diff(a: list[list[float]], b: list[list[float]]) -> list[list[float]]:
+    return [[x - y for x, y in zip(ra, rb, strict=True)] for ra, rb in zip(a, b, strict=True)]
+
+
+def paired(a: dict[int, dict], b: dict[int, dict], level: float = 0.95) -> dict[str, Any]:
+    """``a`` against ``b`` on their common seeds, cell by cell (same prompt, same seed, the same
+    generation seed): head-to-head win rate (and its share of ties), the difference of their win rates
+    against SFT, of reward and of per-sample log π/π_ref (KL) — crossed random-effects intervals —
+    and per-seed differences of the held-out measures and Hessian traces (t over seeds)."""
     common = sorted(set(a) & set(b))
     if not common:
         return {"seeds": []}
     out: dict[str, Any] = {"seeds": common}
-    out["win"] = cluster_bootstrap(head_to_head([a[s]["rewards"] for s in common], [b[s]["rewards"] for s in common]))
+    h2h = head_to_head(_grid(a, common, "rewards"), _grid(b, common, "rewards"))
+    out["win"] = _clip(crossed_interval(h2h, level=level), 0.0, 1.0)
+    cells = [x for row in h2h for x in row if x == x]
+    out["ties"] = sum(x == 0.5 for x in cells) / max(1, len(cells))
+    out["identical_samples"] = sum(
+        x == y for s in common for x, y in zip(a[s].get("samples", []), b[s].get("samples", []), strict=False)
+    ) / max(1, len(cells))
+    out["win_vs_sft_diff"] = _clip(
+        crossed_interval(_diff(_grid(a, common, "outcomes_vs_sft"), _grid(b, common, "outcomes_vs_sft")), level=level),
+        -1.0,
+        1.0,
+    )
+    out["reward_diff"] = crossed_interval(_diff(_grid(a, common, "rewards"), _grid(b, common, "rewards")), level=level)
+    out["kl_diff"] = crossed_interval(_diff(_grid(a, common, "kl_values"), _grid(b, common, "kl_values")), level=level)
     for key in HELD:
         out[key.split("/")[1] + "_diff"] = seed_interval([final(a[s], key) - final(b[s], key) for s in common])
-    out["kl_diff"] = seed_interval([_mean(a[s]["kl_values"]) - _mean(b[s]["kl_values"]) for s in common])
-    out["reward_diff"] = seed_interval([_mean(a[s]["rewards"]) - _mean(b[s]["rewards"]) for s in common])
     if all("hessian" in a[s] and "hessian" in b[s] for s in common):
         for kind in ("parameter_hessian", "logit_hessian"):
             diffs = [a[s]["hessian"][kind]["trace"] - b[s]["hessian"][kind]["trace"] for s in common]
             out[kind + "_diff"] = seed_interval(diffs)
+    out["level"] = level
     return {k: v.to_dict() if isinstance(v, Estimate) else v for k, v in out.items()}
+
+
+def _at_equal(sam: dict, plain: dict, x_of: Any) -> float:
+    """SAM's final held-out Δ+ minus plain's Δ+ at the same movement x (rejected drift or margin),
+    read on plain's trajectory; if plain never moved that far, plain's final Δ+ minus SAM's Δ+ where
+    SAM's trajectory reached plain's final x, negated (the match is made in whichever run got there)."""
+    c_s, c_p = trajectory(sam, HELD[0])[1], trajectory(plain, HELD[0])[1]
+    x_s, x_p = x_of(sam), x_of(plain)
+    if not (c_s and c_p):
+        return float("nan")
+    y = at_level(x_p, c_p, x_s[-1])
+    if y == y:
+        return c_s[-1] - y
+    y = at_level(x_s, c_s, x_p[-1])
+    return y - c_p[-1] if y == y else float("nan")
+
+
+def _rejected(rec: dict) -> list[float]:
+    return trajectory(rec, HELD[1])[1]
+
+
+def _margin(rec: dict) -> list[float]:
+    return [c - r for c, r in zip(trajectory(rec, HELD[0])[1], _rejected(rec), strict=True)]
 
 
 def matched(sam: dict[int, dict], plain: dict[int, dict], small: dict[int, dict]) -> dict[str, Any]:
@@ -109,12 +165,9 @@ def matched(sam: dict[int, dict], plain: dict[int, dict], small: dict[int, dict]
     common = sorted(set(sam) & set(plain))
     rows = defaultdict(list)
     for s in common:
-        cp, rp, mp = final(sam[s], HELD[0]), final(sam[s], HELD[1]), None
-        _, c_traj = trajectory(plain[s], HELD[0])
-        _, r_traj = trajectory(plain[s], HELD[1])
-        rows["equal_rejected"].append(cp - at_level(r_traj, c_traj, rp))
-        mp = cp - rp
-        rows["equal_margin"].append(cp - at_level([c - r for c, r in zip(c_traj, r_traj, strict=True)], c_traj, mp))
+        cp = final(sam[s], HELD[0])
+        rows["equal_rejected"].append(_at_equal(sam[s], plain[s], _rejected))
+        rows["equal_margin"].append(_at_equal(sam[s], plain[s], _margin))
         if s in small:
             kl_s, kl_p, kl_h = (_mean(x[s]["kl_values"]) for x in (sam, plain, small))
             y, inside = on_line(kl_h, final(small[s], HELD[0]), kl_p, final(plain[s], HELD[0]), kl_s)
@@ -123,10 +176,11 @@ def matched(sam: dict[int, dict], plain: dict[int, dict], small: dict[int, dict]
             y, _ = on_line(kl_h, _mean(small[s]["rewards"]), kl_p, _mean(plain[s]["rewards"]), kl_s)
             rows["reward_at_equal_kl"].append(_mean(sam[s]["rewards"]) - y)
     for k, v in rows.items():
-        out[k + "_seeds"] = sum(x == x for x in v)  # seeds where the match exists (a trajectory reached it)
-        out[k] = (
-            {"seeds_bracketed": int(sum(v)), "of": len(v)} if k == "equal_kl_bracketed" else seed_interval(v).to_dict()
-        )
+        if k == "equal_kl_bracketed":
+            out[k] = {"seeds_bracketed": int(sum(v)), "of": len(v)}
+            continue
+        out[k + "_seeds"] = sum(x == x for x in v)  # seeds where the match exists
+        out[k] = seed_interval(v).to_dict()
     out["seeds"] = common
     return out
 
@@ -169,14 +223,18 @@ def analyse(out: str) -> dict[str, Any]:
     shared, runs = load(out)
     rows = {label: config_row(label, seeds) for label, seeds in runs.items()}
     sft = {
-        "win_vs_chosen": cluster_bootstrap([shared["sft_vs_chosen"]]).to_dict(),
-        "reward": cluster_bootstrap([shared["sft_rewards"]]).to_dict(),
+        "win_vs_chosen": _clip(crossed_interval([shared["sft_vs_chosen"]]), 0.0, 1.0).to_dict(),
+        "reward": crossed_interval([shared["sft_rewards"]]).to_dict(),
     }
     pairs = {}
     for label in runs:
         partner = PLAIN.get(label)
         if partner and partner in runs and set(runs[label]) & set(runs[partner]):  # comparable on some seed
             pairs[label] = {"against": partner, **paired(runs[label], runs[partner])}
+    # the ρ sweep: its best value is picked after looking, so it is judged at a Bonferroni level
+    sweep = [lb for lb in pairs if lb.startswith("dpo+lsam(")]
+    level = 1 - 0.05 / max(1, len(sweep))
+    adjusted = {lb: paired(runs[lb], runs["dpo"], level=level) for lb in sweep}
     lsam = next((lb for lb in runs if lb.startswith("dpo+lsam(") and lb in pairs and lb.endswith("(1e-1)")), None)
     control = {}
     if lsam and "dpo" in runs:
@@ -187,14 +245,17 @@ def analyse(out: str) -> dict[str, Any]:
 
     res = {
         "description": shared["description"],
-        "tuning": shared["tuning"],
+        "tuning": TUNING_NOTE,
         "prompts": len(shared["prompts"]),
         "chosen_prompts": len(shared["chosen_prompts"]),
         "pairs": shared["pairs"],
         "planned_seeds": list(shared["settings"]["seeds"]),
+        "hessian_pairs": shared["settings"].get("hessian_pairs"),
         "sft": sft,
         "configs": rows,
         "paired": pairs,
+        "rho_sweep_adjusted": adjusted,
+        "planned": ORDER,
         "matched_movement": control,
     }
     res["claims"] = claims(res)

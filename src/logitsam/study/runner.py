@@ -107,6 +107,7 @@ class Study:
         extra = [p for p in heldout_prompts(s.extra_prompts) if p not in set(prompts)]
         self.prompts = demo_eval + extra  # win rates and KL on these
         self.chosen = {p["prompt"]: p["chosen"] for p in self.eval_pairs}
+        self.data = hashlib.sha256(json.dumps([self.train_pairs, self.eval_pairs]).encode()).hexdigest()[:16]
         self.shared = self._shared()
 
     def _samples(self, model: Any, name: str) -> tuple[list[str], list]:
@@ -132,6 +133,11 @@ class Study:
         if os.path.exists(path):
             shared = _read_json(path)
             if shared.get("key") == self.key and shared.get("prompts") == self.prompts:
+                if shared.get("data", self.data) != self.data:
+                    raise UserError(
+                        f"{path}: the study's preference pairs changed since it started (resampled?); "
+                        "use another --out or delete the directory"
+                    )
                 return shared
             raise UserError(
                 f"{path}: made with other study settings (key {shared.get('key')} vs {self.key}); "
@@ -145,6 +151,7 @@ class Study:
             "tuning": TUNING_NOTE,
             "pairs": {"train": len(self.train_pairs), "heldout": len(self.eval_pairs)},
             "prompts": self.prompts,
+            "data": self.data,
             "chosen_prompts": [p for p in self.prompts if p in self.chosen],
             "sft_samples": samples,
             "sft_rewards": self.judge.score(self.prompts, samples),
@@ -172,12 +179,23 @@ class Study:
             rec = _read_json(path)
             if rec.get("key") != self.key:
                 raise UserError(f"{path}: finished under other study settings; delete it to run it again")
+            # the run itself must be the planned one (a changed plan.py would otherwise reuse stale runs)
+            if rec.get("spec") != asdict(spec) or rec.get("config", {}).get("hessian") != cfg.hessian:
+                raise UserError(f"{path}: a different run than the plan's {spec.name}; delete it to run it again")
             return rec
         setup = hashlib.sha256(json.dumps([spec.loss, spec.params], sort_keys=True).encode()).hexdigest()[:12]
         start_path = os.path.join(self.out, "start", f"{setup}.json")
         start = _read_json(start_path) if os.path.exists(start_path) else None
+        if start is not None and (start.get("key", self.key) != self.key or not start.get("records")):
+            raise UserError(f"{start_path}: not this study's step-0 evaluation; delete it to evaluate again")
         rcfg = _run_config(self.s, spec, self.out, self.train_file, self.eval_file, eval_on_start=start is None)
-        rec: dict[str, Any] = {"key": self.key, "spec": asdict(spec), "config": asdict(cfg), "method": cfg.label}
+        rec: dict[str, Any] = {
+            "key": self.key,
+            "spec": asdict(spec),
+            "config": asdict(cfg),
+            "method": cfg.label,
+            "device": self.device,
+        }
 
         def evaluate(trainer: Any) -> None:
             model = trainer.accelerator.unwrap_model(trainer.model)
@@ -195,7 +213,7 @@ class Study:
         with open(os.path.join(rcfg.train.output_dir, "metrics.jsonl"), encoding="utf-8") as f:
             log = [json.loads(line) for line in f]
         if start is None:
-            _write_json(start_path, {"run": spec.name, "records": _start_records(log)})
+            _write_json(start_path, {"key": self.key, "run": spec.name, "records": _start_records(log)})
         else:
             log = [{**r, "shared_from": start["run"]} for r in start["records"]] + log
         rec["log"] = log

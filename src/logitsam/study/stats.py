@@ -2,11 +2,15 @@
 
 Outcomes form a seeds × prompts grid: every run of a configuration answers the same prompts, and a
 run's answers share its training seed. Pooling the grid as S·P independent outcomes (what the demo
-did) ignores both correlations, so intervals come out too narrow. ``cluster_bootstrap`` resamples
-seeds and prompts independently, with replacement (the two-way "pigeonhole" bootstrap of Owen 2007,
-see docs/design.md §7), and takes the mean of the resampled grid. Paired comparisons (same prompt,
-same seed) are grids of per-cell differences or head-to-head outcomes and go through the same
-bootstrap. Quantities measured once per run (held-out drift, top-token mass, Hessian traces) get a
+did) ignores both correlations, so intervals come out too narrow. ``crossed_interval`` (the one
+the study reports) estimates the variance of the grid mean from the two-way random-effects ANOVA,
+Var = (MS_seed + MS_prompt − MS_cell)/(S·P), with a Satterthwaite t quantile: with 3 seeds the seed
+term has 2 degrees of freedom and the interval widens accordingly. ``cluster_bootstrap`` resamples
+seeds and prompts independently (Owen 2007's pigeonhole bootstrap); with few seeds it undercovers
+(the seed term is underestimated by (S−1)/S and the quantiles come from resamples repeating one
+seed), so it is kept as a cross-check. See docs/design.md §8. Paired comparisons (same prompt, same
+seed) are grids of per-cell differences or head-to-head outcomes and get the same interval.
+Quantities measured once per run (held-out drift, top-token mass, Hessian traces) get a
 Student-t interval over seeds; with 3 seeds t₀.₉₇₅ = 4.30, so those intervals are wide by design.
 """
 
@@ -16,6 +20,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -99,6 +104,92 @@ def cluster_bootstrap(
         return Estimate(mean, float("nan"), float("nan"), s_n)
     lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
     return Estimate(mean, float(lo), float(hi), s_n)
+
+
+def t_quantile_at(df: float, level: float) -> float:
+    """Two-sided Student-t quantile at ``level`` (any df > 0), by inverting the regularised incomplete
+    beta function with bisection (torch.special has no t quantile; scipy is not a dependency)."""
+    if not df > 0:
+        return float("nan")
+    import torch
+
+    def tail(t: float) -> float:  # P(|T| > t) = I_{df/(df+t²)}(df/2, 1/2)
+        x = torch.tensor(df / (df + t * t), dtype=torch.float64)
+        return float(_betainc(df / 2, 0.5, x))
+
+    lo, hi = 0.0, 1e4
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if tail(mid) > 1 - level else (lo, mid)
+    return (lo + hi) / 2
+
+
+def _betainc(a: float, b: float, x: Any) -> float:
+    """Regularised incomplete beta I_x(a, b) by its continued fraction (Numerical Recipes §6.4)."""
+    x = float(x)
+    if x <= 0 or x >= 1:
+        return 0.0 if x <= 0 else 1.0
+    lbeta = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+    front = math.exp(lbeta + a * math.log(x) + b * math.log1p(-x))
+    if x > (a + 1) / (a + b + 2):
+        return 1.0 - _betainc(b, a, 1 - x)
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1.0 / (d if abs(d) > 1e-300 else 1e-300)
+    f = d
+    for m in range(1, 500):
+        for num in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > 1e-300 else 1e-300)
+            c = 1.0 + num / c
+            c = c if abs(c) > 1e-300 else 1e-300
+            f *= c * d
+        if abs(c * d - 1) < 1e-15:
+            break
+    return front * f / a
+
+
+def crossed_interval(grid: Sequence[Sequence[float]], *, level: float = 0.95) -> Estimate:
+    """Mean of a seeds × prompts grid with a t interval from the crossed random-effects ANOVA.
+
+    Var(mean) = (MS_seed + MS_prompt − MS_cell)/(S·P) — unbiased for σ²_seed/S + σ²_prompt/P + σ²_cell/(SP)
+    — floored at the larger of MS_seed, MS_prompt over S·P (a variance component estimated below 0 is 0),
+    with Satterthwaite degrees of freedom. Prompts with a missing (NaN) cell are left out (the ANOVA
+    needs a complete grid); seeds with no outcome too. One seed: the t interval over prompts.
+    ``n`` = seeds used.
+    """
+    x = np.asarray(grid, dtype=np.float64)
+    if x.ndim != 2 or x.size == 0:
+        return NAN
+    x = x[~np.isnan(x).all(axis=1)]
+    x = x[:, ~np.isnan(x).any(axis=0)] if x.size else x
+    if x.size == 0:
+        return NAN
+    s_n, p_n = x.shape
+    mean = float(x.mean())
+    if s_n == 1 or p_n == 1:
+        v = x.ravel()
+        if v.size < 2:
+            return Estimate(mean, float("nan"), float("nan"), s_n)
+        half = t_quantile_at(v.size - 1, level) * float(v.std(ddof=1)) / math.sqrt(v.size)
+        return Estimate(mean, mean - half, mean + half, s_n)
+    rs, cs = x.mean(axis=1), x.mean(axis=0)
+    ms_s = p_n * float(((rs - mean) ** 2).sum()) / (s_n - 1)
+    ms_p = s_n * float(((cs - mean) ** 2).sum()) / (p_n - 1)
+    resid = x - rs[:, None] - cs[None, :] + mean
+    ms_e = float((resid**2).sum()) / ((s_n - 1) * (p_n - 1))
+    terms = [(ms_s, s_n - 1), (ms_p, p_n - 1), (-ms_e, (s_n - 1) * (p_n - 1))]
+    total = sum(t for t, _ in terms)
+    if total < max(ms_s, ms_p):  # a negative variance-component estimate: that component is 0
+        terms = [max(terms[:2], key=lambda t: t[0])]
+        total = terms[0][0]
+    if total <= 0:
+        return Estimate(mean, mean, mean, s_n)
+    df = total**2 / sum(t * t / d for t, d in terms)
+    half = t_quantile_at(df, level) * math.sqrt(total / (s_n * p_n))
+    return Estimate(mean, mean - half, mean + half, s_n)
 
 
 def head_to_head(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> list[list[float]]:

@@ -21,7 +21,8 @@ def table1(res: dict[str, Any]) -> str:
     measures (t over seeds), and the head-to-head against the same loss without SAM."""
     sft = res["sft"]
     head = (
-        "| method | seeds | win vs SFT % | win vs chosen % | head-to-head vs plain % | mean VADER | KL to ref "
+        "| method | seeds | win vs SFT % | win vs chosen % | vs plain: win-rate gain pp / head-to-head % "
+        "| mean VADER | KL to ref "
         "| held-out Δ+ final | Δ+ min | Δ− final | top-token mass |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = [
@@ -30,7 +31,12 @@ def table1(res: dict[str, Any]) -> str:
     ]
     for label, r in res["configs"].items():
         p = res["paired"].get(label)
-        h2h = f"{_fmt(p['win'], pct=True)} vs {p['against']}" if p else "–"
+        h2h = (
+            f"{_fmt(p['win_vs_sft_diff'], pct=True)} / {_fmt(p['win'], pct=True)} vs {p['against']} "
+            f"({len(p['seeds'])} seeds)"
+            if p
+            else "–"
+        )
         lines.append(
             f"| {label} | {len(r['seeds'])} | {_fmt(r['win_vs_sft'], pct=True)} | {_fmt(r['win_vs_chosen'], pct=True)} "
             f"| {h2h} | {_fmt(r['reward'], digits=3)} | {_fmt(r['kl'])} | {_fmt(r['chosen_drift_final'])} "
@@ -62,10 +68,10 @@ def _plots(out: str, res: dict[str, Any]) -> list[str]:
                 (axes[0], "eval_logps/chosen_drift", "held-out chosen drift Δ+ (nats)"),
                 (axes[1], "eval_logps/rejected_drift", "held-out rejected drift Δ− (nats)"),
             ):
-                curves = [trajectory(r, key) for r in runs[label].values()]
-                n = min(len(c[0]) for c in curves)
-                steps = curves[0][0][:n]
-                vals = [c[1][:n] for c in curves]
+                curves = [dict(zip(*trajectory(r, key), strict=True)) for r in runs[label].values()]
+                steps = sorted(set.intersection(*(set(c) for c in curves)))  # steps every seed logged
+                vals = [[c[t] for t in steps] for c in curves]
+                n = len(steps)
                 mean = [sum(v[j] for v in vals) / len(vals) for j in range(n)]
                 ax.plot(steps, mean, color=f"C{i}", label=f"{label} ({len(vals)} seeds)")
                 ax.fill_between(
@@ -79,6 +85,7 @@ def _plots(out: str, res: dict[str, Any]) -> list[str]:
                 ax.set_xlabel("step")
                 ax.axhline(0, color="grey", lw=0.5)
         axes[0].legend(fontsize=7)
+        fig.suptitle("Held-out drift along training: mean over seeds, band = min–max over seeds (Fig. 1c analogue)")
         fig.tight_layout()
         written.append(_save(fig, out, PNG["drift"]))
 
@@ -88,7 +95,7 @@ def _plots(out: str, res: dict[str, Any]) -> list[str]:
         fig, axes = plt.subplots(1, 3, figsize=(14, 4))
         xs = [r for r, _ in sweep]
         for ax, key, title, k in (
-            (axes[0], "win", "head-to-head win vs DPO (%)", 100),
+            (axes[0], "win_vs_sft_diff", "win-rate gain over DPO (pp, vs SFT)", 100),
             (axes[1], "chosen_drift_diff", "held-out Δ+ minus DPO's (nats)", 1),
             (axes[2], "kl_diff", "KL minus DPO's", 1),
         ):
@@ -97,7 +104,7 @@ def _plots(out: str, res: dict[str, Any]) -> list[str]:
             lo = [k * (e["mean"] - e["low"]) if e["low"] == e["low"] else 0 for e in es]
             hi = [k * (e["high"] - e["mean"]) if e["high"] == e["high"] else 0 for e in es]
             ax.errorbar(xs, m, yerr=[lo, hi], marker="o", capsize=3)
-            ax.axhline(50 if key == "win" else 0, color="grey", lw=0.5)
+            ax.axhline(0, color="grey", lw=0.5)
             ax.set_xscale("log")
             ax.set_xlabel("ρ (logits-SAM)")
             ax.set_title(title)
@@ -150,6 +157,16 @@ def _plots(out: str, res: dict[str, Any]) -> list[str]:
     return written
 
 
+def _no_nan(x: Any) -> Any:
+    if isinstance(x, float) and x != x:
+        return None
+    if isinstance(x, dict):
+        return {k: _no_nan(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_no_nan(v) for v in x]
+    return x
+
+
 def _save(fig: Any, out: str, name: str) -> str:
     import matplotlib.pyplot as plt
 
@@ -163,10 +180,11 @@ def write_study_report(out: str) -> str:
     """Write results.json, report.md and the plots into ``out``; returns the claims as text."""
     res = analyse(out)
     with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
-        json.dump(res, f, indent=1)
+        json.dump(_no_nan(res), f, indent=1)  # strict JSON: NaN (nothing measured) is written as null
     plots = _plots(out, res)
     planned = len(res["planned_seeds"])
     short = [lb for lb, r in res["configs"].items() if len(r["seeds"]) < planned]
+    unstarted = [lb for lb in res["planned"] if lb not in res["configs"]]
     lines = [f"- **{c['verdict']}** — {c['claim']}: {c['evidence']}" for c in res["claims"]]
     text = "\n".join(lines)
     md = [
@@ -178,11 +196,16 @@ def write_study_report(out: str) -> str:
         "",
         f"Tuning: {res['tuning']}",
         "",
-        "Intervals (95%): win rates, reward and KL resample prompts and seeds as clusters (two-way bootstrap); "
-        "head-to-head compares runs on the same prompt with the same seed; Δ±, top-token mass, KL/Δ differences "
-        "and Hessian traces are Student-t intervals over seeds. Verdicts: *reproduced* = the interval excludes "
-        "no effect on the paper's side; *not reproduced* = it excludes it on the other side (or, for win rates, "
-        "lies below the paper's smallest reported gain, +2.3 pp); otherwise *inconclusive*.",
+        "Intervals (95%): win rates, reward and KL are means of a seeds × prompts grid with crossed random-effects "
+        "intervals (seed, prompt and cell variance from the two-way ANOVA, Satterthwaite t; docs/design.md §8). "
+        "Comparisons with the plain run are cell by cell: same prompt, same training seed, same sampling seed "
+        "(the win-rate gain is the paired difference of the two runs' wins against SFT; head-to-head judges the "
+        "two samples directly, identical samples tie). Δ±, top-token mass and Hessian traces are Student-t "
+        "intervals over seeds on fixed held-out pairs: they say whether other seeds would agree on these pairs, "
+        "not on other pairs. Verdicts: *reproduced* = the interval excludes no effect on the paper's side; *not "
+        "reproduced* = it excludes it on the other side (or, for win rates, lies below the paper's smallest "
+        "reported gain, +2.3 pp); otherwise *inconclusive*; a win-rate gain with significantly more KL is only "
+        "inconclusive.",
         "",
         "## Claims",
         "",
@@ -197,6 +220,8 @@ def write_study_report(out: str) -> str:
     ]
     if short:
         md += ["", f"Unfinished: {', '.join(short)} have fewer than the planned {planned} seeds."]
+    if unstarted:
+        md += ["", f"Not run yet: {', '.join(unstarted)} (`logitsam study --out DIR` resumes)."]
     md += ["", "## Plots", ""] + [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots]
     with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(md) + "\n")
