@@ -1,7 +1,14 @@
-"""`logitsam study` end to end on the tiny random model: plan, records, resume, refusals, report."""
+"""`logitsam study` end to end on the tiny random model: plan, records, resume, refusals, report.
 
+The quick study is trained once per module (``finished``); tests that change a study directory work
+on a copy of it, so the refusals of stale runs, start files and changed pairs cost no training.
+"""
+
+import hashlib
 import json
 import os
+import re
+import shutil
 
 import pytest
 
@@ -17,6 +24,47 @@ def _quick(groups=("dpo",), seeds=(0, 1)) -> StudySettings:
     return s
 
 
+QUICK_GROUPS = ("dpo", "dpo-small-step")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A quick study (DPO, DPO + logits-SAM and DPO at half the learning rate, seeds 0 and 1), run once:
+    (study directory, records by run name, the cache directory its pairs live in)."""
+    root = tmp_path_factory.mktemp("quick")
+    cache = str(root / "cache")
+    out = str(root / "study")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LOGITSAM_CACHE", cache)
+        recs = run_study(out, _quick(groups=QUICK_GROUPS))
+    return out, recs, cache
+
+
+@pytest.fixture
+def study_copy(finished, tmp_path, monkeypatch):
+    """A copy of the finished quick study to tamper with (same pairs cache)."""
+    out, _, cache = finished
+    monkeypatch.setenv("LOGITSAM_CACHE", cache)
+    dst = str(tmp_path / "study")
+    shutil.copytree(out, dst)
+    return dst
+
+
+def _edit_json(path, change):
+    with open(path, encoding="utf-8") as f:
+        obj = json.load(f)
+    change(obj)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f)
+
+
+def _start_file(out):
+    """The step-0 evaluation of the DPO loss setup (loss "dpo", no parameters: every run of the quick
+    study), named as runner.py names it."""
+    setup = hashlib.sha256(json.dumps(["dpo", {}], sort_keys=True).encode()).hexdigest()[:12]
+    return os.path.join(out, "start", f"{setup}.json")
+
+
 def test_plan_orders_groups_then_seeds_and_covers_the_issue():
     s = StudySettings()
     plan = [spec.name for _, spec in s.plan()]
@@ -26,53 +74,133 @@ def test_plan_orders_groups_then_seeds_and_covers_the_issue():
     for need in ("slic", "slic+lsam(1e0)", "cpo", "cpo+lsam(1e-1)", "gate_dpo", "dpo+fullsam(1e-2)", "dpo(lr×0.5)"):
         assert need in labels
     rhos = sorted(c.rho for g in GROUPS.values() for c in g if c.loss == "dpo" and c.mode == "logits" and c.rho > 0)
-    assert rhos[0] * 1e3 <= rhos[-1]  # at least four decades (1e-3 .. 1)
+    assert rhos == [1e-4, 1e-3, 1e-2, 1e-1, 1.0]  # four decades around ρ = 0.1, down to the paper's own 1e-4
     assert 0 not in s.seeds and 1 not in s.seeds  # the demo tuned ρ on seed 0 (and ran seed 1)
-    # every SAM configuration names its plain partner, which is planned too
+    # every SAM configuration names its plain partner, which is planned too; the remedies are against DPO
     for g in GROUPS.values():
         for c in g:
             assert c.plain is None or c.plain in labels
+    for name in ("gate_dpo", "dpo_abs", "spo_target", "dpo+fullsam(1e-2)", "dpo(lr×0.5)"):
+        assert {c.label: c.plain for g in GROUPS.values() for c in g}[name] == "dpo"
 
 
-def test_quick_study_records_resumes_and_reports(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("LOGITSAM_CACHE", str(tmp_path / "cache"))
-    out = str(tmp_path / "study")
-    recs = run_study(out, _quick(groups=("dpo", "dpo-small-step")))
+def test_quick_study_records_and_reports(finished):
+    out, recs, _ = finished
     assert set(recs) == {f"{lb}/s{s}" for lb in ("dpo", "dpo+lsam(1e-1)", "dpo(lr×0.5)") for s in (0, 1)}
-    shared = json.loads((tmp_path / "study" / "shared.json").read_text())
+    with open(os.path.join(out, "shared.json"), encoding="utf-8") as f:
+        shared = json.load(f)
     n = len(shared["prompts"])
     assert n > len(shared["chosen_prompts"]) > 0  # extra held-out prompts beyond the pairs' prompts
+    # the preference pairs' hash, so that changed pairs are noticed on resume
+    with open(os.path.join(out, "data", "train.jsonl"), encoding="utf-8") as f:
+        train = [json.loads(line) for line in f]
+    assert isinstance(shared["data"], str) and len(shared["data"]) == 16
+    assert shared["pairs"]["train"] == len(train) > 0
     for name, rec in recs.items():
         assert len(rec["samples"]) == len(rec["rewards"]) == len(rec["outcomes_vs_sft"]) == len(rec["kl_values"]) == n
         assert len(rec["outcomes_vs_chosen"]) == len(shared["chosen_prompts"])
         assert ("hessian" in rec) == name.startswith(("dpo/", "dpo+lsam"))
+        assert rec["config"]["hessian"] == ("hessian" in rec)  # the plan's flag is recorded with the run
+        assert rec["spec"]["name"] == name
         starts = [r for r in rec["log"] if r["step"] == 0 and "eval_loss" in r]
         assert len(starts) == 1  # the shared step-0 evaluation, once
+    # one step-0 evaluation file for the one loss setup, tagged with the study's key
+    with open(_start_file(out), encoding="utf-8") as f:
+        start = json.load(f)
+    assert start["key"] == shared["key"] and start["records"]
     # the small-step control really trained with half the learning rate
-    cfg = (tmp_path / "study" / "runs" / "dpo(lr×0.5)_s0" / "config.yaml").read_text()
-    assert "learning_rate: 0.0005" in cfg
-    res = json.loads((tmp_path / "study" / "results.json").read_text())
+    with open(os.path.join(out, "runs", "dpo(lr×0.5)_s0", "config.yaml"), encoding="utf-8") as f:
+        assert "learning_rate: 0.0005" in f.read()
+    with open(os.path.join(out, "results.json"), encoding="utf-8") as f:
+        text = f.read()
+    res = json.loads(text, parse_constant=lambda c: pytest.fail(f"results.json is not strict JSON: {c}"))
     assert res["paired"]["dpo+lsam(1e-1)"]["against"] == "dpo" and res["paired"]["dpo+lsam(1e-1)"]["seeds"] == [0, 1]
+    assert len(res["claims"]) == 8
     assert {c["claim"].split(" (")[0] for c in res["claims"]} >= {
         "logits-SAM reduces the squeezing of held-out chosen responses in DPO"
     }
-    report = (tmp_path / "study" / "report.md").read_text()
+    with open(os.path.join(out, "report.md"), encoding="utf-8") as f:
+        report = f.read()
     assert "## Claims" in report and "| dpo+lsam(1e-1) | 2 |" in report and "Tuning:" in report
-    assert (tmp_path / "study" / "drift_curves.png").stat().st_size > 5000
-    capsys.readouterr()
+    assert "Not run yet: slic, slic+lsam(1e0), cpo" in report  # the groups this quick study left out
+    assert os.path.getsize(os.path.join(out, "drift_curves.png")) > 5000
 
+
+def test_quick_study_resumes(finished, study_copy, capsys):
     # resumable: finished runs are not run again (records untouched), a new seed runs alone
+    out = study_copy
     mtime = os.path.getmtime(record_path(out, "dpo/s0"))
     run_study(out, _quick(groups=("dpo",), seeds=(0, 1, 2)), report=False)
     printed = capsys.readouterr().out
     assert "4 already finished" in printed and "dpo/s2" in printed and "dpo/s0:" not in printed
     assert os.path.getmtime(record_path(out, "dpo/s0")) == mtime
+    assert os.path.exists(record_path(out, "dpo+lsam(1e-1)/s2"))
 
     # other settings in the same directory are refused, naming the file
     changed = _quick()
     changed.learning_rate = 2e-3
     with pytest.raises(UserError, match=r"shared\.json: made with other study settings"):
         run_study(out, changed)
+
+
+def test_resume_with_unchanged_files_trains_nothing(study_copy, capsys):
+    run_study(study_copy, _quick(groups=QUICK_GROUPS), report=False)
+    assert "6 runs planned, 6 already finished" in capsys.readouterr().out
+
+
+def test_a_finished_run_of_other_settings_is_refused(study_copy):
+    _edit_json(record_path(study_copy, "dpo/s1"), lambda r: r.update(key="0123456789abcdef"))
+    with pytest.raises(UserError, match=r"dpo_s1.record\.json: finished under other study settings"):
+        run_study(study_copy, _quick(groups=QUICK_GROUPS), report=False)
+
+
+@pytest.mark.parametrize(
+    ("name", "change"),
+    [
+        # another ρ than the plan's (plan.py changed since the run finished)
+        ("dpo+lsam(1e-1)/s0", lambda r: r["spec"].update(rho=0.01)),
+        # another learning-rate scale
+        ("dpo(lr×0.5)/s1", lambda r: r["spec"].update(lr_scale=1.0)),
+        # the plan now asks for Hessian traces the record does not have
+        ("dpo/s0", lambda r: r["config"].update(hessian=False)),
+        # a record from before the plan's flag was recorded
+        ("dpo/s1", lambda r: r.pop("config")),
+    ],
+    ids=["other rho", "other lr scale", "other hessian flag", "no config"],
+)
+def test_a_finished_run_that_is_not_the_plans_is_refused(study_copy, name, change):
+    _edit_json(record_path(study_copy, name), change)
+    fname = name.replace("/", "_")
+    msg = rf"{re.escape(fname)}.record\.json: a different run than the plan's {re.escape(name)}; delete it"
+    with pytest.raises(UserError, match=msg):
+        run_study(study_copy, _quick(groups=QUICK_GROUPS), report=False)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [lambda s: s.update(key="0123456789abcdef"), lambda s: s.update(records=[]), lambda s: s.pop("records")],
+    ids=["other key", "no records", "records missing"],
+)
+def test_a_start_file_of_another_study_is_refused(study_copy, change):
+    # the step-0 file is read when a run has to be trained: remove one finished run
+    os.remove(record_path(study_copy, "dpo+lsam(1e-1)/s1"))
+    _edit_json(_start_file(study_copy), change)
+    with pytest.raises(UserError, match=r"start.[0-9a-f]{12}\.json: not this study's step-0 evaluation"):
+        run_study(study_copy, _quick(groups=QUICK_GROUPS), report=False)
+    assert not os.path.exists(record_path(study_copy, "dpo+lsam(1e-1)/s1"))  # refused before training
+
+
+def test_changed_preference_pairs_are_refused(study_copy):
+    _edit_json(os.path.join(study_copy, "shared.json"), lambda s: s.update(data="0123456789abcdef"))
+    with pytest.raises(UserError, match=r"shared\.json: the study's preference pairs changed since it started"):
+        run_study(study_copy, _quick(groups=QUICK_GROUPS), report=False)
+
+
+def test_a_shared_file_without_the_pairs_hash_is_accepted(study_copy, capsys):
+    # studies started before the hash was stored resume as before
+    _edit_json(os.path.join(study_copy, "shared.json"), lambda s: s.pop("data"))
+    run_study(study_copy, _quick(groups=QUICK_GROUPS), report=False)
+    assert "6 already finished" in capsys.readouterr().out
 
 
 def test_study_cli_plan_and_bad_options(tmp_path, monkeypatch, capsys):

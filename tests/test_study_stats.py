@@ -1,28 +1,126 @@
-"""The study's statistics (stats.py), verdicts and formatting (analysis.py, claims.py) and the whole
-analysis on a synthetic study directory whose answers are derived by hand (no model is trained).
+"""The study's statistics (stats.py), verdicts, claims and formatting (analysis.py, claims.py), the
+whole analysis on a synthetic study directory whose answers are derived by hand (no model is
+trained), its report (study_report.py) and the demo's table (report.py).
 
-Reference values are computed independently: plain percentile bootstraps written here, Student-t
-intervals with the t quantiles typed in from a table and the standard deviation from ``statistics``,
-and every matched-movement number worked out on paper from linear trajectories.
+Reference values are computed independently: the crossed random-effects interval re-derived here
+with explicit loops (sums of squares by the total-minus-parts decomposition) and Student-t
+quantiles from the closed-form CDF (mpmath's hypergeometric function, not the incomplete beta
+function stats.py inverts), hand-worked small grids, plain percentile bootstraps, Student-t
+intervals with quantiles typed in from a table and the standard deviation from ``statistics``, and
+every matched-movement number worked out on paper from linear trajectories.
 """
 
+import functools
 import itertools
 import json
 import math
 import statistics
 
+import mpmath
 import numpy as np
 import pytest
 
 from logitsam.study import analysis
-from logitsam.study.analysis import _fmt, analyse, verdict
-from logitsam.study.claims import SMALLEST_WIN
-from logitsam.study.stats import at_level, cluster_bootstrap, head_to_head, on_line, seed_interval, t_quantile
+from logitsam.study.analysis import _clip, _fmt, analyse, paired, verdict
+from logitsam.study.claims import SMALLEST_GAIN, claims
+from logitsam.study.plan import TUNING_NOTE
+from logitsam.study.stats import (
+    Estimate,
+    _betainc,
+    at_level,
+    cluster_bootstrap,
+    crossed_interval,
+    head_to_head,
+    on_line,
+    seed_interval,
+    t_quantile,
+    t_quantile_at,
+)
 
 NAN = float("nan")
 
 # two-sided 95% Student-t quantiles (printed tables)
 T_TABLE = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+# the same in closed form for 1 df (Cauchy: tan(π·0.95/2)) and 2 df (0.95·√(2/(1 − 0.95²)))
+T1 = math.tan(0.475 * math.pi)
+T2 = 0.95 * math.sqrt(2 / (1 - 0.95**2))
+
+
+@functools.cache
+def ref_t(df, level=0.95):
+    """Two-sided Student-t quantile from the closed-form CDF
+    P(|T| < t) = 2 t Γ((ν+1)/2) / (√(νπ) Γ(ν/2)) · ₂F₁(½, (ν+1)/2; 3/2; −t²/ν), solved by bisection
+    (mpmath; for ν up to a few thousand)."""
+    nu = mpmath.mpf(df)
+    c = mpmath.gamma((nu + 1) / 2) / (mpmath.sqrt(mpmath.pi * nu) * mpmath.gamma(nu / 2))
+
+    def central(t):
+        return 2 * t * c * mpmath.hyp2f1(0.5, (nu + 1) / 2, 1.5, -t * t / nu)
+
+    lo, hi = mpmath.mpf("1e-8"), mpmath.mpf("1e8")
+    for _ in range(200):  # bisection of log t
+        mid = mpmath.sqrt(lo * hi)
+        lo, hi = (mid, hi) if central(mid) < level else (lo, mid)
+    return float(mpmath.sqrt(lo * hi))
+
+
+def ref_crossed(grid, level=0.95):
+    """The crossed random-effects interval, written out independently with loops.
+
+    Returns {mean, low, high, n} plus the mean squares, the degrees of freedom and whether the
+    negative-component fallback was taken. Seeds without any outcome are dropped, then prompts with
+    a missing cell; one seed (or one prompt): the t interval over the values."""
+    rows = [[float(v) for v in r] for r in grid]
+    rows = [r for r in rows if any(v == v for v in r)]
+    if not rows:
+        return {"mean": NAN, "low": NAN, "high": NAN, "n": 0}
+    keep = [j for j in range(len(rows[0])) if all(r[j] == r[j] for r in rows)]
+    x = [[r[j] for j in keep] for r in rows]
+    S, P = len(x), len(keep)
+    if P == 0:
+        return {"mean": NAN, "low": NAN, "high": NAN, "n": 0}
+    N = S * P
+    m = sum(sum(r) for r in x) / N
+    if S == 1 or P == 1:
+        v = [c for r in x for c in r]
+        if len(v) < 2:
+            return {"mean": m, "low": NAN, "high": NAN, "n": S}
+        half = ref_t(len(v) - 1, level) * statistics.stdev(v) / math.sqrt(len(v))
+        return {"mean": m, "low": m - half, "high": m + half, "n": S, "df": len(v) - 1, "fallback": False}
+    rmean = [sum(r) / P for r in x]
+    cmean = [sum(x[i][j] for i in range(S)) / S for j in range(P)]
+    ss_tot = sum((x[i][j] - m) ** 2 for i in range(S) for j in range(P))
+    ss_s = P * sum((r - m) ** 2 for r in rmean)
+    ss_p = S * sum((c - m) ** 2 for c in cmean)
+    ss_e = ss_tot - ss_s - ss_p
+    ms_s, ms_p, ms_e = ss_s / (S - 1), ss_p / (P - 1), ss_e / ((S - 1) * (P - 1))
+    var_seed, var_prompt = (ms_s - ms_e) / P, (ms_p - ms_e) / S  # the variance components
+    tie = 1e-9 * max(ms_s, ms_p, ms_e) / min(S, P)  # components within rounding of 0 count as 0
+    var_seed, var_prompt = (
+        (var_seed if var_seed * P > tie * min(S, P) else 0.0),
+        (var_prompt if var_prompt * S > tie * min(S, P) else 0.0),
+    )
+    fallback = var_seed <= 0 or var_prompt <= 0
+    if var_seed > 0 and var_prompt > 0:  # Satterthwaite, floored at the smaller df of the two positive terms
+        v = ms_s + ms_p - ms_e
+        df = v * v / (ms_s**2 / (S - 1) + ms_p**2 / (P - 1) + ms_e**2 / ((S - 1) * (P - 1)))
+        df = max(df, min(S - 1, P - 1))
+    elif var_prompt > 0:  # the seed component truncated at 0: σ²_p/P + σ²_e/(SP) = MS_prompt/(SP)
+        v, df = ms_p, P - 1
+    elif var_seed > 0:
+        v, df = ms_s, S - 1
+    else:  # both truncated: σ²_e/(SP) = MS_cell/(SP)
+        v, df = ms_e, (S - 1) * (P - 1)
+    half = ref_t(df, level) * math.sqrt(v / N) if v > 0 else 0.0
+    return {
+        "mean": m,
+        "low": m - half,
+        "high": m + half,
+        "n": S,
+        "ms": (ms_s, ms_p, ms_e),
+        "df": df,
+        "fallback": fallback,
+    }
 
 
 def plain_bootstrap(values, resamples=4000, seed=123, level=0.95):
@@ -42,10 +140,269 @@ def t_interval(values, t):
 
 
 def assert_estimate(e, mean, low, high, n, abs_tol=1e-9):
+    e = e.to_dict() if isinstance(e, Estimate) else e
     assert e["n"] == n
     assert e["mean"] == pytest.approx(mean, abs=abs_tol)
-    assert e["low"] == pytest.approx(low, abs=abs_tol)
-    assert e["high"] == pytest.approx(high, abs=abs_tol)
+    assert e["low"] == pytest.approx(low, abs=abs_tol, nan_ok=True)
+    assert e["high"] == pytest.approx(high, abs=abs_tol, nan_ok=True)
+
+
+def assert_matches_ref(e, grid, level=0.95, clip=None, abs_tol=1e-7):
+    """``e`` is the crossed interval of ``grid`` (optionally cut to ``clip``), by the reference."""
+    r = ref_crossed(grid, level)
+    low, high = r["low"], r["high"]
+    if clip:
+        low, high = max(clip[0], low), min(clip[1], high)
+    assert_estimate(e, r["mean"], low, high, r["n"], abs_tol)
+    return r
+
+
+# ---------------------------------------------------------------------------------------------------
+# the references themselves
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_reference_t_quantile_against_printed_tables_and_closed_forms():
+    for df, t in T_TABLE.items():
+        assert ref_t(df) == pytest.approx(t, abs=5e-4)
+    assert ref_t(1, 0.9) == pytest.approx(math.tan(0.45 * math.pi), rel=1e-10)  # Cauchy
+    assert ref_t(2, 0.9) == pytest.approx(0.9 * math.sqrt(2 / (1 - 0.81)), rel=1e-10)  # ν = 2 in closed form
+    assert ref_t(1000) == pytest.approx(1.9623, abs=1e-4)
+
+
+def test_reference_crossed_mean_squares_on_a_hand_grid():
+    # seeds × prompts = 2 × 3; mean 3.5; seed means 2, 5; prompt means 2, 5, 3.5
+    r = ref_crossed([[1, 3, 2], [3, 7, 5]])
+    # MS_seed = 3·(1.5² + 1.5²)/1; MS_prompt = 2·(1.5² + 1.5² + 0)/2; residuals ±0.5 (four), 0 (two): 1/2
+    assert r["ms"] == pytest.approx((13.5, 4.5, 0.5))
+    assert r["df"] == pytest.approx(17.5**2 / (13.5**2 + 4.5**2 / 2 + 0.5**2 / 2))
+
+
+# ---------------------------------------------------------------------------------------------------
+# crossed_interval
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_crossed_interval_hand_grid_2x3():
+    grid = [[1.0, 3.0, 2.0], [3.0, 7.0, 5.0]]
+    # Var(mean) = (13.5 + 4.5 − 0.5)/6; Satterthwaite df = 17.5²/(13.5²/1 + 4.5²/2 + 0.5²/2) = 35/22
+    e = crossed_interval(grid)
+    half = ref_t(35 / 22) * math.sqrt(17.5 / 6)
+    assert 5.55 < ref_t(35 / 22) < 5.57  # between t(1) = 12.7 and t(2) = 4.30
+    assert_estimate(e, 3.5, 3.5 - half, 3.5 + half, 2, abs_tol=1e-7)
+
+
+def test_crossed_interval_additive_grid_with_no_prompt_effect_is_the_t_interval_over_seeds():
+    # every prompt alike, no interaction: the seed means are all there is (t with S − 1 df)
+    grid = [[1.0] * 4, [3.0] * 4, [2.5] * 4]
+    e = crossed_interval(grid)
+    assert_estimate(e, *t_interval([1.0, 3.0, 2.5], ref_t(2)), 3, abs_tol=1e-7)
+    # and every seed alike: the t interval over the prompt means (P − 1 df)
+    e = crossed_interval([[0.0, 1.0, 0.5, 0.25]] * 3)
+    assert_estimate(e, *t_interval([0.0, 1.0, 0.5, 0.25], ref_t(3)), 3, abs_tol=1e-7)
+
+
+def test_crossed_interval_fallback_when_the_seed_component_is_negative():
+    # seed means equal (MS_seed = 0 < MS_cell): the seed component is estimated below zero
+    grid = [[1.0, 5.0, 9.0], [2.0, 4.0, 9.0]]
+    # prompt means 1.5, 4.5, 9: MS_prompt = 2·(3.5² + 0.5² + 4²)/2 = 28.5; residuals ±0.5 (four): MS_cell = 0.5
+    # unfallen: Var·6 = 0 + 28.5 − 0.5 = 28 < 28.5 → MS_prompt alone, 2 df
+    e = crossed_interval(grid)
+    half = T2 * math.sqrt(28.5 / 6)
+    assert_estimate(e, 5.0, 5.0 - half, 5.0 + half, 2, abs_tol=1e-7)
+    assert ref_crossed(grid)["fallback"]
+    # (without the fallback: 28/6 with Satterthwaite's 1.93 df — a different interval)
+    unfallen = ref_t(28**2 / (28.5**2 / 2 + 0.5**2 / 2)) * math.sqrt(28 / 6)
+    assert abs(unfallen - half) > 0.1
+
+
+def test_crossed_interval_fallback_when_the_prompt_component_is_negative():
+    # prompt means equal (MS_prompt = 0); seed means 1 and 5: MS_seed = 3·(2² + 2²) = 24 over 1 df,
+    # residuals −1, 0, 1, 1, 0, −1: MS_cell = 4/2 = 2 → MS_seed alone: the t interval over the seed means
+    grid = [[0.0, 1.0, 2.0], [6.0, 5.0, 4.0]]
+    e = crossed_interval(grid)
+    half = T1 * math.sqrt(24 / 6)
+    assert_estimate(e, 3.0, 3.0 - half, 3.0 + half, 2, abs_tol=1e-6)
+    assert_estimate(e, *t_interval([1.0, 5.0], T1), 2, abs_tol=1e-6)
+
+
+@pytest.mark.parametrize("level", [0.9, 0.95, 0.99, 0.9875])
+def test_crossed_interval_matches_the_independent_implementation(level):
+    rng = np.random.default_rng(int(level * 1e4))
+    fallbacks = 0
+    cases = [
+        rng.normal(size=(2, 2)),
+        rng.normal(size=(3, 5)) + rng.normal(0, 2, size=(3, 1)),  # a seed effect
+        rng.normal(size=(3, 40)) + rng.normal(0, 1, size=(1, 40)),  # a prompt effect
+        rng.normal(size=(4, 7)),  # noise only: components often estimated below zero
+        rng.binomial(1, 0.6, size=(3, 60)).astype(float),  # wins and losses
+        rng.choice([0.0, 0.5, 1.0], size=(5, 9)),
+        rng.choice([-1.0, -0.5, 0.0, 0.5, 1.0], size=(3, 30)),  # paired differences of outcomes
+        rng.normal(size=(6, 3)).T,  # more seeds than prompts, transposed
+    ]
+    for grid in cases:
+        e = crossed_interval(grid.tolist(), level=level)
+        r = assert_matches_ref(e, grid.tolist(), level)
+        fallbacks += r["fallback"]
+        assert e.low < e.mean < e.high
+    assert 0 < fallbacks < len(cases)  # both branches were compared
+
+
+def test_crossed_interval_symmetry_and_equivariance():
+    rng = np.random.default_rng(7)
+    grid = rng.normal(size=(3, 8)) + rng.normal(size=(3, 1))
+    e = crossed_interval(grid)
+    # seeds and prompts enter symmetrically (only n names the seeds)
+    t = crossed_interval(grid.T)
+    assert (t.mean, t.low, t.high, t.n) == pytest.approx((e.mean, e.low, e.high, 8))
+    # an affine change of the outcome moves the interval with it
+    a = crossed_interval(2.5 * grid - 1.0)
+    assert (a.mean, a.low, a.high) == pytest.approx((2.5 * e.mean - 1, 2.5 * e.low - 1, 2.5 * e.high - 1))
+    # a higher level gives a wider interval around the same mean
+    w = crossed_interval(grid, level=0.99)
+    assert w.mean == e.mean and w.low < e.low and w.high > e.high
+
+
+def test_crossed_interval_missing_cells():
+    rng = np.random.default_rng(8)
+    grid = rng.normal(0.5, 0.3, size=(3, 12))
+    holes = grid.copy()
+    holes[0, 4] = holes[2, 9] = np.nan
+    e = crossed_interval(holes.tolist())
+    # a prompt with any missing cell is left out for every seed (the ANOVA needs a complete grid) ...
+    complete = np.delete(grid, [4, 9], axis=1)
+    assert e == crossed_interval(complete.tolist())
+    assert_matches_ref(e, holes.tolist())
+    assert e.mean == pytest.approx(float(complete.mean()))
+    assert e.mean != pytest.approx(float(np.nanmean(holes)))  # ... so the mean is not the mean of every cell
+    # a seed with no outcome at all is dropped (and not counted)
+    dead = np.vstack([holes, np.full((1, 12), np.nan)])
+    assert crossed_interval(dead.tolist()) == e and e.n == 3
+    # a prompt missing for every seed is the same as a grid without it
+    assert crossed_interval(np.hstack([grid, np.full((3, 1), np.nan)]).tolist()) == crossed_interval(grid.tolist())
+    # nothing complete is left: no estimate
+    for g in ([[1.0, NAN], [NAN, 1.0]], [[NAN, NAN]], [[NAN], [NAN]]):
+        e = crossed_interval(g)
+        assert e.n == 0 and math.isnan(e.mean) and math.isnan(e.low) and math.isnan(e.high)
+
+
+def test_crossed_interval_one_seed_one_prompt_and_degenerate_grids():
+    # one seed: the t interval over prompts
+    row = [1.0, 0.0, 1.0, 1.0, 0.5, 0.0, 1.0]
+    assert_estimate(crossed_interval([row]), *t_interval(row, ref_t(6)), 1, abs_tol=1e-7)
+    # one seed with missing cells: over the prompts it has
+    assert_estimate(crossed_interval([[1.0, NAN, 0.5, 0.0]]), *t_interval([1.0, 0.5, 0.0], T2), 1, abs_tol=1e-7)
+    # one prompt: the t interval over seeds
+    assert_estimate(crossed_interval([[0.2], [0.5], [0.4], [0.9]]), *t_interval([0.2, 0.5, 0.4, 0.9], ref_t(3)), 4)
+    # one cell: a mean without an interval
+    e = crossed_interval([[0.75]])
+    assert e.mean == 0.75 and e.n == 1 and math.isnan(e.low) and math.isnan(e.high)
+    e = crossed_interval([[NAN, 0.25], [NAN, NAN]])
+    assert e.mean == 0.25 and e.n == 1 and math.isnan(e.low)
+    # a constant grid: zero width at the constant
+    assert crossed_interval([[0.5] * 4] * 3) == Estimate(0.5, 0.5, 0.5, 3)
+    assert crossed_interval([[1.0] * 5]) == Estimate(1.0, 1.0, 1.0, 1)
+    # nothing at all
+    for g in ([], [[]], [1.0, 2.0]):
+        e = crossed_interval(g)
+        assert e.n == 0 and math.isnan(e.mean)
+
+
+def test_crossed_interval_is_not_certain_when_only_cells_vary():
+    # a Latin square of wins: every seed wins one prompt of three, every prompt is won by one seed
+    for grid in ([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], [[1.0, 0.0], [0.0, 1.0]]):
+        e = crossed_interval(grid)
+        assert e.high - e.low > 0.1, grid
+
+
+def test_crossed_interval_coverage_under_two_way_random_effects():
+    """y[s,p] = μ + a_s + b_p + ε at the study's shape (3 seeds × 200 prompts): the crossed interval
+    covers μ about as often as promised; the pooled iid interval (what the demo did) does not."""
+    rng = np.random.default_rng(2025)
+    mu, seeds, prompts, reps = 0.5, 3, 200, 150
+
+    def draw(seed_sd):
+        return (
+            mu
+            + rng.normal(0, seed_sd, size=(seeds, 1))
+            + rng.normal(0, 0.3, size=(1, prompts))
+            + rng.normal(0, 0.4, size=(seeds, prompts))
+        )
+
+    def pooled_covers(grid):
+        return abs(grid.mean() - mu) <= 1.96 * grid.std(ddof=1) / math.sqrt(grid.size)
+
+    covered = 0
+    for _ in range(reps):
+        e = crossed_interval(draw(0.1).tolist())
+        covered += e.low <= mu <= e.high
+    assert 0.85 <= covered / reps <= 1.0
+    # a large seed effect: the crossed interval still covers, the pooled one rarely does
+    covered = naive = 0
+    for _ in range(reps):
+        grid = draw(0.3)
+        e = crossed_interval(grid.tolist())
+        covered += e.low <= mu <= e.high
+        naive += pooled_covers(grid)
+    assert 0.85 <= covered / reps <= 1.0
+    assert naive / reps < 0.5
+
+
+# ---------------------------------------------------------------------------------------------------
+# t_quantile_at, _betainc
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_t_quantile_at_table_and_known_values():
+    for df, t in T_TABLE.items():
+        assert t_quantile_at(df, 0.95) == pytest.approx(t, abs=5e-4), df
+    for df, level, t in ((2, 0.99, 9.925), (5, 0.90, 2.015), (7.5, 0.95, 2.333), (1, 0.99, 63.657), (30, 0.99, 2.750)):
+        assert t_quantile_at(df, level) == pytest.approx(t, abs=1e-3), (df, level)
+    # large df: the normal quantiles
+    assert t_quantile_at(1e6, 0.95) == pytest.approx(1.95996, abs=1e-4)
+    assert t_quantile_at(1e6, 0.99) == pytest.approx(2.57583, abs=1e-4)
+    assert t_quantile_at(1e6, 0.90) == pytest.approx(1.64485, abs=1e-4)
+
+
+@pytest.mark.parametrize("level", [0.5, 0.8, 0.9, 0.95, 0.9875, 0.99, 0.999])
+def test_t_quantile_at_closed_forms(level):
+    # ν = 1 (Cauchy): t = tan(π·level/2); ν = 2: t = level·√(2/(1 − level²))
+    assert t_quantile_at(1, level) == pytest.approx(math.tan(math.pi * level / 2), rel=1e-9)
+    assert t_quantile_at(2, level) == pytest.approx(level * math.sqrt(2 / (1 - level**2)), rel=1e-9)
+
+
+def test_t_quantile_at_fractional_df_against_the_reference():
+    for df in (0.7, 35 / 22, 2.5, 3.3, 6.7978, 12.25, 47.2, 300.0):
+        for level in (0.9, 0.95, 0.9875, 0.99):
+            assert t_quantile_at(df, level) == pytest.approx(ref_t(df, level), rel=1e-8), (df, level)
+
+
+def test_t_quantile_at_shape_and_invalid_df():
+    qs = [t_quantile_at(d, 0.95) for d in (0.5, 0.9, 1, 1.5, 2, 3, 5, 10, 30, 100, 1000)]
+    assert all(a > b for a, b in itertools.pairwise(qs))  # decreasing in df
+    ls = [t_quantile_at(4.5, lv) for lv in (0.5, 0.8, 0.9, 0.95, 0.99, 0.999)]
+    assert all(a < b for a, b in itertools.pairwise(ls))  # increasing in the level
+    for df in range(11, 200, 7):  # the older table + expansion agrees
+        assert abs(t_quantile_at(df, 0.95) - t_quantile(df)) < 0.003, df
+    for df in (0, -1.0, NAN):
+        assert math.isnan(t_quantile_at(df, 0.95))
+
+
+def test_t_quantile_at_extreme_levels():
+    assert t_quantile_at(1, 0.99999) == pytest.approx(math.tan(math.pi * 0.99999 / 2), rel=1e-6)
+
+
+def test_betainc_closed_forms_and_reference():
+    for x in (0.01, 0.2, 0.5, 0.77, 0.99):
+        assert _betainc(3.5, 1.0, x) == pytest.approx(x**3.5, rel=1e-12)  # I_x(a, 1) = x^a
+        assert _betainc(1.0, 2.5, x) == pytest.approx(1 - (1 - x) ** 2.5, rel=1e-12)  # I_x(1, b) = 1 − (1−x)^b
+        assert _betainc(0.5, 0.5, x) == pytest.approx(2 / math.pi * math.asin(math.sqrt(x)), rel=1e-12)
+        for a, b in ((0.35, 0.5), (2.0, 0.5), (7.3, 0.5), (150.0, 0.5), (4.0, 9.0)):
+            want = float(mpmath.betainc(a, b, 0, x, regularized=True))
+            assert _betainc(a, b, x) == pytest.approx(want, rel=1e-10, abs=1e-300), (a, b, x)
+            assert _betainc(a, b, x) + _betainc(b, a, 1 - x) == pytest.approx(1.0, abs=1e-12)
+    assert _betainc(2.0, 0.5, 0.0) == 0.0 and _betainc(2.0, 0.5, 1.0) == 1.0
+    assert _betainc(2.0, 0.5, -0.1) == 0.0 and _betainc(2.0, 0.5, 1.5) == 1.0
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -181,6 +538,8 @@ def test_seed_interval_hand_values():
     assert_estimate(e2.to_dict(), 0.5, 0.5 - half2, 0.5 + half2, 2)
     # identical values: zero width
     assert seed_interval([0.25, 0.25, 0.25]).to_dict() == {"mean": 0.25, "low": 0.25, "high": 0.25, "n": 3}
+    # four values: t with 3 df
+    assert_estimate(seed_interval([0.1, 0.4, 0.2, 0.7]), *t_interval([0.1, 0.4, 0.2, 0.7], 3.182), 4)
 
 
 def test_seed_interval_one_or_no_value():
@@ -204,12 +563,26 @@ def test_t_quantile_table_and_expansion():
 
 
 def test_estimate_excludes():
-    from logitsam.study.stats import Estimate
-
     assert Estimate(0.5, 0.1, 0.9, 3).excludes(0.0) == 1
     assert Estimate(-0.5, -0.9, -0.1, 3).excludes(0.0) == -1
     assert Estimate(0.5, 0.0, 0.9, 3).excludes(0.0) == 0  # touching is not excluding
     assert Estimate(0.5, NAN, NAN, 1).excludes(0.0) == 0
+    assert Estimate(0.5, 0.4, 0.6, 3).excludes(0.45) == 0 and Estimate(0.5, 0.4, 0.6, 3).excludes(0.7) == -1
+
+
+def test_clip_cuts_the_interval_not_the_mean():
+    assert _clip(Estimate(0.9, 0.62, 1.18, 3), 0.0, 1.0) == Estimate(0.9, 0.62, 1.0, 3)
+    assert _clip(Estimate(0.1, -0.3, 0.5, 3), 0.0, 1.0) == Estimate(0.1, 0.0, 0.5, 3)
+    assert _clip(Estimate(0.0, -1.4, 1.2, 2), -1.0, 1.0) == Estimate(0.0, -1.0, 1.0, 2)
+    assert _clip(Estimate(0.3, 0.1, 0.4, 3), 0.0, 1.0) == Estimate(0.3, 0.1, 0.4, 3)  # inside: unchanged
+
+
+def test_clip_keeps_a_missing_interval_missing():
+    e = _clip(Estimate(0.5, NAN, NAN, 1), 0.0, 1.0)  # one cell: a mean, no interval
+    assert e.mean == 0.5 and e.n == 1 and math.isnan(e.low) and math.isnan(e.high)
+    assert _fmt(e.to_dict(), pct=True) == "50.0 (1 seed)"
+    e = _clip(crossed_interval([[NAN, 1.0], [NAN, NAN]]), 0.0, 1.0)
+    assert math.isnan(e.low) and math.isnan(e.high)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -309,18 +682,18 @@ def test_verdict_rules():
 
 
 def test_verdict_smallest_effect():
-    # a win-rate interval around 50% entirely short of +2.3 pp: the claimed gain is ruled out
-    assert verdict(_e(0.49, 0.45, 0.52), 0.5, +1, SMALLEST_WIN) == "not reproduced"
-    assert verdict(_e(0.49, 0.45, 0.53), 0.5, +1, SMALLEST_WIN) == "inconclusive"
-    assert verdict(_e(0.49, 0.45, SMALLEST_WIN), 0.5, +1, SMALLEST_WIN) == "inconclusive"  # reaching it
-    assert verdict(_e(0.4, 0.3, 0.45), 0.5, +1, SMALLEST_WIN) == "not reproduced"
+    # a win-rate gain interval around 0 entirely short of +2.3 pp: the claimed gain is ruled out
+    assert abs(SMALLEST_GAIN - 0.023) < 1e-12
+    assert verdict(_e(-0.01, -0.05, 0.02), 0.0, +1, SMALLEST_GAIN) == "not reproduced"
+    assert verdict(_e(-0.01, -0.05, 0.03), 0.0, +1, SMALLEST_GAIN) == "inconclusive"
+    assert verdict(_e(-0.01, -0.05, SMALLEST_GAIN), 0.0, +1, SMALLEST_GAIN) == "inconclusive"  # reaching it
+    assert verdict(_e(-0.1, -0.2, -0.05), 0.0, +1, SMALLEST_GAIN) == "not reproduced"
     # excluding the null on the claimed side takes precedence over the smallest effect
-    assert verdict(_e(0.51, 0.505, 0.515), 0.5, +1, SMALLEST_WIN) == "reproduced"
-    assert verdict(_e(0.6, 0.55, 0.65), 0.5, +1, SMALLEST_WIN) == "reproduced"
+    assert verdict(_e(0.01, 0.005, 0.015), 0.0, +1, SMALLEST_GAIN) == "reproduced"
+    assert verdict(_e(0.1, 0.05, 0.15), 0.0, +1, SMALLEST_GAIN) == "reproduced"
     # direction −1 mirrors it
     assert verdict(_e(0.01, -0.01, 0.05), 0.0, -1, -0.02) == "not reproduced"
     assert verdict(_e(0.01, -0.03, 0.05), 0.0, -1, -0.02) == "inconclusive"
-    assert abs(SMALLEST_WIN - 0.523) < 1e-12
 
 
 def test_fmt_rules():
@@ -337,6 +710,379 @@ def test_fmt_rules():
     assert _fmt(_e(1.234, NAN, NAN, 1)) == "+1.23 (1 seed)"
     assert _fmt(_e(0.5234, NAN, NAN, 1), pct=True) == "52.3 (1 seed)"
     assert _fmt(_e(0.001, NAN, NAN, 1)) == "+0.001 (1 seed)"
+
+
+def test_cluster_bootstrap_and_crossed_interval_agree_with_many_seeds():
+    """The bootstrap is kept as a cross-check: with many seeds (where its (S−1)/S bias is small) the
+    two intervals agree closely."""
+    rng = np.random.default_rng(9)
+    grid = rng.normal(0, 0.3, size=(20, 1)) + rng.normal(0, 0.3, size=(1, 60)) + rng.normal(0, 0.5, size=(20, 60))
+    b, c = cluster_bootstrap(grid.tolist(), resamples=2000), crossed_interval(grid.tolist())
+    assert b.mean == pytest.approx(c.mean) and b.n == c.n == 20
+    assert 0.8 < (b.high - b.low) / (c.high - c.low) < 1.2
+    assert abs((b.low + b.high) / 2 - (c.low + c.high) / 2) < 0.1 * (c.high - c.low)
+
+
+# ---------------------------------------------------------------------------------------------------
+# paired (analysis.py): two configurations cell by cell
+# ---------------------------------------------------------------------------------------------------
+
+
+def _evals(chosen, rejected, top=None, steps=None):
+    """Held-out evaluation records of a run (step 0 first), as the trainer logs them."""
+    steps = steps or [10 * i for i in range(len(chosen))]
+    top = top or [0.3] * len(chosen)
+    return [
+        {
+            "step": s,
+            "eval_loss": 0.7,
+            "eval_logps/chosen_drift": c,
+            "eval_logps/rejected_drift": r,
+            "eval_probs/top_token": t,
+        }
+        for s, c, r, t in zip(steps, chosen, rejected, top, strict=True)
+    ]
+
+
+def _run(rewards, vs_sft, kl, samples, chosen=(0.0, -1.0), rejected=(0.0, -2.0), top=None, hessian=None):
+    rec = {
+        "rewards": rewards,
+        "outcomes_vs_sft": vs_sft,
+        "kl_values": kl,
+        "samples": samples,
+        "log": _evals(list(chosen), list(rejected), top),
+    }
+    if hessian:
+        rec["hessian"] = {k: {"trace": v, "stderr": 0.1} for k, v in hessian.items()}
+    return rec
+
+
+def _pair_runs():
+    """Two configurations on seeds 0, 1 (and a seed 2 only ``a`` has), four prompts, worked by hand."""
+    a = {
+        0: _run([1, 2, 3, 4], [1, 0, 1, 0.5], [0.5, 1.0, 1.5, 2.0], ["x", "y", "z", "w"], (0, -1.0), (0, -3.0),
+                (0.3, 0.40), {"parameter_hessian": 8.0, "logit_hessian": 2.0}),
+        1: _run([2, 2, 5, 0], [1, 1, 0, 0.5], [1.0, 1.0, 1.0, 1.0], ["p", "q", "r", "s"], (0, -1.5), (0, -2.0),
+                (0.3, 0.45), {"parameter_hessian": 9.0, "logit_hessian": 2.2}),
+        2: _run([9, 9, 9, 9], [1, 1, 1, 1], [0.0] * 4, ["a"] * 4),
+    }  # fmt: skip
+    b = {
+        0: _run([1, 3, 2, 4], [1, 0, 0, 0.5], [0.5, 0.5, 1.0, 1.0], ["x", "Y", "Z", "w"], (0, -2.0), (0, -3.5),
+                (0.3, 0.42), {"parameter_hessian": 10.0, "logit_hessian": 3.0}),
+        1: _run([1, 2, 6, 0], [0, 1, 0, 0.5], [1.0, 0.0, 0.5, 0.8], ["P", "q", "R", "S"], (0, -2.0), (0, -3.0),
+                (0.3, 0.46), {"parameter_hessian": 12.0, "logit_hessian": 3.1}),
+    }  # fmt: skip
+    return a, b
+
+
+def test_paired_hand_worked():
+    a, b = _pair_runs()
+    p = paired(a, b)
+    assert p["seeds"] == [0, 1] and p["level"] == 0.95
+    # head-to-head by reward: seed 0 [½, 0, 1, ½], seed 1 [1, ½, 0, ½] — 4 wins of 8 cells, half of them ties
+    h2h = [[0.5, 0.0, 1.0, 0.5], [1.0, 0.5, 0.0, 0.5]]
+    assert p["win"]["mean"] == pytest.approx(0.5)
+    assert_matches_ref(p["win"], h2h, clip=(0.0, 1.0))
+    assert p["ties"] == pytest.approx(4 / 8)
+    # identical samples: seed 0 prompts 0 and 3, seed 1 prompt 1 (a tie without an identical sample: s1 p3)
+    assert p["identical_samples"] == pytest.approx(3 / 8)
+    # the gain in win rate against SFT, cell by cell: [0, 0, 1, 0] and [1, 0, 0, 0]
+    gain = [[0.0, 0.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]]
+    assert p["win_vs_sft_diff"]["mean"] == pytest.approx(0.25)
+    assert_matches_ref(p["win_vs_sft_diff"], gain, clip=(-1.0, 1.0))
+    assert_matches_ref(p["reward_diff"], [[0, -1, 1, 0], [1, 0, -1, 0]])
+    assert p["kl_diff"]["mean"] == pytest.approx((0 + 0.5 + 0.5 + 1 + 0 + 1 + 0.5 + 0.2) / 8)
+    assert_matches_ref(p["kl_diff"], [[0.0, 0.5, 0.5, 1.0], [0.0, 1.0, 0.5, 0.2]])
+    # once-per-run measures: t over the seeds' differences (two seeds: 12.706)
+    assert_estimate(p["chosen_drift_diff"], *t_interval([1.0, 0.5], 12.706), 2)
+    assert_estimate(p["rejected_drift_diff"], *t_interval([0.5, 1.0], 12.706), 2)
+    assert_estimate(p["top_token_diff"], *t_interval([-0.02, -0.01], 12.706), 2)
+    assert_estimate(p["parameter_hessian_diff"], *t_interval([-2.0, -3.0], 12.706), 2)
+    assert_estimate(p["logit_hessian_diff"], *t_interval([-1.0, -0.9], 12.706), 2)
+    # a wider level widens the grid intervals and is recorded
+    q = paired(a, b, level=0.99)
+    assert q["level"] == 0.99
+    assert_matches_ref(q["kl_diff"], [[0.0, 0.5, 0.5, 1.0], [0.0, 1.0, 0.5, 0.2]], level=0.99)
+    assert q["kl_diff"]["high"] > p["kl_diff"]["high"]
+
+
+def test_paired_gain_is_clipped_and_leaves_missing_outcomes_out():
+    a, b = _pair_runs()
+    # wins against SFT everywhere vs mostly losses: the gain interval would pass +1
+    a[0]["outcomes_vs_sft"] = a[1]["outcomes_vs_sft"] = [1, 1, 1, 1]
+    b[0]["outcomes_vs_sft"], b[1]["outcomes_vs_sft"] = [0, 0.5, 0, 1], [0, 0, 1, NAN]
+    p = paired(a, b)
+    # prompt 3 has a failed judgement on seed 1: left out for both seeds; gains [1, ½, 1] and [1, 1, 0]
+    r = ref_crossed([[1, 0.5, 1, 0], [1, 1, 0, NAN]])
+    assert r["high"] > 1.0
+    assert_estimate(p["win_vs_sft_diff"], r["mean"], r["low"], 1.0, 2, abs_tol=1e-7)
+    assert p["win_vs_sft_diff"]["mean"] == pytest.approx(4.5 / 6)
+
+
+def test_paired_needs_common_seeds_and_both_hessians():
+    a, b = _pair_runs()
+    assert paired({2: a[2]}, b) == {"seeds": []}
+    del b[1]["hessian"]
+    p = paired(a, b)
+    assert "parameter_hessian_diff" not in p and "logit_hessian_diff" not in p
+    assert json.loads(json.dumps(p)) == p  # plain JSON (Estimates as dicts)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the matched-movement control (analysis._at_equal, matched)
+# ---------------------------------------------------------------------------------------------------
+
+
+def _traj(chosen, rejected):
+    return {"log": _evals(chosen, rejected)}
+
+
+def test_at_equal_reads_the_run_that_got_there():
+    plain = _traj([0.0, -1.0, -1.6], [0.0, -1.0, -2.0])
+    # SAM stopped at Δ− = −1.5, which plain passed: plain's Δ+ there is −1.3 → SAM's −0.5 minus it = 0.8
+    sam = _traj([0.0, -0.2, -0.5], [0.0, -0.75, -1.5])
+    assert analysis._at_equal(sam, plain, analysis._rejected) == pytest.approx(-0.5 - (-1.3))
+    # SAM went further (Δ− = −3) than plain ever did (−2): read SAM at plain's final Δ− = −2, a third of the
+    # way from (−1.5, −0.5) to (−3, −1): Δ+ = −2/3; minus plain's final −1.6 → +0.9333 (still SAM − plain)
+    far = _traj([0.0, -0.5, -1.0], [0.0, -1.5, -3.0])
+    assert analysis._at_equal(far, plain, analysis._rejected) == pytest.approx(-2 / 3 + 1.6)
+    # margin Δ+ − Δ−: plain 0, 0, 0.4; far 0, 1, 2 → plain's final margin 0.4 is reached by far at 0.4 of
+    # its first segment: Δ+ = −0.2 → −0.2 − (−1.6) = 1.4
+    assert analysis._at_equal(far, plain, analysis._margin) == pytest.approx(1.4)
+    # movements in opposite directions: no match either way
+    up = _traj([0.0, 0.5, 1.0], [0.0, 0.5, 1.0])
+    assert math.isnan(analysis._at_equal(up, plain, analysis._rejected))
+    assert math.isnan(analysis._at_equal(_traj([], []), plain, analysis._rejected))
+
+
+def test_matched_counts_seeds_with_a_match_and_bracketing():
+    def run(chosen, rejected, kl, rewards):
+        return {"log": _evals(chosen, rejected), "kl_values": kl, "rewards": rewards}
+
+    plain = {
+        0: run([0, -1.0, -1.6], [0, -1.0, -2.0], [2.0, 2.0], [0.2, 0.4]),
+        1: run([0, -1.0, -2.0], [0, -2.0, -4.0], [3.0, 3.0], [0.5, 0.5]),
+        2: run([0, -1.0, -2.0], [0, -2.0, -4.0], [3.0, 3.0], [0.5, 0.5]),
+    }
+    sam = {
+        0: run([0, -0.2, -0.5], [0, -0.75, -1.5], [1.5, 1.5], [0.4, 0.4]),  # KL 1.5: inside [1, 2]
+        1: run([0, -0.5, -1.0], [0, -1.5, -3.0], [3.5, 3.5], [0.6, 0.6]),  # KL 3.5: beyond [2, 3]
+        2: run([0, 0.5, 1.0], [0, 0.5, 1.0], [1.0, 1.0], [0.5, 0.5]),  # moves the other way: no match
+    }
+    small = {
+        0: run([0, -0.5, -1.0], [0, -1.0, -2.0], [1.0, 1.0], [0.1, 0.1]),
+        1: run([0, -0.5, -1.5], [0, -1.0, -2.0], [2.0, 2.0], [0.3, 0.3]),
+    }
+    mm = analysis.matched(sam, plain, small)
+    assert mm["seeds"] == [0, 1, 2]
+    # equal rejected drift: s0 0.8 (as above); s1 plain's Δ+ at Δ− = −3 is −1.5 → −1 + 1.5 = 0.5; s2 none
+    assert mm["equal_rejected_seeds"] == 2
+    assert_estimate(mm["equal_rejected"], *t_interval([0.8, 0.5], 12.706), 2)
+    # equal KL on the line (KL, Δ+) through small and plain:
+    #   s0 (1, −1)–(2, −1.6) at 1.5 → −1.3: −0.5 + 1.3 = 0.8 (inside); s1 (2, −1.5)–(3, −2) at 3.5 → −2.25: 1.25
+    assert mm["equal_kl_bracketed"] == {"seeds_bracketed": 1, "of": 2}
+    assert mm["equal_kl_seeds"] == 2
+    assert_estimate(mm["equal_kl"], *t_interval([0.8, 1.25], 12.706), 2)
+    # reward on the same lines: s0 (1, 0.1)–(2, 0.3) at 1.5 → 0.2, SAM 0.4 → 0.2; s1 (2, 0.3)–(3, 0.5) at 3.5 → 0.6
+    assert_estimate(mm["reward_at_equal_kl"], *t_interval([0.2, 0.0], 12.706), 2, abs_tol=1e-9)
+    # without the half-step runs there is no equal-KL comparison
+    assert "equal_kl" not in analysis.matched(sam, plain, {})
+
+
+# ---------------------------------------------------------------------------------------------------
+# verdict, _fmt
+# ---------------------------------------------------------------------------------------------------
+
+
+def _e(mean, low, high, n=3):
+    return {"mean": mean, "low": low, "high": high, "n": n}
+
+
+# ---------------------------------------------------------------------------------------------------
+# claims(): each verdict rule on hand-made estimates
+# ---------------------------------------------------------------------------------------------------
+
+CLAIMS = [
+    "logits-SAM reduces the squeezing of held-out chosen responses in DPO (paper §3, Fig. 1c)",
+    "logits-SAM raises DPO's win rate against SFT (Table 1)",
+    "logits-SAM raises SLiC-HF's win rate against SFT (Table 1)",
+    "logits-SAM raises CPO's win rate against SFT (Table 1)",
+    "some ρ of the sweep raises DPO's win rate against SFT (Table 3)",
+    "logits-SAM finds flatter solutions (§4.3: lower parameter-Hessian trace)",
+    "logits-SAM finds flatter solutions (§4.3: lower logit-Hessian trace)",
+    "the squeezing reduction is not just a smaller step (matched-movement control)",
+]
+
+
+def _pair(gain=(0.05, 0.02, 0.08), kl=(0.0, -0.1, 0.1), win=(0.6, 0.55, 0.65), chosen=(1.0, 0.5, 1.5), **kw):
+    p = {
+        "against": "dpo",
+        "seeds": [2, 3, 4],
+        "win": _e(*win),
+        "ties": 0.25,
+        "identical_samples": 0.125,
+        "win_vs_sft_diff": _e(*gain),
+        "reward_diff": _e(0.01, 0.0, 0.02),
+        "kl_diff": _e(*kl),
+        "chosen_drift_diff": _e(*chosen),
+        "rejected_drift_diff": _e(0.5, 0.1, 0.9),
+        "top_token_diff": _e(0.0, -0.01, 0.01),
+        "parameter_hessian_diff": _e(-2.0, -3.0, -1.0),
+        "logit_hessian_diff": _e(-0.5, -0.6, 0.1),
+        "level": 0.95,
+    }
+    return p | kw
+
+
+def _res(pairs, mm=None, adjusted=None, dpo_final=(-2.0, -3.0, -1.0)):
+    return {
+        "paired": pairs,
+        "matched_movement": mm or {},
+        "rho_sweep_adjusted": adjusted if adjusted is not None else pairs,
+        "configs": {"dpo": {"chosen_drift_final": _e(*dpo_final)}},
+        "pairs": {"train": 10, "heldout": 4},
+        "hessian_pairs": 4,
+    }
+
+
+def _verdicts(res):
+    out = claims(res)
+    assert [c["claim"] for c in out] == CLAIMS  # always all eight, in this order
+    return [c["verdict"] for c in out], out
+
+
+def test_claims_all_listed_and_not_measured_without_runs():
+    v, out = _verdicts(_res({}))
+    assert v == ["not measured"] * 8
+    assert out[4]["evidence"] == "fewer than two values of ρ finished"
+    assert all(c["evidence"].startswith("runs missing") for i, c in enumerate(out) if i != 4)
+
+
+def test_claims_squeezing_needs_plain_dpo_to_squeeze():
+    v, out = _verdicts(_res({"dpo+lsam(1e-1)": _pair()}))
+    assert v[0] == "reproduced"
+    assert "+1.00 [+0.50, +1.50] nats, t over 3 seeds on the same 4 held-out pairs" in out[0]["evidence"]
+    assert "plain DPO's Δ+ -2.00 [-3.00, -1.00]" in out[0]["evidence"]
+    # plain DPO's own Δ+ interval reaches 0: its squeezing is not established
+    v, out = _verdicts(_res({"dpo+lsam(1e-1)": _pair()}, dpo_final=(-1.0, -2.5, 0.5)))
+    assert v[0] == "inconclusive" and "plain DPO's own squeezing is not established" in out[0]["evidence"]
+    # ... which does not rescue a reversed result
+    v, _ = _verdicts(_res({"dpo+lsam(1e-1)": _pair(chosen=(-1.0, -1.5, -0.5))}, dpo_final=(-1.0, -2.5, 0.5)))
+    assert v[0] == "not reproduced"
+
+
+def test_claims_win_rate_judges_the_paired_gain_against_sft():
+    def dpo_win(**kw):
+        v, out = _verdicts(_res({"dpo+lsam(1e-1)": _pair(**kw)}))
+        return v[1], out[1]["evidence"]
+
+    v, ev = dpo_win()
+    assert v == "reproduced"
+    assert ev.startswith(
+        "win rate against SFT, dpo+lsam(1e-1) − dpo: 5.0 [2.0, 8.0] pp; head-to-head 60.0 [55.0, 65.0]%"
+    )
+    assert "(25% ties, 12% identical samples); KL difference +0.00 [-0.10, +0.10] nats; 3 seeds × prompts" in ev
+    # the head-to-head does not decide: a clear head-to-head with an unresolved gain is inconclusive ...
+    assert dpo_win(gain=(0.03, -0.01, 0.07), win=(0.9, 0.8, 1.0))[0] == "inconclusive"
+    # ... and a head-to-head at 50% (ties) does not hide a gain
+    assert dpo_win(win=(0.5, 0.45, 0.55))[0] == "reproduced"
+    # a gain entirely below the paper's smallest (+2.3 pp) is not reproduced, one reaching it is open
+    assert dpo_win(gain=(0.0, -0.02, 0.02))[0] == "not reproduced"
+    assert dpo_win(gain=(0.0, -0.02, 0.025))[0] == "inconclusive"
+    assert dpo_win(gain=(-0.05, -0.08, -0.02))[0] == "not reproduced"
+    # a gain bought with significantly more KL is only inconclusive; less KL is fine
+    v, _ = dpo_win(kl=(0.3, 0.1, 0.5))
+    assert v == "inconclusive (the gain came with more KL)"
+    assert dpo_win(kl=(-0.3, -0.5, -0.1))[0] == "reproduced"
+    assert dpo_win(gain=(-0.05, -0.08, -0.02), kl=(0.3, 0.1, 0.5))[0] == "not reproduced"
+    # one seed: nothing measured
+    assert dpo_win(gain=(0.05, NAN, NAN, 1))[0] == "not measured"
+
+
+def test_claims_slic_and_cpo_use_their_own_pairs():
+    pairs = {
+        "slic+lsam(1e0)": _pair(against="slic", gain=(0.1, 0.05, 0.15)),
+        "cpo+lsam(1e-1)": _pair(against="cpo", gain=(-0.1, -0.15, -0.05)),
+        "dpo+lsam(1e-2)": _pair(),  # another ρ is not the DPO claim's configuration
+    }
+    v, out = _verdicts(_res(pairs))
+    assert v[1:4] == ["not measured", "reproduced", "not reproduced"]
+    assert "slic+lsam(1e0) − slic" in out[2]["evidence"] and "cpo+lsam(1e-1) − cpo" in out[3]["evidence"]
+    assert v[0] == "not measured" and v[5:] == ["not measured"] * 3
+
+
+def test_claims_rho_sweep_is_judged_at_the_bonferroni_level():
+    pairs = {
+        "dpo+lsam(1e-1)": _pair(gain=(0.02, -0.03, 0.07)),
+        "dpo+lsam(1e-2)": _pair(gain=(0.08, 0.01, 0.15)),  # excludes 0 at 95% ...
+        "dpo+lsam(1e0)": _pair(gain=(-0.05, -0.1, 0.0)),
+    }
+    adjusted = {
+        "dpo+lsam(1e-1)": _pair(gain=(0.02, -0.05, 0.09), level=1 - 0.05 / 3),
+        "dpo+lsam(1e-2)": _pair(gain=(0.08, -0.01, 0.17), level=1 - 0.05 / 3),  # ... not at 98.33%
+        "dpo+lsam(1e0)": _pair(gain=(-0.05, -0.12, 0.02), level=1 - 0.05 / 3),
+    }
+    v, out = _verdicts(_res(pairs, adjusted=adjusted))
+    assert v[4] == "inconclusive"
+    ev = out[4]["evidence"]
+    assert ev.startswith(
+        "win-rate gain over DPO by ρ (95%): ρ=0.01: 8.0 [1.0, 15.0] pp; ρ=0.1: 2.0 [-3.0, 7.0] pp; "
+        "ρ=1: -5.0 [-10.0, 0.0] pp. Best: win rate against SFT, ρ=0.01 (the best of 3, at the Bonferroni "
+        "level 98.33%): 8.0 [-1.0, 17.0] pp"
+    )
+    # clear at the adjusted level too: reproduced
+    adjusted["dpo+lsam(1e-2)"] = _pair(gain=(0.08, 0.005, 0.155), level=1 - 0.05 / 3)
+    assert _verdicts(_res(pairs, adjusted=adjusted))[0][4] == "reproduced"
+    # the best is the best adjusted mean
+    adjusted["dpo+lsam(1e0)"] = _pair(gain=(0.1, -0.2, 0.4), level=1 - 0.05 / 3)
+    v, out = _verdicts(_res(pairs, adjusted=adjusted))
+    assert "Best: win rate against SFT, ρ=1 (the best of 3" in out[4]["evidence"] and v[4] == "inconclusive"
+
+
+def test_claims_hessian_traces():
+    v, out = _verdicts(_res({"dpo+lsam(1e-1)": _pair()}))
+    assert v[5:7] == ["reproduced", "inconclusive"]  # parameter: below 0; logit: reaches above 0
+    assert "trace difference (SAM − plain, same seed) -2.0 [-3.0, -1.0], t over 3 seeds" in out[5]["evidence"]
+    assert "Hutchinson estimate on 4 held-out pairs" in out[5]["evidence"]
+    assert "-0.500 [-0.600, +0.100]" in out[6]["evidence"]
+    p = _pair(parameter_hessian_diff=_e(1.0, 0.5, 1.5))
+    del p["logit_hessian_diff"]
+    v, out = _verdicts(_res({"dpo+lsam(1e-1)": p}))
+    assert v[5:7] == ["not reproduced", "not measured"]
+    assert out[6]["evidence"] == "Hessian traces missing from some runs"
+
+
+def test_claims_matched_movement_downgraded_by_a_contradicting_control():
+    mm = {
+        "seeds": [2, 3, 4],
+        "equal_rejected": _e(0.3, 0.1, 0.5),
+        "equal_rejected_seeds": 3,
+        "equal_margin": _e(0.2, 0.05, 0.35),
+        "equal_kl": _e(0.4, -0.5, 1.3, 2),
+        "equal_kl_bracketed": {"seeds_bracketed": 1, "of": 2},
+        "reward_at_equal_kl": _e(0.01, -0.02, 0.04, 2),
+    }
+    pairs = {"dpo+lsam(1e-1)": _pair()}
+    v, out = _verdicts(_res(pairs, mm))
+    assert v[7] == "reproduced"
+    ev = out[7]["evidence"]
+    assert "at the same held-out rejected drift +0.30 [+0.10, +0.50] (3 of 3 seeds matched)" in ev
+    assert "at the same margin +0.20 [+0.05, +0.35]" in ev
+    assert "1 of 2 seeds inside the two DPO runs) +0.40 [-0.50, +1.30]" in ev
+    # the same margin says the opposite: only inconclusive
+    assert _verdicts(_res(pairs, mm | {"equal_margin": _e(-0.2, -0.35, -0.05)}))[0][7] == "inconclusive"
+    # so does equal KL
+    assert _verdicts(_res(pairs, mm | {"equal_kl": _e(-0.4, -0.6, -0.2, 2)}))[0][7] == "inconclusive"
+    # an inconclusive margin does not downgrade; a failed rejected-drift match is not rescued
+    assert _verdicts(_res(pairs, mm | {"equal_margin": _e(0.1, -0.1, 0.3)}))[0][7] == "reproduced"
+    assert _verdicts(_res(pairs, mm | {"equal_rejected": _e(-0.3, -0.5, -0.1)}))[0][7] == "not reproduced"
+    # no half-step runs: judged on the movement matches alone
+    mm_no_kl = {k: v for k, v in mm.items() if "kl" not in k}
+    v, out = _verdicts(_res(pairs, mm_no_kl))
+    assert (
+        v[7] == "reproduced"
+        and "the same KL (line through DPO and DPO at half the learning rate) –" in out[7]["evidence"]
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -378,14 +1124,14 @@ def _trajectory(label, seed):
     if label == "dpo":
         a = A[seed]
         return [-0.5 * a * x for x in t], [-a * x for x in t], [0.3 + 0.01 * x for x in t]
-    if label == "dpo+lsam(1e-1)":
+    if label.startswith("dpo+lsam("):
         c = [SAM_C[seed] * x / 4 for x in t]
         c[2] -= 1.0  # a dip half-way: the minimum is not the final value
         return c, [SAM_R[seed] * x / 4 for x in t], [0.3 + 0.005 * x for x in t]
     return [SMALL_C[seed] * x / 4 for x in t], [SMALL_R[seed] * x / 4 for x in t], [0.3 + 0.002 * x for x in t]
 
 
-def _record(label, seed, key=KEY, reward_shift=None):
+def _record(label, seed, key=KEY, reward_shift=None, **extra):
     c, r, top = _trajectory(label, seed)
     log = []
     for i, step in enumerate(STEPS):
@@ -400,7 +1146,7 @@ def _record(label, seed, key=KEY, reward_shift=None):
         )
         if step:  # training records between evaluations carry no held-out metrics
             log.append({"step": step, "loss": 0.6, "learning_rate": 1e-5})
-    shift = REWARD_SHIFT[label] if reward_shift is None else reward_shift
+    shift = REWARD_SHIFT.get(label, 0.05) if reward_shift is None else reward_shift
     rec = {
         "key": key,
         "spec": {
@@ -413,11 +1159,12 @@ def _record(label, seed, key=KEY, reward_shift=None):
             "lr_scale": 0.5 if "×0.5" in label else 1.0,
         },
         "method": label,
-        "samples": [f"sample {p}" for p in range(6)],
+        "config": {"label": label, "hessian": label in HESSIAN},
+        "samples": [f"{label} sample {p}" for p in range(6)],
         "rewards": [b + REWARD_OFFSET[seed] + shift for b in BASE_REWARD],
-        "outcomes_vs_sft": VS_SFT[label],
-        "outcomes_vs_chosen": VS_CHOSEN[label],
-        "kl_values": [KL[label][seed] + k for k in KL_SHAPE],
+        "outcomes_vs_sft": VS_SFT.get(label, VS_SFT["dpo+lsam(1e-1)"]),
+        "outcomes_vs_chosen": VS_CHOSEN.get(label, VS_CHOSEN["dpo+lsam(1e-1)"]),
+        "kl_values": [KL.get(label, KL["dpo+lsam(1e-1)"])[seed] + k for k in KL_SHAPE],
         "log": log,
         "final_metrics": {"eval_logps/chosen_drift": c[-1]},
         "seconds": 1.0,
@@ -427,7 +1174,7 @@ def _record(label, seed, key=KEY, reward_shift=None):
             kind: {"trace": HESSIAN[label][kind][seed], "stderr": 0.1, "probes": 8}
             for kind in ("parameter_hessian", "logit_hessian")
         } | {"pairs": 4}
-    return rec
+    return rec | extra
 
 
 def _write(path, obj):
@@ -439,7 +1186,7 @@ def _shared(seeds=SEEDS):
     prompts = [f"prompt {p}" for p in range(6)]
     return {
         "key": KEY,
-        "settings": {"seeds": list(seeds), "model": "synthetic"},
+        "settings": {"seeds": list(seeds), "model": "synthetic", "hessian_pairs": 4},
         "description": "a synthetic study",
         "tuning": "none",
         "pairs": {"train": 10, "heldout": 4},
@@ -451,13 +1198,15 @@ def _shared(seeds=SEEDS):
     }
 
 
-def build_study(root, runs=None, seeds=SEEDS):
-    """A study directory; ``runs``: {label: seeds} (default: the three configurations above)."""
+def build_study(root, runs=None, seeds=SEEDS, extra=None):
+    """A study directory; ``runs``: {label: seeds} (default: the three configurations above);
+    ``extra``: {(label, seed): fields replacing the record's}."""
     runs = runs or {"dpo": SEEDS, "dpo+lsam(1e-1)": SEEDS, "dpo(lr×0.5)": (2, 3)}
     _write(root / "shared.json", _shared(seeds))
     for label, ss in runs.items():
         for s in ss:
-            _write(root / "runs" / f"{label}_s{s}" / "record.json", _record(label, s))
+            rec = _record(label, s, **(extra or {}).get((label, s), {}))
+            _write(root / "runs" / f"{label}_s{s}" / "record.json", rec)
     return str(root)
 
 
@@ -471,6 +1220,25 @@ def study(tmp_path_factory):
     return out, analyse(out)
 
 
+PLAN_ORDER = [
+    "dpo",
+    "dpo+lsam(1e-1)",
+    "dpo(lr×0.5)",
+    "slic",
+    "slic+lsam(1e0)",
+    "cpo",
+    "cpo+lsam(1e-1)",
+    "dpo+lsam(1e-3)",
+    "dpo+lsam(1e-2)",
+    "dpo+lsam(1e0)",
+    "dpo+lsam(1e-4)",
+    "gate_dpo",
+    "dpo_abs",
+    "spo_target",
+    "dpo+fullsam(1e-2)",
+]
+
+
 def test_analyse_loads_only_records_of_this_study(study):
     _, res = study
     assert list(res["configs"]) == ["dpo", "dpo+lsam(1e-1)", "dpo(lr×0.5)"]  # the plan's order
@@ -482,23 +1250,38 @@ def test_analyse_loads_only_records_of_this_study(study):
     assert res["pairs"] == {"train": 10, "heldout": 4}
     assert res["configs"]["dpo+lsam(1e-1)"]["plain"] == "dpo"
     assert res["configs"]["dpo"]["plain"] is None
+    # what the report states besides the estimates
+    assert res["tuning"] == TUNING_NOTE  # the plan's note, not whatever shared.json carries
+    assert res["planned"] == PLAN_ORDER
+    assert res["hessian_pairs"] == 4
 
 
 def test_analyse_configuration_rows(study):
     _, res = study
     dpo, sam = res["configs"]["dpo"], res["configs"]["dpo+lsam(1e-1)"]
-    # grid means over seeds × prompts, NaN outcomes left out
-    vs_sft = np.array([VS_SFT["dpo"]] * 3)
-    assert dpo["win_vs_sft"]["mean"] == pytest.approx(float(np.nanmean(vs_sft)))  # 3.5 / 5
-    assert dpo["win_vs_sft"]["mean"] == pytest.approx(0.7)
+    # win rates: every seed has the same outcomes, so the interval is the t interval over the prompts kept
+    # (prompt 4 has no judgement for DPO: left out), cut at 100%
+    assert dpo["win_vs_sft"]["mean"] == pytest.approx(0.7)  # 3.5 / 5
+    m, lo, hi = t_interval([1.0, 0.0, 1.0, 0.5, 1.0], ref_t(4))
+    assert hi > 1.0
+    assert_estimate(dpo["win_vs_sft"], m, lo, 1.0, 3, abs_tol=1e-7)
+    m, lo, hi = t_interval([1.0, 1.0, 1.0, 0.5, 1.0], ref_t(4))
+    assert_estimate(sam["win_vs_sft"], m, lo, 1.0, 3, abs_tol=1e-7)
     assert sam["win_vs_sft"]["mean"] == pytest.approx(0.9)
-    assert dpo["win_vs_chosen"]["mean"] == pytest.approx(0.5)
-    assert sam["reward"]["mean"] == pytest.approx(0.40)
-    assert dpo["kl"]["mean"] == pytest.approx(2.0)
+    m, lo, hi = t_interval([1.0, 0.0, 0.0, 1.0], ref_t(3))
+    assert_estimate(dpo["win_vs_chosen"], 0.5, 0.0, 1.0, 3, abs_tol=1e-7)  # cut at both ends
+    assert lo < 0.0 and hi > 1.0
+    # reward = base(prompt) + offset(seed): additive, no cell term. MS_seed = 6·(0² + 0.1² + 0.1²)/2 = 0.06,
+    # MS_prompt = 3·Σ(base − 0.35)²/5 = 3·0.175/5 = 0.105; Var(mean) = 0.165/18; df = 0.165²/(0.06²/2 + 0.105²/5)
+    half = ref_t(0.165**2 / (0.06**2 / 2 + 0.105**2 / 5)) * math.sqrt(0.165 / 18)
+    assert_estimate(dpo["reward"], 0.35, 0.35 - half, 0.35 + half, 3, abs_tol=1e-7)
+    assert_estimate(sam["reward"], 0.40, 0.40 - half, 0.40 + half, 3, abs_tol=1e-7)  # shifted by +0.05
+    # KL = seed level + shape(prompt): MS_seed = 6·(0.2² + 0.2²)/2 = 0.24, MS_prompt = 3·0.1/5 = 0.06
+    half = ref_t(0.3**2 / (0.24**2 / 2 + 0.06**2 / 5)) * math.sqrt(0.3 / 18)
+    assert_estimate(dpo["kl"], 2.0, 2.0 - half, 2.0 + half, 3, abs_tol=1e-7)
+    assert_matches_ref(sam["kl"], [[KL["dpo+lsam(1e-1)"][s] + k for k in KL_SHAPE] for s in SEEDS])
     assert sam["kl"]["mean"] == pytest.approx((1.5 + 2.5 + 1.4) / 3)
-    for row in (dpo, sam):
-        for k in ("win_vs_sft", "reward", "kl"):
-            assert row[k]["n"] == 3 and row[k]["low"] <= row[k]["mean"] <= row[k]["high"]
+    assert sam["kl"]["low"] < 1.0  # KL and reward are not cut (only rates are)
     # held-out measures: t over seeds
     assert_estimate(dpo["chosen_drift_final"], *t_interval([-2.0, -2.4, -1.6], 4.303), 3)
     assert_estimate(dpo["rejected_drift_final"], *t_interval([-4.0, -4.8, -3.2], 4.303), 3)
@@ -515,32 +1298,45 @@ def test_analyse_configuration_rows(study):
     }
     assert_estimate(dpo["parameter_hessian"]["mean"], *t_interval([10.0, 12.0, 11.0], 4.303), 3)
     assert "logit_hessian" not in small
-    # SFT: one "seed"
-    assert res["sft"]["win_vs_chosen"]["mean"] == pytest.approx(0.5) and res["sft"]["win_vs_chosen"]["n"] == 1
-    assert res["sft"]["reward"]["mean"] == pytest.approx(0.25)
+    # SFT: one "seed", the t interval over prompts (the missing judgement left out), cut to [0, 1]
+    m, lo, hi = t_interval([1.0, 0.0, 0.5], T2)
+    assert_estimate(res["sft"]["win_vs_chosen"], 0.5, 0.0, 1.0, 1, abs_tol=1e-7)
+    assert lo < 0
+    assert_estimate(res["sft"]["reward"], *t_interval([0.0, 0.1, 0.2, 0.3, 0.4, 0.5], ref_t(5)), 1, abs_tol=1e-7)
 
 
 def test_analyse_paired_comparisons(study):
     _, res = study
     p = res["paired"]["dpo+lsam(1e-1)"]
-    assert p["against"] == "dpo" and p["seeds"] == [2, 3, 4]
-    # SAM's reward is higher on every prompt of every seed: it wins every head-to-head
+    assert p["against"] == "dpo" and p["seeds"] == [2, 3, 4] and p["level"] == 0.95
+    # SAM's reward is higher on every prompt of every seed: it wins every head-to-head, without ties
     assert p["win"] == {"mean": 1.0, "low": 1.0, "high": 1.0, "n": 3}
+    assert p["ties"] == 0.0 and p["identical_samples"] == 0.0
+    # gain in win rate against SFT, cell by cell: [0, 1, 0, 0] on every seed (prompts 4, 5 unjudged for one
+    # of the two): the t interval over those four prompts (3 df), cut at +1
+    m, lo, _ = t_interval([0.0, 1.0, 0.0, 0.0], ref_t(3))
+    assert (m, lo) == pytest.approx((0.25, 0.25 - ref_t(3) * 0.25))
+    assert_estimate(p["win_vs_sft_diff"], 0.25, lo, 1.0, 3, abs_tol=1e-7)
+    # reward: +0.05 in every cell; KL: a per-seed shift only — the t interval over the seeds' shifts
+    assert_estimate(p["reward_diff"], 0.05, 0.05, 0.05, 3)
+    assert_estimate(p["kl_diff"], *t_interval([-0.5, 0.3, -0.4], T2), 3, abs_tol=1e-7)
     assert_estimate(p["chosen_drift_diff"], *t_interval([0.9, 1.0, 1.1], 4.303), 3)
     assert p["chosen_drift_diff"]["low"] == pytest.approx(1.0 - 4.303 * 0.1 / math.sqrt(3))
     assert_estimate(p["rejected_drift_diff"], *t_interval([1.5, 1.8, 1.8], 4.303), 3)
     assert_estimate(p["top_token_diff"], -0.02, -0.02, -0.02, 3)
-    assert_estimate(p["kl_diff"], *t_interval([-0.5, 0.3, -0.4], 4.303), 3)
-    assert_estimate(p["reward_diff"], 0.05, 0.05, 0.05, 3)
     assert_estimate(p["parameter_hessian_diff"], *t_interval([-2.0, -3.0, -1.5], 4.303), 3)
     assert_estimate(p["logit_hessian_diff"], *t_interval([-1.0, -1.1, -0.9], 4.303), 3)
     # the half-step run: only the seeds both have; it loses every head-to-head
     q = res["paired"]["dpo(lr×0.5)"]
     assert q["against"] == "dpo" and q["seeds"] == [2, 3]
-    assert q["win"]["mean"] == 0.0 and q["win"]["n"] == 2
+    assert q["win"] == {"mean": 0.0, "low": 0.0, "high": 0.0, "n": 2}
+    # its gain against SFT: [−1, 0, 0, 0, ·, 0] on both seeds → t over five prompts
+    assert_estimate(q["win_vs_sft_diff"], *t_interval([-1.0, 0.0, 0.0, 0.0, 0.0], ref_t(4)), 2, abs_tol=1e-7)
     assert_estimate(q["chosen_drift_diff"], *t_interval([1.0, 1.1], 12.706), 2)
     assert "logit_hessian_diff" not in q  # the half-step run has no Hessian
     assert "dpo" not in res["paired"]
+    # one ρ: the "sweep" is ρ = 0.1 alone, at the unadjusted level
+    assert res["rho_sweep_adjusted"] == {"dpo+lsam(1e-1)": {k: v for k, v in p.items() if k != "against"}}
 
 
 def test_analyse_matched_movement(study):
@@ -569,10 +1365,26 @@ def test_analyse_matched_movement(study):
     assert v["chosen_drift_diff"]["mean"] == pytest.approx(-0.1)
 
 
+def test_analyse_matched_movement_when_sam_moved_further(tmp_path):
+    # seed 2: SAM ends at Δ− = −5 (linear, Δ+ as before); DPO only reaches −4 (a = 1). Read SAM's trajectory at
+    # DPO's final Δ− = −4: at t = 3.2 of 4, between its points at t = 3 (0.75·C) and t = 4 (C), C = −1.1:
+    # Δ+ = 0.8·C = −0.88; DPO's final Δ+ is −2 → −0.88 + 2 = 1.12
+    out = build_study(tmp_path)
+    path = tmp_path / "runs" / "dpo+lsam(1e-1)_s2" / "record.json"
+    rec = json.loads(path.read_text(encoding="utf-8"))
+    for r in rec["log"]:
+        if "eval_loss" in r:
+            r["eval_logps/rejected_drift"] = -5.0 * r["step"] / 40
+    _write(path, rec)
+    mm = analyse(out)["matched_movement"]
+    assert_estimate(mm["equal_rejected"], *t_interval([1.12, 0.1, 0.2], 4.303), 3)
+    assert mm["equal_rejected_seeds"] == 3
+
+
 def test_analyse_claims(study):
     _, res = study
     by = {c["claim"]: c for c in res["claims"]}
-    assert len(by) == len(res["claims"]) == 8  # every claim is listed, measured or not
+    assert [c["claim"] for c in res["claims"]] == CLAIMS  # every claim is listed, measured or not
 
     def find(prefix):
         (c,) = [c for claim, c in by.items() if claim.startswith(prefix)]
@@ -581,24 +1393,29 @@ def test_analyse_claims(study):
     squeeze = find("logits-SAM reduces the squeezing")
     assert squeeze["verdict"] == "reproduced"
     assert "+1.00 [+0.75, +1.25]" in squeeze["evidence"] and "3 seeds" in squeeze["evidence"]
+    assert "plain DPO's Δ+ -2.00 [-2.99, -1.01]" in squeeze["evidence"]
+    # the head-to-head is 100%, but the gain in win rate against SFT (+25 pp) is not resolved on four prompts
     win = find("logits-SAM raises DPO's win rate")
-    assert win["verdict"] == "reproduced" and "100.0 [100.0, 100.0]%" in win["evidence"]
+    assert win["verdict"] == "inconclusive"
+    assert "dpo+lsam(1e-1) − dpo: 25.0 [-54.6, 100.0] pp; head-to-head 100.0 [100.0, 100.0]%" in win["evidence"]
+    assert "(0% ties, 0% identical samples); KL difference -0.20 [-1.28, +0.88] nats" in win["evidence"]
     for name in ("SLiC-HF", "CPO"):
         c = find(f"logits-SAM raises {name}'s win rate")
         assert c["verdict"] == "not measured" and c["evidence"].startswith("runs missing")
     for kind in ("parameter", "logit"):
-        assert find(f"logits-SAM finds flatter solutions (§4.3: lower {kind}")["verdict"] == "reproduced"
+        c = find(f"logits-SAM finds flatter solutions (§4.3: lower {kind}")
+        assert c["verdict"] == "reproduced" and "Hutchinson estimate on 4 held-out pairs" in c["evidence"]
     matched = find("the squeezing reduction is not just a smaller step")
     assert matched["verdict"] == "reproduced"
-    assert "3 of 3 seeds" in matched["evidence"]
+    assert "3 of 3 seeds" in matched["evidence"] and "1 of 2 seeds inside the two DPO runs" in matched["evidence"]
     assert find("some ρ of the sweep")["verdict"] == "not measured"  # one ρ only
 
 
 def test_analyse_claim_verdicts_follow_the_data(tmp_path):
-    """SAM's reward below DPO's everywhere and its Δ+ below DPO's: the same claims come out reversed."""
+    """SAM loses to SFT more often than DPO and its Δ+ is below DPO's: the same claims come out reversed."""
     out = build_study(tmp_path, runs={"dpo": SEEDS})
     for s in SEEDS:
-        rec = _record("dpo+lsam(1e-1)", s, reward_shift=-0.05)
+        rec = _record("dpo+lsam(1e-1)", s, reward_shift=-0.05, outcomes_vs_sft=[0.0] * 6)
         for r in rec["log"]:
             if "eval_loss" in r:
                 r["eval_logps/chosen_drift"] = 2 * _trajectory("dpo", s)[0][STEPS.index(r["step"])] - 0.1 * s
@@ -606,13 +1423,78 @@ def test_analyse_claim_verdicts_follow_the_data(tmp_path):
     res = analyse(out)
     p = res["paired"]["dpo+lsam(1e-1)"]
     assert p["win"] == {"mean": 0.0, "low": 0.0, "high": 0.0, "n": 3}
+    # gain against SFT: [−1, 0, −1, −½, ·, −1] on every seed → mean −0.7, t over five prompts
+    m, lo, hi = t_interval([-1.0, 0.0, -1.0, -0.5, -1.0], ref_t(4))
+    assert lo < -1.0 < hi < 0  # cut at −1
+    assert_estimate(p["win_vs_sft_diff"], m, -1.0, hi, 3, abs_tol=1e-7)
     # Δ+ differences: final 2·(−2a) − 0.1 s − (−2a) = −2a − 0.1 s = −2.2, −2.7, −2.0
     assert_estimate(p["chosen_drift_diff"], *t_interval([-2.2, -2.7, -2.0], 4.303), 3)
     v = {c["claim"].split(" (")[0]: c["verdict"] for c in res["claims"]}
     assert v["logits-SAM reduces the squeezing of held-out chosen responses in DPO"] == "not reproduced"
-    assert v["logits-SAM raises DPO's win rate"] == "not reproduced"
+    assert v["logits-SAM raises DPO's win rate against SFT"] == "not reproduced"
     assert res["matched_movement"]["seeds"] == [2, 3, 4]
     assert "equal_kl" not in res["matched_movement"]  # no half-step runs
+
+
+def test_analyse_a_gain_bought_with_kl_is_inconclusive(tmp_path):
+    # SAM wins against SFT where DPO did not, on 12 prompts and every seed, but its KL is 1 nat higher on every
+    # seed (± a prompt shape): the gain is resolved, the KL difference too
+    dpo_vs = [1.0, 0.0, 1.0, 0.0, 0.5, 1.0, 0.0, 1.0, 0.0, 0.5, 1.0, 0.0]
+    extra = {}
+    for s in SEEDS:
+        extra[("dpo", s)] = {"outcomes_vs_sft": dpo_vs}
+        extra[("dpo+lsam(1e-1)", s)] = {
+            "outcomes_vs_sft": [1.0] * 12,
+            "kl_values": [KL["dpo"][s] + 1.0 + 0.1 * s + k for k in KL_SHAPE],
+        }
+    out = build_study(tmp_path, runs={"dpo": SEEDS, "dpo+lsam(1e-1)": SEEDS}, extra=extra)
+    res = analyse(out)
+    p = res["paired"]["dpo+lsam(1e-1)"]
+    assert_matches_ref(p["win_vs_sft_diff"], [[1.0 - x for x in dpo_vs]] * 3, clip=(-1.0, 1.0))
+    assert p["win_vs_sft_diff"]["low"] > 0
+    assert_estimate(p["kl_diff"], *t_interval([1.2, 1.3, 1.4], T2), 3, abs_tol=1e-7)
+    assert p["kl_diff"]["low"] > 0
+    (win,) = [c for c in res["claims"] if c["claim"].startswith("logits-SAM raises DPO's")]
+    assert win["verdict"] == "inconclusive (the gain came with more KL)"
+
+
+def test_analyse_rho_sweep_at_the_bonferroni_level(tmp_path):
+    """Four values of ρ: each is compared with DPO at 95% and, for picking the best, at 1 − 0.05/4."""
+    dpo_vs = [0.5] * 8
+    sweep = {  # outcomes against SFT by seed 2, 3, 4 (8 prompts); DPO ties SFT everywhere
+        "dpo+lsam(1e-1)": [[0.5, 0.5, 0.5, 1, 0.5, 0, 0.5, 0.5], [0.5, 0.5, 0, 0.5, 0.5, 1, 0.5, 0.5], [0.5] * 4 + [1] + [0.5] * 3],
+        "dpo+lsam(1e-2)": [[1, 0.5, 0.5, 0.5, 1, 1, 0.5, 0.5], [0.5, 1, 1, 0.5, 0.5, 0.5, 0.5, 1], [0.5, 0.5, 0.5, 1, 0.5, 0.5, 1, 0.5]],
+        "dpo+lsam(1e-3)": [[1, 0.5, 0.5, 0.5, 0.5, 1, 0.5, 0.5], [0.5, 0.5, 1] + [0.5] * 5, [0.5] * 8],
+        "dpo+lsam(1e0)": [[0, 0.5, 0.5, 1, 0.5, 0, 0.5, 0.5], [0.5, 0.5, 0, 0.5, 0.5, 1, 0.5, 0], [0.5, 0, 0.5, 0.5, 1, 0.5, 0.5, 0.5]],
+    }  # fmt: skip
+    extra = {("dpo", s): {"outcomes_vs_sft": dpo_vs} for s in SEEDS}
+    for label, rows in sweep.items():
+        for s, row in zip(SEEDS, rows, strict=True):
+            extra[(label, s)] = {"outcomes_vs_sft": [float(x) for x in row]}
+    out = build_study(tmp_path, runs={"dpo": SEEDS, **{lb: SEEDS for lb in sweep}}, extra=extra)
+    res = analyse(out)
+    level = 1 - 0.05 / 4
+    assert set(res["rho_sweep_adjusted"]) == set(sweep)
+    refs = {}
+    for label, rows in sweep.items():
+        gain = [[x - 0.5 for x in row] for row in rows]
+        assert_matches_ref(res["paired"][label]["win_vs_sft_diff"], gain, clip=(-1.0, 1.0))
+        adj = res["rho_sweep_adjusted"][label]
+        assert adj["level"] == level and adj["seeds"] == [2, 3, 4] and "against" not in adj
+        refs[label] = assert_matches_ref(adj["win_vs_sft_diff"], gain, level=level, clip=(-1.0, 1.0))
+        # everything else of the pair is there too, at the adjusted level
+        assert_matches_ref(adj["kl_diff"], [[KL["dpo+lsam(1e-1)"][s] - KL["dpo"][s]] * 6 for s in SEEDS], level=level)
+    # the best ρ (by the adjusted mean) is 1e-2: its gain excludes 0 at 95% but not at 98.75%
+    best = max(refs, key=lambda lb: refs[lb]["mean"])
+    assert best == "dpo+lsam(1e-2)"
+    assert res["paired"][best]["win_vs_sft_diff"]["low"] > 0 > refs[best]["low"]
+    (rho,) = [c for c in res["claims"] if c["claim"].startswith("some ρ of the sweep")]
+    assert rho["verdict"] == "inconclusive"
+    assert "ρ=0.01 (the best of 4, at the Bonferroni level 98.75%)" in rho["evidence"]
+    assert rho["evidence"].startswith("win-rate gain over DPO by ρ (95%): ρ=0.001: ")
+    # the DPO claim (ρ = 0.1) is judged at 95% on its own
+    (dpo,) = [c for c in res["claims"] if c["claim"].startswith("logits-SAM raises DPO's")]
+    assert dpo["verdict"] == "inconclusive"
 
 
 def test_analyse_one_seed_is_not_measured(tmp_path):
@@ -638,6 +1520,13 @@ def test_trajectory_and_final_use_evaluation_records_only():
 # ---------------------------------------------------------------------------------------------------
 
 
+def _strict_json(path):
+    def refuse(token):
+        raise AssertionError(f"{path.name} is not strict JSON: {token}")
+
+    return json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse)
+
+
 def test_write_study_report_on_the_synthetic_study(tmp_path):
     from logitsam.study.study_report import PNG, write_study_report
 
@@ -645,17 +1534,60 @@ def test_write_study_report_on_the_synthetic_study(tmp_path):
     text = write_study_report(out)
     assert "- **reproduced** — logits-SAM reduces the squeezing" in text  # the claims, one line each
     assert len(text.splitlines()) == 8
-    res = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
+    res = _strict_json(tmp_path / "results.json")
     assert res["paired"]["dpo+lsam(1e-1)"]["win"]["mean"] == 1.0
     assert [c["verdict"] for c in res["claims"]] == [c["verdict"] for c in analyse(out)["claims"]]
     md = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "## Claims" in md and "**reproduced** — logits-SAM reduces the squeezing" in md
-    assert "| dpo+lsam(1e-1) | 3 |" in md and "100.0 [100.0, 100.0] vs dpo" in md
+    assert "| vs plain: win-rate gain pp / head-to-head % |" in md
+    assert (
+        "| dpo+lsam(1e-1) | 3 | 90.0 [62.2, 100.0] | 75.0 [0.0, 100.0] "
+        "| 25.0 [-54.6, 100.0] / 100.0 [100.0, 100.0] vs dpo (3 seeds) |"
+    ) in md
+    assert "| dpo | 3 | 70.0 [14.5, 100.0] | 50.0 [0.0, 100.0] | – |" in md
+    assert "Tuning: ρ = 0.1 for DPO + logits-SAM was chosen on the demo's tuning seed 0" in md
     assert "Unfinished: dpo(lr×0.5) have fewer than the planned 3 seeds." in md
+    assert (
+        "Not run yet: slic, slic+lsam(1e0), cpo, cpo+lsam(1e-1), dpo+lsam(1e-3), dpo+lsam(1e-2), dpo+lsam(1e0), "
+        "dpo+lsam(1e-4), gate_dpo, dpo_abs, spo_target, dpo+fullsam(1e-2) (`logitsam study --out DIR` resumes)."
+    ) in md
     for name in PNG.values():
         png = tmp_path / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000, name
         assert f"]({name})" in md
+
+
+def test_write_study_report_drift_plot_uses_the_steps_every_seed_logged(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.axes import Axes
+
+    from logitsam.study.study_report import write_study_report
+
+    out = build_study(tmp_path)
+    # DPO's seed 3 missed its step-20 evaluation, seed 4 has one more at step 50
+    for seed, change in ((3, lambda log: [r for r in log if not (r["step"] == 20 and "eval_loss" in r)]),
+                         (4, lambda log: [*log, dict(log[-2], step=50)])):  # fmt: skip
+        path = tmp_path / "runs" / f"dpo_s{seed}" / "record.json"
+        rec = json.loads(path.read_text(encoding="utf-8"))
+        rec["log"] = change(rec["log"])
+        _write(path, rec)
+    drawn = []
+    plot = Axes.plot
+
+    def record_plot(self, *args, **kw):
+        drawn.append((kw.get("label"), list(args[0]) if args else None))
+        return plot(self, *args, **kw)
+
+    monkeypatch.setattr(Axes, "plot", record_plot)
+    write_study_report(out)
+    by = {}
+    for label, xs in drawn:
+        by.setdefault(label, []).append(xs)
+    assert by["dpo (3 seeds)"] == [[0, 10, 30, 40]] * 2  # chosen and rejected panels
+    assert by["dpo+lsam(1e-1) (3 seeds)"] == [list(STEPS)] * 2
+    assert by["dpo(lr×0.5) (2 seeds)"] == [list(STEPS)] * 2
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -668,6 +1600,7 @@ def test_analyse_with_no_common_seed_between_sam_and_dpo(tmp_path):
     out = build_study(tmp_path, runs={"dpo": (2,), "dpo+lsam(1e-1)": (3,)})
     res = analyse(out)
     assert "dpo+lsam(1e-1)" not in res["paired"]  # nothing to pair: no comparison, not an empty one
+    assert res["rho_sweep_adjusted"] == {}
     assert {c["verdict"] for c in res["claims"]} == {"not measured"}
 
 
@@ -678,3 +1611,70 @@ def test_write_study_report_with_no_common_seed_for_the_half_step_control(tmp_pa
     write_study_report(out)
     md = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "| dpo(lr×0.5) | 1 |" in md
+    # one seed: no interval — written as null in strict JSON
+    res = _strict_json(tmp_path / "results.json")
+    assert res["configs"]["dpo"]["chosen_drift_final"]["low"] is None
+    assert res["configs"]["dpo"]["chosen_drift_final"]["mean"] == pytest.approx(-2.0)
+    assert "Not run yet: dpo+lsam(1e-1), slic," in md
+
+
+# ---------------------------------------------------------------------------------------------------
+# the demo's table (report.py): crossed intervals, the head-to-head and the paired gain
+# ---------------------------------------------------------------------------------------------------
+
+DEMO = {  # method: {seed: (outcomes vs SFT, rewards)}; 5 prompts
+    "dpo": {
+        0: ([1, 0, 1, 0, 1], [0.1, 0.2, 0.3, 0.4, 0.5]),
+        1: ([0, 0, 1, 1, 0.5], [0.2, 0.1, 0.4, 0.3, 0.6]),
+    },
+    "dpo+lsam(1e-2)": {
+        0: ([1, 1, 1, 0, 1], [0.2, 0.2, 0.1, 0.5, 0.6]),
+        1: ([1, 0, 1, 1, 1], [0.3, 0.1, 0.5, 0.2, 0.6]),
+    },
+}
+
+
+def _demo_results():
+    runs = {}
+    for method, seeds in DEMO.items():
+        for seed, (vs, rw) in seeds.items():
+            log = _evals([0.0, -1.0 - seed, -0.5 - seed], [0.0, -2.0, -3.0 - seed])
+            runs[f"{method}/s{seed}"] = {
+                "method": method,
+                "spec": {"seed": seed},
+                "outcomes_vs_sft": [float(x) for x in vs],
+                "outcomes_vs_chosen": [1.0, 0.0, 0.5],
+                "rewards": rw,
+                "kl": 1.0 + seed + (0.5 if "lsam" in method else 0.0),
+                "log": log,
+                "train_seconds": 10.0,
+            }
+    return {"runs": runs}
+
+
+def test_demo_summary_rows():
+    from logitsam.study.report import reading, summarize, table
+
+    rows = {r["method"]: r for r in summarize(_demo_results())}
+    dpo, sam = rows["dpo"], rows["dpo+lsam(1e-2)"]
+    assert dpo["seeds"] == sam["seeds"] == 2
+    assert_matches_ref(dpo["win_vs_sft"], [DEMO["dpo"][s][0] for s in (0, 1)])
+    assert_matches_ref(sam["mean_reward"], [DEMO["dpo+lsam(1e-2)"][s][1] for s in (0, 1)])
+    assert_matches_ref(sam["win_vs_chosen"], [[1.0, 0.0, 0.5]] * 2)
+    assert dpo["kl"] == pytest.approx(1.5) and sam["kl"] == pytest.approx(2.0)
+    assert dpo["chosen_drift_final"] == pytest.approx(-1.0) and dpo["chosen_drift_min"] == pytest.approx(-1.5)
+    assert "head_to_head" not in dpo and "gain_vs_plain" not in dpo
+    # head-to-head by reward, same prompt and seed: s0 [1, ½, 0, 1, 1], s1 [1, ½, 1, 0, ½]
+    h2h = sam["head_to_head"]
+    assert h2h["against"] == "dpo" and h2h["mean"] == pytest.approx(6.5 / 10)
+    assert_matches_ref({k: v for k, v in h2h.items() if k != "against"}, [[1, 0.5, 0, 1, 1], [1, 0.5, 1, 0, 0.5]])
+    # the gain in win rate against SFT: s0 [0, 1, 0, 0, 0], s1 [1, 0, 0, 0, ½]
+    gain = sam["gain_vs_plain"]
+    assert gain["against"] == "dpo" and gain["mean"] == pytest.approx(2.5 / 10)
+    r = assert_matches_ref({k: v for k, v in gain.items() if k != "against"}, [[0, 1, 0, 0, 0], [1, 0, 0, 0, 0.5]])
+    lines = reading(list(rows.values()))
+    (line,) = [x for x in lines if x.startswith("- dpo+lsam(1e-2)")]
+    assert f"+25.0 pp [{100 * r['low']:+.1f}, {100 * r['high']:+.1f}]" in line
+    assert "the interval contains 0" in line
+    md = table(list(rows.values()), {"mean_reward": {"mean": 0.0}}, "letters")
+    assert f"| {100 * h2h['mean']:.1f} [{100 * h2h['low']:.1f}, {100 * h2h['high']:.1f}] vs dpo |" in md

@@ -83,6 +83,8 @@ def config_row(label: str, seeds: dict[int, dict[str, Any]]) -> dict[str, Any]:
 
 def _clip(e: Estimate, low: float, high: float) -> Estimate:
     """An interval cut to the values the quantity can take (a t interval for a rate can leave [0, 1])."""
+    if not (e.low == e.low and e.high == e.high):  # no interval: nothing to clip (NaN stays NaN)
+        return e
     return Estimate(e.mean, max(low, e.low), min(high, e.high), e.n)
 
 

@@ -181,8 +181,8 @@ def write_report(out: str, results: dict[str, Any]) -> str:
         "Win rates: each model's sample for a held-out prompt against the SFT model's sample (same seed) and "
         "against the held-out pair's chosen response (the SFT row: the SFT model's own rate against chosen), judged "
         "by the gold reward (ties 1/2); head-to-head: each SAM run against the run of the same loss without SAM on "
-        "the same prompt with the same seed. Intervals are 95% percentile bootstraps resampling prompts and seeds as "
-        "clusters (two seeds are few: `logitsam study` runs three and more prompts). "
+        "the same prompt with the same seed. Intervals are 95% t intervals treating seeds and prompts as crossed "
+        "random factors (docs/design.md §8; two seeds are few: `logitsam study` runs three, and more prompts). "
         "Δ± = log π(y±) − log π_ref(y±) on held-out pairs "
         "(negative Δ+ = the chosen response is being squeezed). Every run starts from the same model and evaluates "
         "the same held-out pairs, so step 0 is evaluated once per loss setup and shared.",

@@ -102,13 +102,15 @@ class Study:
         held = set(demo_eval)
         self.train_pairs = [p for p in pairs if p["prompt"] not in held]
         self.eval_pairs = [p for p in pairs if p["prompt"] in held]
-        self.train_file = write_jsonl(self.train_pairs, os.path.join(out, "data", "train.jsonl"))
-        self.eval_file = write_jsonl(self.eval_pairs, os.path.join(out, "data", "heldout.jsonl"))
         extra = [p for p in heldout_prompts(s.extra_prompts) if p not in set(prompts)]
         self.prompts = demo_eval + extra  # win rates and KL on these
         self.chosen = {p["prompt"]: p["chosen"] for p in self.eval_pairs}
         self.data = hashlib.sha256(json.dumps([self.train_pairs, self.eval_pairs]).encode()).hexdigest()[:16]
-        self.shared = self._shared()
+        self.train_file = os.path.join(out, "data", "train.jsonl")
+        self.eval_file = os.path.join(out, "data", "heldout.jsonl")
+        self.shared = self._shared()  # refuses other settings or pairs before anything is written
+        write_jsonl(self.train_pairs, self.train_file)
+        write_jsonl(self.eval_pairs, self.eval_file)
 
     def _samples(self, model: Any, name: str) -> tuple[list[str], list]:
         # one seed for every model (common random numbers: paired comparisons see the same noise)

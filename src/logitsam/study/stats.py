@@ -118,7 +118,9 @@ def t_quantile_at(df: float, level: float) -> float:
         return float(_betainc(df / 2, 0.5, x))
 
     lo, hi = 0.0, 1e4
-    for _ in range(200):
+    while tail(hi) > 1 - level and hi < 1e300:  # 1 df at extreme levels: the quantile is far out
+        lo, hi = hi, hi * 100
+    for _ in range(400):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if tail(mid) > 1 - level else (lo, mid)
     return (lo + hi) / 2
@@ -155,9 +157,10 @@ def crossed_interval(grid: Sequence[Sequence[float]], *, level: float = 0.95) ->
     """Mean of a seeds × prompts grid with a t interval from the crossed random-effects ANOVA.
 
     Var(mean) = (MS_seed + MS_prompt − MS_cell)/(S·P) — unbiased for σ²_seed/S + σ²_prompt/P + σ²_cell/(SP)
-    — floored at the larger of MS_seed, MS_prompt over S·P (a variance component estimated below 0 is 0),
-    with Satterthwaite degrees of freedom. Prompts with a missing (NaN) cell are left out (the ANOVA
-    needs a complete grid); seeds with no outcome too. One seed: the t interval over prompts.
+    — with a variance component estimated below 0 set to 0 (MS_prompt/(S·P), MS_seed/(S·P) or
+    MS_cell/(S·P) then), and Satterthwaite degrees of freedom (floored at the smallest df of its terms).
+    Prompts with a missing (NaN) cell are left out (the ANOVA needs a complete grid); seeds with no
+    outcome too. One seed: the t interval over prompts.
     ``n`` = seeds used.
     """
     x = np.asarray(grid, dtype=np.float64)
@@ -180,14 +183,24 @@ def crossed_interval(grid: Sequence[Sequence[float]], *, level: float = 0.95) ->
     ms_p = s_n * float(((cs - mean) ** 2).sum()) / (p_n - 1)
     resid = x - rs[:, None] - cs[None, :] + mean
     ms_e = float((resid**2).sum()) / ((s_n - 1) * (p_n - 1))
-    terms = [(ms_s, s_n - 1), (ms_p, p_n - 1), (-ms_e, (s_n - 1) * (p_n - 1))]
+    # each variance component truncated at 0: S·P·Var = max(MS_s − MS_e, 0) + max(MS_p − MS_e, 0) + MS_e
+    df_s, df_p, df_e = s_n - 1, p_n - 1, (s_n - 1) * (p_n - 1)
+    tie = 1e-9 * max(ms_s, ms_p, ms_e)  # a component within rounding of 0 is 0 (else df jumps on noise)
+    seed_on, prompt_on = ms_s - ms_e > tie, ms_p - ms_e > tie
+    if seed_on and prompt_on:
+        terms = [(ms_s, df_s), (ms_p, df_p), (-ms_e, df_e)]
+    elif seed_on:
+        terms = [(ms_s, df_s)]
+    elif prompt_on:
+        terms = [(ms_p, df_p)]
+    else:
+        terms = [(ms_e, df_e)]
     total = sum(t for t, _ in terms)
-    if total < max(ms_s, ms_p):  # a negative variance-component estimate: that component is 0
-        terms = [max(terms[:2], key=lambda t: t[0])]
-        total = terms[0][0]
     if total <= 0:
         return Estimate(mean, mean, mean, s_n)
-    df = total**2 / sum(t * t / d for t, d in terms)
+    # Satterthwaite; with the negative term it can fall below every component's own df, where it is no
+    # longer a useful approximation: floor it at the smallest df of the positive terms
+    df = max(total**2 / sum(t * t / d for t, d in terms), min(d for t, d in terms if t > 0))
     half = t_quantile_at(df, level) * math.sqrt(total / (s_n * p_n))
     return Estimate(mean, mean - half, mean + half, s_n)
 
