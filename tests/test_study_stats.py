@@ -797,8 +797,8 @@ def test_paired_hand_worked():
     assert_estimate(p["chosen_drift_diff"], *t_interval([1.0, 0.5], 12.706), 2)
     assert_estimate(p["rejected_drift_diff"], *t_interval([0.5, 1.0], 12.706), 2)
     assert_estimate(p["top_token_diff"], *t_interval([-0.02, -0.01], 12.706), 2)
-    assert_estimate(p["parameter_hessian_diff"], *t_interval([-2.0, -3.0], 12.706), 2)
-    assert_estimate(p["logit_hessian_diff"], *t_interval([-1.0, -0.9], 12.706), 2)
+    assert_estimate(p["parameter_hessian_diff"], *with_probe_error(*t_interval([-2.0, -3.0], 12.706), [0.1] * 4), 2)
+    assert_estimate(p["logit_hessian_diff"], *with_probe_error(*t_interval([-1.0, -0.9], 12.706), [0.1] * 4), 2)
     # a wider level widens the grid intervals and is recorded
     q = paired(a, b, level=0.99)
     assert q["level"] == 0.99
@@ -1039,10 +1039,22 @@ def test_claims_rho_sweep_is_judged_at_the_bonferroni_level():
     assert "Best: win rate against SFT, ρ=1 (the best of 3" in out[4]["evidence"] and v[4] == "inconclusive"
 
 
+def with_probe_error(mean, low, high, stderrs):
+    """A seed t interval widened by the Hutchinson error: half = hypot(t half, 1.96·√(Σ se²)/n), where
+    stderrs lists every trace's standard error (both models, every seed) and n = seeds."""
+    n = len(stderrs) // 2
+    hutch = 1.959964 * math.sqrt(sum(x * x for x in stderrs)) / n
+    half = math.hypot(high - mean, hutch)
+    return mean, mean - half, mean + half
+
+
 def test_claims_hessian_traces():
     v, out = _verdicts(_res({"dpo+lsam(1e-1)": _pair()}))
     assert v[5:7] == ["reproduced", "inconclusive"]  # parameter: below 0; logit: reaches above 0
-    assert "trace difference (SAM − plain, same seed) -2.0 [-3.0, -1.0], t over 3 seeds" in out[5]["evidence"]
+    assert (
+        "trace difference (SAM − plain, same seed) -2.0 [-3.0, -1.0]: t over 3 seeds and the probes' own error"
+        in out[5]["evidence"]
+    )
     assert "Hutchinson estimate on 4 held-out pairs" in out[5]["evidence"]
     assert "-0.500 [-0.600, +0.100]" in out[6]["evidence"]
     p = _pair(parameter_hessian_diff=_e(1.0, 0.5, 1.5))
@@ -1324,8 +1336,10 @@ def test_analyse_paired_comparisons(study):
     assert p["chosen_drift_diff"]["low"] == pytest.approx(1.0 - 4.303 * 0.1 / math.sqrt(3))
     assert_estimate(p["rejected_drift_diff"], *t_interval([1.5, 1.8, 1.8], 4.303), 3)
     assert_estimate(p["top_token_diff"], -0.02, -0.02, -0.02, 3)
-    assert_estimate(p["parameter_hessian_diff"], *t_interval([-2.0, -3.0, -1.5], 4.303), 3)
-    assert_estimate(p["logit_hessian_diff"], *t_interval([-1.0, -1.1, -0.9], 4.303), 3)
+    assert_estimate(
+        p["parameter_hessian_diff"], *with_probe_error(*t_interval([-2.0, -3.0, -1.5], 4.303), [0.1] * 6), 3
+    )
+    assert_estimate(p["logit_hessian_diff"], *with_probe_error(*t_interval([-1.0, -1.1, -0.9], 4.303), [0.1] * 6), 3)
     # the half-step run: only the seeds both have; it loses every head-to-head
     q = res["paired"]["dpo(lr×0.5)"]
     assert q["against"] == "dpo" and q["seeds"] == [2, 3]

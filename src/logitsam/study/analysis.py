@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 from collections import defaultdict
 from typing import Any
@@ -123,10 +124,25 @@ def paired(a: dict[int, dict], b: dict[int, dict], level: float = 0.95) -> dict[
         out[key.split("/")[1] + "_diff"] = seed_interval([final(a[s], key) - final(b[s], key) for s in common])
     if all("hessian" in a[s] and "hessian" in b[s] for s in common):
         for kind in ("parameter_hessian", "logit_hessian"):
-            diffs = [a[s]["hessian"][kind]["trace"] - b[s]["hessian"][kind]["trace"] for s in common]
-            out[kind + "_diff"] = seed_interval(diffs)
+            out[kind + "_diff"] = _trace_diff(
+                [a[s]["hessian"][kind] for s in common], [b[s]["hessian"][kind] for s in common]
+            )
     out["level"] = level
     return {k: v.to_dict() if isinstance(v, Estimate) else v for k, v in out.items()}
+
+
+def _trace_diff(a: list[dict[str, float]], b: list[dict[str, float]]) -> Estimate:
+    """Mean over seeds of trace(a) − trace(b), with an interval for both sources of error: the seeds
+    (t over seeds) and the Hutchinson estimates themselves. Every model is probed with the same
+    vectors, so probe noise is shared across seeds and a t over seeds does not see it; it is added
+    as if independent between the two models (1.96·√(Σ se_a² + se_b²)/n, conservative when the
+    shared probes make the two errors alike)."""
+    e = seed_interval([x["trace"] - y["trace"] for x, y in zip(a, b, strict=True)])
+    hutch = 1.959964 * math.sqrt(sum(x["stderr"] ** 2 + y["stderr"] ** 2 for x, y in zip(a, b, strict=True))) / len(a)
+    if not (e.low == e.low and hutch == hutch):
+        return e
+    half = math.hypot(e.high - e.mean, hutch)
+    return Estimate(e.mean, e.mean - half, e.mean + half, e.n)
 
 
 def _at_equal(sam: dict, plain: dict, x_of: Any) -> float:

@@ -70,7 +70,8 @@ def claims(res: dict[str, Any]) -> list[dict[str, str]]:
             add(
                 claim,
                 verdict(e, 0.0, -1),
-                f"trace difference (SAM − plain, same seed) {_fmt(e, digits=digits)}, t over {e['n']} seeds; each "
+                f"trace difference (SAM − plain, same seed) {_fmt(e, digits=digits)}: t over {e['n']} seeds and the "
+                "probes' own error; each "
                 f"trace a Hutchinson estimate on {res['hessian_pairs']} held-out pairs (per-seed values and standard "
                 "errors in results.json)",
             )
