@@ -18,7 +18,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .demo import DemoSettings, RunSpec
+from .demo import DemoSettings, RunSpec, quick_settings
 
 DPO_RHO = 0.1
 TUNING_NOTE = (
@@ -106,17 +106,10 @@ class StudySettings(DemoSettings):
 
 
 def quick_study() -> StudySettings:
-    """The study pipeline on the tiny random model and the letters reward, in seconds (tests only)."""
+    """The study pipeline on the demo's quick settings (tiny random model, letters reward), in seconds."""
+    base = {k: v for k, v in asdict(quick_settings()).items() if k != "runs"}
     return StudySettings(
-        model="tiny-random",
-        reward="letters",
-        n_eval_prompts=4,
-        max_prompts=16,
-        new_tokens=8,
-        learning_rate=1e-3,
-        batch_size=4,
-        eval_steps=1,
-        max_length=160,
+        **base,
         seeds=(0, 1),
         groups=("dpo", "dpo-small-step"),
         extra_prompts=6,

@@ -19,26 +19,20 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from ..evaluation.winrate import Interval
 
 # two-sided 95% Student-t quantiles by degrees of freedom (scipy is not a dependency)
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 
 @dataclass(frozen=True)
-class Estimate:
-    """A mean with a 95% interval; ``n`` = the number of clusters or seeds it rests on."""
-
-    mean: float
-    low: float
-    high: float
-    n: int
-
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
+class Estimate(Interval):
+    """A mean with a 95% interval (any construction); ``n`` = the seeds or clusters it rests on."""
 
     def excludes(self, value: float) -> int:
         """+1 if the whole interval is above ``value``, −1 if below, 0 if it contains it (or is undefined)."""
