@@ -122,7 +122,8 @@ def test_quick_study_records_and_reports(finished):
     with open(os.path.join(out, "report.md"), encoding="utf-8") as f:
         report = f.read()
     assert "## Claims" in report and "| dpo+lsam(1e-1) | 2 |" in report and "Tuning:" in report
-    assert "Not run yet: slic, slic+lsam(1e0), cpo" in report  # the groups this quick study left out
+    assert "**Status: 6 of 6 planned runs finished**." in report  # the quick study's own groups only
+    assert "Tuning: none (a pipeline check)" in report and "| mean letters reward |" in report
     assert os.path.getsize(os.path.join(out, "drift_curves.png")) > 5000
 
 
@@ -207,13 +208,25 @@ def test_study_cli_plan_and_bad_options(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LOGITSAM_CACHE", str(tmp_path / "cache"))
     assert cli.main(["study", "--plan", "--out", str(tmp_path / "s"), "--seeds", "7"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "todo  dpo/s7" and all(line.startswith("todo  ") for line in lines)
+    assert lines[0] == "todo    dpo/s7" and all(line.startswith("todo    ") for line in lines)
     for argv, msg in (
-        (["--groups", "dpo,nope"], "--groups: unknown nope"),
+        (["--groups", "dpo,nope"], "--groups: unknown 'nope'"),
+        (["--groups", "dpo,"], "--groups: empty item"),
+        (["--groups", ""], "--groups: empty item"),
+        (["--groups", "dpo,dpo"], "--groups: repeated item"),
         (["--seeds", "1,x"], "--seeds: comma-separated integers"),
-        (["--seeds", "1,1"], "--seeds: repeated seed"),
+        (["--seeds", "1,,2"], "--seeds: empty item"),
+        (["--seeds", ""], "--seeds: empty item"),
+        (["--seeds", "1,1"], "--seeds: repeated item"),
         (["--seeds", "-1"], "--seeds: must be in"),
         (["--device", "tpu"], "--device: one of auto, cpu, cuda"),
+        (["--report-only", "--quick"], "--report-only reports what DIR"),
     ):
-        assert cli.main(["study", "--plan", *argv]) != 0
+        plan = [] if "--report-only" in argv else ["--plan"]
+        assert cli.main(["study", *plan, *argv]) != 0
         assert msg in capsys.readouterr().err, argv
+    # --report-only on a directory that is not a study: one line, nothing created
+    for target in (tmp_path / "none", tmp_path):
+        assert cli.main(["study", "--report-only", "--out", str(target)]) == 2
+        assert "not a study directory (no shared.json)" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()

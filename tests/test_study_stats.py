@@ -979,7 +979,7 @@ def test_claims_win_rate_judges_the_paired_gain_against_sft():
     v, ev = dpo_win()
     assert v == "reproduced"
     assert ev.startswith(
-        "win rate against SFT, dpo+lsam(1e-1) − dpo: 5.0 [2.0, 8.0] pp; head-to-head 60.0 [55.0, 65.0]%"
+        "win rate against SFT, dpo+lsam(1e-1) − dpo: +5.0 [+2.0, +8.0] pp; head-to-head 60.0 [55.0, 65.0]%"
     )
     assert "(25% ties, 12% identical samples); KL difference +0.00 [-0.10, +0.10] nats; 3 seeds × prompts" in ev
     # the head-to-head does not decide: a clear head-to-head with an unresolved gain is inconclusive ...
@@ -1026,9 +1026,9 @@ def test_claims_rho_sweep_is_judged_at_the_bonferroni_level():
     assert v[4] == "inconclusive"
     ev = out[4]["evidence"]
     assert ev.startswith(
-        "win-rate gain over DPO by ρ (95%): ρ=0.01: 8.0 [1.0, 15.0] pp; ρ=0.1: 2.0 [-3.0, 7.0] pp; "
-        "ρ=1: -5.0 [-10.0, 0.0] pp. Best: win rate against SFT, ρ=0.01 (the best of 3, at the Bonferroni "
-        "level 98.33%): 8.0 [-1.0, 17.0] pp"
+        "win-rate gain over DPO by ρ (95%): ρ=0.01: +8.0 [+1.0, +15.0] pp; ρ=0.1: +2.0 [-3.0, +7.0] pp; "
+        "ρ=1: -5.0 [-10.0, +0.0] pp. Best: win rate against SFT, ρ=0.01 (the best of 3, at the Bonferroni "
+        "level 98.33%): +8.0 [-1.0, +17.0] pp"
     )
     # clear at the adjusted level too: reproduced
     adjusted["dpo+lsam(1e-2)"] = _pair(gain=(0.08, 0.005, 0.155), level=1 - 0.05 / 3)
@@ -1080,7 +1080,7 @@ def test_claims_matched_movement_downgraded_by_a_contradicting_control():
     ev = out[7]["evidence"]
     assert "at the same held-out rejected drift +0.30 [+0.10, +0.50] (3 of 3 seeds matched)" in ev
     assert "at the same margin +0.20 [+0.05, +0.35]" in ev
-    assert "1 of 2 seeds inside the two DPO runs) +0.40 [-0.50, +1.30]" in ev
+    assert "1 of 2 seeds inside the two DPO runs: the rest extrapolated) +0.40 [-0.50, +1.30]" in ev
     # the same margin says the opposite: only inconclusive
     assert _verdicts(_res(pairs, mm | {"equal_margin": _e(-0.2, -0.35, -0.05)}))[0][7] == "inconclusive"
     # so does equal KL
@@ -1093,7 +1093,9 @@ def test_claims_matched_movement_downgraded_by_a_contradicting_control():
     v, out = _verdicts(_res(pairs, mm_no_kl))
     assert (
         v[7] == "reproduced"
-        and "the same KL (line through DPO and DPO at half the learning rate) –" in out[7]["evidence"]
+        and "the same KL (line through DPO and DPO at half the learning rate: DPO at half the learning rate not "
+        "finished) –"
+        in out[7]["evidence"]
     )
 
 
@@ -1411,7 +1413,7 @@ def test_analyse_claims(study):
     # the head-to-head is 100%, but the gain in win rate against SFT (+25 pp) is not resolved on four prompts
     win = find("logits-SAM raises DPO's win rate")
     assert win["verdict"] == "inconclusive"
-    assert "dpo+lsam(1e-1) − dpo: 25.0 [-54.6, 100.0] pp; head-to-head 100.0 [100.0, 100.0]%" in win["evidence"]
+    assert "dpo+lsam(1e-1) − dpo: +25.0 [-54.6, +100.0] pp; head-to-head 100.0 [100.0, 100.0]%" in win["evidence"]
     assert "(0% ties, 0% identical samples); KL difference -0.20 [-1.28, +0.88] nats" in win["evidence"]
     for name in ("SLiC-HF", "CPO"):
         c = find(f"logits-SAM raises {name}'s win rate")
@@ -1560,11 +1562,11 @@ def test_write_study_report_on_the_synthetic_study(tmp_path):
     ) in md
     assert "| dpo | 3 | 70.0 [14.5, 100.0] | 50.0 [0.0, 100.0] | – |" in md
     assert "Tuning: ρ = 0.1 for DPO + logits-SAM was chosen on the demo's tuning seed 0" in md
-    assert "Unfinished: dpo(lr×0.5) have fewer than the planned 3 seeds." in md
-    assert (
-        "Not run yet: slic, slic+lsam(1e0), cpo, cpo+lsam(1e-1), dpo+lsam(1e-3), dpo+lsam(1e-2), dpo+lsam(1e0), "
-        "dpo+lsam(1e-4), gate_dpo, dpo_abs, spo_target, dpo+fullsam(1e-2) (`logitsam study --out DIR` resumes)."
-    ) in md
+    assert md.splitlines()[2] == (
+        "**Status: 8 of 45 planned runs finished**; fewer seeds than planned: dpo(lr×0.5); not run yet: slic, "
+        "slic+lsam(1e0), cpo, cpo+lsam(1e-1), dpo+lsam(1e-3), dpo+lsam(1e-2), dpo+lsam(1e0), dpo+lsam(1e-4), "
+        f"gate_dpo, dpo_abs, spo_target, dpo+fullsam(1e-2) — `logitsam study --out {out}` resumes."
+    )
     for name in PNG.values():
         png = tmp_path / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000, name
@@ -1629,7 +1631,7 @@ def test_write_study_report_with_no_common_seed_for_the_half_step_control(tmp_pa
     res = _strict_json(tmp_path / "results.json")
     assert res["configs"]["dpo"]["chosen_drift_final"]["low"] is None
     assert res["configs"]["dpo"]["chosen_drift_final"]["mean"] == pytest.approx(-2.0)
-    assert "Not run yet: dpo+lsam(1e-1), slic," in md
+    assert "not run yet: dpo+lsam(1e-1), slic," in md
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ finished so far; configurations with fewer seeds than planned are marked.
 from __future__ import annotations
 
 import glob
-import json
+import logging
 import math
 import os
 from collections import defaultdict
@@ -18,21 +18,25 @@ from typing import Any
 from .plan import GROUPS, TUNING_NOTE
 from .stats import Estimate, at_level, crossed_interval, head_to_head, on_line, seed_interval
 
+log = logging.getLogger(__name__)
 ORDER = [c.label for g in GROUPS.values() for c in g]
 PLAIN = {c.label: c.plain for g in GROUPS.values() for c in g}
 HELD = ("eval_logps/chosen_drift", "eval_logps/rejected_drift", "eval_probs/top_token")
 
 
 def load(out: str) -> tuple[dict[str, Any], dict[str, dict[int, dict[str, Any]]]]:
-    """(shared.json, {configuration label: {seed: record}}) of a study directory."""
-    with open(os.path.join(out, "shared.json"), encoding="utf-8") as f:
-        shared = json.load(f)
+    """(shared.json, {configuration label: {seed: record}}) of a study directory; records made under
+    other settings are left out with a warning naming them."""
+    from .command import read_record, read_shared
+
+    shared = read_shared(out)
     runs: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
     for path in sorted(glob.glob(os.path.join(out, "runs", "*", "record.json"))):
-        with open(path, encoding="utf-8") as f:
-            rec = json.load(f)
-        if rec.get("key") == shared["key"]:
+        rec = read_record(path)
+        if rec["key"] == shared["key"]:
             runs[rec["method"]][rec["spec"]["seed"]] = rec
+        else:
+            log.warning("%s: finished under other study settings; left out of the report", path)
     order = {label: i for i, label in enumerate(ORDER)}
     return shared, dict(sorted(runs.items(), key=lambda kv: order.get(kv[0], len(order))))
 
@@ -203,14 +207,14 @@ def matched(sam: dict[int, dict], plain: dict[int, dict], small: dict[int, dict]
     return out
 
 
-def _fmt(e: dict[str, float], pct: bool = False, digits: int = 2) -> str:
+def _fmt(e: dict[str, float], pct: bool = False, digits: int = 2, signed: bool = False) -> str:
     """ "mean [low, high]" (percent for rates); three significant digits where ``digits`` would show 0."""
     if not e or e.get("n", 0) == 0 or e["mean"] != e["mean"]:
         return "–"
     k = 100 if pct else 1
     vals = [k * e["mean"], k * e["low"], k * e["high"]]
     if pct:
-        f = "{:.1f}"
+        f = "{:+.1f}" if signed else "{:.1f}"
     elif 0 < max(abs(v) for v in vals if v == v) < 10**-digits:
         f = "{:+.3g}"
     else:
@@ -225,7 +229,7 @@ def verdict(e: dict[str, float], null: float, direction: int, smallest: float | 
     the other side, or lies entirely short of ``smallest`` (the smallest effect the claim is about);
     otherwise inconclusive."""
     if not e or e.get("n", 0) < 2 or e["low"] != e["low"]:
-        return "not measured"
+        return "not measured"  # fewer than 2 seeds: no interval over seeds
     side = Estimate(**e).excludes(null)
     if side == direction:
         return "reproduced"
@@ -263,17 +267,20 @@ def analyse(out: str) -> dict[str, Any]:
 
     res = {
         "description": shared["description"],
-        "tuning": TUNING_NOTE,
+        "tuning": TUNING_NOTE if shared["settings"].get("model") != "tiny-random" else "none (a pipeline check)",
         "prompts": len(shared["prompts"]),
         "chosen_prompts": len(shared["chosen_prompts"]),
         "pairs": shared["pairs"],
         "planned_seeds": list(shared["settings"]["seeds"]),
         "hessian_pairs": shared["settings"].get("hessian_pairs"),
+        "reward_name": {"vader": "VADER", "letters": "letters reward"}.get(shared["settings"].get("reward"), "reward"),
+        "quick": shared["settings"].get("model") == "tiny-random",
         "sft": sft,
         "configs": rows,
         "paired": pairs,
         "rho_sweep_adjusted": adjusted,
-        "planned": ORDER,
+        # the configurations of the groups the study was started with (runs of others count too)
+        "planned": [c.label for g in shared["settings"].get("groups", GROUPS) if g in GROUPS for c in GROUPS[g]],
         "matched_movement": control,
     }
     res["claims"] = claims(res)

@@ -38,7 +38,7 @@ def claims(res: dict[str, Any]) -> list[dict[str, str]]:
         add(
             squeeze,
             v,
-            f"held-out Δ+ (DPO+logits-SAM − DPO, same seed) {_fmt(e)} nats, t over {e['n']} seeds on the same "
+            f"held-out Δ+ (DPO+logits-SAM − DPO, same seed) {_fmt(e)} nats, t over {_seeds(e)} on the same "
             f"{res['pairs']['heldout']} held-out pairs; plain DPO's Δ+ {_fmt(base)}; Δ− difference "
             f"{_fmt(dpo['rejected_drift_diff'])}{note}",
         )
@@ -57,7 +57,7 @@ def claims(res: dict[str, Any]) -> list[dict[str, str]]:
     if len(sweep) >= 2:
         adj = res["rho_sweep_adjusted"]
         best = max(sweep, key=lambda r: adj[r[1]]["win_vs_sft_diff"]["mean"])
-        parts = [f"ρ={r:g}: {_fmt(pairs[k]['win_vs_sft_diff'], pct=True)} pp" for r, k in sweep]
+        parts = [f"ρ={r:g}: {_fmt(pairs[k]['win_vs_sft_diff'], pct=True, signed=True)} pp" for r, k in sweep]
         v, ev = _win(adj[best[1]], f"ρ={best[0]:g} (the best of {len(sweep)}, at the Bonferroni level "
                      f"{100 * adj[best[1]]['level']:.2f}%)")  # fmt: skip
         add(claim, v, f"win-rate gain over DPO by ρ (95%): {'; '.join(parts)}. Best: {ev}")
@@ -70,7 +70,7 @@ def claims(res: dict[str, Any]) -> list[dict[str, str]]:
             add(
                 claim,
                 verdict(e, 0.0, -1),
-                f"trace difference (SAM − plain, same seed) {_fmt(e, digits=digits)}: t over {e['n']} seeds and the "
+                f"trace difference (SAM − plain, same seed) {_fmt(e, digits=digits)}: t over {_seeds(e)} and the "
                 "probes' own error; each "
                 f"trace a Hutchinson estimate on {res['hessian_pairs']} held-out pairs (per-seed values and standard "
                 "errors in results.json)",
@@ -85,7 +85,13 @@ def claims(res: dict[str, Any]) -> list[dict[str, str]]:
         others = [verdict(x, 0.0, +1) for x in (m, kl) if x]
         if v == "reproduced" and "not reproduced" in others:
             v = "inconclusive"
-        bracket = f", {br['seeds_bracketed']} of {br['of']} seeds inside the two DPO runs" if br else ""
+        if br:
+            inside = br["seeds_bracketed"]
+            bracket = f", {inside} of {br['of']} seeds inside the two DPO runs" + (
+                ": the rest extrapolated" if inside < br["of"] else ""
+            )
+        else:
+            bracket = ": DPO at half the learning rate not finished"
         add(
             claim,
             v,
@@ -99,6 +105,10 @@ def claims(res: dict[str, Any]) -> list[dict[str, str]]:
     return out
 
 
+def _seeds(e: dict[str, Any]) -> str:
+    return f"{e['n']} seed" + ("" if e["n"] == 1 else "s")
+
+
 def _win(p: dict[str, Any], what: str) -> tuple[str, str]:
     """Verdict and evidence for a win-rate claim: the paired gain in win rate against SFT (same prompt,
     same seed) must exclude 0 upward; below the paper's smallest gain it is not reproduced; a gain that
@@ -108,8 +118,14 @@ def _win(p: dict[str, Any], what: str) -> tuple[str, str]:
     kl = p["kl_diff"]
     if v == "reproduced" and Estimate(**kl).excludes(0.0) == 1:
         v = "inconclusive (the gain came with more KL)"
+    why = ""
+    if v == "not reproduced" and g["low"] <= 0:
+        why = f" (the upper end is below the paper's smallest gain, +{100 * SMALLEST_GAIN:.1f} pp)"
+    elif v == "not measured":
+        why = " (fewer than 2 seeds in common)"
     ev = (
-        f"win rate against SFT, {what}: {_fmt(g, pct=True)} pp; head-to-head {_fmt(p['win'], pct=True)}% "
+        f"win rate against SFT, {what}: {_fmt(g, pct=True, signed=True)} pp{why}; "
+        f"head-to-head {_fmt(p['win'], pct=True)}% "
         f"({100 * p['ties']:.0f}% ties, {100 * p['identical_samples']:.0f}% identical samples); KL difference "
         f"{_fmt(kl)} nats; {len(p['seeds'])} seeds × prompts, crossed random-effects intervals"
     )

@@ -31,6 +31,7 @@ from ..evaluation.winrate import sequence_kl_values
 from ..losses import get_loss, resolve_hparams
 from ..models import cache_dir, load_model, load_tokenizer
 from ..run import train
+from .command import read_record, read_shared
 from .demo import RunSpec, _letters, _run_config, _start_records, describe
 from .pairs import load_prompts, make_pairs, split_prompts, write_jsonl
 from .plan import TUNING_NOTE, Config, StudySettings
@@ -133,7 +134,7 @@ class Study:
     def _shared(self) -> dict[str, Any]:
         path = os.path.join(self.out, "shared.json")
         if os.path.exists(path):
-            shared = _read_json(path)
+            shared = read_shared(self.out)
             if shared.get("key") == self.key and shared.get("prompts") == self.prompts:
                 if shared.get("data", self.data) != self.data:
                     raise UserError(
@@ -142,8 +143,8 @@ class Study:
                     )
                 return shared
             raise UserError(
-                f"{path}: made with other study settings (key {shared.get('key')} vs {self.key}); "
-                "use another --out or delete the directory"
+                f"{path}: made with other study settings ({shared.get('description', '?')}; key {shared.get('key')}) "
+                f"than these ({describe(self.s)}; key {self.key}); use another --out"
             )
         samples, _ = self._samples(self.sft, "SFT")
         shared = {
@@ -178,7 +179,7 @@ class Study:
         """Train, evaluate and record one run (or return its record if it is already finished)."""
         path = record_path(self.out, spec.name)
         if os.path.exists(path):
-            rec = _read_json(path)
+            rec = read_record(path)
             if rec.get("key") != self.key:
                 raise UserError(f"{path}: finished under other study settings; delete it to run it again")
             # the run itself must be the planned one (a changed plan.py would otherwise reuse stale runs)

@@ -22,7 +22,7 @@ def table1(res: dict[str, Any]) -> str:
     sft = res["sft"]
     head = (
         "| method | seeds | win vs SFT % | win vs chosen % | vs plain: win-rate gain pp / head-to-head % "
-        "| mean VADER | KL to ref "
+        f"| mean {res['reward_name']} | KL to ref "
         "| held-out Δ+ final | Δ+ min | Δ− final | top-token mass |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = [
@@ -127,7 +127,7 @@ def _plots(out: str, res: dict[str, Any]) -> list[str]:
         )
     ax.scatter([0], [res["sft"]["reward"]["mean"]], marker="*", s=120, color="k", label="SFT")
     ax.set_xlabel("KL to the reference (nats per sample)")
-    ax.set_ylabel("mean VADER reward")
+    ax.set_ylabel(f"mean {res['reward_name']}")
     ax.legend(fontsize=7)
     fig.tight_layout()
     written.append(_save(fig, out, PNG["frontier"]))
@@ -185,10 +185,20 @@ def write_study_report(out: str) -> str:
     planned = len(res["planned_seeds"])
     short = [lb for lb, r in res["configs"].items() if len(r["seeds"]) < planned]
     unstarted = [lb for lb in res["planned"] if lb not in res["configs"]]
+    done = sum(len(r["seeds"]) for r in res["configs"].values())
+    total = planned * len(set(res["planned"]) | set(res["configs"]))
+    status = (
+        f"**Status: {done} of {total} planned runs finished**"
+        + (f"; fewer seeds than planned: {', '.join(short)}" if short else "")
+        + (f"; not run yet: {', '.join(unstarted)}" if unstarted else "")
+        + (f" — `logitsam study --out {out}` resumes." if done < total else ".")
+    )
     lines = [f"- **{c['verdict']}** — {c['claim']}: {c['evidence']}" for c in res["claims"]]
     text = "\n".join(lines)
     md = [
         "# logitsam study: the paper's claims on the demo's task",
+        "",
+        status,
         "",
         f"Task: {res['description']}. Training: the demo's {res['pairs']['train']} pairs, one epoch. Held-out: "
         f"{res['prompts']} prompts for win rates, reward and KL ({res['chosen_prompts']} of them with a held-out "
@@ -218,10 +228,6 @@ def write_study_report(out: str) -> str:
         "Δ+ / Δ−: held-out chosen / rejected log-prob minus the reference's (nats, summed over the response); "
         "top-token mass: mean probability of the most likely token on held-out chosen responses.",
     ]
-    if short:
-        md += ["", f"Unfinished: {', '.join(short)} have fewer than the planned {planned} seeds."]
-    if unstarted:
-        md += ["", f"Not run yet: {', '.join(unstarted)} (`logitsam study --out DIR` resumes)."]
     md += ["", "## Plots", ""] + [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots]
     with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(md) + "\n")

@@ -1,0 +1,132 @@
+"""`logitsam study` on the command line: options checked before any model loads, --plan, --report-only."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+from ..errors import ConfigError, UserError
+from .plan import GROUPS, StudySettings, quick_study
+
+RECORD_KEYS = ("key", "spec", "method", "rewards", "outcomes_vs_sft", "outcomes_vs_chosen", "kl_values", "log")
+
+
+def _items(value: str, option: str) -> list[str]:
+    items = [x.strip() for x in value.split(",")]
+    if not value.strip() or "" in items:
+        raise ConfigError(f"--{option}: empty item in {value!r} (comma-separated, no empty entries)")
+    if len(set(items)) != len(items):
+        raise ConfigError(f"--{option}: repeated item in {value!r}")
+    return items
+
+
+def settings_from(args: argparse.Namespace) -> StudySettings:
+    """The study the options ask for (ConfigError naming the option otherwise)."""
+    if args.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"--device: one of auto, cpu, cuda, got {args.device!r}")
+    s = quick_study() if args.quick else StudySettings()
+    s.device = args.device
+    if args.seeds is not None:
+        try:
+            s.seeds = tuple(int(x) for x in _items(args.seeds, "seeds"))
+        except ValueError:
+            raise ConfigError(f"--seeds: comma-separated integers, got {args.seeds!r}") from None
+        bad = [x for x in s.seeds if not 0 <= x < 2**32]
+        if bad:
+            raise ConfigError(f"--seeds: must be in [0, 2**32), got {bad[0]}")
+    if args.groups is not None:
+        s.groups = tuple(_items(args.groups, "groups"))
+        bad = [g for g in s.groups if g not in GROUPS]
+        if bad:
+            raise ConfigError(f"--groups: unknown {', '.join(map(repr, bad))}; known: {', '.join(GROUPS)}")
+    return s
+
+
+def read_shared(out: str) -> dict[str, Any]:
+    """DIR/shared.json, or UserError saying what is wrong with it (one line, the file named)."""
+    path = os.path.join(out, "shared.json")
+    if not os.path.isfile(path):
+        raise UserError(f"{out}: not a study directory (no shared.json); `logitsam study --out {out}` starts one")
+    try:
+        with open(path, encoding="utf-8") as f:
+            shared = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: unreadable ({e}); delete shared.json (it is rebuilt, runs are kept)") from None
+    if not isinstance(shared, dict) or not all(k in shared for k in ("key", "settings", "prompts")):
+        raise UserError(f"{path}: not a study's shared.json; delete it (it is rebuilt, runs are kept)")
+    return shared
+
+
+def read_record(path: str) -> dict[str, Any]:
+    """A finished run's record.json, or UserError naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            rec = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: unreadable ({e}); delete it to run that run again") from None
+    if not isinstance(rec, dict) or not all(k in rec for k in RECORD_KEYS):
+        raise UserError(f"{path}: not a study run's record; delete it to run that run again")
+    return rec
+
+
+def plan_lines(out: str, s: StudySettings) -> list[str]:
+    """One line per planned run: done / todo / foreign (finished under other settings)."""
+    from .runner import record_path
+
+    key = s.key()
+    shared_path = os.path.join(out, "shared.json")
+    lines = []
+    if os.path.exists(shared_path):
+        shared = read_shared(out)
+        if shared["key"] != key:
+            lines.append(f"note: {out} holds a study made with other settings; running these options there is refused")
+    for _, spec in s.plan():
+        path = record_path(out, spec.name)
+        state = "todo"
+        if os.path.exists(path):
+            state = "done" if read_record(path).get("key") == key else "foreign"
+        lines.append(f"{state:7s} {spec.name}")
+    return lines
+
+
+def study_command(args: argparse.Namespace, check_out_dir: Any) -> int:
+    s = settings_from(args)
+    if args.plan:
+        if os.path.exists(args.out) and not os.path.isdir(args.out):
+            raise ConfigError(f"--out: {args.out!r} is not a directory")
+        try:
+            for line in plan_lines(args.out, s):
+                print(line)
+        except BrokenPipeError:  # `--plan | head`
+            pass
+        return 0
+    if args.report_only:
+        if args.seeds is not None or args.groups is not None or args.quick:
+            raise ConfigError("--report-only reports what DIR holds: --seeds, --groups and --quick do not apply")
+        from .study_report import write_study_report
+
+        read_shared(args.out)
+        print(write_study_report(args.out))
+    else:
+        if args.device == "cpu":  # before CUDA is initialised: every model and the Trainer stay on the CPU
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        if args.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise UserError("--device cuda: no CUDA device is visible")
+        check_out_dir(args.out, "--out")
+        from .runner import run_study
+
+        try:
+            run_study(args.out, s)
+        except KeyboardInterrupt:
+            print(
+                f"\ninterrupted: finished runs are kept; `logitsam study --out {args.out}` with the same options "
+                "resumes"
+            )
+            return 130
+    print(f"report: {args.out}/report.md (plots and results.json beside it)")
+    return 0
