@@ -76,6 +76,10 @@ def test_plan_orders_groups_then_seeds_and_covers_the_issue():
     rhos = sorted(c.rho for g in GROUPS.values() for c in g if c.loss == "dpo" and c.mode == "logits" and c.rho > 0)
     assert rhos == [1e-4, 1e-3, 1e-2, 1e-1, 1.0]  # four decades around ρ = 0.1, down to the paper's own 1e-4
     assert 0 not in s.seeds and 1 not in s.seeds  # the demo tuned ρ on seed 0 (and ran seed 1)
+    # every configuration trains the loss its label names (a label is not a loss: Config("slic") once ran DPO)
+    for g in GROUPS.values():
+        for c in g:
+            assert c.label.split("+")[0].split("(")[0] == c.loss, c
     # every SAM configuration names its plain partner, which is planned too; the remedies are against DPO
     for g in GROUPS.values():
         for c in g:

@@ -1694,3 +1694,21 @@ def test_demo_summary_rows():
     assert "the interval contains 0" in line
     md = table(list(rows.values()), {"mean_reward": {"mean": 0.0}}, "letters")
     assert f"| {100 * h2h['mean']:.1f} [{100 * h2h['low']:.1f}, {100 * h2h['high']:.1f}] vs dpo |" in md
+
+
+def test_reference_free_runs_get_their_drift_from_the_step_0_log_probs():
+    """SLiC-HF and CPO log no drift (no reference in the loss); every run starts at the reference, so
+    their held-out drift is the held-out log-prob minus its step-0 value."""
+    rec = {
+        "log": [
+            {"step": 0, "eval_loss": 1.0, "eval_logps/chosen": -120.0, "eval_logps/rejected": -125.0},
+            {"step": 1, "loss": 2.0, "logps/chosen": -110.0},
+            {"step": 5, "eval_loss": 0.9, "eval_logps/chosen": -121.5, "eval_logps/rejected": -127.0},
+        ]
+    }
+    assert analysis.trajectory(rec, "eval_logps/chosen_drift") == ([0, 5], [0.0, -1.5])
+    assert analysis.final(rec, "eval_logps/rejected_drift") == -2.0
+    # a logged drift is used as logged
+    rec["log"][2]["eval_logps/chosen_drift"] = -1.25
+    rec["log"][0]["eval_logps/chosen_drift"] = 0.0
+    assert analysis.trajectory(rec, "eval_logps/chosen_drift") == ([0, 5], [0.0, -1.25])

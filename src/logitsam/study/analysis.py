@@ -42,8 +42,15 @@ def load(out: str) -> tuple[dict[str, Any], dict[str, dict[int, dict[str, Any]]]
 
 
 def trajectory(rec: dict[str, Any], key: str) -> tuple[list[int], list[float]]:
-    """(steps, values) of a held-out evaluation metric along a run (step 0 = the shared start)."""
+    """(steps, values) of a held-out evaluation metric along a run (step 0 = the shared start).
+
+    Reference-free losses (SLiC-HF, CPO) log no drift; every run starts from the reference, so their
+    drift is the held-out log-prob minus its step-0 value (the same quantity)."""
     pts = sorted({r["step"]: r[key] for r in rec["log"] if key in r and "eval_loss" in r}.items())
+    if not pts and key.endswith("_drift"):
+        steps, vals = trajectory(rec, key[: -len("_drift")])
+        if steps and steps[0] == 0:
+            return steps, [v - vals[0] for v in vals]
     return [p[0] for p in pts], [p[1] for p in pts]
 
 

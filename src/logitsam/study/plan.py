@@ -63,7 +63,7 @@ GROUPS: dict[str, list[Config]] = {
     "dpo": [Config("dpo", hessian=True), _lsam("dpo", DPO_RHO, hessian=True)],
     # the "it just moves less" control: DPO with a smaller step
     "dpo-small-step": [Config("dpo(lr×0.5)", lr_scale=0.5, plain="dpo")],
-    "slic-cpo": [Config("slic"), _lsam("slic", 10 * DPO_RHO), Config("cpo"), _lsam("cpo", DPO_RHO)],
+    "slic-cpo": [Config("slic", "slic"), _lsam("slic", 10 * DPO_RHO), Config("cpo", "cpo"), _lsam("cpo", DPO_RHO)],
     # Table 3 analogue: ρ from 1e-4 to 1 (1e-1 is in the "dpo" group; 1e-4 is last: the paper's own scale)
     "rho": [_lsam("dpo", r) for r in (1e-3, 1e-2, 1.0, 1e-4)],
     # the other remedies for squeezing, each against plain DPO
