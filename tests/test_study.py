@@ -119,7 +119,7 @@ def test_quick_study_records_and_reports(finished):
         text = f.read()
     res = json.loads(text, parse_constant=lambda c: pytest.fail(f"results.json is not strict JSON: {c}"))
     assert res["paired"]["dpo+lsam(1e-1)"]["against"] == "dpo" and res["paired"]["dpo+lsam(1e-1)"]["seeds"] == [0, 1]
-    assert len(res["claims"]) == 8
+    assert len(res["claims"]) == 9
     assert {c["claim"].split(" (")[0] for c in res["claims"]} >= {
         "logits-SAM reduces the squeezing of held-out chosen responses in DPO"
     }
@@ -210,9 +210,10 @@ def test_a_shared_file_without_the_pairs_hash_is_accepted(study_copy, capsys):
 
 def test_study_cli_plan_and_bad_options(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LOGITSAM_CACHE", str(tmp_path / "cache"))
-    assert cli.main(["study", "--plan", "--out", str(tmp_path / "s"), "--seeds", "7"]) == 0
+    assert cli.main(["study", "--plan", "--out", str(tmp_path / "s"), "--seeds", "8"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "todo    dpo/s7" and all(line.startswith("todo    ") for line in lines)
+    assert lines[0] == "todo    dpo/s8" and all(line.startswith("todo    ") for line in lines[:-1])
+    assert lines[-1] == "later   confirm/dpo and dpo+lsam(best ρ) on seeds 5,6,7: after the ρ sweep"
     for argv, msg in (
         (["--groups", "dpo,nope"], "--groups: unknown 'nope'"),
         (["--groups", "dpo,"], "--groups: empty item"),
@@ -224,6 +225,9 @@ def test_study_cli_plan_and_bad_options(tmp_path, monkeypatch, capsys):
         (["--seeds", "1,1"], "--seeds: repeated item"),
         (["--seeds", "-1"], "--seeds: must be in"),
         (["--device", "tpu"], "--device: one of auto, cpu, cuda"),
+        (["--seeds", "2,5"], "--confirm-seeds: seed 5 is also a training seed of the sweep"),
+        (["--confirm-seeds", "4,9"], "--confirm-seeds: seed 4 is also a training seed"),
+        (["--confirm-seeds", "x"], "--confirm-seeds: comma-separated integers"),
         (["--report-only", "--quick"], "--report-only reports what DIR"),
     ):
         plan = [] if "--report-only" in argv else ["--plan"]
@@ -234,3 +238,44 @@ def test_study_cli_plan_and_bad_options(tmp_path, monkeypatch, capsys):
         assert cli.main(["study", "--report-only", "--out", str(target)]) == 2
         assert "not a study directory (no shared.json)" in capsys.readouterr().err
     assert not (tmp_path / "none").exists()
+
+
+def test_confirmation_reruns_the_sweeps_pick_on_fresh_seeds(study_copy, monkeypatch, capsys):
+    """After the sweep, DPO and DPO + logits-SAM at the sweep's pick run on the confirmation seeds (their
+    own run names, flagged in the record), kept apart from the plan's rows; a rerun trains nothing."""
+    from logitsam.study import analysis
+    from logitsam.study.command import plan_lines
+    from logitsam.study.runner import confirmation_plan
+
+    s = _quick(groups=("dpo", "rho", "confirm"))
+    s.confirm_seeds = (5,)
+    plan, why = confirmation_plan(study_copy, s)
+    assert plan == [] and why == "its ρ is picked when the sweep's 8 unfinished runs are done"
+    assert plan_lines(study_copy, s)[-1].startswith("later   confirm/dpo and dpo+lsam(best ρ) on seeds 5: its ρ")
+    s.groups = ("dpo", "confirm")  # the sweep is ρ = 0.1 alone, finished on seeds 0 and 1
+    picked = []
+
+    def pick(runs, seeds=None):  # the rule is analysis.best_of_sweep's; here: did the runner ask it, and how
+        picked.append((sorted(runs), seeds))
+        return "dpo+lsam(1e-2)"
+
+    monkeypatch.setattr(analysis, "best_of_sweep", pick)
+    assert [sp.name for _, sp in confirmation_plan(study_copy, s)[0]] == ["confirm/dpo/s5", "confirm/dpo+lsam(1e-2)/s5"]
+    assert picked[0] == (["dpo", "dpo(lr×0.5)", "dpo+lsam(1e-1)"], [0, 1])  # the plan's runs, the sweep's seeds
+    before = analysis.analyse(study_copy)
+    run_study(study_copy, s, report=False)
+    printed = capsys.readouterr().out
+    assert "confirmation: dpo+lsam(1e-2) (the sweep's pick) and dpo on fresh seeds (5,)" in printed
+    with open(record_path(study_copy, "confirm/dpo+lsam(1e-2)/s5"), encoding="utf-8") as f:
+        rec = json.load(f)
+    assert rec["config"]["confirm"] is True and rec["spec"]["rho"] == 0.01 and rec["spec"]["seed"] == 5
+    assert rec["method"] == "dpo+lsam(1e-2)" and "hessian" not in rec
+    res = analysis.analyse(study_copy)
+    assert res["configs"] == before["configs"] and res["paired"] == before["paired"]
+    assert res["confirmation"]["label"] == "dpo+lsam(1e-2)" and res["confirmation"]["seeds"] == [5]
+    assert set(res["confirmation"]["rows"]) == {"dpo", "dpo+lsam(1e-2)"}
+    mtime = os.path.getmtime(record_path(study_copy, "confirm/dpo/s5"))
+    run_study(study_copy, s, report=False)
+    assert "confirm/dpo/s5:" not in capsys.readouterr().out
+    assert os.path.getmtime(record_path(study_copy, "confirm/dpo/s5")) == mtime
+    assert plan_lines(study_copy, s)[-2:] == ["done    confirm/dpo/s5", "done    confirm/dpo+lsam(1e-2)/s5"]

@@ -911,6 +911,7 @@ CLAIMS = [
     "logits-SAM finds flatter solutions (§4.3: lower parameter-Hessian trace)",
     "logits-SAM finds flatter solutions (§4.3: lower logit-Hessian trace)",
     "the squeezing reduction is not just a smaller step (matched-movement control)",
+    "the sweep's best ρ, re-run on fresh seeds, raises DPO's win rate against SFT (Table 3, confirmed)",
 ]
 
 
@@ -942,20 +943,22 @@ def _res(pairs, mm=None, adjusted=None, dpo_final=(-2.0, -3.0, -1.0)):
         "configs": {"dpo": {"chosen_drift_final": _e(*dpo_final)}},
         "pairs": {"train": 10, "heldout": 4},
         "hessian_pairs": 4,
+        "confirm_seeds": [5, 6, 7],
     }
 
 
 def _verdicts(res):
     out = claims(res)
-    assert [c["claim"] for c in out] == CLAIMS  # always all eight, in this order
+    assert [c["claim"] for c in out] == CLAIMS  # always all nine, in this order
     return [c["verdict"] for c in out], out
 
 
 def test_claims_all_listed_and_not_measured_without_runs():
     v, out = _verdicts(_res({}))
-    assert v == ["not measured"] * 8
+    assert v == ["not measured"] * 9
     assert out[4]["evidence"] == "fewer than two values of ρ finished"
-    assert all(c["evidence"].startswith("runs missing") for i, c in enumerate(out) if i != 4)
+    assert all(c["evidence"].startswith("runs missing") for i, c in enumerate(out) if i not in (4, 8))
+    assert out[8]["evidence"] == "confirmation runs (seeds 5, 6, 7) not finished: they run after the ρ sweep"
 
 
 def test_claims_squeezing_needs_plain_dpo_to_squeeze():
@@ -1008,7 +1011,7 @@ def test_claims_slic_and_cpo_use_their_own_pairs():
     v, out = _verdicts(_res(pairs))
     assert v[1:4] == ["not measured", "reproduced", "not reproduced"]
     assert "slic+lsam(1e0) − slic" in out[2]["evidence"] and "cpo+lsam(1e-1) − cpo" in out[3]["evidence"]
-    assert v[0] == "not measured" and v[5:] == ["not measured"] * 3
+    assert v[0] == "not measured" and v[5:] == ["not measured"] * 4
 
 
 def test_claims_rho_sweep_is_judged_at_the_bonferroni_level():
@@ -1549,7 +1552,7 @@ def test_write_study_report_on_the_synthetic_study(tmp_path):
     out = build_study(tmp_path)
     text = write_study_report(out)
     assert "- **reproduced** — logits-SAM reduces the squeezing" in text  # the claims, one line each
-    assert len(text.splitlines()) == 8
+    assert len(text.splitlines()) == 9
     res = _strict_json(tmp_path / "results.json")
     assert res["paired"]["dpo+lsam(1e-1)"]["win"]["mean"] == 1.0
     assert [c["verdict"] for c in res["claims"]] == [c["verdict"] for c in analyse(out)["claims"]]
@@ -1563,9 +1566,10 @@ def test_write_study_report_on_the_synthetic_study(tmp_path):
     assert "| dpo | 3 | 70.0 [14.5, 100.0] | 50.0 [0.0, 100.0] | – |" in md
     assert "Tuning: ρ = 0.1 for DPO + logits-SAM was chosen on the demo's tuning seed 0" in md
     assert md.splitlines()[2] == (
-        "**Status: 8 of 45 planned runs finished**; fewer seeds than planned: dpo(lr×0.5); not run yet: slic, "
+        "**Status: 8 of 51 planned runs finished**; fewer seeds than planned: dpo(lr×0.5); not run yet: slic, "
         "slic+lsam(1e0), cpo, cpo+lsam(1e-1), dpo+lsam(1e-3), dpo+lsam(1e-2), dpo+lsam(1e0), dpo+lsam(1e-4), "
-        f"gate_dpo, dpo_abs, spo_target, dpo+fullsam(1e-2) — `logitsam study --out {out}` resumes."
+        "gate_dpo, dpo_abs, spo_target, dpo+fullsam(1e-2), the confirmation of the sweep's ρ on fresh seeds — "
+        f"`logitsam study --out {out}` resumes."
     )
     for name in PNG.values():
         png = tmp_path / name
@@ -1712,3 +1716,72 @@ def test_reference_free_runs_get_their_drift_from_the_step_0_log_probs():
     rec["log"][2]["eval_logps/chosen_drift"] = -1.25
     rec["log"][0]["eval_logps/chosen_drift"] = 0.0
     assert analysis.trajectory(rec, "eval_logps/chosen_drift") == ([0, 5], [0.0, -1.25])
+
+
+def test_claims_confirmation_on_fresh_seeds_is_judged_at_95_percent():
+    res = _res({}) | {"confirmation": _pair(gain=(0.04, 0.01, 0.07), label="dpo+lsam(1e-2)", seeds=[5, 6, 7])}
+    v, out = _verdicts(res)
+    assert v[8] == "reproduced"
+    ev = out[8]["evidence"]
+    assert ev.startswith("win rate against SFT, ρ=0.01 on fresh seeds (picked on the sweep's seeds) − dpo: +4.0 [+1.0, +7.0] pp")
+    assert ev.endswith("held-out Δ+ difference +1.00 [+0.50, +1.50] nats (t over seeds)")
+    res["confirmation"] = _pair(gain=(-0.01, -0.03, 0.01), label="dpo+lsam(1e-2)")
+    assert _verdicts(res)[0][8] == "not reproduced"  # entirely below the paper's smallest gain
+    res["confirmation"] = _pair(gain=(0.04, 0.01, 0.07), kl=(0.3, 0.1, 0.5), label="dpo+lsam(1e-2)")
+    assert _verdicts(res)[0][8] == "inconclusive (the gain came with more KL)"
+
+
+def test_best_of_sweep_rule():
+    """The sweep's pick: the largest mean paired gain against SFT over DPO; a tie goes to the smaller ρ;
+    only the given seeds count; NaN gains and labels without common seeds are left out."""
+    assert analysis.pick({"dpo+lsam(1e-1)": 0.02, "dpo+lsam(1e-2)": 0.05, "dpo+lsam(1e0)": -0.1}) == "dpo+lsam(1e-2)"
+    assert analysis.pick({"dpo+lsam(1e0)": 0.05, "dpo+lsam(1e-3)": 0.05, "dpo+lsam(1e-1)": 0.05}) == "dpo+lsam(1e-3)"
+    assert analysis.pick({"dpo+lsam(1e-1)": NAN, "dpo+lsam(1e0)": -0.2}) == "dpo+lsam(1e0)"
+    assert analysis.pick({"dpo+lsam(1e-1)": NAN}) is None and analysis.pick({}) is None
+
+    def run(seed, vs_sft):
+        return {"outcomes_vs_sft": vs_sft, "rewards": [0.0] * 4, "kl_values": [0.0] * 4, "log": []}
+
+    dpo = {s: run(s, [0.5] * 4) for s in (2, 3, 4)}
+    runs = {
+        "dpo": dpo,
+        "dpo+lsam(1e-1)": {s: run(s, [1.0, 0.5, 0.5, 0.5]) for s in (2, 3, 4)},  # +0.125 everywhere
+        "dpo+lsam(1e-2)": {2: run(2, [1.0] * 4), 3: run(3, [0.0] * 4), 4: run(4, [0.5] * 4)},  # 0 overall
+        "dpo+lsam(1e0)": {9: run(9, [1.0] * 4)},  # no seed in common with DPO: left out
+    }
+    assert analysis.best_of_sweep(runs) == "dpo+lsam(1e-1)"
+    assert analysis.best_of_sweep(runs, seeds=[2]) == "dpo+lsam(1e-2)"  # +0.5 on seed 2 alone
+    assert analysis.best_of_sweep({"dpo": dpo}) is None
+
+
+def test_analyse_keeps_confirmation_runs_apart(tmp_path):
+    """Confirmation records (config.confirm) do not enter the plan's rows or comparisons; they form the
+    confirmation comparison (the sweep's pick against DPO on their own seeds) and its table rows."""
+    out = build_study(tmp_path)
+    before = analyse(out)
+    gain = {5: [1.0, 0.5, 0.5, 0.5, 1.0, 0.5], 6: [0.5, 1.0, 0.5, 0.5, 0.5, 0.5], 7: [0.5, 0.5, 0.5, 1.0, 0.0, 0.5]}
+    for label in ("dpo", "dpo+lsam(1e-1)", "dpo+lsam(1e-2)"):
+        for seed, base in zip((5, 6, 7), SEEDS, strict=True):
+            rec = _record("dpo+lsam(1e-1)" if "lsam" in label else "dpo", base)
+            rec["spec"] = rec["spec"] | {"seed": seed, "name": f"confirm/{label}/s{seed}"}
+            rec["method"], rec["config"] = label, {"label": label, "hessian": False, "confirm": True}
+            rec["outcomes_vs_sft"] = [0.5] * 6 if label == "dpo" else gain[seed]
+            _write(tmp_path / "runs" / f"confirm_{label}_s{seed}" / "record.json", rec)
+    res = analyse(out)
+    for k in ("configs", "paired", "rho_sweep_adjusted", "matched_movement", "rho_best"):
+        assert res[k] == before[k], k
+    assert before["confirmation"] == {} and res["rho_best"] == "dpo+lsam(1e-1)"
+    c = res["confirmation"]
+    assert c["label"] == "dpo+lsam(1e-1)"  # the sweep's pick, not the other confirmed label
+    assert c["against"] == "dpo" and c["seeds"] == [5, 6, 7] and c["level"] == 0.95
+    assert_matches_ref(c["win_vs_sft_diff"], [[x - 0.5 for x in gain[s]] for s in (5, 6, 7)], clip=(-1.0, 1.0))
+    assert c["rows"]["dpo"]["seeds"] == [5, 6, 7] and set(c["rows"]) == {"dpo", "dpo+lsam(1e-1)"}
+    (claim,) = [x for x in res["claims"] if "fresh seeds" in x["claim"]]
+    assert claim["evidence"].startswith("win rate against SFT, ρ=0.1 on fresh seeds")
+    from logitsam.study.study_report import write_study_report
+
+    write_study_report(out)
+    md = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "| dpo (confirmation, fresh seeds) | 3 |" in md
+    assert "| dpo+lsam(1e-1) (confirmation, fresh seeds) | 3 |" in md and "vs dpo (3 seeds) |" in md
+    assert md.splitlines()[2].startswith("**Status: 14 of 51 planned runs finished**")  # 8 + 6 confirmation

@@ -316,11 +316,15 @@ def build_parser() -> argparse.ArgumentParser:
         "intervals, Hessian traces. Resumable: runs finished in --out are not run again; Ctrl-C keeps them.",
         epilog="groups, in the order they run: dpo (DPO ± logits-SAM ρ=0.1, Hessian traces), dpo-small-step (DPO at "
         "half the learning rate), slic-cpo, rho (DPO + logits-SAM at ρ 1e-3, 1e-2, 1, 1e-4), remedies (Gate-DPO, "
-        "dpo_abs, spo_target), full-sam",
+        "dpo_abs, spo_target), full-sam, confirm (DPO and DPO + logits-SAM at the sweep's best ρ on fresh seeds, "
+        "once the sweep is finished)",
     )
     st.add_argument("--out", default="runs/study", metavar="DIR", help="the study directory (default: runs/study)")
     st.add_argument("--device", default="auto", help="auto (CUDA if visible), cpu or cuda")
     st.add_argument("--seeds", help="comma-separated training seeds (default 2,3,4; the demo tuned on 0)")
+    st.add_argument(
+        "--confirm-seeds", help="comma-separated fresh seeds re-running the sweep's best ρ against DPO (default 5,6,7)"
+    )
     st.add_argument("--groups", help="comma-separated groups to run, in order (default: all, listed below)")
     st.add_argument("--plan", action="store_true", help="list the planned runs: done / todo / foreign; run nothing")
     st.add_argument("--report-only", action="store_true", help="write the report from the runs finished in --out")

@@ -15,7 +15,7 @@ import os
 from collections import defaultdict
 from typing import Any
 
-from .plan import GROUPS, TUNING_NOTE
+from .plan import CONFIRM, GROUPS, TUNING_NOTE, StudySettings
 from .stats import Estimate, at_level, crossed_interval, head_to_head, on_line, seed_interval
 
 log = logging.getLogger(__name__)
@@ -24,15 +24,18 @@ PLAIN = {c.label: c.plain for g in GROUPS.values() for c in g}
 HELD = ("eval_logps/chosen_drift", "eval_logps/rejected_drift", "eval_probs/top_token")
 
 
-def load(out: str) -> tuple[dict[str, Any], dict[str, dict[int, dict[str, Any]]]]:
-    """(shared.json, {configuration label: {seed: record}}) of a study directory; records made under
-    other settings are left out with a warning naming them."""
+def load(out: str, confirm: bool = False) -> tuple[dict[str, Any], dict[str, dict[int, dict[str, Any]]]]:
+    """(shared.json, {configuration label: {seed: record}}) of a study directory: the runs of the plan,
+    or with ``confirm`` the confirmation runs on fresh seeds (kept apart: the plan's runs picked their ρ);
+    records made under other settings are left out with a warning naming them."""
     from .command import read_record, read_shared
 
     shared = read_shared(out)
     runs: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
     for path in sorted(glob.glob(os.path.join(out, "runs", "*", "record.json"))):
         rec = read_record(path)
+        if bool(rec.get("config", {}).get("confirm")) != confirm:
+            continue
         if rec["key"] == shared["key"]:
             runs[rec["method"]][rec["spec"]["seed"]] = rec
         else:
@@ -67,6 +70,30 @@ def _min(xs: list[float]) -> float:
 def _mean(xs: list[float]) -> float:
     v = [x for x in xs if x == x]
     return sum(v) / len(v) if v else float("nan")
+
+
+def rho_of(label: str) -> float:
+    """ρ of a "loss+lsam(ρ)" label (0 for a label without logits-SAM)."""
+    return float(label.split("(")[1].rstrip(")")) if "lsam(" in label else 0.0
+
+
+def best_of_sweep(runs: dict[str, dict[int, dict[str, Any]]], seeds: list[int] | None = None) -> str | None:
+    """The ρ sweep's pick, by a rule fixed before any confirmation run: the DPO + logits-SAM label whose
+    paired gain in win rate against SFT over plain DPO (same seeds, same prompts) has the largest mean;
+    a tie goes to the smaller ρ. Only ``seeds`` count (all common seeds if None); None without a sweep."""
+    dpo = {s: r for s, r in runs.get("dpo", {}).items() if seeds is None or s in seeds}
+    gains = {}
+    for label in (lb for lb in runs if lb.startswith("dpo+lsam(")):
+        sam = {s: r for s, r in runs[label].items() if s in dpo}
+        if sam:
+            gains[label] = paired(sam, dpo)["win_vs_sft_diff"]["mean"]
+    return pick(gains)
+
+
+def pick(gains: dict[str, float]) -> str | None:
+    """The label with the largest gain (NaN left out), the smaller ρ on a tie: the sweep's one rule."""
+    ok = [(g, -rho_of(lb), lb) for lb, g in gains.items() if g == g]
+    return max(ok)[2] if ok else None
 
 
 def config_row(label: str, seeds: dict[int, dict[str, Any]]) -> dict[str, Any]:
@@ -264,6 +291,18 @@ def analyse(out: str) -> dict[str, Any]:
     sweep = [lb for lb in pairs if lb.startswith("dpo+lsam(")]
     level = 1 - 0.05 / max(1, len(sweep))
     adjusted = {lb: paired(runs[lb], runs["dpo"], level=level) for lb in sweep}
+    best = best_of_sweep(runs)
+    _, fresh = load(out, confirm=True)
+    confirmation: dict[str, Any] = {}
+    picked = [lb for lb in fresh if lb.startswith("dpo+lsam(")]
+    if "dpo" in fresh and picked:
+        lb = best if best in picked else picked[0]
+        confirmation = {
+            "label": lb,
+            "against": "dpo",
+            "rows": {x: config_row(x, fresh[x]) for x in ("dpo", lb)},
+            **paired(fresh[lb], fresh["dpo"]),
+        }
     lsam = next((lb for lb in runs if lb.startswith("dpo+lsam(") and lb in pairs and lb.endswith("(1e-1)")), None)
     control = {}
     if lsam and "dpo" in runs:
@@ -286,6 +325,10 @@ def analyse(out: str) -> dict[str, Any]:
         "configs": rows,
         "paired": pairs,
         "rho_sweep_adjusted": adjusted,
+        "rho_best": best,
+        "confirmation": confirmation,
+        "confirm_planned": CONFIRM in shared["settings"].get("groups", (*GROUPS, CONFIRM)),
+        "confirm_seeds": list(shared["settings"].get("confirm_seeds", StudySettings.confirm_seeds)),
         # the configurations of the groups the study was started with (runs of others count too)
         "planned": [c.label for g in shared["settings"].get("groups", GROUPS) if g in GROUPS for c in GROUPS[g]],
         "matched_movement": control,

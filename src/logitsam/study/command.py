@@ -8,7 +8,7 @@ import os
 from typing import Any
 
 from ..errors import ConfigError, UserError
-from .plan import GROUPS, StudySettings, quick_study
+from .plan import CONFIRM, GROUPS, StudySettings, quick_study
 
 RECORD_KEYS = ("key", "spec", "method", "rewards", "outcomes_vs_sft", "outcomes_vs_chosen", "kl_values", "log")
 
@@ -29,19 +29,33 @@ def settings_from(args: argparse.Namespace) -> StudySettings:
     s = quick_study() if args.quick else StudySettings()
     s.device = args.device
     if args.seeds is not None:
-        try:
-            s.seeds = tuple(int(x) for x in _items(args.seeds, "seeds"))
-        except ValueError:
-            raise ConfigError(f"--seeds: comma-separated integers, got {args.seeds!r}") from None
-        bad = [x for x in s.seeds if not 0 <= x < 2**32]
-        if bad:
-            raise ConfigError(f"--seeds: must be in [0, 2**32), got {bad[0]}")
+        s.seeds = _seeds(args.seeds, "seeds")
+    if getattr(args, "confirm_seeds", None) is not None:
+        s.confirm_seeds = _seeds(args.confirm_seeds, "confirm-seeds")
     if args.groups is not None:
         s.groups = tuple(_items(args.groups, "groups"))
-        bad = [g for g in s.groups if g not in GROUPS]
+        known = (*GROUPS, CONFIRM)
+        bad = [g for g in s.groups if g not in known]
         if bad:
-            raise ConfigError(f"--groups: unknown {', '.join(map(repr, bad))}; known: {', '.join(GROUPS)}")
+            raise ConfigError(f"--groups: unknown {', '.join(map(repr, bad))}; known: {', '.join(known)}")
+    both = sorted(set(s.seeds) & set(s.confirm_seeds))
+    if both and CONFIRM in s.groups:
+        raise ConfigError(
+            f"--confirm-seeds: seed {both[0]} is also a training seed of the sweep; the confirmation needs fresh "
+            f"seeds (confirm seeds now {','.join(map(str, s.confirm_seeds))}: pass others)"
+        )
     return s
+
+
+def _seeds(value: str, option: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(x) for x in _items(value, option))
+    except ValueError:
+        raise ConfigError(f"--{option}: comma-separated integers, got {value!r}") from None
+    bad = [x for x in seeds if not 0 <= x < 2**32]
+    if bad:
+        raise ConfigError(f"--{option}: must be in [0, 2**32), got {bad[0]}")
+    return seeds
 
 
 def read_shared(out: str) -> dict[str, Any]:
@@ -82,12 +96,20 @@ def plan_lines(out: str, s: StudySettings) -> list[str]:
         shared = read_shared(out)
         if shared["key"] != key:
             lines.append(f"note: {out} holds a study made with other settings; running these options there is refused")
-    for _, spec in s.plan():
+    confirm, why = [], ""
+    if CONFIRM in s.groups:
+        from .runner import confirmation_plan
+
+        confirm, why = confirmation_plan(out, s) if os.path.exists(shared_path) else ([], "")
+    for _, spec in s.plan() + confirm:
         path = record_path(out, spec.name)
         state = "todo"
         if os.path.exists(path):
             state = "done" if read_record(path).get("key") == key else "foreign"
         lines.append(f"{state:7s} {spec.name}")
+    if CONFIRM in s.groups and not confirm:
+        seeds = ",".join(map(str, s.confirm_seeds))
+        lines.append(f"later   {CONFIRM}/dpo and dpo+lsam(best ρ) on seeds {seeds}: {why or 'after the ρ sweep'}")
     return lines
 
 

@@ -8,7 +8,9 @@ group, so a study stopped part-way has complete comparisons for the groups it fi
 Tuning, stated so the report can say it: ρ = 0.1 for DPO was chosen in the demo's development
 sweep over {1e-2, 1e-1} on seed 0; SLiC-HF and CPO take ρ in the paper's Table 6 proportions to
 DPO's (SLiC-HF ×10, CPO ×1), untuned here. The study's seeds (default 2, 3, 4) were never used for
-tuning; the ρ sweep below runs on the same seeds, so a ρ picked from it would be tuned on them.
+tuning; the ρ sweep below runs on the same seeds, so the ρ it picks is tuned on them: the last group,
+"confirm", re-runs DPO and DPO + logits-SAM at that ρ on fresh seeds (default 5, 6, 7), picked by a rule
+fixed in advance (``analysis.best_of_sweep``: the largest mean paired win-rate gain against SFT).
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ TUNING_NOTE = (
     "prompts never looked at); the learning rate and one epoch were chosen in development so that DPO squeezes "
     "(docs/design.md §6). SLiC-HF and CPO use the paper's Table 6 proportions (SLiC-HF 10× DPO's ρ, CPO 1×), "
     "untuned. The study's seeds were never used for tuning; the ρ sweep runs on them, so its best ρ is judged at a "
-    "Bonferroni-adjusted level."
+    "Bonferroni-adjusted level, and the ρ it picks is re-run against DPO on fresh confirmation seeds."
 )
+CONFIRM = "confirm"  # the group whose ρ is picked from the finished sweep (runner.run_study)
+SWEEP_GROUPS = ("dpo", "rho")  # the groups holding the sweep's DPO + logits-SAM runs
 
 
 @dataclass(frozen=True)
@@ -43,10 +47,17 @@ class Config:
     params: tuple[tuple[str, Any], ...] = ()
     plain: str | None = None  # the label of the same loss without SAM (head-to-head partner)
     hessian: bool = False
+    confirm: bool = False  # a confirmation run: fresh seed, kept apart from the runs that picked ρ
 
     def spec(self, seed: int) -> RunSpec:
         return RunSpec(
-            f"{self.label}/s{seed}", self.loss, self.rho, self.mode, seed, dict(self.params), lr_scale=self.lr_scale
+            f"{CONFIRM + '/' if self.confirm else ''}{self.label}/s{seed}",
+            self.loss,
+            self.rho,
+            self.mode,
+            seed,
+            dict(self.params),
+            lr_scale=self.lr_scale,
         )
 
 
@@ -77,7 +88,8 @@ class StudySettings(DemoSettings):
     """The demo's settings plus the study's seeds, held-out prompts and diagnostics."""
 
     seeds: tuple[int, ...] = (2, 3, 4)
-    groups: tuple[str, ...] = tuple(GROUPS)
+    groups: tuple[str, ...] = (*GROUPS, CONFIRM)
+    confirm_seeds: tuple[int, ...] = (5, 6, 7)  # fresh: never used for tuning or for picking ρ
     eval_steps: int = 5  # held-out drift trajectories for the matched-movement comparison
     extra_prompts: int = 260  # held-out review openings added to the demo's 48 (win rates, KL)
     gen_batch: int = 32
@@ -90,9 +102,20 @@ class StudySettings(DemoSettings):
         """(configuration, run) in execution order: group by group, every seed of a group in turn."""
         out = []
         for g in self.groups:
-            for seed in self.seeds:
+            for seed in (self.seeds if g in GROUPS else ()):
                 out += [(c, c.spec(seed)) for c in GROUPS[g]]
         return out
+
+    def sweep_plan(self) -> list[tuple[Config, RunSpec]]:
+        """The planned DPO + logits-SAM runs among which the confirmation's ρ is picked (and DPO's)."""
+        return [(c, sp) for c, sp in self.plan() if c.label == "dpo" or c.label.startswith("dpo+lsam(")]
+
+    def confirm_plan(self, rho: float) -> list[tuple[Config, RunSpec]]:
+        """DPO and DPO + logits-SAM at the picked ρ on the confirmation seeds (empty unless planned)."""
+        if CONFIRM not in self.groups:
+            return []
+        cfgs = [Config("dpo", confirm=True), _lsam("dpo", rho, confirm=True)]
+        return [(c, c.spec(seed)) for seed in self.confirm_seeds for c in cfgs]
 
     def key(self) -> str:
         """What every run's results depend on besides its own configuration and seed (a changed key
@@ -100,7 +123,7 @@ class StudySettings(DemoSettings):
         keep = {
             k: v
             for k, v in asdict(self).items()
-            if k not in ("seeds", "groups", "runs", "configs", "device", "gen_batch", "resample")
+            if k not in ("seeds", "confirm_seeds", "groups", "runs", "configs", "device", "gen_batch", "resample")
         }
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

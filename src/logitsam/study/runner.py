@@ -34,7 +34,7 @@ from ..run import train
 from .command import read_record, read_shared
 from .demo import RunSpec, _letters, _run_config, _start_records, describe
 from .pairs import load_prompts, make_pairs, split_prompts, write_jsonl
-from .plan import TUNING_NOTE, Config, StudySettings
+from .plan import CONFIRM, TUNING_NOTE, Config, StudySettings
 
 HELDOUT = "data/heldout_prompts.txt"
 
@@ -141,6 +141,11 @@ class Study:
                         f"{path}: the study's preference pairs changed since it started (resampled?); "
                         "use another --out or delete the directory"
                     )
+                # groups added on a resume are planned from now on (the report counts their runs)
+                groups = list(dict.fromkeys([*shared["settings"].get("groups", []), *self.s.groups]))
+                if groups != shared["settings"].get("groups"):
+                    shared["settings"]["groups"] = groups
+                    _write_json(path, shared)
                 return shared
             raise UserError(
                 f"{path}: made with other study settings ({shared.get('description', '?')}; key {shared.get('key')}) "
@@ -226,32 +231,67 @@ class Study:
         return rec
 
 
-def run_study(out: str, s: StudySettings, report: bool = True) -> dict[str, dict[str, Any]]:
-    """Run every planned run not yet finished in ``out``; returns the records by run name."""
-    os.makedirs(out, exist_ok=True)
-    t0 = time.time()
-    plan = s.plan()
-    done = sum(os.path.exists(record_path(out, spec.name)) for _, spec in plan)
-    print(f"study on {describe(s)}: {len(plan)} runs planned, {done} already finished in {out}")
-    study = Study(out, s)
-    print(
-        f"held-out prompts: {len(study.prompts)} ({len(study.eval_pairs)} with preference pairs); "
-        f"device {study.device} [{time.time() - t0:.0f}s]"
-    )
+def confirmation_plan(out: str, s: StudySettings) -> tuple[list[tuple[Config, RunSpec]], str]:
+    """(the confirmation runs, "") once every planned run of the ρ sweep is finished in ``out``, with ρ
+    picked from them by ``analysis.best_of_sweep``; otherwise ([], why not)."""
+    if CONFIRM not in s.groups:
+        return [], ""
+    sweep = s.sweep_plan()
+    if not any(c.label.startswith("dpo+lsam(") for c, _ in sweep):
+        return [], "the confirmation needs the ρ sweep: groups dpo and rho"
+    todo = [spec.name for _, spec in sweep if not os.path.exists(record_path(out, spec.name))]
+    if todo:
+        return [], f"its ρ is picked when the sweep's {len(todo)} unfinished runs are done"
+    from .analysis import best_of_sweep, load, rho_of
+
+    _, runs = load(out)
+    best = best_of_sweep(runs, list(s.seeds))
+    if best is None:
+        return [], "no ρ of the sweep has a win-rate gain to pick by"
+    return s.confirm_plan(rho_of(best)), ""
+
+
+def _run_all(study: Study, plan: list[tuple[Config, RunSpec]], first: int, total: int) -> dict[str, dict[str, Any]]:
     records = {}
-    for i, (cfg, spec) in enumerate(plan, 1):
-        fresh = not os.path.exists(record_path(out, spec.name))
+    for i, (cfg, spec) in enumerate(plan, first):
+        fresh = not os.path.exists(record_path(study.out, spec.name))
         rec = study.run(cfg, spec)
         records[spec.name] = rec
         if fresh:
             kl = sum(rec["kl_values"]) / max(1, len(rec["kl_values"]))
             wins = [x for x in rec["outcomes_vs_sft"] if x == x]
             print(
-                f"[{i}/{len(plan)}] {spec.name}: win vs SFT {100 * sum(wins) / max(1, len(wins)):.1f}%, KL {kl:.2f}, "
+                f"[{i}/{total}] {spec.name}: win vs SFT {100 * sum(wins) / max(1, len(wins)):.1f}%, KL {kl:.2f}, "
                 f"held-out chosen drift {rec['final_metrics'].get('eval_logps/chosen_drift', float('nan')):+.2f} "
                 f"[{rec['seconds']:.0f}s]"
             )
-    print(f"all {len(plan)} runs finished [{time.time() - t0:.0f}s]")
+    return records
+
+
+def run_study(out: str, s: StudySettings, report: bool = True) -> dict[str, dict[str, Any]]:
+    """Run every planned run not yet finished in ``out``, then the confirmation of the sweep's ρ on
+    fresh seeds; returns the records by run name."""
+    os.makedirs(out, exist_ok=True)
+    t0 = time.time()
+    plan = s.plan()
+    n_confirm = 2 * len(s.confirm_seeds) if CONFIRM in s.groups else 0
+    total = len(plan) + n_confirm
+    done = sum(os.path.exists(record_path(out, spec.name)) for _, spec in plan)
+    after = f" (+ {n_confirm} confirmation runs on seeds {s.confirm_seeds} after the ρ sweep)" if n_confirm else ""
+    print(f"study on {describe(s)}: {len(plan)} runs planned{after}, {done} already finished in {out}")
+    study = Study(out, s)
+    print(
+        f"held-out prompts: {len(study.prompts)} ({len(study.eval_pairs)} with preference pairs); "
+        f"device {study.device} [{time.time() - t0:.0f}s]"
+    )
+    records = _run_all(study, plan, 1, total)
+    confirm, why = confirmation_plan(out, s)
+    if why:
+        print(f"confirmation on fresh seeds not run: {why}")
+    if confirm:
+        print(f"confirmation: {confirm[-1][0].label} (the sweep's pick) and dpo on fresh seeds {s.confirm_seeds}")
+    records |= _run_all(study, confirm, len(plan) + 1, total)
+    print(f"all {len(records)} runs finished [{time.time() - t0:.0f}s]")
     if report:
         from .study_report import write_study_report
 

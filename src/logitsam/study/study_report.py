@@ -6,7 +6,7 @@ import json
 import os
 from typing import Any
 
-from .analysis import _fmt, analyse, load, trajectory
+from .analysis import _fmt, analyse, load, rho_of, trajectory
 
 PNG = {
     "drift": "drift_curves.png",
@@ -29,8 +29,13 @@ def table1(res: dict[str, Any]) -> str:
         f"| SFT (start) | – | 50 (by definition) | {_fmt(sft['win_vs_chosen'], pct=True)} | – | "
         f"{_fmt(sft['reward'], digits=3)} | 0 | 0 | 0 | 0 | – |"
     ]
-    for label, r in res["configs"].items():
-        p = res["paired"].get(label)
+    conf = res.get("confirmation") or {}
+    rows = [(label, r, res["paired"].get(label)) for label, r in res["configs"].items()]
+    rows += [
+        (f"{label} (confirmation, fresh seeds)", r, conf if label == conf["label"] else None)
+        for label, r in conf.get("rows", {}).items()
+    ]
+    for label, r, p in rows:
         h2h = (
             f"{_fmt(p['win_vs_sft_diff'], pct=True)} / {_fmt(p['win'], pct=True)} vs {p['against']} "
             f"({len(p['seeds'])} seeds)"
@@ -90,7 +95,7 @@ def _plots(out: str, res: dict[str, Any]) -> list[str]:
         written.append(_save(fig, out, PNG["drift"]))
 
     # Table 3 analogue: the ρ curve
-    sweep = sorted((float(k.split("(")[1].rstrip(")")), k) for k in res["paired"] if k.startswith("dpo+lsam("))
+    sweep = sorted((rho_of(k), k) for k in res["paired"] if k.startswith("dpo+lsam("))
     if sweep:
         fig, axes = plt.subplots(1, 3, figsize=(14, 4))
         xs = [r for r, _ in sweep]
@@ -103,11 +108,18 @@ def _plots(out: str, res: dict[str, Any]) -> list[str]:
             m = [k * e["mean"] for e in es]
             lo = [k * (e["mean"] - e["low"]) if e["low"] == e["low"] else 0 for e in es]
             hi = [k * (e["high"] - e["mean"]) if e["high"] == e["high"] else 0 for e in es]
-            ax.errorbar(xs, m, yerr=[lo, hi], marker="o", capsize=3)
+            ax.errorbar(xs, m, yerr=[lo, hi], marker="o", capsize=3, label="sweep (seeds that picked ρ)")
+            conf = res.get("confirmation") or {}
+            if conf.get(key):  # the pick re-run on fresh seeds, drawn a little to the right
+                e = conf[key]
+                err = [[k * (e["mean"] - e["low"])], [k * (e["high"] - e["mean"])]] if e["low"] == e["low"] else None
+                x = rho_of(conf["label"]) * 1.25
+                ax.errorbar([x], [k * e["mean"]], yerr=err, marker="s", color="C3", capsize=3, label="fresh seeds")
             ax.axhline(0, color="grey", lw=0.5)
             ax.set_xscale("log")
             ax.set_xlabel("ρ (logits-SAM)")
             ax.set_title(title)
+        axes[0].legend(fontsize=7)
         fig.tight_layout()
         written.append(_save(fig, out, PNG["rho"]))
 
@@ -187,6 +199,11 @@ def write_study_report(out: str) -> str:
     unstarted = [lb for lb in res["planned"] if lb not in res["configs"]]
     done = sum(len(r["seeds"]) for r in res["configs"].values())
     total = planned * len(set(res["planned"]) | set(res["configs"]))
+    if res["confirm_planned"] or res["confirmation"]:  # DPO and the sweep's pick on each fresh seed
+        done += sum(len(r["seeds"]) for r in res["confirmation"].get("rows", {}).values())
+        total += 2 * len(res["confirm_seeds"])
+        if not res["confirmation"].get("rows"):
+            unstarted.append("the confirmation of the sweep's ρ on fresh seeds")
     status = (
         f"**Status: {done} of {total} planned runs finished**"
         + (f"; fewer seeds than planned: {', '.join(short)}" if short else "")
