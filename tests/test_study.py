@@ -225,8 +225,9 @@ def test_study_cli_plan_and_bad_options(tmp_path, monkeypatch, capsys):
         (["--seeds", "1,1"], "--seeds: repeated item"),
         (["--seeds", "-1"], "--seeds: must be in"),
         (["--device", "tpu"], "--device: one of auto, cpu, cuda"),
-        (["--seeds", "2,5"], "--confirm-seeds: seed 5 is also a training seed of the sweep"),
-        (["--confirm-seeds", "4,9"], "--confirm-seeds: seed 4 is also a training seed"),
+        (["--seeds", "2,5"], "--seeds / --confirm-seeds: seed 5 is in both"),
+        (["--confirm-seeds", "4,9"], "--seeds / --confirm-seeds: seed 4 is in both"),
+        (["--report-only", "--confirm-seeds", "2,9"], "--report-only reports what DIR holds"),
         (["--confirm-seeds", "x"], "--confirm-seeds: comma-separated integers"),
         (["--report-only", "--quick"], "--report-only reports what DIR"),
     ):
@@ -241,41 +242,51 @@ def test_study_cli_plan_and_bad_options(tmp_path, monkeypatch, capsys):
 
 
 def test_confirmation_reruns_the_sweeps_pick_on_fresh_seeds(study_copy, monkeypatch, capsys):
-    """After the sweep, DPO and DPO + logits-SAM at the sweep's pick run on the confirmation seeds (their
-    own run names, flagged in the record), kept apart from the plan's rows; a rerun trains nothing."""
+    """Once the sweep is finished, its pick (the rule of analysis.best_of_sweep, saved in confirm.json) and
+    DPO run on the confirmation seeds under their own names, flagged in the record and kept apart from the
+    plan's rows; the saved pick stands on resume; a seed the plan trained on is not fresh."""
     from logitsam.study import analysis
     from logitsam.study.command import plan_lines
-    from logitsam.study.runner import confirmation_plan
+    from logitsam.study.confirm import confirmation_plan, read_pick
+    from logitsam.study.plan import _lsam
 
+    monkeypatch.setitem(GROUPS, "rho", [_lsam("dpo", 1e-2)])  # a two-point sweep: 1e-1 (done) and 1e-2
     s = _quick(groups=("dpo", "rho", "confirm"))
     s.confirm_seeds = (5,)
     plan, why = confirmation_plan(study_copy, s)
-    assert plan == [] and why == "its ρ is picked when the sweep's 8 unfinished runs are done"
+    assert plan == [] and why.endswith("(groups dpo and rho on seeds 0, 1) is finished: 2 of its runs are not")
     assert plan_lines(study_copy, s)[-1].startswith("later   confirm/dpo and dpo+lsam(best ρ) on seeds 5: its ρ")
-    s.groups = ("dpo", "confirm")  # the sweep is ρ = 0.1 alone, finished on seeds 0 and 1
-    picked = []
-
-    def pick(runs, seeds=None):  # the rule is analysis.best_of_sweep's; here: did the runner ask it, and how
-        picked.append((sorted(runs), seeds))
-        return "dpo+lsam(1e-2)"
-
-    monkeypatch.setattr(analysis, "best_of_sweep", pick)
-    assert [sp.name for _, sp in confirmation_plan(study_copy, s)[0]] == ["confirm/dpo/s5", "confirm/dpo+lsam(1e-2)/s5"]
-    assert picked[0] == (["dpo", "dpo(lr×0.5)", "dpo+lsam(1e-1)"], [0, 1])  # the plan's runs, the sweep's seeds
+    # --groups without rho still waits for the whole sweep
+    assert confirmation_plan(study_copy, _quick(groups=("dpo", "confirm")))[0] == []
     before = analysis.analyse(study_copy)
     run_study(study_copy, s, report=False)
     printed = capsys.readouterr().out
-    assert "confirmation: dpo+lsam(1e-2) (the sweep's pick) and dpo on fresh seeds (5,)" in printed
-    with open(record_path(study_copy, "confirm/dpo+lsam(1e-2)/s5"), encoding="utf-8") as f:
+    _, runs = analysis.load(study_copy)
+    best = analysis.best_of_sweep({k: runs[k] for k in ("dpo", "dpo+lsam(1e-1)", "dpo+lsam(1e-2)")}, [0, 1])
+    pick = read_pick(study_copy)
+    assert pick["label"] == best and pick["sweep_seeds"] == [0, 1] and set(pick["gains"]) == {
+        "dpo+lsam(1e-1)",
+        "dpo+lsam(1e-2)",
+    }
+    assert f"confirmation: {best} (the sweep's pick, saved in {study_copy}/confirm.json)" in printed
+    with open(record_path(study_copy, f"confirm/{best}/s5"), encoding="utf-8") as f:
         rec = json.load(f)
-    assert rec["config"]["confirm"] is True and rec["spec"]["rho"] == 0.01 and rec["spec"]["seed"] == 5
-    assert rec["method"] == "dpo+lsam(1e-2)" and "hessian" not in rec
+    assert rec["config"]["confirm"] is True and rec["spec"]["rho"] == pick["rho"] and rec["spec"]["seed"] == 5
+    assert rec["method"] == best and "hessian" not in rec
     res = analysis.analyse(study_copy)
-    assert res["configs"] == before["configs"] and res["paired"] == before["paired"]
-    assert res["confirmation"]["label"] == "dpo+lsam(1e-2)" and res["confirmation"]["seeds"] == [5]
-    assert set(res["confirmation"]["rows"]) == {"dpo", "dpo+lsam(1e-2)"}
+    assert res["configs"]["dpo"] == before["configs"]["dpo"]  # the confirmation's DPO run is not pooled in
+    c = res["confirmation"]
+    assert c["label"] == best and c["seeds"] == [5] and c["runs_done"] == 2 and set(c["rows"]) == {"dpo", best}
+    # a resume trains nothing; the saved pick stands even if the sweep would now pick otherwise
     mtime = os.path.getmtime(record_path(study_copy, "confirm/dpo/s5"))
     run_study(study_copy, s, report=False)
     assert "confirm/dpo/s5:" not in capsys.readouterr().out
     assert os.path.getmtime(record_path(study_copy, "confirm/dpo/s5")) == mtime
-    assert plan_lines(study_copy, s)[-2:] == ["done    confirm/dpo/s5", "done    confirm/dpo+lsam(1e-2)/s5"]
+    other = "dpo+lsam(1e-2)" if best == "dpo+lsam(1e-1)" else "dpo+lsam(1e-1)"
+    _edit_json(os.path.join(study_copy, "confirm.json"), lambda p: p.update(label=other, rho=analysis.rho_of(other)))
+    assert plan_lines(study_copy, s)[-2:] == ["done    confirm/dpo/s5", f"todo    confirm/{other}/s5"]
+    # a confirmation seed the plan trained on is not fresh
+    s.confirm_seeds = (1,)
+    s.seeds = (0,)
+    plan, why = confirmation_plan(study_copy, s)
+    assert plan == [] and why.startswith("confirmation seed 1 is not fresh (the plan trained on it: ")

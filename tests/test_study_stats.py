@@ -958,7 +958,9 @@ def test_claims_all_listed_and_not_measured_without_runs():
     assert v == ["not measured"] * 9
     assert out[4]["evidence"] == "fewer than two values of ρ finished"
     assert all(c["evidence"].startswith("runs missing") for i, c in enumerate(out) if i not in (4, 8))
-    assert out[8]["evidence"] == "confirmation runs (seeds 5, 6, 7) not finished: they run after the ρ sweep"
+    assert out[8]["evidence"] == (
+        "confirmation runs (seeds 5, 6, 7) not run yet: ρ is picked when the sweep is finished"
+    )
 
 
 def test_claims_squeezing_needs_plain_dpo_to_squeeze():
@@ -1718,17 +1720,38 @@ def test_reference_free_runs_get_their_drift_from_the_step_0_log_probs():
     assert analysis.trajectory(rec, "eval_logps/chosen_drift") == ([0, 5], [0.0, -1.25])
 
 
+PICK = {"key": KEY, "label": "dpo+lsam(1e-2)", "rho": 0.01, "sweep_seeds": [2, 3, 4], "gains": {}}
+
+
 def test_claims_confirmation_on_fresh_seeds_is_judged_at_95_percent():
-    res = _res({}) | {"confirmation": _pair(gain=(0.04, 0.01, 0.07), label="dpo+lsam(1e-2)", seeds=[5, 6, 7])}
+    conf = {"pick": PICK, "planned_seeds": [5, 6, 7], "runs_done": 6, "others": []}
+    res = _res({}) | {"rho_best": "dpo+lsam(1e-2)"}
+    res["confirmation"] = conf | _pair(gain=(0.04, 0.01, 0.07), label="dpo+lsam(1e-2)", seeds=[5, 6, 7])
     v, out = _verdicts(res)
     assert v[8] == "reproduced"
     ev = out[8]["evidence"]
-    assert ev.startswith("win rate against SFT, ρ=0.01 on fresh seeds (picked on the sweep's seeds) − dpo: +4.0 [+1.0, +7.0] pp")
+    assert ev.startswith(
+        "win rate against SFT, ρ=0.01 on fresh seeds 5, 6, 7 (picked on seeds 2, 3, 4) − dpo: +4.0 [+1.0, +7.0] pp"
+    )
     assert ev.endswith("held-out Δ+ difference +1.00 [+0.50, +1.50] nats (t over seeds)")
-    res["confirmation"] = _pair(gain=(-0.01, -0.03, 0.01), label="dpo+lsam(1e-2)")
+    res["confirmation"] = conf | _pair(gain=(-0.01, -0.03, 0.01), label="dpo+lsam(1e-2)")
     assert _verdicts(res)[0][8] == "not reproduced"  # entirely below the paper's smallest gain
-    res["confirmation"] = _pair(gain=(0.04, 0.01, 0.07), kl=(0.3, 0.1, 0.5), label="dpo+lsam(1e-2)")
+    res["confirmation"] = conf | _pair(gain=(0.04, 0.01, 0.07), kl=(0.3, 0.1, 0.5), label="dpo+lsam(1e-2)")
     assert _verdicts(res)[0][8] == "inconclusive (the gain came with more KL)"
+    # the sweep would now pick another ρ, other ρ were confirmed too: said, the saved pick stands
+    res["rho_best"] = "dpo+lsam(1e0)"
+    res["confirmation"] = conf | {"others": ["dpo+lsam(1e-3)"]} | _pair(label="dpo+lsam(1e-2)", seeds=[5, 6, 7])
+    ev = _verdicts(res)[1][8]["evidence"]
+    assert "the sweep on all its current runs would now pick dpo+lsam(1e0) (the saved pick stands)" in ev
+    assert ev.endswith("confirmation runs of dpo+lsam(1e-3) are not the saved pick's: left out")
+    # not finished / not planned
+    res["confirmation"] = {"pick": PICK, "planned_seeds": [5, 6, 7], "runs_done": 1}
+    v, out = _verdicts(res)
+    assert out[8]["evidence"] == (
+        "confirmation of ρ=0.01 (the sweep's pick, confirm.json) not finished: 1 of 6 runs on seeds 5, 6, 7"
+    )
+    res["confirmation"], res["confirm_planned"] = {"pick": None, "runs_done": 0}, False
+    assert _verdicts(res)[1][8]["evidence"] == "not planned (the study ran without its confirm group)"
 
 
 def test_best_of_sweep_rule():
@@ -1754,30 +1777,43 @@ def test_best_of_sweep_rule():
     assert analysis.best_of_sweep({"dpo": dpo}) is None
 
 
+def _confirm_record(label, seed, base, vs_sft):
+    rec = _record("dpo+lsam(1e-1)" if "lsam" in label else "dpo", base)
+    rec["spec"] = rec["spec"] | {"seed": seed, "name": f"confirm/{label}/s{seed}"}
+    rec["method"], rec["config"] = label, {"label": label, "hessian": False, "confirm": True}
+    rec["outcomes_vs_sft"] = vs_sft
+    return rec
+
+
 def test_analyse_keeps_confirmation_runs_apart(tmp_path):
-    """Confirmation records (config.confirm) do not enter the plan's rows or comparisons; they form the
-    confirmation comparison (the sweep's pick against DPO on their own seeds) and its table rows."""
+    """Confirmation records (config.confirm) do not enter the plan's rows or comparisons; with the saved
+    pick they form the confirmation comparison (the pick against DPO on fresh seeds) and its table rows;
+    records of another ρ or on a seed the plan trained on are left out."""
     out = build_study(tmp_path)
     before = analyse(out)
     gain = {5: [1.0, 0.5, 0.5, 0.5, 1.0, 0.5], 6: [0.5, 1.0, 0.5, 0.5, 0.5, 0.5], 7: [0.5, 0.5, 0.5, 1.0, 0.0, 0.5]}
     for label in ("dpo", "dpo+lsam(1e-1)", "dpo+lsam(1e-2)"):
         for seed, base in zip((5, 6, 7), SEEDS, strict=True):
-            rec = _record("dpo+lsam(1e-1)" if "lsam" in label else "dpo", base)
-            rec["spec"] = rec["spec"] | {"seed": seed, "name": f"confirm/{label}/s{seed}"}
-            rec["method"], rec["config"] = label, {"label": label, "hessian": False, "confirm": True}
-            rec["outcomes_vs_sft"] = [0.5] * 6 if label == "dpo" else gain[seed]
+            rec = _confirm_record(label, seed, base, [0.5] * 6 if label == "dpo" else gain[seed])
             _write(tmp_path / "runs" / f"confirm_{label}_s{seed}" / "record.json", rec)
+    # a "confirmation" on seed 2, which the plan trained on: not fresh
+    _write(tmp_path / "runs" / "confirm_dpo_s2" / "record.json", _confirm_record("dpo", 2, 2, [1.0] * 6))
+    res = analyse(out)
+    assert res["confirmation"]["pick"] is None and "seeds" not in res["confirmation"]  # no saved pick yet
+    assert res["confirmation"]["others"] == ["dpo+lsam(1e-1)", "dpo+lsam(1e-2)"]
+    _write(tmp_path / "confirm.json", PICK | {"label": "dpo+lsam(1e-1)", "rho": 0.1})
     res = analyse(out)
     for k in ("configs", "paired", "rho_sweep_adjusted", "matched_movement", "rho_best"):
         assert res[k] == before[k], k
-    assert before["confirmation"] == {} and res["rho_best"] == "dpo+lsam(1e-1)"
+    assert before["confirmation"] == {"pick": None, "planned_seeds": [5, 6, 7], "not_fresh": [], "runs_done": 0,
+                                      "others": []}  # fmt: skip
     c = res["confirmation"]
-    assert c["label"] == "dpo+lsam(1e-1)"  # the sweep's pick, not the other confirmed label
-    assert c["against"] == "dpo" and c["seeds"] == [5, 6, 7] and c["level"] == 0.95
+    assert c["label"] == "dpo+lsam(1e-1)" and c["others"] == ["dpo+lsam(1e-2)"] and c["not_fresh"] == [2]
+    assert c["against"] == "dpo" and c["seeds"] == [5, 6, 7] and c["level"] == 0.95 and c["runs_done"] == 6
     assert_matches_ref(c["win_vs_sft_diff"], [[x - 0.5 for x in gain[s]] for s in (5, 6, 7)], clip=(-1.0, 1.0))
     assert c["rows"]["dpo"]["seeds"] == [5, 6, 7] and set(c["rows"]) == {"dpo", "dpo+lsam(1e-1)"}
     (claim,) = [x for x in res["claims"] if "fresh seeds" in x["claim"]]
-    assert claim["evidence"].startswith("win rate against SFT, ρ=0.1 on fresh seeds")
+    assert claim["evidence"].startswith("win rate against SFT, ρ=0.1 on fresh seeds 5, 6, 7")
     from logitsam.study.study_report import write_study_report
 
     write_study_report(out)
@@ -1785,3 +1821,23 @@ def test_analyse_keeps_confirmation_runs_apart(tmp_path):
     assert "| dpo (confirmation, fresh seeds) | 3 |" in md
     assert "| dpo+lsam(1e-1) (confirmation, fresh seeds) | 3 |" in md and "vs dpo (3 seeds) |" in md
     assert md.splitlines()[2].startswith("**Status: 14 of 51 planned runs finished**")  # 8 + 6 confirmation
+
+
+def test_confirmation_without_a_common_seed_and_part_done(tmp_path):
+    """An interrupted confirmation (DPO on seed 5, the pick only on seed 6) reports its runs, no crash."""
+    from logitsam.study.study_report import write_study_report
+
+    out = build_study(tmp_path)
+    _write(tmp_path / "confirm.json", PICK | {"label": "dpo+lsam(1e-1)", "rho": 0.1})
+    _write(tmp_path / "runs" / "confirm_dpo_s5" / "record.json", _confirm_record("dpo", 5, 2, [0.5] * 6))
+    res = analyse(out)
+    assert res["confirmation"]["runs_done"] == 1 and "seeds" not in res["confirmation"]
+    _write(tmp_path / "runs" / "confirm_dpo+lsam(1e-1)_s6" / "record.json",
+           _confirm_record("dpo+lsam(1e-1)", 6, 3, [1.0] * 6))  # fmt: skip
+    write_study_report(out)
+    md = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "the confirmation (2 of 6 runs)" in md.splitlines()[2]
+    assert "| dpo+lsam(1e-1) (confirmation, fresh seeds) | 1 |" in md
+    res = _strict_json(tmp_path / "results.json")
+    (claim,) = [x for x in res["claims"] if "fresh seeds" in x["claim"]]
+    assert claim["verdict"] == "not measured" and "2 of 6 runs" in claim["evidence"]

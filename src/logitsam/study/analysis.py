@@ -15,7 +15,7 @@ import os
 from collections import defaultdict
 from typing import Any
 
-from .plan import CONFIRM, GROUPS, TUNING_NOTE, StudySettings
+from .plan import CONFIRM, GROUPS, TUNING_NOTE
 from .stats import Estimate, at_level, crossed_interval, head_to_head, on_line, seed_interval
 
 log = logging.getLogger(__name__)
@@ -77,17 +77,23 @@ def rho_of(label: str) -> float:
     return float(label.split("(")[1].rstrip(")")) if "lsam(" in label else 0.0
 
 
-def best_of_sweep(runs: dict[str, dict[int, dict[str, Any]]], seeds: list[int] | None = None) -> str | None:
-    """The ρ sweep's pick, by a rule fixed before any confirmation run: the DPO + logits-SAM label whose
-    paired gain in win rate against SFT over plain DPO (same seeds, same prompts) has the largest mean;
-    a tie goes to the smaller ρ. Only ``seeds`` count (all common seeds if None); None without a sweep."""
+def sweep_gains(runs: dict[str, dict[int, dict[str, Any]]], seeds: list[int] | None = None) -> dict[str, float]:
+    """{DPO + logits-SAM label: mean paired gain in win rate against SFT over plain DPO} on the seeds both
+    have among ``seeds`` (all if None); labels with no such seed are left out."""
     dpo = {s: r for s, r in runs.get("dpo", {}).items() if seeds is None or s in seeds}
     gains = {}
     for label in (lb for lb in runs if lb.startswith("dpo+lsam(")):
         sam = {s: r for s, r in runs[label].items() if s in dpo}
         if sam:
             gains[label] = paired(sam, dpo)["win_vs_sft_diff"]["mean"]
-    return pick(gains)
+    return gains
+
+
+def best_of_sweep(runs: dict[str, dict[int, dict[str, Any]]], seeds: list[int] | None = None) -> str | None:
+    """The ρ sweep's pick, by a rule fixed before any confirmation run: the DPO + logits-SAM label whose
+    paired gain in win rate against SFT over plain DPO (same seeds, same prompts) has the largest mean;
+    a tie goes to the smaller ρ. Only ``seeds`` count (all common seeds if None); None without a sweep."""
+    return pick(sweep_gains(runs, seeds))
 
 
 def pick(gains: dict[str, float]) -> str | None:
@@ -291,18 +297,9 @@ def analyse(out: str) -> dict[str, Any]:
     sweep = [lb for lb in pairs if lb.startswith("dpo+lsam(")]
     level = 1 - 0.05 / max(1, len(sweep))
     adjusted = {lb: paired(runs[lb], runs["dpo"], level=level) for lb in sweep}
+    from .confirm import confirmation
+
     best = best_of_sweep(runs)
-    _, fresh = load(out, confirm=True)
-    confirmation: dict[str, Any] = {}
-    picked = [lb for lb in fresh if lb.startswith("dpo+lsam(")]
-    if "dpo" in fresh and picked:
-        lb = best if best in picked else picked[0]
-        confirmation = {
-            "label": lb,
-            "against": "dpo",
-            "rows": {x: config_row(x, fresh[x]) for x in ("dpo", lb)},
-            **paired(fresh[lb], fresh["dpo"]),
-        }
     lsam = next((lb for lb in runs if lb.startswith("dpo+lsam(") and lb in pairs and lb.endswith("(1e-1)")), None)
     control = {}
     if lsam and "dpo" in runs:
@@ -326,9 +323,8 @@ def analyse(out: str) -> dict[str, Any]:
         "paired": pairs,
         "rho_sweep_adjusted": adjusted,
         "rho_best": best,
-        "confirmation": confirmation,
+        "confirmation": confirmation(out, runs, shared),
         "confirm_planned": CONFIRM in shared["settings"].get("groups", (*GROUPS, CONFIRM)),
-        "confirm_seeds": list(shared["settings"].get("confirm_seeds", StudySettings.confirm_seeds)),
         # the configurations of the groups the study was started with (runs of others count too)
         "planned": [c.label for g in shared["settings"].get("groups", GROUPS) if g in GROUPS for c in GROUPS[g]],
         "matched_movement": control,

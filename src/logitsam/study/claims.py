@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .analysis import _fmt, pick, rho_of, verdict
+from .plan import StudySettings
 from .stats import Estimate
 
 # the smallest win-rate gain (against SFT) the paper's Table 1 reports for logits-SAM: +2.3 pp (CPO, TL;DR)
@@ -103,15 +104,36 @@ def claims(res: dict[str, Any]) -> list[dict[str, str]]:
 
 
 def _confirmed(res: dict[str, Any], add: Any) -> None:
-    """The sweep's pick re-run against DPO on fresh seeds: judged at 95%, no adjustment (picked before)."""
+    """The sweep's saved pick re-run against DPO on fresh seeds: judged at 95%, no adjustment (the pick was
+    made before these runs)."""
     claim = "the sweep's best ρ, re-run on fresh seeds, raises DPO's win rate against SFT (Table 3, confirmed)"
     c = res.get("confirmation") or {}
-    seeds = ", ".join(map(str, res.get("confirm_seeds", [])))
+    planned = c.get("planned_seeds", list(StudySettings.confirm_seeds))
+    pick = c.get("pick")
     if not c.get("seeds"):
-        add(claim, "not measured", f"confirmation runs (seeds {seeds}) not finished: they run after the ρ sweep")
+        if not res.get("confirm_planned", True) and not c.get("runs_done"):
+            why = "not planned (the study ran without its confirm group)"
+        elif pick is None:
+            why = f"confirmation runs (seeds {_list(planned)}) not run yet: ρ is picked when the sweep is finished"
+        else:
+            why = (
+                f"confirmation of ρ={pick['rho']:g} (the sweep's pick, confirm.json) not finished: {c['runs_done']} "
+                f"of {2 * len(planned)} runs on seeds {_list(planned)}"
+            )
+        add(claim, "not measured", why)
         return
-    v, ev = _win(c, f"ρ={rho_of(c['label']):g} on fresh seeds (picked on the sweep's seeds) − dpo")
-    add(claim, v, f"{ev}; held-out Δ+ difference {_fmt(c['chosen_drift_diff'])} nats (t over seeds)")
+    what = f"ρ={pick['rho']:g} on fresh seeds {_list(c['seeds'])} (picked on seeds {_list(pick['sweep_seeds'])}) − dpo"
+    v, ev = _win(c, what)
+    notes = ""
+    if res.get("rho_best") and res["rho_best"] != c["label"]:
+        notes += f"; the sweep on all its current runs would now pick {res['rho_best']} (the saved pick stands)"
+    if c.get("others"):
+        notes += f"; confirmation runs of {', '.join(c['others'])} are not the saved pick's: left out"
+    add(claim, v, f"{ev}; held-out Δ+ difference {_fmt(c['chosen_drift_diff'])} nats (t over seeds){notes}")
+
+
+def _list(seeds: Any) -> str:
+    return ", ".join(map(str, seeds))
 
 
 def _seeds(e: dict[str, Any]) -> str:

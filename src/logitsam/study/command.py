@@ -41,8 +41,9 @@ def settings_from(args: argparse.Namespace) -> StudySettings:
     both = sorted(set(s.seeds) & set(s.confirm_seeds))
     if both and CONFIRM in s.groups:
         raise ConfigError(
-            f"--confirm-seeds: seed {both[0]} is also a training seed of the sweep; the confirmation needs fresh "
-            f"seeds (confirm seeds now {','.join(map(str, s.confirm_seeds))}: pass others)"
+            f"--seeds / --confirm-seeds: seed {both[0]} is in both (seeds {','.join(map(str, s.seeds))}; confirmation "
+            f"seeds {','.join(map(str, s.confirm_seeds))}): the confirmation needs fresh seeds; pass --confirm-seeds "
+            "with others"
         )
     return s
 
@@ -97,10 +98,10 @@ def plan_lines(out: str, s: StudySettings) -> list[str]:
         if shared["key"] != key:
             lines.append(f"note: {out} holds a study made with other settings; running these options there is refused")
     confirm, why = [], ""
-    if CONFIRM in s.groups:
-        from .runner import confirmation_plan
+    if CONFIRM in s.groups and os.path.exists(shared_path) and read_shared(out)["key"] == key:
+        from .confirm import confirmation_plan
 
-        confirm, why = confirmation_plan(out, s) if os.path.exists(shared_path) else ([], "")
+        confirm, why = confirmation_plan(out, s)
     for _, spec in s.plan() + confirm:
         path = record_path(out, spec.name)
         state = "todo"
@@ -114,6 +115,11 @@ def plan_lines(out: str, s: StudySettings) -> list[str]:
 
 
 def study_command(args: argparse.Namespace, check_out_dir: Any) -> int:
+    given = (args.seeds, getattr(args, "confirm_seeds", None), args.groups)
+    if args.report_only and (any(x is not None for x in given) or args.quick):
+        raise ConfigError(
+            "--report-only reports what DIR holds: --seeds, --confirm-seeds, --groups and --quick do not apply"
+        )
     s = settings_from(args)
     if args.plan:
         if os.path.exists(args.out) and not os.path.isdir(args.out):
@@ -125,8 +131,6 @@ def study_command(args: argparse.Namespace, check_out_dir: Any) -> int:
             pass
         return 0
     if args.report_only:
-        if args.seeds is not None or args.groups is not None or args.quick:
-            raise ConfigError("--report-only reports what DIR holds: --seeds, --groups and --quick do not apply")
         from .study_report import write_study_report
 
         read_shared(args.out)

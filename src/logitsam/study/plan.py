@@ -31,7 +31,7 @@ TUNING_NOTE = (
     "untuned. The study's seeds were never used for tuning; the ρ sweep runs on them, so its best ρ is judged at a "
     "Bonferroni-adjusted level, and the ρ it picks is re-run against DPO on fresh confirmation seeds."
 )
-CONFIRM = "confirm"  # the group whose ρ is picked from the finished sweep (runner.run_study)
+CONFIRM = "confirm"  # the group whose ρ is picked from the finished sweep (confirm.py), run last
 SWEEP_GROUPS = ("dpo", "rho")  # the groups holding the sweep's DPO + logits-SAM runs
 
 
@@ -107,8 +107,15 @@ class StudySettings(DemoSettings):
         return out
 
     def sweep_plan(self) -> list[tuple[Config, RunSpec]]:
-        """The planned DPO + logits-SAM runs among which the confirmation's ρ is picked (and DPO's)."""
-        return [(c, sp) for c, sp in self.plan() if c.label == "dpo" or c.label.startswith("dpo+lsam(")]
+        """The runs the confirmation's ρ is picked from: DPO and DPO + logits-SAM at every ρ of
+        SWEEP_GROUPS on the study's seeds, whichever groups this command runs."""
+        return [
+            (c, c.spec(seed))
+            for g in SWEEP_GROUPS
+            for seed in self.seeds
+            for c in GROUPS[g]
+            if c.label == "dpo" or c.label.startswith("dpo+lsam(")
+        ]
 
     def confirm_plan(self, rho: float) -> list[tuple[Config, RunSpec]]:
         """DPO and DPO + logits-SAM at the picked ρ on the confirmation seeds (empty unless planned)."""

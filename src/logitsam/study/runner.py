@@ -32,6 +32,7 @@ from ..losses import get_loss, resolve_hparams
 from ..models import cache_dir, load_model, load_tokenizer
 from ..run import train
 from .command import read_record, read_shared
+from .confirm import confirmation_plan
 from .demo import RunSpec, _letters, _run_config, _start_records, describe
 from .pairs import load_prompts, make_pairs, split_prompts, write_jsonl
 from .plan import CONFIRM, TUNING_NOTE, Config, StudySettings
@@ -141,10 +142,15 @@ class Study:
                         f"{path}: the study's preference pairs changed since it started (resampled?); "
                         "use another --out or delete the directory"
                     )
-                # groups added on a resume are planned from now on (the report counts their runs)
-                groups = list(dict.fromkeys([*shared["settings"].get("groups", []), *self.s.groups]))
-                if groups != shared["settings"].get("groups"):
-                    shared["settings"]["groups"] = groups
+                # groups and confirmation seeds added on a resume are planned from now on (the report counts them)
+                st = dict(shared["settings"])
+                if "groups" in st:  # absent: every group was planned
+                    st["groups"] = list(dict.fromkeys([*st["groups"], *self.s.groups]))
+                if CONFIRM in self.s.groups:
+                    old = st.get("confirm_seeds", list(StudySettings.confirm_seeds))
+                    st["confirm_seeds"] = list(dict.fromkeys([*old, *self.s.confirm_seeds]))
+                if st != shared["settings"]:
+                    shared["settings"] = st
                     _write_json(path, shared)
                 return shared
             raise UserError(
@@ -231,26 +237,6 @@ class Study:
         return rec
 
 
-def confirmation_plan(out: str, s: StudySettings) -> tuple[list[tuple[Config, RunSpec]], str]:
-    """(the confirmation runs, "") once every planned run of the ρ sweep is finished in ``out``, with ρ
-    picked from them by ``analysis.best_of_sweep``; otherwise ([], why not)."""
-    if CONFIRM not in s.groups:
-        return [], ""
-    sweep = s.sweep_plan()
-    if not any(c.label.startswith("dpo+lsam(") for c, _ in sweep):
-        return [], "the confirmation needs the ρ sweep: groups dpo and rho"
-    todo = [spec.name for _, spec in sweep if not os.path.exists(record_path(out, spec.name))]
-    if todo:
-        return [], f"its ρ is picked when the sweep's {len(todo)} unfinished runs are done"
-    from .analysis import best_of_sweep, load, rho_of
-
-    _, runs = load(out)
-    best = best_of_sweep(runs, list(s.seeds))
-    if best is None:
-        return [], "no ρ of the sweep has a win-rate gain to pick by"
-    return s.confirm_plan(rho_of(best)), ""
-
-
 def _run_all(study: Study, plan: list[tuple[Config, RunSpec]], first: int, total: int) -> dict[str, dict[str, Any]]:
     records = {}
     for i, (cfg, spec) in enumerate(plan, first):
@@ -277,7 +263,8 @@ def run_study(out: str, s: StudySettings, report: bool = True) -> dict[str, dict
     n_confirm = 2 * len(s.confirm_seeds) if CONFIRM in s.groups else 0
     total = len(plan) + n_confirm
     done = sum(os.path.exists(record_path(out, spec.name)) for _, spec in plan)
-    after = f" (+ {n_confirm} confirmation runs on seeds {s.confirm_seeds} after the ρ sweep)" if n_confirm else ""
+    seeds = ", ".join(map(str, s.confirm_seeds))
+    after = f" (+ {n_confirm} confirmation runs on seeds {seeds} after the ρ sweep)" if n_confirm else ""
     print(f"study on {describe(s)}: {len(plan)} runs planned{after}, {done} already finished in {out}")
     study = Study(out, s)
     print(
@@ -285,11 +272,12 @@ def run_study(out: str, s: StudySettings, report: bool = True) -> dict[str, dict
         f"device {study.device} [{time.time() - t0:.0f}s]"
     )
     records = _run_all(study, plan, 1, total)
-    confirm, why = confirmation_plan(out, s)
+    confirm, why = confirmation_plan(out, s, save=True)
     if why:
         print(f"confirmation on fresh seeds not run: {why}")
     if confirm:
-        print(f"confirmation: {confirm[-1][0].label} (the sweep's pick) and dpo on fresh seeds {s.confirm_seeds}")
+        label = confirm[-1][0].label
+        print(f"confirmation: {label} (the sweep's pick, saved in {out}/confirm.json) and dpo on fresh seeds {seeds}")
     records |= _run_all(study, confirm, len(plan) + 1, total)
     print(f"all {len(records)} runs finished [{time.time() - t0:.0f}s]")
     if report:

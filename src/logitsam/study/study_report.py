@@ -32,7 +32,7 @@ def table1(res: dict[str, Any]) -> str:
     conf = res.get("confirmation") or {}
     rows = [(label, r, res["paired"].get(label)) for label, r in res["configs"].items()]
     rows += [
-        (f"{label} (confirmation, fresh seeds)", r, conf if label == conf["label"] else None)
+        (f"{label} (confirmation, fresh seeds)", r, conf if label == conf["label"] and conf.get("seeds") else None)
         for label, r in conf.get("rows", {}).items()
     ]
     for label, r, p in rows:
@@ -199,11 +199,14 @@ def write_study_report(out: str) -> str:
     unstarted = [lb for lb in res["planned"] if lb not in res["configs"]]
     done = sum(len(r["seeds"]) for r in res["configs"].values())
     total = planned * len(set(res["planned"]) | set(res["configs"]))
-    if res["confirm_planned"] or res["confirmation"]:  # DPO and the sweep's pick on each fresh seed
-        done += sum(len(r["seeds"]) for r in res["confirmation"].get("rows", {}).values())
-        total += 2 * len(res["confirm_seeds"])
-        if not res["confirmation"].get("rows"):
+    conf = res["confirmation"]
+    if res["confirm_planned"] or conf["runs_done"]:  # DPO and the sweep's pick on each fresh seed
+        n = 2 * len(set(conf["planned_seeds"]) | set(conf.get("seeds_run", [])))
+        done, total = done + conf["runs_done"], total + n
+        if not conf["runs_done"]:
             unstarted.append("the confirmation of the sweep's ρ on fresh seeds")
+        elif conf["runs_done"] < n:
+            short.append(f"the confirmation ({conf['runs_done']} of {n} runs)")
     status = (
         f"**Status: {done} of {total} planned runs finished**"
         + (f"; fewer seeds than planned: {', '.join(short)}" if short else "")
