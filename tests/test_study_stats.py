@@ -1801,6 +1801,8 @@ def test_analyse_keeps_confirmation_runs_apart(tmp_path):
     res = analyse(out)
     assert res["confirmation"]["pick"] is None and "seeds" not in res["confirmation"]  # no saved pick yet
     assert res["confirmation"]["others"] == ["dpo+lsam(1e-1)", "dpo+lsam(1e-2)"]
+    (claim,) = [x for x in res["claims"] if "fresh seeds" in x["claim"]]
+    assert claim["evidence"].startswith("confirmation runs of dpo+lsam(1e-1), dpo+lsam(1e-2) exist but no saved pick")
     _write(tmp_path / "confirm.json", PICK | {"label": "dpo+lsam(1e-1)", "rho": 0.1})
     res = analyse(out)
     for k in ("configs", "paired", "rho_sweep_adjusted", "matched_movement", "rho_best"):

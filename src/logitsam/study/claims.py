@@ -113,6 +113,11 @@ def _confirmed(res: dict[str, Any], add: Any) -> None:
     if not c.get("seeds"):
         if not res.get("confirm_planned", True) and not c.get("runs_done"):
             why = "not planned (the study ran without its confirm group)"
+        elif pick is None and c.get("others"):
+            why = (
+                f"confirmation runs of {', '.join(c['others'])} exist but no saved pick (confirm.json): "
+                "`logitsam study` with the confirm group picks ρ again from the finished sweep"
+            )
         elif pick is None:
             why = f"confirmation runs (seeds {_list(planned)}) not run yet: ρ is picked when the sweep is finished"
         else:

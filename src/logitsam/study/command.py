@@ -59,31 +59,30 @@ def _seeds(value: str, option: str) -> tuple[int, ...]:
     return seeds
 
 
+def read_json(path: str, keys: tuple[str, ...], what: str, remedy: str) -> dict[str, Any]:
+    """A study file: a JSON object with ``keys``, or a one-line UserError naming ``path`` and ``remedy``."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: unreadable ({e}); {remedy}") from None
+    if not isinstance(obj, dict) or not all(k in obj for k in keys):
+        raise UserError(f"{path}: not {what}; {remedy}")
+    return obj
+
+
 def read_shared(out: str) -> dict[str, Any]:
     """DIR/shared.json, or UserError saying what is wrong with it (one line, the file named)."""
     path = os.path.join(out, "shared.json")
     if not os.path.isfile(path):
         raise UserError(f"{out}: not a study directory (no shared.json); `logitsam study --out {out}` starts one")
-    try:
-        with open(path, encoding="utf-8") as f:
-            shared = json.load(f)
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: unreadable ({e}); delete shared.json (it is rebuilt, runs are kept)") from None
-    if not isinstance(shared, dict) or not all(k in shared for k in ("key", "settings", "prompts")):
-        raise UserError(f"{path}: not a study's shared.json; delete it (it is rebuilt, runs are kept)")
-    return shared
+    keys = ("key", "settings", "prompts")
+    return read_json(path, keys, "a study's shared.json", "delete it (it is rebuilt, runs are kept)")
 
 
 def read_record(path: str) -> dict[str, Any]:
     """A finished run's record.json, or UserError naming it."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            rec = json.load(f)
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: unreadable ({e}); delete it to run that run again") from None
-    if not isinstance(rec, dict) or not all(k in rec for k in RECORD_KEYS):
-        raise UserError(f"{path}: not a study run's record; delete it to run that run again")
-    return rec
+    return read_json(path, RECORD_KEYS, "a study run's record", "delete it to run that run again")
 
 
 def plan_lines(out: str, s: StudySettings) -> list[str]:

@@ -10,7 +10,6 @@ train on seeds no run of the plan used; a confirmation record on such a seed is 
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
 from typing import Any
@@ -26,17 +25,12 @@ PICK_KEYS = ("key", "label", "rho", "sweep_seeds", "gains")
 
 def read_pick(out: str) -> dict[str, Any] | None:
     """DIR/confirm.json (the saved pick), None if there is none, UserError naming it if it is broken."""
+    from .command import read_json
+
     path = os.path.join(out, PICK)
     if not os.path.exists(path):
         return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            pick = json.load(f)
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: unreadable ({e}); delete it to pick ρ again from the finished sweep") from None
-    if not isinstance(pick, dict) or not all(k in pick for k in PICK_KEYS):
-        raise UserError(f"{path}: not a study's saved pick; delete it to pick ρ again from the finished sweep")
-    return pick
+    return read_json(path, PICK_KEYS, "a study's saved pick", "delete it to pick ρ again from the finished sweep")
 
 
 def plan_seeds(out: str) -> dict[int, str]:

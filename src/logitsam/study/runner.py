@@ -31,7 +31,7 @@ from ..evaluation.winrate import sequence_kl_values
 from ..losses import get_loss, resolve_hparams
 from ..models import cache_dir, load_model, load_tokenizer
 from ..run import train
-from .command import read_record, read_shared
+from .command import read_json, read_record, read_shared
 from .confirm import confirmation_plan
 from .demo import RunSpec, _letters, _run_config, _start_records, describe
 from .pairs import load_prompts, make_pairs, split_prompts, write_jsonl
@@ -45,14 +45,6 @@ def _write_json(path: str, obj: Any) -> None:
     with open(path + ".tmp", "w", encoding="utf-8") as f:
         json.dump(obj, f)
     os.replace(path + ".tmp", path)
-
-
-def _read_json(path: str) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: unreadable ({e}); delete it to run that part again") from None
 
 
 def record_path(out: str, name: str) -> str:
@@ -199,7 +191,9 @@ class Study:
             return rec
         setup = hashlib.sha256(json.dumps([spec.loss, spec.params], sort_keys=True).encode()).hexdigest()[:12]
         start_path = os.path.join(self.out, "start", f"{setup}.json")
-        start = _read_json(start_path) if os.path.exists(start_path) else None
+        start = None
+        if os.path.exists(start_path):
+            start = read_json(start_path, ("records",), "this study's step-0 evaluation", "delete it to evaluate again")
         if start is not None and (start.get("key", self.key) != self.key or not start.get("records")):
             raise UserError(f"{start_path}: not this study's step-0 evaluation; delete it to evaluate again")
         rcfg = _run_config(self.s, spec, self.out, self.train_file, self.eval_file, eval_on_start=start is None)
