@@ -24,24 +24,33 @@ PLAIN = {c.label: c.plain for g in GROUPS.values() for c in g}
 HELD = ("eval_logps/chosen_drift", "eval_logps/rejected_drift", "eval_probs/top_token")
 
 
-def load(out: str, confirm: bool = False) -> tuple[dict[str, Any], dict[str, dict[int, dict[str, Any]]]]:
-    """(shared.json, {configuration label: {seed: record}}) of a study directory: the runs of the plan,
-    or with ``confirm`` the confirmation runs on fresh seeds (kept apart: the plan's runs picked their ρ);
-    records made under other settings are left out with a warning naming them."""
+Runs = dict[str, dict[int, dict[str, Any]]]  # {configuration label: {seed: record}}
+
+
+def load_all(out: str) -> tuple[dict[str, Any], Runs, Runs]:
+    """(shared.json, the plan's runs, the confirmation runs) of a study directory, each record read
+    once; confirmation runs (fresh seeds) are kept apart: the plan's runs picked their ρ. Records made
+    under other settings are left out with a warning naming them."""
     from .command import read_record, read_shared
 
     shared = read_shared(out)
-    runs: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
+    found: dict[bool, Runs] = {False: defaultdict(dict), True: defaultdict(dict)}
     for path in sorted(glob.glob(os.path.join(out, "runs", "*", "record.json"))):
         rec = read_record(path)
-        if bool(rec.get("config", {}).get("confirm")) != confirm:
-            continue
         if rec["key"] == shared["key"]:
-            runs[rec["method"]][rec["spec"]["seed"]] = rec
+            found[bool(rec.get("config", {}).get("confirm"))][rec["method"]][rec["spec"]["seed"]] = rec
         else:
             log.warning("%s: finished under other study settings; left out of the report", path)
     order = {label: i for i, label in enumerate(ORDER)}
-    return shared, dict(sorted(runs.items(), key=lambda kv: order.get(kv[0], len(order))))
+    runs, fresh = (dict(sorted(found[c].items(), key=lambda kv: order.get(kv[0], len(order)))) for c in (False, True))
+    return shared, runs, fresh
+
+
+def load(out: str, confirm: bool = False) -> tuple[dict[str, Any], Runs]:
+    """(shared.json, {configuration label: {seed: record}}): the plan's runs, or with ``confirm`` the
+    confirmation runs (see ``load_all``)."""
+    shared, runs, fresh = load_all(out)
+    return shared, fresh if confirm else runs
 
 
 def trajectory(rec: dict[str, Any], key: str) -> tuple[list[int], list[float]]:
@@ -282,7 +291,7 @@ def verdict(e: dict[str, float], null: float, direction: int, smallest: float | 
 
 def analyse(out: str) -> dict[str, Any]:
     """Every estimate, comparison and claim of a study directory (the body of results.json)."""
-    shared, runs = load(out)
+    shared, runs, fresh = load_all(out)
     rows = {label: config_row(label, seeds) for label, seeds in runs.items()}
     sft = {
         "win_vs_chosen": _clip(crossed_interval([shared["sft_vs_chosen"]]), 0.0, 1.0).to_dict(),
@@ -299,7 +308,7 @@ def analyse(out: str) -> dict[str, Any]:
     adjusted = {lb: paired(runs[lb], runs["dpo"], level=level) for lb in sweep}
     from .confirm import confirmation
 
-    best = best_of_sweep(runs)
+    best = pick({lb: pairs[lb]["win_vs_sft_diff"]["mean"] for lb in sweep})  # best_of_sweep on every seed
     lsam = next((lb for lb in runs if lb.startswith("dpo+lsam(") and lb in pairs and lb.endswith("(1e-1)")), None)
     control = {}
     if lsam and "dpo" in runs:
@@ -323,7 +332,7 @@ def analyse(out: str) -> dict[str, Any]:
         "paired": pairs,
         "rho_sweep_adjusted": adjusted,
         "rho_best": best,
-        "confirmation": confirmation(out, runs, shared),
+        "confirmation": confirmation(out, runs, fresh, shared),
         "confirm_planned": CONFIRM in shared["settings"].get("groups", (*GROUPS, CONFIRM)),
         # the configurations of the groups the study was started with (runs of others count too)
         "planned": [c.label for g in shared["settings"].get("groups", GROUPS) if g in GROUPS for c in GROUPS[g]],

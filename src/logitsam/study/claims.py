@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .analysis import _fmt, pick, rho_of, verdict
+from .confirm import seed_list
 from .plan import StudySettings
 from .stats import Estimate
 
@@ -109,25 +110,26 @@ def _confirmed(res: dict[str, Any], add: Any) -> None:
     claim = "the sweep's best ρ, re-run on fresh seeds, raises DPO's win rate against SFT (Table 3, confirmed)"
     c = res.get("confirmation") or {}
     planned = c.get("planned_seeds", list(StudySettings.confirm_seeds))
-    pick = c.get("pick")
+    saved = c.get("pick")
     if not c.get("seeds"):
         if not res.get("confirm_planned", True) and not c.get("runs_done"):
             why = "not planned (the study ran without its confirm group)"
-        elif pick is None and c.get("others"):
+        elif saved is None and c.get("others"):
             why = (
                 f"confirmation runs of {', '.join(c['others'])} exist but no saved pick (confirm.json): "
                 "`logitsam study` with the confirm group picks ρ again from the finished sweep"
             )
-        elif pick is None:
-            why = f"confirmation runs (seeds {_list(planned)}) not run yet: ρ is picked when the sweep is finished"
+        elif saved is None:
+            why = f"confirmation runs (seeds {seed_list(planned)}) not run yet: ρ is picked when the sweep is finished"
         else:
             why = (
-                f"confirmation of ρ={pick['rho']:g} (the sweep's pick, confirm.json) not finished: {c['runs_done']} "
-                f"of {2 * len(planned)} runs on seeds {_list(planned)}"
+                f"confirmation of ρ={saved['rho']:g} (the sweep's pick, confirm.json) not finished: {c['runs_done']} "
+                f"of {2 * len(planned)} runs on seeds {seed_list(planned)}"
             )
         add(claim, "not measured", why)
         return
-    what = f"ρ={pick['rho']:g} on fresh seeds {_list(c['seeds'])} (picked on seeds {_list(pick['sweep_seeds'])}) − dpo"
+    picked_on = seed_list(saved["sweep_seeds"])
+    what = f"ρ={saved['rho']:g} on fresh seeds {seed_list(c['seeds'])} (picked on seeds {picked_on}) − dpo"
     v, ev = _win(c, what)
     notes = ""
     if res.get("rho_best") and res["rho_best"] != c["label"]:
@@ -135,10 +137,6 @@ def _confirmed(res: dict[str, Any], add: Any) -> None:
     if c.get("others"):
         notes += f"; confirmation runs of {', '.join(c['others'])} are not the saved pick's: left out"
     add(claim, v, f"{ev}; held-out Δ+ difference {_fmt(c['chosen_drift_diff'])} nats (t over seeds){notes}")
-
-
-def _list(seeds: Any) -> str:
-    return ", ".join(map(str, seeds))
 
 
 def _seeds(e: dict[str, Any]) -> str:

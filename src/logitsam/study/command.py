@@ -92,12 +92,11 @@ def plan_lines(out: str, s: StudySettings) -> list[str]:
     key = s.key()
     shared_path = os.path.join(out, "shared.json")
     lines = []
-    if os.path.exists(shared_path):
-        shared = read_shared(out)
-        if shared["key"] != key:
-            lines.append(f"note: {out} holds a study made with other settings; running these options there is refused")
+    same = not os.path.exists(shared_path) or read_shared(out)["key"] == key
+    if not same:
+        lines.append(f"note: {out} holds a study made with other settings; running these options there is refused")
     confirm, why = [], ""
-    if CONFIRM in s.groups and os.path.exists(shared_path) and read_shared(out)["key"] == key:
+    if CONFIRM in s.groups and os.path.exists(shared_path) and same:
         from .confirm import confirmation_plan
 
         confirm, why = confirmation_plan(out, s)

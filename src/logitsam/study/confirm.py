@@ -9,12 +9,12 @@ train on seeds no run of the plan used; a confirmation record on such a seed is 
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 from typing import Any
 
 from ..errors import UserError
+from .analysis import Runs, config_row, load, paired, pick, sweep_gains
 from .demo import RunSpec
 from .plan import CONFIRM, Config, StudySettings
 
@@ -33,30 +33,14 @@ def read_pick(out: str) -> dict[str, Any] | None:
     return read_json(path, PICK_KEYS, "a study's saved pick", "delete it to pick ρ again from the finished sweep")
 
 
-def plan_seeds(out: str) -> dict[int, str]:
-    """{seed: a record of it} over the finished runs of the plan (not the confirmation's) in ``out``."""
-    from .command import read_record
-
-    seeds: dict[int, str] = {}
-    for path in sorted(glob.glob(os.path.join(out, "runs", "*", "record.json"))):
-        rec = read_record(path)
-        if not rec.get("config", {}).get("confirm"):
-            seeds.setdefault(rec["spec"]["seed"], path)
-    return seeds
-
-
-def _make_pick(out: str, s: StudySettings) -> tuple[dict[str, Any] | None, str]:
-    from .analysis import load, pick, sweep_gains
-    from .runner import record_path
-
+def _make_pick(runs: Runs, s: StudySettings) -> tuple[dict[str, Any] | None, str]:
     sweep = s.sweep_plan()
-    todo = [spec.name for _, spec in sweep if not os.path.exists(record_path(out, spec.name))]
+    todo = [spec.name for c, spec in sweep if spec.seed not in runs.get(c.label, {})]
     if todo:
         return None, (
-            f"its ρ is picked when the sweep (groups dpo and rho on seeds {_list(s.seeds)}) is finished: "
+            f"its ρ is picked when the sweep (groups dpo and rho on seeds {seed_list(s.seeds)}) is finished: "
             f"{len(todo)} of its runs are not"
         )
-    _, runs = load(out)
     labels = {c.label for c, _ in sweep}
     gains = sweep_gains({lb: r for lb, r in runs.items() if lb in labels}, list(s.seeds))
     label = pick(gains)
@@ -71,16 +55,19 @@ def confirmation_plan(out: str, s: StudySettings, save: bool = False) -> tuple[l
     pick is the saved one, else made from the finished sweep (and saved with ``save``)."""
     if CONFIRM not in s.groups:
         return [], ""
+    from .runner import record_path
+
     saved = read_pick(out)
     if saved is not None and saved["key"] != s.key():
         raise UserError(f"{os.path.join(out, PICK)}: picked under other study settings; delete it to pick again")
-    chosen, why = (saved, "") if saved is not None else _make_pick(out, s)
+    _, runs = load(out)
+    chosen, why = (saved, "") if saved is not None else _make_pick(runs, s)
     if chosen is None:
         return [], why
-    used = plan_seeds(out)
+    used = {seed: rec["spec"]["name"] for by in runs.values() for seed, rec in by.items()}
     stale = [x for x in s.confirm_seeds if x in used or x in s.seeds]
     if stale:
-        where = used.get(stale[0], "this command's --seeds")
+        where = record_path(out, used[stale[0]]) if stale[0] in used else "this command's --seeds"
         return [], (
             f"confirmation seed {stale[0]} is not fresh (the plan trained on it: {where}); "
             "pass --confirm-seeds with seeds no run used"
@@ -92,18 +79,17 @@ def confirmation_plan(out: str, s: StudySettings, save: bool = False) -> tuple[l
     return s.confirm_plan(chosen["rho"]), ""
 
 
-def _list(seeds: Any) -> str:
+def seed_list(seeds: Any) -> str:
+    """Seeds as the report and messages write them: "5, 6, 7"."""
     return ", ".join(map(str, seeds))
 
 
-def confirmation(out: str, runs: dict[str, dict[int, dict[str, Any]]], shared: dict[str, Any]) -> dict[str, Any]:
+def confirmation(out: str, runs: Runs, found: Runs, shared: dict[str, Any]) -> dict[str, Any]:
     """The confirmation's comparison for the report: the saved pick against DPO on the fresh seeds
     (paired, 95%), its rows, and the runs it counts. ``runs``: the plan's runs (their seeds are not
-    fresh). Confirmation records of another ρ than the saved pick's are named, not used."""
-    from .analysis import config_row, load, paired
-
+    fresh); ``found``: the confirmation runs. Records of another ρ than the saved pick's are named,
+    not used."""
     pick = read_pick(out)
-    _, found = load(out, confirm=True)
     used = {seed for by in runs.values() for seed in by}
     fresh = {lb: {x: r for x, r in by.items() if x not in used} for lb, by in found.items()}
     dropped = sorted({x for by in found.values() for x in by} & used)

@@ -32,7 +32,7 @@ from ..losses import get_loss, resolve_hparams
 from ..models import cache_dir, load_model, load_tokenizer
 from ..run import train
 from .command import read_json, read_record, read_shared
-from .confirm import confirmation_plan
+from .confirm import confirmation_plan, seed_list
 from .demo import RunSpec, _letters, _run_config, _start_records, describe
 from .pairs import load_prompts, make_pairs, split_prompts, write_jsonl
 from .plan import CONFIRM, TUNING_NOTE, Config, StudySettings
@@ -257,7 +257,7 @@ def run_study(out: str, s: StudySettings, report: bool = True) -> dict[str, dict
     n_confirm = 2 * len(s.confirm_seeds) if CONFIRM in s.groups else 0
     total = len(plan) + n_confirm
     done = sum(os.path.exists(record_path(out, spec.name)) for _, spec in plan)
-    seeds = ", ".join(map(str, s.confirm_seeds))
+    seeds = seed_list(s.confirm_seeds)
     after = f" (+ {n_confirm} confirmation runs on seeds {seeds} after the ρ sweep)" if n_confirm else ""
     print(f"study on {describe(s)}: {len(plan)} runs planned{after}, {done} already finished in {out}")
     study = Study(out, s)

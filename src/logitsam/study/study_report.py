@@ -104,17 +104,13 @@ def _plots(out: str, res: dict[str, Any]) -> list[str]:
             (axes[1], "chosen_drift_diff", "held-out Δ+ minus DPO's (nats)", 1),
             (axes[2], "kl_diff", "KL minus DPO's", 1),
         ):
-            es = [res["paired"][lb][key] for _, lb in sweep]
-            m = [k * e["mean"] for e in es]
-            lo = [k * (e["mean"] - e["low"]) if e["low"] == e["low"] else 0 for e in es]
-            hi = [k * (e["high"] - e["mean"]) if e["high"] == e["high"] else 0 for e in es]
-            ax.errorbar(xs, m, yerr=[lo, hi], marker="o", capsize=3, label="sweep (seeds that picked ρ)")
+            m, err = _bars([res["paired"][lb][key] for _, lb in sweep], k)
+            ax.errorbar(xs, m, yerr=err, marker="o", capsize=3, label="sweep (seeds that picked ρ)")
             conf = res.get("confirmation") or {}
             if conf.get(key):  # the pick re-run on fresh seeds, drawn a little to the right
-                e = conf[key]
-                err = [[k * (e["mean"] - e["low"])], [k * (e["high"] - e["mean"])]] if e["low"] == e["low"] else None
+                m, err = _bars([conf[key]], k)
                 x = rho_of(conf["label"]) * 1.25
-                ax.errorbar([x], [k * e["mean"]], yerr=err, marker="s", color="C3", capsize=3, label="fresh seeds")
+                ax.errorbar([x], m, yerr=err, marker="s", color="C3", capsize=3, label="fresh seeds")
             ax.axhline(0, color="grey", lw=0.5)
             ax.set_xscale("log")
             ax.set_xlabel("ρ (logits-SAM)")
@@ -167,6 +163,13 @@ def _plots(out: str, res: dict[str, Any]) -> list[str]:
         fig.tight_layout()
         written.append(_save(fig, out, PNG["hessian"]))
     return written
+
+
+def _bars(es: list[dict[str, float]], k: float) -> tuple[list[float], list[list[float]]]:
+    """Means and asymmetric error bars (no bar where an interval is missing), scaled by ``k``."""
+    lo = [k * (e["mean"] - e["low"]) if e["low"] == e["low"] else 0 for e in es]
+    hi = [k * (e["high"] - e["mean"]) if e["high"] == e["high"] else 0 for e in es]
+    return [k * e["mean"] for e in es], [lo, hi]
 
 
 def _no_nan(x: Any) -> Any:
