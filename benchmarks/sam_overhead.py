@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from logitsam.logprobs import IGNORE_INDEX, sequence_logps, token_logps
-from logitsam.losses import PreferenceLogps, compute_loss
-from logitsam.sam import logits_sam_loss, method_costs
+from logitsam.core.logprobs import IGNORE_INDEX, sequence_logps, token_logps
+from logitsam.core.losses import PreferenceLogps, compute_loss
+from logitsam.sam.logits import logits_sam_loss, method_costs
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from memtrack import PeakMemory

@@ -72,11 +72,11 @@ def build(name: str, dev: str, dtype: torch.dtype, layers: int | None, pairs: in
     import trl
     from transformers import AutoConfig, AutoModelForCausalLM, TrainingArguments
 
-    from logitsam.config import SamConfig
-    from logitsam.logprobs import IGNORE_INDEX
-    from logitsam.losses import get_loss, resolve_hparams
-    from logitsam.models import tiny_tokenizer
-    from logitsam.trainer import PreferenceTrainer
+    from logitsam.config.schema import SamConfig
+    from logitsam.core.logprobs import IGNORE_INDEX
+    from logitsam.core.losses import get_loss, resolve_hparams
+    from logitsam.training.models import tiny_tokenizer
+    from logitsam.training.trainer import PreferenceTrainer
 
     kind, kw, _, _ = MODELS[name]
     kw = dict(kw, **({"num_hidden_layers": layers} if layers else {}))

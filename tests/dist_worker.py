@@ -6,8 +6,8 @@ import sys
 
 import torch
 
-from logitsam import config as C
-from logitsam.run import train
+from logitsam.config import schema as C
+from logitsam.training.run import train
 
 
 def digest(trainer) -> None:

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from logitsam.losses import LOSSES, resolve_hparams
-from logitsam.models import tiny_model
-from logitsam.objective import Objective
-from logitsam.sam import logits_sam_loss, perturbed_logits
+from logitsam.core.losses import LOSSES, resolve_hparams
+from logitsam.core.objective import Objective
+from logitsam.sam.logits import logits_sam_loss, perturbed_logits
+from logitsam.training.models import tiny_model
 
 H, W = torch.randn(6, 4), torch.randn(10, 4)
 G = torch.randn(6, 10)

@@ -7,11 +7,11 @@ paper's weight method, W + ε rounded to bf16, loses it all: see tests/test_sam.
 import pytest
 import torch
 
-from logitsam.fused_sam import GramEps, WeightEps
-from logitsam.losses import LOSSES, resolve_hparams
-from logitsam.models import tiny_model
-from logitsam.objective import Objective
-from logitsam.sam import eps_scale, perturb
+from logitsam.core.losses import LOSSES, resolve_hparams
+from logitsam.core.objective import Objective
+from logitsam.sam.fused import GramEps, WeightEps
+from logitsam.sam.logits import eps_scale, perturb
+from logitsam.training.models import tiny_model
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from logitsam.checkpoints import (
+from logitsam.errors import ConfigError
+from logitsam.training.checkpoints import (
     MARKER,
     AtomicCheckpoints,
     checkpoint_problems,
@@ -18,7 +19,6 @@ from logitsam.checkpoints import (
     trim_metrics,
     verify_checkpoint,
 )
-from logitsam.errors import ConfigError
 
 FILES = ("optimizer.pt", "scheduler.pt", "rng_state.pth")
 

@@ -70,8 +70,8 @@ def test_train_config_errors_are_one_line(capsys, tmp_path):
 
 
 def test_multi_line_user_errors_are_printed_on_one_line(capsys, monkeypatch):
-    from logitsam import run as run_mod
     from logitsam.errors import DataError
+    from logitsam.training import run as run_mod
 
     def bad(cfg):
         raise DataError("f.jsonl", 3, "prompt", "broken\nacross lines")
@@ -82,8 +82,8 @@ def test_multi_line_user_errors_are_printed_on_one_line(capsys, monkeypatch):
 
 
 def test_training_diverged_exits_3(capsys, monkeypatch):
-    from logitsam import run as run_mod
-    from logitsam.trainer import TrainingDiverged
+    from logitsam.training import run as run_mod
+    from logitsam.training.trainer import TrainingDiverged
 
     def diverge(cfg):
         raise TrainingDiverged("non-finite loss (nan) at step 3; the last saved checkpoint is the last good state")
@@ -97,7 +97,7 @@ def test_training_diverged_exits_3(capsys, monkeypatch):
 
 
 def test_other_errors_are_not_swallowed(monkeypatch):
-    from logitsam import run as run_mod
+    from logitsam.training import run as run_mod
 
     def crash(cfg):
         raise RuntimeError("a bug")
@@ -108,7 +108,7 @@ def test_other_errors_are_not_swallowed(monkeypatch):
 
 
 def test_losses_lists_ranges(capsys):
-    from logitsam.losses import LOSSES
+    from logitsam.core.losses import LOSSES
 
     rc, out, _ = run(capsys, "losses")
     assert rc == 0
@@ -120,8 +120,8 @@ def test_losses_lists_ranges(capsys):
 
 
 def test_train_help_lists_every_config_key_and_loss(capsys):
-    from logitsam.config import describe_fields
-    from logitsam.losses import LOSSES
+    from logitsam.config.schema import describe_fields
+    from logitsam.core.losses import LOSSES
 
     with pytest.raises(SystemExit) as e:
         cli.main(["train", "--help"])
@@ -137,7 +137,7 @@ def test_train_help_lists_every_config_key_and_loss(capsys):
 def test_train_from_another_directory_with_space_overrides(capsys, tmp_path, monkeypatch):
     import os
 
-    from logitsam import config as C
+    from logitsam.config import schema as C
 
     config = os.path.abspath("configs/tiny-cpu.yaml")
     fixture = os.path.abspath("tests/fixtures/explicit.jsonl")
@@ -256,7 +256,7 @@ def test_sharpness_takes_the_first_pairs_that_survive_tokenization(capsys, tmp_p
 
 
 def test_sharpness_with_broken_model_weights(capsys, tmp_path):
-    from logitsam.models import tiny_model, tiny_tokenizer
+    from logitsam.training.models import tiny_model, tiny_tokenizer
 
     tok = tiny_tokenizer()
     tiny_model(len(tok)).save_pretrained(tmp_path / "m")

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from logitsam import config as C
+from logitsam.config import schema as C
 from logitsam.errors import ConfigError
 
 
@@ -220,7 +220,7 @@ def _cfg(tmp_path, *overrides):
     ],
 )
 def test_check_config_names_the_key(tmp_path, overrides, message):
-    from logitsam.run import check_config
+    from logitsam.training.run import check_config
 
     with pytest.raises(ConfigError, match=re.escape(message)):
         check_config(_cfg(tmp_path, *overrides))
@@ -229,7 +229,7 @@ def test_check_config_names_the_key(tmp_path, overrides, message):
 def test_report_to_an_integration_that_is_not_installed(tmp_path, monkeypatch):
     from transformers.integrations import integration_utils
 
-    from logitsam.run import check_config
+    from logitsam.training.run import check_config
 
     monkeypatch.setattr(integration_utils, "get_available_reporting_integrations", lambda: ["tensorboard"])
     check_config(_cfg(tmp_path, "--train.report_to=[tensorboard]"))  # installed: fine
@@ -238,7 +238,7 @@ def test_report_to_an_integration_that_is_not_installed(tmp_path, monkeypatch):
 
 
 def test_model_paths_that_are_not_models(tmp_path):
-    from logitsam.run import check_config
+    from logitsam.training.run import check_config
 
     (tmp_path / "empty").mkdir()
     (tmp_path / "weights.bin").write_bytes(b"\0" * 8)
@@ -251,8 +251,8 @@ def test_model_paths_that_are_not_models(tmp_path):
 
 
 def test_loading_a_broken_model_dir_is_a_config_error(tmp_path):
-    from logitsam.config import ModelConfig
-    from logitsam.models import load_model, load_tokenizer
+    from logitsam.config.schema import ModelConfig
+    from logitsam.training.models import load_model, load_tokenizer
 
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -264,7 +264,7 @@ def test_loading_a_broken_model_dir_is_a_config_error(tmp_path):
 
 
 def test_output_dir_that_is_a_file_or_under_one(tmp_path):
-    from logitsam.run import check_config
+    from logitsam.training.run import check_config
 
     (tmp_path / "f").write_text("x")
     with pytest.raises(ConfigError, match=r"train\.output_dir: .* is a file, not a directory"):
@@ -287,14 +287,14 @@ def test_output_dir_that_is_a_file_or_under_one(tmp_path):
     ],
 )
 def test_loss_setup_names_the_key(tmp_path, overrides, message):
-    from logitsam.run import loss_setup
+    from logitsam.training.run import loss_setup
 
     with pytest.raises(ConfigError, match=re.escape(message)):
         loss_setup(_cfg(tmp_path, *overrides))
 
 
 def test_loss_params_read_as_yaml_1_1_numbers(tmp_path):
-    from logitsam.run import loss_setup
+    from logitsam.training.run import loss_setup
 
     path = tmp_path / "c.yaml"
     path.write_text("loss: {name: simpo, params: {gamma: 5e-1}}\n")  # PyYAML reads 5e-1 as a string

@@ -8,11 +8,11 @@ import sys
 import pytest
 
 from conftest import ROOT
-from logitsam.batching import PreferenceCollator, tokenize_examples
-from logitsam.data import load_examples, parse_row
+from logitsam.core.logprobs import IGNORE_INDEX
+from logitsam.data.batching import PreferenceCollator, tokenize_examples
+from logitsam.data.examples import load_examples, parse_row
 from logitsam.errors import DataError
-from logitsam.logprobs import IGNORE_INDEX
-from logitsam.models import tiny_tokenizer
+from logitsam.training.models import tiny_tokenizer
 
 FIX = "tests/fixtures"
 

@@ -12,7 +12,7 @@ import torch
 from logitsam.evaluation.generation import DecodeSettings, generate
 from logitsam.evaluation.judges import GoldRewardJudge, JudgeError, LLMJudge, RewardModelJudge, vader_reward
 from logitsam.evaluation.winrate import bootstrap, sequence_kl, win_rate
-from logitsam.models import tiny_model, tiny_tokenizer
+from logitsam.training.models import tiny_model, tiny_tokenizer
 
 
 def test_bootstrap_interval():
@@ -142,8 +142,8 @@ def test_generation_is_seeded_and_kl_of_a_model_to_itself_is_zero():
 def test_demo_quick(tmp_path, monkeypatch, capsys, caplog):
     import logging
 
-    from logitsam import run as run_mod
-    from logitsam.study.demo import quick_settings, run_demo
+    from logitsam.experiments.study.demo import quick_settings, run_demo
+    from logitsam.training import run as run_mod
 
     caplog.set_level(logging.WARNING, logger="transformers")  # test_trl_parity quiets it: no Trainer bars then
 
@@ -184,7 +184,7 @@ def test_shipped_pairs_are_used_when_their_key_matches(tmp_path, monkeypatch):
     """The demo's pairs ship with the package: used (and cached) when key and reward match, never sampled;
     --resample samples again and compares."""
     from logitsam.evaluation.generation import DecodeSettings
-    from logitsam.study import pairs as P
+    from logitsam.experiments.study import pairs as P
 
     prompts, dec = ["a", "b"], DecodeSettings(max_new_tokens=4, temperature=1.0)
     key = P.pairs_key("m", prompts, dec, 0)
@@ -214,8 +214,8 @@ def test_shipped_pairs_are_used_when_their_key_matches(tmp_path, monkeypatch):
 def test_the_shipped_pairs_are_the_default_demos():
     """make demo uses the shipped pairs: their key is the one the default settings compute."""
     from logitsam.evaluation.generation import DecodeSettings
-    from logitsam.study.demo import DemoSettings
-    from logitsam.study.pairs import load_prompts, pairs_key, shipped_pairs
+    from logitsam.experiments.study.demo import DemoSettings
+    from logitsam.experiments.study.pairs import load_prompts, pairs_key, shipped_pairs
 
     s = DemoSettings()
     key = pairs_key(s.model, load_prompts()[: s.max_prompts], DecodeSettings(max_new_tokens=s.new_tokens, temperature=1.0), 0)

@@ -4,11 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from logitsam.fused_head import FusedJob, fused_sequence_sums, plan_rows
-from logitsam.fused_sam import choose_fused_method
-from logitsam.logprobs import IGNORE_INDEX, sequence_logps, token_logps_twice_differentiable
-from logitsam.losses import LOSSES, resolve_hparams
-from logitsam.objective import pair_logps, subset_logps
+from logitsam.core.fused_head import FusedJob, fused_sequence_sums, plan_rows
+from logitsam.core.logprobs import IGNORE_INDEX, sequence_logps, token_logps_twice_differentiable
+from logitsam.core.losses import LOSSES, resolve_hparams
+from logitsam.core.objective import pair_logps, subset_logps
+from logitsam.sam.fused import choose_fused_method
 
 D = torch.float64
 
@@ -195,7 +195,7 @@ def brute_adaptive(spec, params, h, w, b, labels, ref, scores, rho):
 @pytest.mark.parametrize("rho", [0.4, -0.4])
 @pytest.mark.parametrize("path", ["fused", "weight", "chunked"])
 def test_adaptive_matches_brute_force(name, rho, path):
-    from logitsam.sam import logits_sam_loss
+    from logitsam.sam.logits import logits_sam_loss
 
     spec = LOSSES[name]
     params = resolve_hparams(spec, {})
@@ -227,7 +227,7 @@ def test_adaptive_matches_brute_force(name, rho, path):
 
 
 def test_adaptive_refuses_gram():
-    from logitsam.sam import perturb
+    from logitsam.sam.logits import perturb
 
     h, w, *_ = make()
     with pytest.raises(ValueError, match="adaptive"):

@@ -95,8 +95,8 @@ def micro_llama():
 
 
 def test_sharpness_on_a_micro_transformer_matches_exact_trace():
+    from logitsam.core.losses import get_loss
     from logitsam.diagnostics.sharpness import measure_sharpness, preference_loss_of_logits
-    from logitsam.losses import get_loss
 
     model, ref = micro_llama(), micro_llama()
     with torch.no_grad():
@@ -113,7 +113,7 @@ def test_sharpness_on_a_micro_transformer_matches_exact_trace():
     res = measure_sharpness(model, batch, spec, {"beta": 0.5, "label_smoothing": 0.0}, ref_model=ref, probes=probes)
     # Exact Hessian of the same loss in the flattened parameters.
     with torch.no_grad():
-        from logitsam.logprobs import sequence_logps, shift_for_causal_lm, token_logps
+        from logitsam.core.logprobs import sequence_logps, shift_for_causal_lm, token_logps
 
         sl = shift_for_causal_lm(labels)
         ref_lp = sequence_logps(token_logps(ref(input_ids=ids, attention_mask=batch["attention_mask"]).logits, sl), sl)[

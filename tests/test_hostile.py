@@ -14,13 +14,13 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from logitsam import config as C
-from logitsam.batching import PreferenceCollator, tokenize_examples
-from logitsam.data import load_examples
+from logitsam.config import schema as C
+from logitsam.core.losses import LOSSES
+from logitsam.data.batching import PreferenceCollator, tokenize_examples
+from logitsam.data.examples import load_examples
 from logitsam.errors import UserError
-from logitsam.losses import LOSSES
-from logitsam.models import tiny_tokenizer
-from logitsam.run import check_config, loss_setup
+from logitsam.training.models import tiny_tokenizer
+from logitsam.training.run import check_config, loss_setup
 
 SETTINGS = settings(max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 TOKENIZER = tiny_tokenizer()

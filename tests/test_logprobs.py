@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from logitsam.logprobs import (
+from logitsam.core.logprobs import (
     IGNORE_INDEX,
     sequence_logps,
     shift_for_causal_lm,

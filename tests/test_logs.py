@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from logitsam import config as C
-from logitsam.logs import log_line, number, numeric
-from logitsam.run import train
+from logitsam.config import schema as C
+from logitsam.training.logs import log_line, number, numeric
+from logitsam.training.run import train
 
 
 def test_number_formats():

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from logitsam.losses import LOSSES, PreferenceLogps, compute_loss, get_loss, resolve_hparams
+from logitsam.core.losses import LOSSES, PreferenceLogps, compute_loss, get_loss, resolve_hparams
 
 D = torch.float64
 
@@ -155,7 +155,7 @@ def test_specs_describe_defaults():
 
 
 # ---- hyperparameter ranges --------------------------------------------------------------------
-from logitsam.losses import HyperparameterError, describe_losses  # noqa: E402
+from logitsam.core.losses import HyperparameterError, describe_losses  # noqa: E402
 
 HOSTILE = [float("nan"), float("inf"), -float("inf"), "0.1", None, True, [0.1], {"x": 1}]
 
@@ -216,7 +216,7 @@ def test_ints_become_floats_and_numpy_numbers_pass():
 
 
 def test_a_spec_without_ranges_still_rejects_nan_and_wrong_types():
-    from logitsam.losses import LossSpec, dpo
+    from logitsam.core.losses import LossSpec, dpo
 
     spec = LossSpec("custom", dpo, True, False, {"beta": 0.1, "label_smoothing": 0.0})
     assert resolve_hparams(spec, {"beta": -3})["beta"] == -3.0  # no declared range: any finite number

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from logitsam import config as C
+from logitsam.config import schema as C
 from logitsam.errors import UserError
 from logitsam.plot import PANELS, plot_runs, runs_figure
-from logitsam.run import train
+from logitsam.training.run import train
 
 
 def tiny_run(out_dir, *overrides):

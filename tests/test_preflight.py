@@ -9,12 +9,12 @@ import re
 import pytest
 import torch
 
-from logitsam import config as C
-from logitsam.config import ModelConfig
+from logitsam.config import schema as C
+from logitsam.config.schema import ModelConfig
 from logitsam.errors import ConfigError, DataError
-from logitsam.models import apply_lora, load_model, tiny_model, tiny_tokenizer
-from logitsam.preflight import build_training_args
-from logitsam.run import check_config, loss_setup, train
+from logitsam.training.models import apply_lora, load_model, tiny_model, tiny_tokenizer
+from logitsam.training.preflight import build_training_args
+from logitsam.training.run import check_config, loss_setup, train
 
 
 def cfg_for(tmp_path, *overrides):

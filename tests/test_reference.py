@@ -8,10 +8,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from logitsam import reference as R
-from logitsam.batching import tokenize_examples
-from logitsam.data import load_examples
-from logitsam.models import tiny_model, tiny_tokenizer
+from logitsam.data.batching import tokenize_examples
+from logitsam.data.examples import load_examples
+from logitsam.training import reference as R
+from logitsam.training.models import tiny_model, tiny_tokenizer
 
 
 @pytest.fixture

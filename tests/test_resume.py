@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
-from logitsam import config as C
+from logitsam.config import schema as C
 from logitsam.errors import ConfigError, DataError
-from logitsam.run import train
+from logitsam.training.run import train
 
 
 def cfg_for(out, *overrides):

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from logitsam.errors import ConfigError
-from logitsam.rundir import LOCK_NAME, RunLock, check_output_dir, claim
+from logitsam.training.rundir import LOCK_NAME, RunLock, check_output_dir, claim
 
 
 def write_lock(directory, pid, host=None):

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from logitsam.logprobs import IGNORE_INDEX, token_logps
-from logitsam.sam import choose_method, logits_sam_loss, perturb, perturbed_logits
-from logitsam.sam_full import full_sam_backward
+from logitsam.core.logprobs import IGNORE_INDEX, token_logps
+from logitsam.sam.full import full_sam_backward
+from logitsam.sam.logits import choose_method, logits_sam_loss, perturb, perturbed_logits
 
 D = torch.float64
 METHODS = ["weight", "gram", "chunked", "auto"]

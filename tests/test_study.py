@@ -14,8 +14,8 @@ import pytest
 
 from logitsam import cli
 from logitsam.errors import UserError
-from logitsam.study.plan import GROUPS, StudySettings, quick_study
-from logitsam.study.runner import record_path, run_study
+from logitsam.experiments.study.plan import GROUPS, StudySettings, quick_study
+from logitsam.experiments.study.runner import record_path, run_study
 
 
 def _quick(groups=("dpo",), seeds=(0, 1)) -> StudySettings:
@@ -245,10 +245,10 @@ def test_confirmation_reruns_the_sweeps_pick_on_fresh_seeds(study_copy, monkeypa
     """Once the sweep is finished, its pick (the rule of analysis.best_of_sweep, saved in confirm.json) and
     DPO run on the confirmation seeds under their own names, flagged in the record and kept apart from the
     plan's rows; the saved pick stands on resume; a seed the plan trained on is not fresh."""
-    from logitsam.study import analysis
-    from logitsam.study.command import plan_lines
-    from logitsam.study.confirm import confirmation_plan, read_pick
-    from logitsam.study.plan import _lsam
+    from logitsam.experiments.study import analysis
+    from logitsam.experiments.study.command import plan_lines
+    from logitsam.experiments.study.confirm import confirmation_plan, read_pick
+    from logitsam.experiments.study.plan import _lsam
 
     monkeypatch.setitem(GROUPS, "rho", [_lsam("dpo", 1e-2)])  # a two-point sweep: 1e-1 (done) and 1e-2
     s = _quick(groups=("dpo", "rho", "confirm"))

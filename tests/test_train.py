@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from logitsam import config as C
-from logitsam.losses import LOSSES, LossSpec, dpo
-from logitsam.run import train
-from logitsam.trainer import TrainingDiverged
+from logitsam.config import schema as C
+from logitsam.core.losses import LOSSES, LossSpec, dpo
+from logitsam.training.run import train
+from logitsam.training.trainer import TrainingDiverged
 
 
 def cfg_for(tmp_path, *overrides):
@@ -64,7 +64,7 @@ def test_resume_gives_the_same_losses(tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
-    from logitsam.trainer import PreferenceTrainer
+    from logitsam.training.trainer import PreferenceTrainer
 
     state = {"step": 0}
     original = PreferenceTrainer.compute_loss
@@ -94,7 +94,7 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
 def test_divergence_message_never_points_at_a_missing_or_broken_checkpoint(tmp_path):
     from safetensors.torch import save_file
 
-    from logitsam.trainer import last_good_state
+    from logitsam.training.trainer import last_good_state
 
     assert "no checkpoint was saved" in last_good_state(str(tmp_path))
     (tmp_path / "checkpoint-4").mkdir()
@@ -106,7 +106,7 @@ def test_divergence_message_never_points_at_a_missing_or_broken_checkpoint(tmp_p
 
 
 def test_precomputed_reference_matches_model_reference(tmp_path, monkeypatch):
-    from logitsam import run as run_mod
+    from logitsam.training import run as run_mod
 
     monkeypatch.setenv("LOGITSAM_CACHE", str(tmp_path / "cache"))
     train(cfg_for(tmp_path / "model", "--sam.rho=0"))
@@ -182,8 +182,8 @@ def test_kill_mid_save_resumes_from_the_previous_checkpoint(tmp_path):
     """A run killed while writing checkpoint-6 (no trainer_state.json, a torn optimizer.pt, no marker)
     after logging step 6: 'last' resumes from checkpoint-3, the log is trimmed so every step appears
     once, and the resumed steps reproduce the uninterrupted losses."""
-    from logitsam.checkpoints import MARKER
     from logitsam.errors import ConfigError
+    from logitsam.training.checkpoints import MARKER
 
     out = tmp_path / "run"
     train(cfg_for(out))

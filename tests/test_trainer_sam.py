@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 from transformers import TrainingArguments
 
-from logitsam.config import SamConfig
-from logitsam.logprobs import IGNORE_INDEX, sequence_logps, shift_for_causal_lm, token_logps_twice_differentiable
-from logitsam.losses import LOSSES, resolve_hparams
-from logitsam.models import tiny_model
-from logitsam.objective import Objective, pair_logps
-from logitsam.trainer import PreferenceTrainer
+from logitsam.config.schema import SamConfig
+from logitsam.core.logprobs import IGNORE_INDEX, sequence_logps, shift_for_causal_lm, token_logps_twice_differentiable
+from logitsam.core.losses import LOSSES, resolve_hparams
+from logitsam.core.objective import Objective, pair_logps
+from logitsam.training.models import tiny_model
+from logitsam.training.trainer import PreferenceTrainer
 
 V = 300
 
@@ -137,7 +137,7 @@ def test_logits_path_equals_fused_path(method):
 
 def test_eval_and_reference_never_build_full_logits(monkeypatch):
     """The fused path asks the model for one position of logits only."""
-    from logitsam.objective import model_sequence_logps
+    from logitsam.core.objective import model_sequence_logps
 
     model = tiny_model(V, seed=4)
     data = batch(seed=4)

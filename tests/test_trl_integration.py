@@ -15,10 +15,10 @@ import math
 import pytest
 import torch
 
-from logitsam.config import SamConfig
-from logitsam.logprobs import IGNORE_INDEX
-from logitsam.losses import get_loss, resolve_hparams
-from logitsam.models import tiny_model, tiny_tokenizer
+from logitsam.config.schema import SamConfig
+from logitsam.core.logprobs import IGNORE_INDEX
+from logitsam.core.losses import get_loss, resolve_hparams
+from logitsam.training.models import tiny_model, tiny_tokenizer
 
 trl = pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")
@@ -108,7 +108,7 @@ def ours(policy, batch, loss, ref=None, sam=None, **params):
     """PreferenceTrainer.compute_loss (the reference implementation) on a batch in our layout."""
     from transformers import TrainingArguments
 
-    from logitsam.trainer import PreferenceTrainer
+    from logitsam.training.trainer import PreferenceTrainer
 
     spec = get_loss(loss)
     args = TrainingArguments(

@@ -16,10 +16,10 @@ import logging
 import pytest
 import torch
 
-from logitsam.config import SamConfig
-from logitsam.logprobs import IGNORE_INDEX
-from logitsam.losses import get_loss, resolve_hparams
-from logitsam.models import tiny_model, tiny_tokenizer
+from logitsam.config.schema import SamConfig
+from logitsam.core.logprobs import IGNORE_INDEX
+from logitsam.core.losses import get_loss, resolve_hparams
+from logitsam.training.models import tiny_model, tiny_tokenizer
 
 trl = pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")
@@ -35,7 +35,7 @@ def ours(model, batch, loss, ref=None, **params):
     """Our loss and gradients on ``batch``; ``ref`` is the frozen reference for reference-based losses."""
     from transformers import TrainingArguments
 
-    from logitsam.trainer import PreferenceTrainer
+    from logitsam.training.trainer import PreferenceTrainer
 
     spec = get_loss(loss)
     args = TrainingArguments(output_dir="/tmp/logitsam-parity", use_cpu=True, report_to=[], remove_unused_columns=False)

@@ -11,13 +11,13 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-from .errors import ConfigError, UserError
+from logitsam.errors import ConfigError, UserError
 
 
 def _out_dir(path: str, option: str) -> None:
     """Create ``path`` (a directory) and check a file can be written in it, before any work:
     ConfigError naming ``option`` otherwise (a file in the way, no permission, /proc, ...)."""
-    from .rundir import check_output_dir
+    from logitsam.training.rundir import check_output_dir
 
     check_output_dir(path, option)
     try:
@@ -45,7 +45,7 @@ def _seed(value: int, option: str = "--seed") -> None:
 
 
 def _toy(args: argparse.Namespace) -> int:
-    from .theory.toy import ToyConfig, run_toy
+    from logitsam.theory.toy import ToyConfig, run_toy
 
     _at_least(args.dim, 1, "--dim")
     _at_least(args.classes, 2, "--classes")
@@ -74,8 +74,8 @@ def _toy(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from . import config as config_mod
-    from .run import train
+    from logitsam.config import schema as config_mod
+    from logitsam.training.run import train
 
     cfg = config_mod.load(args.config) if args.config else config_mod.Config()
     config_mod.apply_overrides(cfg, args.overrides)
@@ -90,12 +90,12 @@ def _train(args: argparse.Namespace) -> int:
 def _sharpness(args: argparse.Namespace) -> int:
     import torch
 
-    from .batching import PreferenceCollator, tokenize_examples
-    from .config import ModelConfig
-    from .data import load_examples
-    from .diagnostics.sharpness import measure_sharpness
-    from .losses import get_loss, resolve_hparams
-    from .models import check_model_source, load_model, load_tokenizer
+    from logitsam.config.schema import ModelConfig
+    from logitsam.core.losses import get_loss, resolve_hparams
+    from logitsam.data.batching import PreferenceCollator, tokenize_examples
+    from logitsam.data.examples import load_examples
+    from logitsam.diagnostics.sharpness import measure_sharpness
+    from logitsam.training.models import check_model_source, load_model, load_tokenizer
 
     # everything checkable is checked before a model is loaded
     _at_least(args.probes, 1, "--probes")
@@ -146,7 +146,7 @@ def _sharpness(args: argparse.Namespace) -> int:
 
 
 def _losses(args: argparse.Namespace) -> int:
-    from .losses import LOSSES, describe_losses
+    from logitsam.core.losses import LOSSES, describe_losses
 
     rows = describe_losses()
     width = max(len(r.hparam) for r in rows)
@@ -164,7 +164,7 @@ def _losses(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from .plot import plot_runs  # the plotting module loads matplotlib: only for this command
+    from logitsam.plot import plot_runs  # the plotting module loads matplotlib: only for this command
 
     labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
     if labels is not None and len(labels) != len(args.run_dirs):
@@ -175,7 +175,7 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .study.demo import DemoSettings, default_runs, quick_settings, run_demo
+    from logitsam.experiments.study.demo import DemoSettings, default_runs, quick_settings, run_demo
 
     _out_dir(args.out, "--out")
     if args.full:
@@ -190,15 +190,15 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
-    from .study.command import study_command
+    from logitsam.experiments.study.command import study_command
 
     return study_command(args, _out_dir)
 
 
 def _train_epilog() -> str:
     """The config keys and loss names (computed when help is shown: the loss registry loads torch)."""
-    from .config import describe_fields
-    from .losses import LOSSES
+    from logitsam.config.schema import describe_fields
+    from logitsam.core.losses import LOSSES
 
     rows = describe_fields()
     key_w, type_w = max(len(r.key) for r in rows), max(len(r.type) for r in rows)
@@ -358,7 +358,7 @@ def _one_line(e: BaseException) -> str:
 def _is_training_diverged(e: BaseException) -> bool:
     """Whether ``e`` is trainer.TrainingDiverged; the trainer module (torch, transformers) is only
     looked up when it is already loaded, which it is whenever it raised."""
-    trainer = sys.modules.get("logitsam.trainer")
+    trainer = sys.modules.get("logitsam.training.trainer")
     diverged = getattr(trainer, "TrainingDiverged", None)
     return isinstance(diverged, type) and isinstance(e, diverged)
 

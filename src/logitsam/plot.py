@@ -15,7 +15,7 @@ import math
 import os
 from typing import Any
 
-from .errors import UserError
+from logitsam.errors import UserError
 
 Record = dict[str, Any]
 

@@ -8,10 +8,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..logprobs import sequence_logps, shift_for_causal_lm, token_logps_twice_differentiable
-from ..losses import LossSpec
-from ..objective import model_sequence_logps, pair_logps
-from .hessian import TraceEstimate, logit_hessian_trace, parameter_hessian_trace
+from logitsam.core.logprobs import sequence_logps, shift_for_causal_lm, token_logps_twice_differentiable
+from logitsam.core.losses import LossSpec
+from logitsam.core.objective import model_sequence_logps, pair_logps
+from logitsam.diagnostics.hessian import TraceEstimate, logit_hessian_trace, parameter_hessian_trace
 
 
 def preference_loss_of_logits(

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import torch
 
-from .http import HTTPStatusError, RedirectRefused, post_json
+from logitsam.evaluation.http import HTTPStatusError, RedirectRefused, post_json
 
 
 class Judge(Protocol):

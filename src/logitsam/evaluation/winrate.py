@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from ..logprobs import IGNORE_INDEX
-from ..objective import model_sequence_logps
+from logitsam.core.logprobs import IGNORE_INDEX
+from logitsam.core.objective import model_sequence_logps
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ not config fields, so TRL's config classes are used unchanged. Everything else s
 preparation and collation, the reference (``ref_model``, the policy with its PEFT adapters
 disabled, or ``precompute_ref_log_probs``), optimizer, callbacks, logging. Only ``compute_loss``
 (and ``prediction_step``, so evaluation takes the same path) is replaced: TRL's collated batch is
-converted to logitsam's layout and :class:`~logitsam.objective.Objective` computes the loss — the
-fused head with logits-SAM inside it — exactly as :class:`~logitsam.trainer.PreferenceTrainer`.
+converted to logitsam's layout and :class:`~logitsam.core.objective.Objective` computes the loss — the
+fused head with logits-SAM inside it — exactly as :class:`~logitsam.training.trainer.PreferenceTrainer`.
 
 TRL settings map to registered losses through ``LOSS_MAP`` (the one table); settings without an
 exact counterpart are refused (``UNSUPPORTED``) instead of being silently changed. Metrics go to
@@ -37,12 +37,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import UserError
-from ..logprobs import IGNORE_INDEX
-from ..losses import get_loss, resolve_hparams
-from ..objective import Objective, model_sequence_logps
-from ..sam import METHODS
-from ..trainer import head_is_sharded
+from logitsam.core.logprobs import IGNORE_INDEX
+from logitsam.core.losses import get_loss, resolve_hparams
+from logitsam.core.objective import Objective, model_sequence_logps
+from logitsam.errors import UserError
+from logitsam.sam.logits import METHODS
+from logitsam.training.trainer import head_is_sharded
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The paper's logit-space theory as running code: the toy simulator and numerical theorem checks."""
 
-from .checks import run_all
-from .toy import ToyConfig, simulate
+from logitsam.theory.checks import run_all
+from logitsam.theory.toy import ToyConfig, simulate
 
 __all__ = ["ToyConfig", "run_all", "simulate"]

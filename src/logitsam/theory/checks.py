@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor
 
-from .toy import D, logit_hessian, sam_step, softmax_grad
+from logitsam.theory.toy import D, logit_hessian, sam_step, softmax_grad
 
 
 def _instance(gen: torch.Generator, v: int, d: int, scale: float = 1.0) -> tuple[Tensor, Tensor, int]:

@@ -151,7 +151,7 @@ def run_toy(out_dir: str, cfg: ToyConfig | None = None, *, checks: bool = True) 
     import json
     import os
 
-    from .checks import run_all
+    from logitsam.theory.checks import run_all
 
     cfg = cfg or ToyConfig()
     os.makedirs(out_dir, exist_ok=True)

@@ -17,18 +17,18 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ... import config as config_mod
-from ...batching import tokenize_examples
-from ...data import load_examples
-from ...evaluation.generation import DecodeSettings, generate
-from ...evaluation.judges import GoldRewardJudge, vader_reward
-from ...evaluation.winrate import sequence_kl_values
-from ...losses import get_loss
-from ...models import load_model, load_tokenizer
-from ...run import train
-from .pairs import make_pairs, write_jsonl
-from .probe import Probe, response_stats
-from .prompts import prompt_split
+from logitsam.config import schema as config_mod
+from logitsam.core.losses import get_loss
+from logitsam.data.batching import tokenize_examples
+from logitsam.data.examples import load_examples
+from logitsam.evaluation.generation import DecodeSettings, generate
+from logitsam.evaluation.judges import GoldRewardJudge, vader_reward
+from logitsam.evaluation.winrate import sequence_kl_values
+from logitsam.experiments.squeeze.pairs import make_pairs, write_jsonl
+from logitsam.experiments.squeeze.probe import Probe, response_stats
+from logitsam.experiments.squeeze.prompts import prompt_split
+from logitsam.training.models import load_model, load_tokenizer
+from logitsam.training.run import train
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from ...evaluation.generation import DecodeSettings, generate
+from logitsam.evaluation.generation import DecodeSettings, generate
 
 KINDS = ("onpolicy", "offpolicy", "similar")
 STEER_POS = "This is a glowing, enthusiastic five-star review. I loved everything about it.\n\n"

@@ -15,8 +15,8 @@ import argparse
 import os
 from typing import Any
 
-from .experiment import Arm, Experiment, Setting, Shared, _read_json, _write_json
-from .gate import gate, measures, shortfall
+from logitsam.experiments.squeeze.experiment import Arm, Experiment, Setting, Shared, _read_json, _write_json
+from logitsam.experiments.squeeze.gate import gate, measures, shortfall
 
 GRID = (
     Setting("onpolicy-1ep", pairs="onpolicy"),

@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from ...batching import PreferenceCollator
-from ...forward import body_forward, fusable, output_head
-from ...logprobs import IGNORE_INDEX, shift_for_causal_lm
+from logitsam.core.forward import body_forward, fusable, output_head
+from logitsam.core.logprobs import IGNORE_INDEX, shift_for_causal_lm
+from logitsam.data.batching import PreferenceCollator
 
 STATS = ("logp", "tokens", "top", "entropy")  # per sequence: sum, count, mean, mean
 

@@ -1,0 +1,31 @@
+"""Run configuration: ``schema`` (the dataclasses, YAML, overrides), ``rules`` (each field's check),
+``values`` (parsing command-line values), ``paths`` (paths resolved against the config file).
+The public names are re-exported here: ``from logitsam.config import Config, load``."""
+
+from logitsam.config.schema import (
+    Config,
+    DataConfig,
+    LossConfig,
+    ModelConfig,
+    SamConfig,
+    TrainConfig,
+    apply_overrides,
+    describe_fields,
+    from_dict,
+    load,
+    save,
+)
+
+__all__ = [
+    "Config",
+    "DataConfig",
+    "LossConfig",
+    "ModelConfig",
+    "SamConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "describe_fields",
+    "from_dict",
+    "load",
+    "save",
+]

@@ -1,0 +1,245 @@
+"""The objective: a batch of preference pairs -> scored-token log-probs -> loss (+ logits-SAM).
+
+This is the one place that splits a batch into chosen and rejected sequences (chosen rows first,
+then rejected), builds :class:`~logitsam.core.losses.PreferenceLogps` and applies a registered loss.
+The trainer, the reference precompute, ``sharpness`` and the evaluation all call it.
+
+Two paths, one result:
+- fused (default): the model returns its last hidden state only; the head runs on scored rows
+  in chunks with the gradient (and logits-SAM) made in the same passes (:mod:`.fused_head`);
+- logits: the model's full logits, for sharded heads (FSDP / ZeRO-3: logits-SAM by ``gram``, the
+  head never gathered), heads that are not a plain linear layer, and ``method: chunked``.
+
+Perturbation scope: ε is computed per micro-batch from that micro-batch's gradient, on each rank
+separately (DDP ranks do not all-reduce the head gradient before perturbing; like SAM's
+m-sharpness). With gradient accumulation every micro-batch gets its own ε.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from logitsam.core.forward import body_forward, fusable, output_head
+from logitsam.core.fused_head import FusedJob, fused_sequence_sums, plan_rows
+from logitsam.core.logprobs import IGNORE_INDEX, chunk_rows_for, sequence_logps, shift_for_causal_lm, token_logps
+from logitsam.core.losses import LossOutput, LossSpec, PreferenceLogps, resolve_hparams
+from logitsam.core.metrics import preference_metrics, top_token_prob
+from logitsam.sam.logits import METHODS, check_rho, logits_sam_loss
+
+Scores = tuple[Tensor | None, Tensor | None]
+
+
+def pair_logps(
+    sums: Tensor, lengths: Tensor, ref: Tensor | None = None, scores: Scores = (None, None)
+) -> PreferenceLogps:
+    """Split (S = 2B,) per-sequence sums, lengths and reference sums into pairs: chosen = first B.
+
+    scores: (B,) chosen and rejected data-set scores, or None.
+    """
+    b = lengths.shape[0] // 2
+    r = (None, None) if ref is None else (ref[:b], ref[b:])
+    return PreferenceLogps(sums[:b], sums[b:], lengths[:b], lengths[b:], *r, *scores)
+
+
+def subset_logps(
+    pairs: Tensor, chosen: Tensor, rejected: Tensor, lengths: Tensor, ref: Tensor | None, scores: Scores
+) -> PreferenceLogps:
+    """The pairs ``pairs`` (k,) of a batch, given their (k,) chosen and rejected sums."""
+    b = lengths.shape[0] // 2
+    r = (None, None) if ref is None else (ref[pairs], ref[pairs + b])
+    sc = tuple(None if s is None else s[pairs] for s in scores)
+    return PreferenceLogps(chosen, rejected, lengths[pairs], lengths[pairs + b], *r, *sc)
+
+
+@dataclass
+class ObjectiveOutput:
+    """loss (scalar, with graph; at W + ε under logits-SAM), the clean LossOutput and (S,) sums,
+    and 0-d metric tensors (TRL names, drift, top-token mass, ``sam/*``), still on the device."""
+
+    loss: Tensor
+    out: LossOutput
+    sums: Tensor
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+    path: str = "fused"
+
+
+class Objective:
+    """A registered loss with its hyperparameters and logits-SAM settings, applied to models.
+
+    spec / params: from :mod:`logitsam.core.losses`; rho, method: logits-SAM (ρ = 0: off; method
+    weight | gram | chunked | auto); adaptive: ε ∝ |W|⊙g (weight/chunked); chunk_rows: rows of
+    logits per chunk in the fused path (None: sized for the device); fused: False forces the
+    full-logits path.
+    """
+
+    def __init__(
+        self,
+        spec: LossSpec,
+        params: dict[str, Any],
+        *,
+        rho: float = 0.0,
+        method: str = "auto",
+        chunk_rows: int | None = None,
+        fused: bool = True,
+        adaptive: bool = False,
+    ) -> None:
+        if method not in METHODS:
+            raise ValueError(f"unknown logits-SAM method {method!r}; choose from {', '.join(METHODS)}")
+        bad_rows = isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1
+        if chunk_rows is not None and bad_rows:
+            raise ValueError(f"chunk_rows must be None or an int ≥ 1, got {chunk_rows!r}")
+        self.spec, self.params = spec, resolve_hparams(spec, params)  # ranges checked here too
+        self.rho, self.method, self.chunk_rows, self.fused = check_rho(rho), method, chunk_rows, fused
+        self.adaptive = bool(adaptive)
+
+    def losses(self, inp: PreferenceLogps) -> LossOutput:
+        return self.spec.fn(inp, **self.params)
+
+    def __call__(
+        self,
+        model: Any,
+        batch: dict[str, Tensor],
+        ref: Tensor | None = None,
+        *,
+        sam: bool = True,
+        sharded: bool = False,
+    ) -> ObjectiveOutput:
+        """Loss of a pair batch: input_ids, attention_mask, labels (S, T) unshifted, −100 unscored.
+
+        ref: (S,) reference sums (None for reference-free losses); sam: apply logits-SAM when
+        ρ ≠ 0 and gradients are being recorded; sharded: the head is sharded (FSDP / ZeRO-3).
+        """
+        check_batch(batch, ref)
+        labels = shift_for_causal_lm(batch["labels"])
+        lengths = (labels != IGNORE_INDEX).sum(-1)
+        scores = (batch.get("score_chosen"), batch.get("score_rejected"))
+        sam_on = sam and self.rho != 0 and torch.is_grad_enabled()
+        fused = self.fused and not sharded and self.method != "chunked" and fusable(model)
+        hidden, logits = body_forward(model, batch["input_ids"], batch["attention_mask"], fused=fused)
+        vocab = output_head(model).weight.shape[0] if logits is None else logits.shape[-1]
+        check_labels(labels, vocab)
+        if logits is None:
+            res = self._fused(model, hidden, labels, lengths, ref, scores, sam_on)
+        else:
+            res = self._logits(model, hidden, logits, labels, lengths, ref, scores, sam_on, sharded)
+        b = labels.shape[0] // 2
+        r = (None, None) if ref is None else (ref[:b], ref[b:])
+        res.metrics.update(preference_metrics(res.out, res.sums[:b], res.sums[b:], *r))
+        return res
+
+    def _fused(self, model, hidden, labels, lengths, ref, scores, sam_on) -> ObjectiveOutput:
+        head = output_head(model)
+        h = hidden.reshape(-1, hidden.shape[-1])
+        plan = plan_rows(labels, self.chunk_rows or chunk_rows_for(head.weight.shape[0], h.device))
+        h_r = h[plan.rows]
+
+        def pair_losses(pairs: Tensor, sc: Tensor, sr: Tensor) -> Tensor:
+            return self.losses(subset_logps(pairs, sc, sr, lengths, ref, scores)).losses
+
+        need = torch.is_grad_enabled() and (h_r.requires_grad or head.weight.requires_grad)
+        job = FusedJob(plan, labels.shape[0] // 2, pair_losses, self.rho if sam_on else 0.0, self.method, need)
+        job.adaptive = self.adaptive
+        sums = fused_sequence_sums(h_r, head.weight, head.bias, job)
+        out = self.losses(pair_logps(sums, lengths, ref, scores))
+        loss = out.losses.mean()
+        metrics = {"probs/top_token": job.top_token.float()}
+        clean = job.clean_sums.detach()
+        if job.rho != 0:
+            with torch.no_grad():
+                clean_out = self.losses(pair_logps(clean, lengths, ref, scores))
+            metrics.update(_sam_metrics(clean_out.losses.mean(), loss, self.rho, job.grad_norm))
+            out = clean_out
+        return ObjectiveOutput(loss, out, clean, metrics, "fused")
+
+    def _logits(self, model, hidden, logits, labels, lengths, ref, scores, sam_on, sharded) -> ObjectiveOutput:
+        def fn(z: Tensor) -> tuple[Tensor, tuple[LossOutput, Tensor]]:
+            sums = sequence_logps(token_logps(z, labels), labels)[0]
+            out = self.losses(pair_logps(sums, lengths, ref, scores))
+            return out.losses.mean(), (out, sums.detach())
+
+        metrics = {"probs/top_token": top_token_prob(logits.detach(), labels)}
+        if sam_on:
+            head = None if sharded else output_head(model)
+            weight = None if head is None else head.weight
+            bias = None if head is None else head.bias
+            method = "gram" if weight is None else self.method
+            res = logits_sam_loss(
+                fn, hidden, weight, bias, rho=self.rho, method=method, logits=logits, adaptive=self.adaptive
+            )
+            loss, (out, sums) = res.loss, res.aux_pre
+            metrics.update(_sam_metrics(res.loss_pre, res.loss_post, self.rho, res.grad_norm))
+        else:
+            loss, (out, sums) = fn(logits)
+        return ObjectiveOutput(loss, out, sums, metrics, "logits")
+
+
+def check_batch(batch: dict[str, Tensor], ref: Tensor | None) -> None:
+    """Keys, shapes and dtypes of a pair batch, each problem named (no device sync)."""
+    missing = [k for k in ("input_ids", "attention_mask", "labels") if k not in batch]
+    if missing:
+        raise ValueError(f"the batch lacks {', '.join(missing)} (input_ids, attention_mask, labels are required)")
+    ids, labels = batch["input_ids"], batch["labels"]
+    for name in ("input_ids", "labels"):
+        t = batch[name]
+        if not isinstance(t, Tensor) or t.dim() != 2 or t.is_floating_point() or t.dtype == torch.bool:
+            raise ValueError(f"{name} must be an integer (S, T) tensor, got {getattr(t, 'dtype', type(t))}")
+    if labels.shape != ids.shape or tuple(batch["attention_mask"].shape) != tuple(ids.shape):
+        raise ValueError(
+            f"labels {tuple(labels.shape)} and attention_mask {tuple(batch['attention_mask'].shape)} "
+            f"must have input_ids' shape {tuple(ids.shape)}"
+        )
+    s = ids.shape[0]
+    if s < 2 or s % 2:
+        raise ValueError(f"a pair batch has 2B sequences (chosen rows, then rejected), got {s}")
+    if ref is not None and tuple(ref.shape) != (s,):
+        raise ValueError(f"reference log-probs must have shape ({s},) (chosen, then rejected), got {tuple(ref.shape)}")
+    for key in ("score_chosen", "score_rejected"):
+        if batch.get(key) is not None and tuple(batch[key].shape) != (s // 2,):
+            raise ValueError(f"{key} must have shape ({s // 2},), got {tuple(batch[key].shape)}")
+
+
+def check_labels(labels: Tensor, vocab: int) -> None:
+    """Shifted labels are token ids in [0, V) or −100, and every sequence scores a token (one sync)."""
+    scored = labels != IGNORE_INDEX
+    bad_id, empty = torch.stack([(scored & ((labels < 0) | (labels >= vocab))).any(), (~scored.any(-1)).any()]).tolist()
+    if bad_id:
+        raise ValueError(f"labels must be token ids in [0, {vocab}) or {IGNORE_INDEX} (unscored)")
+    if empty:
+        raise ValueError("every sequence needs at least one scored (label ≠ −100) token after the shift")
+
+
+def _sam_metrics(loss_pre: Tensor, loss_post: Tensor, rho: float, grad_norm: Tensor) -> dict[str, Tensor]:
+    eps = torch.where(grad_norm > 0, abs(rho), 0.0)
+    return {
+        "sam/loss_pre": loss_pre.detach().float(),
+        "sam/loss_post": loss_post.detach().float(),
+        "sam/eps_norm": eps.float(),
+        "sam/grad_norm": grad_norm.detach().float(),
+    }
+
+
+@torch.no_grad()
+def model_sequence_logps(
+    model: Any, input_ids: Tensor, attention_mask: Tensor, labels: Tensor, *, chunk_rows: int | None = None
+) -> Tensor:
+    """(S,) summed log-probs of the labelled tokens (labels (S, T) not yet shifted, −100 unscored).
+
+    Fused head path when the model allows it (no (S, T, V) logits), else the model's logits.
+    Any S works (not only pairs): reference precompute, evaluation KL and sharpness use it.
+    """
+    shifted = shift_for_causal_lm(labels)
+    fused = fusable(model)
+    hidden, logits = body_forward(model, input_ids, attention_mask, fused=fused)
+    if logits is not None:
+        return sequence_logps(token_logps(logits, shifted), shifted)[0]
+    head = output_head(model)
+    h = hidden.reshape(-1, hidden.shape[-1])
+    # Pair-free: pad S to even so the plan's pair layout applies; sums of real rows are unchanged.
+    padded = shifted if shifted.shape[0] % 2 == 0 else torch.cat([shifted, torch.full_like(shifted[:1], IGNORE_INDEX)])
+    plan = plan_rows(padded, chunk_rows or chunk_rows_for(head.weight.shape[0], h.device))
+    job = FusedJob(plan, padded.shape[0] // 2, None, need_grads=False)
+    return fused_sequence_sums(h[plan.rows], head.weight, head.bias, job)[: shifted.shape[0]]

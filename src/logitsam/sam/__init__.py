@@ -1,0 +1,34 @@
+"""logits-SAM and full SAM (docs/design.md §4).
+
+``logits`` holds the math on given logits (gram / weight / chunked, ρ checks, the cost model);
+``fused`` the same perturbation inside the fused head's sweep; ``full`` vanilla SAM (the baseline).
+The public names are re-exported here: ``from logitsam.sam import logits_sam_loss, perturb``.
+"""
+
+from logitsam.sam.logits import (
+    METHODS,
+    Cost,
+    Perturbed,
+    SamOutput,
+    check_rho,
+    choose_method,
+    eps_scale,
+    logits_sam_loss,
+    method_costs,
+    perturb,
+    perturbed_logits,
+)
+
+__all__ = [
+    "METHODS",
+    "Cost",
+    "Perturbed",
+    "SamOutput",
+    "check_rho",
+    "choose_method",
+    "eps_scale",
+    "logits_sam_loss",
+    "method_costs",
+    "perturb",
+    "perturbed_logits",
+]

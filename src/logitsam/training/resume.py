@@ -1,0 +1,93 @@
+"""A resumed run continues the saved one: its settings may not silently differ from config.yaml.
+
+``train.resume_from_checkpoint`` restores the model, optimizer, scheduler and data position of a
+checkpoint; running the rest with another loss, batch size, schedule or SAM setting produces a run
+that is neither the old one nor a new one. :func:`check_resume_settings` compares the resolved
+settings of the resumed run with the ``config.yaml`` saved by the run (in ``output_dir``, or beside
+the checkpoint when ``output_dir`` has none) and refuses differences — listing them — unless
+``train.resume_allow_changes`` or ``train.overwrite_output_dir`` is set. Keys in
+:data:`RESUME_FREE` (where and how often the run writes, logs and evaluates, how it resumes) may
+differ freely.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from logitsam.config import schema as config_mod
+from logitsam.config.schema import Config
+from logitsam.errors import ConfigError, UserError
+
+# What a resumed run may change without train.resume_allow_changes: where and how often it writes,
+# logs and evaluates, and how it resumes — never what it optimises (loss, data, batches, schedule, SAM).
+_FREE_TRAIN = (
+    "output_dir resume_from_checkpoint resume_allow_incomplete resume_allow_changes overwrite_output_dir "
+    "logging_steps save_steps save_total_limit eval_steps per_device_eval_batch_size report_to print_logs "
+    "save_model dataloader_num_workers gradient_checkpointing"
+)
+_FREE_EXTRA = (
+    "logging_dir logging_strategy logging_first_step run_name disable_tqdm eval_strategy eval_on_start "
+    "save_strategy save_only_model push_to_hub hub_model_id hub_strategy hub_private_repo"
+)
+RESUME_FREE = {
+    "data.eval_files",
+    "model.gradient_checkpointing",
+    *(f"train.{k}" for k in _FREE_TRAIN.split()),
+    *(f"train.extra.{k}" for k in _FREE_EXTRA.split()),
+}
+
+
+def _flat(cfg: Config) -> dict[str, Any]:
+    """``section.key`` -> value; mapping fields (train.extra, loss.params) one entry per key."""
+    out = {}
+    for section, values in cfg.to_dict().items():
+        for key, value in values.items():
+            if isinstance(value, dict):
+                out.update({f"{section}.{key}.{k}": v for k, v in value.items()})
+            else:
+                out[f"{section}.{key}"] = value
+    return out
+
+
+def differences(old: Config, new: Config, free: Iterable[str] = RESUME_FREE) -> list[str]:
+    """``section.key: old -> new`` for every value that differs, except the ``free`` keys."""
+    a, b, free = _flat(old), _flat(new), set(free)
+    missing = "(unset)"
+    return [
+        f"{k}: {config_mod.yaml_text(a.get(k, missing))} -> {config_mod.yaml_text(b.get(k, missing))}"
+        for k in sorted(a.keys() | b.keys())
+        if k not in free and a.get(k, missing) != b.get(k, missing)
+    ]
+
+
+def saved_config_path(output_dir: str, checkpoint: str) -> str | None:
+    """The config.yaml of the run being resumed: output_dir's, else the one beside the checkpoint."""
+    for folder in (output_dir, os.path.dirname(os.path.normpath(checkpoint))):
+        path = os.path.join(folder, "config.yaml")
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def check_resume_settings(resolved: Config, checkpoint: str) -> None:
+    """ConfigError listing the settings that differ from the resumed run's config.yaml (see module doc)."""
+    t = resolved.train
+    if t.resume_allow_changes or t.overwrite_output_dir:
+        return
+    path = saved_config_path(t.output_dir, checkpoint)
+    if path is None:
+        return  # a checkpoint of a plain HF run: nothing to compare with
+    allow = "set train.resume_allow_changes=true to resume with them anyway"
+    try:
+        saved = config_mod.load(path)
+    except UserError as e:
+        problem = f"cannot read the resumed run's {path} ({e}); {allow}"
+        raise ConfigError(f"train.resume_from_checkpoint: {problem}") from None
+    changed = differences(saved, resolved)
+    if changed:
+        raise ConfigError(
+            f"train.resume_from_checkpoint: these settings differ from the resumed run's {path}: "
+            f"{'; '.join(changed)}; {allow}"
+        )

@@ -1,0 +1,202 @@
+"""The output directory of a run: checked before anything is written, owned while the run lasts.
+
+- ``check_output_dir``: the path is usable (not empty, not a file, not under a file, writable).
+- ``claim``: a context manager that holds ``<output_dir>/.logitsam.lock`` (created with O_EXCL,
+  holding the pid and host) for the whole run, so two concurrent runs cannot write into the same
+  directory, and releases it on exit, errors included. A lock left by a dead process on this host
+  is taken over with a warning; a lock of a live process, or of another host (whose processes we
+  cannot see), is an error that says how to remove it.
+- Inside the lock, a directory that already holds a previous run (config.yaml, metrics.jsonl,
+  checkpoints, a saved model) is refused unless the run resumes or ``train.overwrite_output_dir``
+  is set; overwriting removes the old run's metrics.jsonl and checkpoint-* directories, so its
+  records and checkpoints cannot mix with the new run's.
+
+Only the main process (``RANK`` 0 or unset) claims the directory; other ranks write into it under
+the main process's lock.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from logitsam.errors import ConfigError
+from logitsam.training.checkpoints import WEIGHTS
+
+log = logging.getLogger(__name__)
+LOCK_NAME = ".logitsam.lock"
+KEY = "train.output_dir"
+# What a finished or interrupted run leaves behind (HF Trainer and run.train).
+RUN_FILES = ("config.yaml", "metrics.jsonl", "trainer_state.json", "training_args.bin", *WEIGHTS)
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0") or 0) == 0
+
+
+def check_output_dir(path: str, key: str = KEY) -> None:
+    """ConfigError (naming ``key``) unless ``path`` is, or can be created as, a writable directory."""
+    if not isinstance(path, str) or not path.strip():
+        raise ConfigError(f"{key}: must not be empty")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"{key}: {path!r} is a file, not a directory")
+    parent = os.path.abspath(path)
+    while not os.path.exists(parent):  # the nearest existing ancestor decides
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ConfigError(f"{key}: {path!r} is under {parent!r}, which is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}: {parent!r} is not writable")
+
+
+def previous_run(path: str) -> list[str]:
+    """Names in ``path`` that a previous run left (empty when there are none)."""
+    found = [n for n in RUN_FILES if os.path.exists(os.path.join(path, n))]
+    found += sorted(os.path.basename(p) for p in glob.glob(os.path.join(path, "checkpoint-*")))
+    return found
+
+
+def _holder(path: str) -> dict[str, Any] | None:
+    """The lock's content, or None when it is unreadable (being written, or garbage)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            info = json.load(f)
+        return info if isinstance(info, dict) and isinstance(info.get("pid"), int) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except (OverflowError, ValueError):
+        return False
+    return True
+
+
+def _stale(path: str, info: dict[str, Any] | None) -> bool:
+    """True when the lock's holder is certainly gone."""
+    if info is None:  # unreadable: stale once it is clearly not just being written
+        try:
+            return time.time() - os.path.getmtime(path) > 30
+        except OSError:
+            return True
+    return info.get("host") == socket.gethostname() and info["pid"] > 0 and not _alive(info["pid"])
+
+
+class RunLock:
+    """``<dir>/.logitsam.lock``, created with O_EXCL; see the module docstring."""
+
+    def __init__(self, directory: str) -> None:
+        self.path = os.path.join(directory, LOCK_NAME)
+        self.info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "id": uuid.uuid4().hex}
+        self.held = False
+
+    def acquire(self) -> None:
+        for _ in range(5):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                info = _holder(self.path)
+                if not _stale(self.path, info):
+                    raise ConfigError(self._busy(info)) from None
+                self._take_over(info)
+                continue
+            except OSError as e:
+                raise ConfigError(f"{KEY}: cannot create {self.path}: {e.strerror or e}") from None
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(self.info, f)
+                f.flush()
+                os.fsync(f.fileno())
+            self.held = True
+            return
+        raise ConfigError(f"{KEY}: could not take {self.path} (other runs are starting there); try again")
+
+    def _busy(self, info: dict[str, Any] | None) -> str:
+        who = "a run whose lock is being written" if info is None else f"pid {info['pid']} on {info.get('host')!r}"
+        return (
+            f"{KEY}: {os.path.dirname(self.path)!r} is in use by {who} (lock {self.path}); "
+            "use another output_dir, or delete the lock file if no run is using it"
+        )
+
+    def _take_over(self, stale: dict[str, Any] | None) -> None:
+        """Remove a stale lock; renaming first means two processes cannot both remove a fresh one."""
+        moved = f"{self.path}.{self.info['id']}"
+        try:
+            os.rename(self.path, moved)
+        except FileNotFoundError:
+            return  # someone else removed it; retry the O_EXCL create
+        if _holder(moved) != stale:  # we moved a lock taken in the meantime: put it back
+            try:
+                os.link(moved, self.path)
+            except FileExistsError:
+                pass
+            finally:
+                os.remove(moved)
+            raise ConfigError(self._busy(_holder(self.path)))
+        os.remove(moved)
+        who = "an unreadable lock" if stale is None else f"pid {stale['pid']} (no longer running)"
+        log.warning("taking over the stale lock %s left by %s", self.path, who)
+
+    def release(self) -> None:
+        if self.held and _holder(self.path) == self.info:  # never remove a lock that is not ours
+            os.remove(self.path)
+        self.held = False
+
+
+@contextmanager
+def claim(output_dir: str, *, resuming: bool, overwrite: bool) -> Iterator[None]:
+    """Check, create and lock ``output_dir`` for one run (see the module docstring)."""
+    check_output_dir(output_dir)
+    if not is_main_process():
+        yield
+        return
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{KEY}: cannot create {output_dir!r}: {e.strerror or e}") from None
+    lock = RunLock(output_dir)
+    lock.acquire()
+    try:
+        old = previous_run(output_dir)
+        if old and not resuming:
+            if not overwrite:
+                raise ConfigError(
+                    f"{KEY}: {output_dir!r} holds a previous run ({', '.join(old[:4])}"
+                    f"{', ...' if len(old) > 4 else ''}); resume it with --train.resume_from_checkpoint=last, "
+                    "overwrite it with --train.overwrite_output_dir=true, or choose another output_dir"
+                )
+            _clear(output_dir)
+        yield
+    finally:
+        lock.release()
+
+
+def _clear(output_dir: str) -> None:
+    """Remove what would mix with a new run: the old metrics records and checkpoints."""
+    removed = []
+    metrics = os.path.join(output_dir, "metrics.jsonl")
+    if os.path.exists(metrics):
+        os.remove(metrics)
+        removed.append("metrics.jsonl")
+    for ckpt in sorted(glob.glob(os.path.join(output_dir, "checkpoint-*"))):
+        if os.path.isdir(ckpt):
+            shutil.rmtree(ckpt)
+        else:
+            os.remove(ckpt)
+        removed.append(os.path.basename(ckpt))
+    if removed:
+        log.warning("overwrite_output_dir: removed the previous run's %s from %s", ", ".join(removed), output_dir)

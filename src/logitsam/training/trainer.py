@@ -1,0 +1,187 @@
+"""PreferenceTrainer: transformers.Trainer with a preference loss, logits-SAM and squeeze metrics.
+
+One code path for CPU, one GPU, DDP, FSDP and ZeRO-3: :class:`~logitsam.core.objective.Objective` turns a
+batch into the loss (fused head by default; full logits + ``gram`` under FSDP / ZeRO-3 so the
+sharded head is never gathered). The loss comes from the registry; nothing here matches on loss
+names. Metrics stay on the device until a log step (no host sync per metric per step).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformers import Trainer
+
+from logitsam.config.schema import SamConfig
+from logitsam.core.losses import LossSpec
+from logitsam.core.objective import Objective, ObjectiveOutput, model_sequence_logps
+from logitsam.sam.full import full_sam_backward
+from logitsam.training.logs import JsonlMetrics, install_console
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf; the message names the step. Checkpoints already saved stay valid."""
+
+
+def head_is_sharded(trainer: Trainer) -> bool:
+    """Whether ``trainer`` shards the model (FSDP or ZeRO-3): the objective then never gathers the head."""
+    return trainer.is_fsdp_enabled or (
+        trainer.is_deepspeed_enabled and getattr(trainer.accelerator.state.deepspeed_plugin, "zero_stage", 0) == 3
+    )
+
+
+class PreferenceTrainer(Trainer):
+    """Trainer for any registered preference loss, with logits-SAM or full SAM.
+
+    loss_spec / loss_params: from :mod:`logitsam.core.losses`. sam: rho, mode (logits | full), method.
+    ref_model: frozen reference (None: precomputed ``ref_logps`` in the batch, or the policy with
+    its LoRA adapters disabled, or no reference for reference-free losses). chunk_rows: rows of
+    logits per fused-head chunk (None: sized for the device).
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        loss_spec: LossSpec,
+        loss_params: dict[str, Any],
+        sam: SamConfig,
+        ref_model: Any = None,
+        print_logs: bool = True,
+        chunk_rows: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.loss_spec, self.loss_params, self.sam = loss_spec, loss_params, sam
+        rho = sam.rho if sam.mode == "logits" else 0.0
+        adaptive = getattr(sam, "adaptive", False)
+        self.objective = Objective(
+            loss_spec, loss_params, rho=rho, method=sam.method, chunk_rows=chunk_rows, adaptive=adaptive
+        )
+        self.model_accepts_loss_kwargs = False  # our loss is a per-micro-batch mean: scale by GA steps
+        self._stored: dict[str, dict[str, list[Tensor]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self.add_callback(JsonlMetrics())
+        install_console(self, show=print_logs)
+        self.sharded = head_is_sharded(self)
+        if self.sharded and adaptive and rho:
+            raise ValueError("sam.adaptive needs the head weight elementwise; a sharded head (FSDP/ZeRO-3) has none")
+        self.ref_model = ref_model
+        if ref_model is not None:
+            ref_model = ref_model.to(self.args.device)  # FSDP's prepare does not move an eval model
+            if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+                ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
+            self.ref_model = ref_model
+
+    @torch.no_grad()
+    def reference_logps(self, model: Any, batch: dict[str, Tensor]) -> Tensor | None:
+        """(2B,) summed reference log-probs of the batch's sequences, or None for reference-free losses."""
+        if not self.loss_spec.needs_reference:
+            return None
+        if "ref_logps" in batch:
+            return batch["ref_logps"]
+        args = (batch["input_ids"], batch["attention_mask"], batch["labels"])
+        if self.ref_model is not None:
+            return model_sequence_logps(self.ref_model, *args)
+        unwrapped = self.accelerator.unwrap_model(model)  # LoRA: the policy without its adapters
+        if not hasattr(unwrapped, "disable_adapter"):
+            raise RuntimeError("this loss needs a reference model, but none was given and the policy has no adapters")
+        with unwrapped.disable_adapter():
+            return model_sequence_logps(model, *args)
+
+    def _store(self, mode: str, metrics: dict[str, Tensor]) -> None:
+        for k, v in metrics.items():
+            self._stored[mode][k].append(v.detach().float().reshape(()))
+
+    def _check_finite(self, loss: Tensor) -> None:
+        if not torch.isfinite(loss.detach()):
+            step = self.state.global_step + 1
+            where = last_good_state(self.args.output_dir)
+            raise TrainingDiverged(f"non-finite loss ({loss.item()}) at step {step}; {where}")
+
+    # ---- Trainer hooks --------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if model.training else "eval"
+        ref = self.reference_logps(model, inputs)
+        res: ObjectiveOutput = self.objective(model, inputs, ref, sam=mode == "train", sharded=self.sharded)
+        self._check_finite(res.loss)
+        self._store(mode, res.metrics)
+        return (res.loss, {"sums": res.sums}) if return_outputs else res.loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if not (self.sam.mode == "full" and self.sam.rho != 0):
+            return super().training_step(model, inputs, num_items_in_batch)
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        gas = self.current_gradient_accumulation_steps
+        with self.compute_loss_context_manager():
+            ref = self.reference_logps(model, inputs)  # once: the reference does not move with θ
+        passes: list[ObjectiveOutput] = []
+
+        def closure() -> Tensor:
+            # The clean pass must not trigger DDP's gradient all-reduce (it never reaches .grad).
+            first = not passes
+            ctx = self.accelerator.no_sync(model) if first and self.accelerator.num_processes > 1 else nullcontext()
+            with ctx, self.compute_loss_context_manager():
+                passes.append(self.objective(model, inputs, ref, sam=False, sharded=self.sharded))
+            if first:
+                self._check_finite(passes[0].loss)
+            return passes[-1].loss
+
+        res = full_sam_backward(
+            model.parameters(), closure, rho=self.sam.rho, backward=lambda loss: self.accelerator.backward(loss / gas)
+        )
+        self._store("train", passes[0].metrics)  # the clean pass, as in logits-SAM mode
+        self._store("train", {k: torch.tensor(v) for k, v in res.metrics.items()})
+        return res.loss_post / gas
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if "loss" in logs else "eval"
+        prefix = "eval_" if mode == "eval" else ""
+        stored = self._stored[mode]
+        if stored:
+            keys = sorted(stored)
+            means = torch.stack([torch.stack([t.to(self.args.device) for t in stored[k]]).mean() for k in keys])
+            means = self.accelerator.reduce(means, reduction="mean") if self.accelerator.num_processes > 1 else means
+            logs.update({prefix + k: round(float(v), 6) for k, v in zip(keys, means.tolist(), strict=True)})
+            stored.clear()
+        super().log(logs, start_time)
+
+
+def last_good_state(output_dir: str) -> str:
+    """Which saved state to resume from after a divergence: the newest checkpoint whose weights are finite."""
+    import re
+
+    from safetensors.torch import load_file
+
+    found = []
+    if os.path.isdir(output_dir):
+        for name in os.listdir(output_dir):
+            m = re.fullmatch(r"checkpoint-(\d+)", name)
+            if m and os.path.isdir(os.path.join(output_dir, name)):
+                found.append((int(m.group(1)), os.path.join(output_dir, name)))
+    for step, path in sorted(found, reverse=True):
+        files = [f for f in os.listdir(path) if f.endswith(".safetensors")]
+        try:
+            finite = bool(files) and all(
+                bool(torch.isfinite(t).all()) for f in files for t in load_file(os.path.join(path, f)).values()
+            )
+        except Exception:  # unreadable or partial: not a good state
+            finite = False
+        if finite:
+            return (
+                f"the newest checkpoint with finite weights is {path} (step {step}); "
+                f"resume with --train.resume_from_checkpoint={path}"
+            )
+    if found:
+        return f"no checkpoint in {output_dir} has finite weights ({len(found)} found); start again"
+    return f"no checkpoint was saved in {output_dir} before this step"
