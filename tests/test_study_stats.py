@@ -15,16 +15,17 @@ import itertools
 import json
 import math
 import statistics
+from pathlib import Path
 
 import mpmath
 import numpy as np
 import pytest
 
-from logitsam.study import analysis
-from logitsam.study.analysis import _clip, _fmt, analyse, paired, verdict
-from logitsam.study.claims import SMALLEST_GAIN, claims
-from logitsam.study.plan import TUNING_NOTE
-from logitsam.study.stats import (
+from logitsam.experiments.study import analysis
+from logitsam.experiments.study.analysis import _clip, _fmt, analyse, paired, verdict
+from logitsam.experiments.study.claims import SMALLEST_GAIN, claims, effect_of_interest, mde, noop, paper_gains
+from logitsam.experiments.study.plan import TUNING_NOTE
+from logitsam.experiments.study.stats import (
     Estimate,
     _betainc,
     at_level,
@@ -36,6 +37,8 @@ from logitsam.study.stats import (
     t_quantile,
     t_quantile_at,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 NAN = float("nan")
 
@@ -682,10 +685,11 @@ def test_verdict_rules():
 
 
 def test_verdict_smallest_effect():
-    # a win-rate gain interval around 0 entirely short of +2.3 pp: the claimed gain is ruled out
-    assert abs(SMALLEST_GAIN - 0.023) < 1e-12
-    assert verdict(_e(-0.01, -0.05, 0.02), 0.0, +1, SMALLEST_GAIN) == "not reproduced"
-    assert verdict(_e(-0.01, -0.05, 0.03), 0.0, +1, SMALLEST_GAIN) == "inconclusive"
+    # a win-rate gain interval around 0 entirely short of +1.76 pp (the paper's smallest Table 1 gain, DPO on HH
+    # 70.52 -> 72.28): the claimed gain is ruled out
+    assert abs(SMALLEST_GAIN - 0.0176) < 1e-12
+    assert verdict(_e(-0.01, -0.05, 0.017), 0.0, +1, SMALLEST_GAIN) == "not reproduced"
+    assert verdict(_e(-0.01, -0.05, 0.0177), 0.0, +1, SMALLEST_GAIN) == "inconclusive"
     assert verdict(_e(-0.01, -0.05, SMALLEST_GAIN), 0.0, +1, SMALLEST_GAIN) == "inconclusive"  # reaching it
     assert verdict(_e(-0.1, -0.2, -0.05), 0.0, +1, SMALLEST_GAIN) == "not reproduced"
     # excluding the null on the claimed side takes precedence over the smallest effect
@@ -984,16 +988,17 @@ def test_claims_win_rate_judges_the_paired_gain_against_sft():
     v, ev = dpo_win()
     assert v == "reproduced"
     assert ev.startswith(
-        "win rate against SFT, dpo+lsam(1e-1) − dpo: +5.0 [+2.0, +8.0] pp; head-to-head 60.0 [55.0, 65.0]%"
+        "win rate against SFT, dpo+lsam(1e-1) − dpo: +5.0 [+2.0, +8.0] pp; minimal detectable effect at 80% power "
+        "4.3 pp; head-to-head 60.0 [55.0, 65.0]%"
     )
     assert "(25% ties, 12% identical samples); KL difference +0.00 [-0.10, +0.10] nats; 3 seeds × prompts" in ev
     # the head-to-head does not decide: a clear head-to-head with an unresolved gain is inconclusive ...
     assert dpo_win(gain=(0.03, -0.01, 0.07), win=(0.9, 0.8, 1.0))[0] == "inconclusive"
     # ... and a head-to-head at 50% (ties) does not hide a gain
     assert dpo_win(win=(0.5, 0.45, 0.55))[0] == "reproduced"
-    # a gain entirely below the paper's smallest (+2.3 pp) is not reproduced, one reaching it is open
-    assert dpo_win(gain=(0.0, -0.02, 0.02))[0] == "not reproduced"
-    assert dpo_win(gain=(0.0, -0.02, 0.025))[0] == "inconclusive"
+    # a gain entirely below the paper's smallest (+1.76 pp) is not reproduced, one reaching it is open
+    assert dpo_win(gain=(0.0, -0.02, 0.017))[0] == "not reproduced"
+    assert dpo_win(gain=(0.0, -0.02, 0.0177))[0] == "inconclusive"
     assert dpo_win(gain=(-0.05, -0.08, -0.02))[0] == "not reproduced"
     # a gain bought with significantly more KL is only inconclusive; less KL is fine
     v, _ = dpo_win(kl=(0.3, 0.1, 0.5))
@@ -1016,32 +1021,86 @@ def test_claims_slic_and_cpo_use_their_own_pairs():
     assert v[0] == "not measured" and v[5:] == ["not measured"] * 4
 
 
-def test_claims_rho_sweep_is_judged_at_the_bonferroni_level():
+def test_claims_rho_sweep_is_judged_on_every_rho_at_the_family_level():
+    """"Some ρ helps" is about every ρ: reproduced when some testable ρ excludes 0 upward at the Bonferroni level;
+    not reproduced only when every testable ρ's family-wise interval excludes the effect of interest (+1.76 pp
+    here: no DPO row, so the absolute one); no-op ρ are not testable and listed."""
+    lvl = 1 - 0.05 / 3
     pairs = {
         "dpo+lsam(1e-1)": _pair(gain=(0.02, -0.03, 0.07)),
         "dpo+lsam(1e-2)": _pair(gain=(0.08, 0.01, 0.15)),  # excludes 0 at 95% ...
         "dpo+lsam(1e0)": _pair(gain=(-0.05, -0.1, 0.0)),
     }
     adjusted = {
-        "dpo+lsam(1e-1)": _pair(gain=(0.02, -0.05, 0.09), level=1 - 0.05 / 3),
-        "dpo+lsam(1e-2)": _pair(gain=(0.08, -0.01, 0.17), level=1 - 0.05 / 3),  # ... not at 98.33%
-        "dpo+lsam(1e0)": _pair(gain=(-0.05, -0.12, 0.02), level=1 - 0.05 / 3),
+        "dpo+lsam(1e-1)": _pair(gain=(0.02, -0.05, 0.09), level=lvl),
+        "dpo+lsam(1e-2)": _pair(gain=(0.08, -0.01, 0.17), level=lvl),  # ... not at 98.33%
+        "dpo+lsam(1e0)": _pair(gain=(-0.05, -0.12, 0.02), level=lvl),
     }
     v, out = _verdicts(_res(pairs, adjusted=adjusted))
     assert v[4] == "inconclusive"
     ev = out[4]["evidence"]
     assert ev.startswith(
         "win-rate gain over DPO by ρ (95%): ρ=0.01: +8.0 [+1.0, +15.0] pp; ρ=0.1: +2.0 [-3.0, +7.0] pp; "
-        "ρ=1: -5.0 [-10.0, +0.0] pp. Best: win rate against SFT, ρ=0.01 (the best of 3, at the Bonferroni "
-        "level 98.33%): +8.0 [-1.0, +17.0] pp"
+        "ρ=1: -5.0 [-10.0, +0.0] pp. Family-wise (98.33% each): ρ=0.01: +8.0 [-1.0, +17.0] pp; "
+        "ρ=0.1: +2.0 [-5.0, +9.0] pp; ρ=1: -5.0 [-12.0, +2.0] pp. Reaching the effect of interest (+1.76 pp"
     )
-    # clear at the adjusted level too: reproduced
-    adjusted["dpo+lsam(1e-2)"] = _pair(gain=(0.08, 0.005, 0.155), level=1 - 0.05 / 3)
+    assert "): dpo+lsam(1e-2), dpo+lsam(1e-1), dpo+lsam(1e0);" in ev
+    # clear at the family level: reproduced
+    adjusted["dpo+lsam(1e-2)"] = _pair(gain=(0.08, 0.005, 0.155), level=lvl)
     assert _verdicts(_res(pairs, adjusted=adjusted))[0][4] == "reproduced"
-    # the best is the best adjusted mean
-    adjusted["dpo+lsam(1e0)"] = _pair(gain=(0.1, -0.2, 0.4), level=1 - 0.05 / 3)
+    # ... unless that gain was bought with KL
+    adjusted["dpo+lsam(1e-2)"] = _pair(gain=(0.08, 0.005, 0.155), kl=(0.3, 0.1, 0.5), level=lvl)
+    assert _verdicts(_res(pairs, adjusted=adjusted))[0][4] == "inconclusive"
+    # every ρ's family-wise interval below +1.76 pp: not reproduced; one reaching 1.77 pp keeps it open
+    adjusted = {k: _pair(gain=(-0.01, -0.03, 0.017), level=lvl) for k in pairs}
     v, out = _verdicts(_res(pairs, adjusted=adjusted))
-    assert "Best: win rate against SFT, ρ=1 (the best of 3" in out[4]["evidence"] and v[4] == "inconclusive"
+    assert v[4] == "not reproduced" and "Every tested ρ's interval excludes the effect of interest" in out[4]["evidence"]
+    adjusted["dpo+lsam(1e0)"] = _pair(gain=(-0.01, -0.03, 0.0177), level=lvl)
+    v, out = _verdicts(_res(pairs, adjusted=adjusted))
+    assert v[4] == "inconclusive" and "(the paper's smallest dpo gain)): dpo+lsam(1e0);" in out[4]["evidence"]
+    # a no-op ρ (≥ 95% identical samples) is not testable: it cannot make "every ρ" fail, and is listed
+    pairs["dpo+lsam(1e0)"] = _pair(gain=(0.0, -0.03, 0.03), identical_samples=0.96)
+    v, out = _verdicts(_res(pairs, adjusted=adjusted))
+    assert v[4] == "not reproduced" and out[4]["evidence"].endswith("not testable (no-op): dpo+lsam(1e0)")
+    assert "ρ=1: -1.0 [-3.0, +1.8] pp (no-op)" in out[4]["evidence"]
+    # all no-ops: not testable
+    for k in pairs:
+        pairs[k] = _pair(identical_samples=0.99)
+    assert _verdicts(_res(pairs, adjusted=adjusted))[0][4] == "not testable here (no-op)"
+
+
+def test_effect_of_interest_and_noop_rules():
+    # the paper's smallest gains: +1.76 pp (DPO, HH), relative 1.76 / 20.52 = 8.6% of DPO's own gain over SFT
+    assert paper_gains("dpo") == pytest.approx((0.0176, 1.76 / 20.52))
+    assert paper_gains("slic") == pytest.approx((0.0252, 2.52 / 41.88))
+    assert paper_gains("cpo") == pytest.approx((0.0230, 2.30 / 40.99))
+    # the smaller of the absolute gain and that share of our own DPO gain over SFT
+    assert effect_of_interest("dpo", 0.081)[0] == pytest.approx(0.081 * 1.76 / 20.52)
+    assert effect_of_interest("dpo", 0.30)[0] == pytest.approx(0.0176)  # 8.6% of 30 pp is above 1.76 pp
+    assert effect_of_interest("dpo", None)[0] == effect_of_interest("dpo", -0.02)[0] == pytest.approx(0.0176)
+    # minimal detectable effect at 80% power: (1.96 + 0.84) · half-width / 1.96
+    assert mde(_e(0.0, -0.0196, 0.0196)) == pytest.approx(0.0196 + 0.00841621, rel=1e-5)
+    # no-op: ≥ 95% identical samples, or the Δ+ trajectory never leaves the plain run's by a seed SD
+    assert noop(_pair(identical_samples=0.95), None).startswith("95% of its samples")
+    assert noop(_pair(identical_samples=0.94), None) is None
+    assert noop(_pair(chosen_drift_gap=0.05), {"chosen_drift_sd": 0.2}).startswith("its held-out Δ+ trajectory")
+    assert noop(_pair(chosen_drift_gap=0.25), {"chosen_drift_sd": 0.2}) is None
+    assert noop(_pair(chosen_drift_gap=0.05), {"chosen_drift_sd": NAN}) is None
+
+
+def test_old_study_under_the_corrected_rules():
+    """The committed short on-policy study (results/study) read by the corrected rules: the ρ sweep is
+    inconclusive (ρ = 1e-3's family-wise interval reaches +1.77 pp, above the 1.76 pp effect of interest;
+    ρ = 0.1 and 1 reach the effect too) and the ρ = 1e-3 confirmation is not testable (99% identical samples)."""
+    res = analyse(str(ROOT / "results" / "study"))
+    by = {c["claim"]: c for c in res["claims"]}
+    sweep = by["some ρ of the sweep raises DPO's win rate against SFT (Table 3)"]
+    assert sweep["verdict"] == "inconclusive"
+    hi = res["rho_sweep_adjusted"]["dpo+lsam(1e-3)"]["win_vs_sft_diff"]["high"]
+    assert SMALLEST_GAIN < hi < 0.0178
+    conf = by["the sweep's best ρ, re-run on fresh seeds, raises DPO's win rate against SFT (Table 3, confirmed)"]
+    assert conf["verdict"] == "not testable here (no-op)" and "99% of its samples are identical" in conf["evidence"]
+    assert all(c["verdict"] != "not reproduced" or "CPO" in c["claim"] for c in res["claims"])
 
 
 def with_probe_error(mean, low, high, stderrs):
@@ -1418,7 +1477,8 @@ def test_analyse_claims(study):
     # the head-to-head is 100%, but the gain in win rate against SFT (+25 pp) is not resolved on four prompts
     win = find("logits-SAM raises DPO's win rate")
     assert win["verdict"] == "inconclusive"
-    assert "dpo+lsam(1e-1) − dpo: +25.0 [-54.6, +100.0] pp; head-to-head 100.0 [100.0, 100.0]%" in win["evidence"]
+    assert "dpo+lsam(1e-1) − dpo: +25.0 [-54.6, +100.0] pp (the interval reaches the effect of interest" in win["evidence"]
+    assert "head-to-head 100.0 [100.0, 100.0]%" in win["evidence"]
     assert "(0% ties, 0% identical samples); KL difference -0.20 [-1.28, +0.88] nats" in win["evidence"]
     for name in ("SLiC-HF", "CPO"):
         c = find(f"logits-SAM raises {name}'s win rate")
@@ -1511,7 +1571,8 @@ def test_analyse_rho_sweep_at_the_bonferroni_level(tmp_path):
     assert res["paired"][best]["win_vs_sft_diff"]["low"] > 0 > refs[best]["low"]
     (rho,) = [c for c in res["claims"] if c["claim"].startswith("some ρ of the sweep")]
     assert rho["verdict"] == "inconclusive"
-    assert "ρ=0.01 (the best of 4, at the Bonferroni level 98.75%)" in rho["evidence"]
+    assert "Family-wise (98.75% each): ρ=0.001: " in rho["evidence"]
+    assert "minimal detectable effect at 80% power of the best (dpo+lsam(1e-2))" in rho["evidence"]
     assert rho["evidence"].startswith("win-rate gain over DPO by ρ (95%): ρ=0.001: ")
     # the DPO claim (ρ = 0.1) is judged at 95% on its own
     (dpo,) = [c for c in res["claims"] if c["claim"].startswith("logits-SAM raises DPO's")]
@@ -1549,7 +1610,7 @@ def _strict_json(path):
 
 
 def test_write_study_report_on_the_synthetic_study(tmp_path):
-    from logitsam.study.study_report import PNG, write_study_report
+    from logitsam.experiments.study.study_report import PNG, write_study_report
 
     out = build_study(tmp_path)
     text = write_study_report(out)
@@ -1585,7 +1646,7 @@ def test_write_study_report_drift_plot_uses_the_steps_every_seed_logged(tmp_path
     matplotlib.use("Agg")
     from matplotlib.axes import Axes
 
-    from logitsam.study.study_report import write_study_report
+    from logitsam.experiments.study.study_report import write_study_report
 
     out = build_study(tmp_path)
     # DPO's seed 3 missed its step-20 evaluation, seed 4 has one more at step 50
@@ -1627,7 +1688,7 @@ def test_analyse_with_no_common_seed_between_sam_and_dpo(tmp_path):
 
 
 def test_write_study_report_with_no_common_seed_for_the_half_step_control(tmp_path):
-    from logitsam.study.study_report import write_study_report
+    from logitsam.experiments.study.study_report import write_study_report
 
     out = build_study(tmp_path, runs={"dpo": (2,), "dpo(lr×0.5)": (3,)}, seeds=(2,))
     write_study_report(out)
@@ -1675,7 +1736,7 @@ def _demo_results():
 
 
 def test_demo_summary_rows():
-    from logitsam.study.report import reading, summarize, table
+    from logitsam.experiments.study.report import reading, summarize, table
 
     rows = {r["method"]: r for r in summarize(_demo_results())}
     dpo, sam = rows["dpo"], rows["dpo+lsam(1e-2)"]
@@ -1736,6 +1797,10 @@ def test_claims_confirmation_on_fresh_seeds_is_judged_at_95_percent():
     assert ev.endswith("held-out Δ+ difference +1.00 [+0.50, +1.50] nats (t over seeds)")
     res["confirmation"] = conf | _pair(gain=(-0.01, -0.03, 0.01), label="dpo+lsam(1e-2)")
     assert _verdicts(res)[0][8] == "not reproduced"  # entirely below the paper's smallest gain
+    # a confirmed ρ whose samples are ≥ 95% identical to DPO's cannot say anything: not testable, never "not reproduced"
+    res["confirmation"] = conf | _pair(gain=(-0.01, -0.03, 0.01), identical_samples=0.99, label="dpo+lsam(1e-2)")
+    v, out = _verdicts(res)
+    assert v[8] == "not testable here (no-op)" and "99% of its samples are identical" in out[8]["evidence"]
     res["confirmation"] = conf | _pair(gain=(0.04, 0.01, 0.07), kl=(0.3, 0.1, 0.5), label="dpo+lsam(1e-2)")
     assert _verdicts(res)[0][8] == "inconclusive (the gain came with more KL)"
     # the sweep would now pick another ρ, other ρ were confirmed too: said, the saved pick stands
@@ -1816,7 +1881,7 @@ def test_analyse_keeps_confirmation_runs_apart(tmp_path):
     assert c["rows"]["dpo"]["seeds"] == [5, 6, 7] and set(c["rows"]) == {"dpo", "dpo+lsam(1e-1)"}
     (claim,) = [x for x in res["claims"] if "fresh seeds" in x["claim"]]
     assert claim["evidence"].startswith("win rate against SFT, ρ=0.1 on fresh seeds 5, 6, 7")
-    from logitsam.study.study_report import write_study_report
+    from logitsam.experiments.study.study_report import write_study_report
 
     write_study_report(out)
     md = (tmp_path / "report.md").read_text(encoding="utf-8")
@@ -1827,7 +1892,7 @@ def test_analyse_keeps_confirmation_runs_apart(tmp_path):
 
 def test_confirmation_without_a_common_seed_and_part_done(tmp_path):
     """An interrupted confirmation (DPO on seed 5, the pick only on seed 6) reports its runs, no crash."""
-    from logitsam.study.study_report import write_study_report
+    from logitsam.experiments.study.study_report import write_study_report
 
     out = build_study(tmp_path)
     _write(tmp_path / "confirm.json", PICK | {"label": "dpo+lsam(1e-1)", "rho": 0.1})
