@@ -15,7 +15,8 @@ import pytest
 from logitsam import cli
 from logitsam.errors import UserError
 from logitsam.experiments.study.plan import GROUPS, StudySettings, quick_study
-from logitsam.experiments.study.runner import record_path, run_study
+from logitsam.experiments.study.records import record_path
+from logitsam.experiments.study.runner import run_study
 
 
 def _quick(groups=("dpo",), seeds=(0, 1)) -> StudySettings:
@@ -245,7 +246,7 @@ def test_confirmation_reruns_the_sweeps_pick_on_fresh_seeds(study_copy, monkeypa
     """Once the sweep is finished, its pick (the rule of analysis.best_of_sweep, saved in confirm.json) and
     DPO run on the confirmation seeds under their own names, flagged in the record and kept apart from the
     plan's rows; the saved pick stands on resume; a seed the plan trained on is not fresh."""
-    from logitsam.experiments.study import analysis
+    from logitsam.experiments.study import analysis, summary
     from logitsam.experiments.study.command import plan_lines
     from logitsam.experiments.study.confirm import confirmation_plan, read_pick
     from logitsam.experiments.study.plan import _lsam
@@ -258,7 +259,7 @@ def test_confirmation_reruns_the_sweeps_pick_on_fresh_seeds(study_copy, monkeypa
     assert plan_lines(study_copy, s)[-1].startswith("later   confirm/dpo and dpo+lsam(best ρ) on seeds 5: its ρ")
     # --groups without rho still waits for the whole sweep
     assert confirmation_plan(study_copy, _quick(groups=("dpo", "confirm")))[0] == []
-    before = analysis.analyse(study_copy)
+    before = summary.analyse(study_copy)
     run_study(study_copy, s, report=False)
     printed = capsys.readouterr().out
     _, runs = analysis.load(study_copy)
@@ -273,7 +274,7 @@ def test_confirmation_reruns_the_sweeps_pick_on_fresh_seeds(study_copy, monkeypa
         rec = json.load(f)
     assert rec["config"]["confirm"] is True and rec["spec"]["rho"] == pick["rho"] and rec["spec"]["seed"] == 5
     assert rec["method"] == best and "hessian" not in rec
-    res = analysis.analyse(study_copy)
+    res = summary.analyse(study_copy)
     assert res["configs"]["dpo"] == before["configs"]["dpo"]  # the confirmation's DPO run is not pooled in
     c = res["confirmation"]
     assert c["label"] == best and c["seeds"] == [5] and c["runs_done"] == 2 and set(c["rows"]) == {"dpo", best}

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from logitsam.experiments.study import analysis
-from logitsam.experiments.study.analysis import _clip, _fmt, analyse, paired, verdict
+from logitsam.experiments.study.analysis import _clip, _fmt, paired, verdict
 from logitsam.experiments.study.claims import SMALLEST_GAIN, claims, effect_of_interest, mde, noop, paper_gains
 from logitsam.experiments.study.plan import TUNING_NOTE
 from logitsam.experiments.study.stats import (
@@ -37,6 +37,7 @@ from logitsam.experiments.study.stats import (
     t_quantile,
     t_quantile_at,
 )
+from logitsam.experiments.study.summary import analyse
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from logitsam.theory import checks
-from logitsam.theory.toy import ToyConfig, modal_coefficients, run_toy, simulate
+from logitsam.theory.run import run_toy
+from logitsam.theory.toy import ToyConfig, modal_coefficients, simulate
 
 
 def test_prop31_kronecker_structure():

@@ -45,7 +45,8 @@ def _seed(value: int, option: str = "--seed") -> None:
 
 
 def _toy(args: argparse.Namespace) -> int:
-    from logitsam.theory.toy import ToyConfig, run_toy
+    from logitsam.theory.run import run_toy
+    from logitsam.theory.toy import ToyConfig
 
     _at_least(args.dim, 1, "--dim")
     _at_least(args.classes, 2, "--classes")

@@ -54,11 +54,16 @@ def _names(v: list[str]) -> str | None:
     return next((f"entry {x!r} {p}" for x in v if (p := _path(x))), None)
 
 
-def _no_named_fields(v: dict[str, Any]) -> str | None:
-    from logitsam.config.schema import TrainConfig  # config imports this module
+def no_named_fields(section: type) -> Rule:
+    """The rule of ``train.extra``: no key that ``section`` (the dataclass) already names (bound in schema.py,
+    which defines the dataclass and imports this module)."""
+    names = {f.name for f in dataclasses.fields(section)}
 
-    dup = sorted(set(v) & {f.name for f in dataclasses.fields(TrainConfig)})
-    return f"repeats {', '.join(dup)}: set train.{dup[0]} instead" if dup else None
+    def rule(v: dict[str, Any]) -> str | None:
+        dup = sorted(set(v) & names)
+        return f"repeats {', '.join(dup)}: set train.{dup[0]} instead" if dup else None
+
+    return rule
 
 
 RULES: dict[str, Rule] = {
@@ -97,5 +102,4 @@ RULES: dict[str, Rule] = {
     "train.report_to": _names,
     "train.resume_from_checkpoint": _resume,
     "train.dataloader_num_workers": _at_least(0),
-    "train.extra": _no_named_fields,
 }

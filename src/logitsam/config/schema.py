@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from logitsam.config.paths import resolve_data_path, resolve_model_path
-from logitsam.config.rules import RULES
+from logitsam.config.rules import RULES, no_named_fields
 from logitsam.config.values import DuplicateKeyError, accepts_text, check_value, parse_yaml
 from logitsam.errors import ConfigError
 
@@ -183,6 +183,7 @@ class Config:
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+FIELD_RULES = {**RULES, "train.extra": no_named_fields(TrainConfig)}  # every field's rule (rules.py)
 
 
 @dataclass(frozen=True)
@@ -251,7 +252,7 @@ def _set(cfg: Config, section: Any, key: Any, value: Any, where: str, text: str 
     value = check_value(value, tp, f"{where}: {name}")
     if name in HOME_FIELDS:
         value = _expand_home(value)
-    rule = RULES.get(name)
+    rule = FIELD_RULES.get(name)
     problem = rule(value) if rule is not None and value is not None else None
     if problem:
         raise ConfigError(f"{where}: {name}: {value!r} {problem}")

@@ -9,13 +9,21 @@ A model qualifies when its output embedding is a plain ``nn.Linear`` and its for
 ``logits_to_keep``. On the first call we also check that head(hidden) reproduces the model's own
 last-position logits (models that scale or soft-cap logits fail this) and fall back to full
 logits for good if it does not.
+
+Mixed precision: accelerate (``mixed_precision: bf16``, ``Trainer(bf16=True)``, TRL's ``bf16=True``)
+wraps the model's *forward* in autocast, so the model's own head runs in bf16 while code after the
+forward returns runs outside it. A forward pre-hook on the head records the autocast state the
+model's head really ran under (:class:`Body.amp`); the check compares like with like under it, and
+the objective runs the fused head under the same autocast (bf16 products, float32 accumulation),
+whatever the weights' dtype.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-from typing import Any
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -58,16 +66,42 @@ def fusable(model: Any) -> bool:
     return output_head(model) is not None and _accepts_logits_to_keep(model)
 
 
-def _check_head(model: Any, hidden: Tensor, last_logits: Tensor) -> bool:
-    """head(hidden[:, -1]) == the model's own last-position logits (once per model)."""
+class Body(NamedTuple):
+    """What the model's forward gave the objective."""
+
+    hidden: Tensor  # (S, T, d) last hidden state
+    logits: Tensor | None  # (S, T, V) full logits, or None on the verified fused path
+    amp: torch.dtype | None  # the autocast dtype the model's head ran under (None: autocast off)
+
+
+def amp_context(device: torch.device, amp: torch.dtype | None) -> AbstractContextManager:
+    """Autocast as the model's own head ran (``Body.amp``), for code running after its forward."""
+    return torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
+
+
+class _AmpProbe:
+    """A forward pre-hook on the head: records the autocast state at the moment the model calls it."""
+
+    def __init__(self) -> None:
+        self.amp: torch.dtype | None = None
+
+    def __call__(self, module: nn.Module, args: Any) -> None:
+        dev = module.weight.device.type
+        self.amp = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+
+
+def _check_head(model: Any, hidden: Tensor, last_logits: Tensor, amp: torch.dtype | None = None) -> bool:
+    """head(hidden[:, -1]) == the model's own last-position logits (once per model), computed under the
+    autocast the model's head ran under (like with like)."""
     m = unwrap(model)
     if getattr(m, "_logitsam_fused_ok", None) is not None:
         return m._logitsam_fused_ok
     head = output_head(model)
-    with torch.no_grad():
+    with torch.no_grad(), amp_context(head.weight.device, amp):
         mine = F.linear(hidden[:, -1].to(head.weight.dtype), head.weight, head.bias).float()
         theirs = last_logits[:, -1].float()
-        tol = 1e-4 if head.weight.dtype in (torch.float32, torch.float64) else 2e-2
+        low = amp is not None or head.weight.dtype not in (torch.float32, torch.float64)
+        tol = 2e-2 if low else 1e-4
         ok = bool((mine - theirs).abs().max() <= tol * (theirs.abs().max() + 1.0))
     if not ok:
         log.warning("the model's logits are not a plain linear head of its last hidden state; using full logits")
@@ -75,14 +109,21 @@ def _check_head(model: Any, hidden: Tensor, last_logits: Tensor) -> bool:
     return ok
 
 
-def body_forward(model: Any, input_ids: Tensor, attention_mask: Tensor, *, fused: bool) -> tuple[Tensor, Tensor | None]:
-    """(last hidden state (S, T, d), full logits (S, T, V) or None when fused and verified)."""
+def body_forward(model: Any, input_ids: Tensor, attention_mask: Tensor, *, fused: bool) -> Body:
+    """The last hidden state, full logits unless fused and verified, and the autocast the head ran under."""
     kwargs: dict[str, Any] = dict(
         input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False
     )
-    if fused:
-        out = model(**kwargs, logits_to_keep=1)
-        if _check_head(model, out.hidden_states[-1], out.logits):
-            return out.hidden_states[-1], None
-    out = model(**kwargs)
-    return out.hidden_states[-1], out.logits
+    head = output_head(model)
+    probe = _AmpProbe()
+    handle = head.register_forward_pre_hook(probe) if head is not None else None
+    try:
+        if fused:
+            out = model(**kwargs, logits_to_keep=1)
+            if _check_head(model, out.hidden_states[-1], out.logits, probe.amp):
+                return Body(out.hidden_states[-1], None, probe.amp)
+        out = model(**kwargs)
+    finally:
+        if handle is not None:
+            handle.remove()
+    return Body(out.hidden_states[-1], out.logits, probe.amp)

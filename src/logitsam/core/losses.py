@@ -13,6 +13,7 @@ Notation (docs/design.md §3): Δ± = logp_θ(y±) − logp_ref(y±), δ = Δ+ �
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -205,7 +206,6 @@ def spo_target(inp: PreferenceLogps, *, beta: float = 0.1, target: float = 1.0, 
 def _spec(
     name: str, fn: LossFn, ref: bool, norm: bool, summary: str, ranges: dict[str, Range]
 ) -> LossSpec:
-    import inspect
 
     defaults = {k: p.default for k, p in inspect.signature(fn).parameters.items() if p.kind == p.KEYWORD_ONLY}
     if set(ranges) != set(defaults):  # a registry entry must declare the range of every hyperparameter

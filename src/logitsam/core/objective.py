@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from logitsam.core.forward import body_forward, fusable, output_head
+from logitsam.core.forward import amp_context, body_forward, fusable, output_head
 from logitsam.core.fused_head import FusedJob, fused_sequence_sums, plan_rows
 from logitsam.core.logprobs import IGNORE_INDEX, chunk_rows_for, sequence_logps, shift_for_causal_lm, token_logps
 from logitsam.core.losses import LossOutput, LossSpec, PreferenceLogps, resolve_hparams
@@ -119,11 +119,12 @@ class Objective:
         scores = (batch.get("score_chosen"), batch.get("score_rejected"))
         sam_on = sam and self.rho != 0 and torch.is_grad_enabled()
         fused = self.fused and not sharded and self.method != "chunked" and fusable(model)
-        hidden, logits = body_forward(model, batch["input_ids"], batch["attention_mask"], fused=fused)
+        hidden, logits, amp = body_forward(model, batch["input_ids"], batch["attention_mask"], fused=fused)
         vocab = output_head(model).weight.shape[0] if logits is None else logits.shape[-1]
         check_labels(labels, vocab)
         if logits is None:
-            res = self._fused(model, hidden, labels, lengths, ref, scores, sam_on)
+            with amp_context(hidden.device, amp):  # the precision the model's own head ran in
+                res = self._fused(model, hidden, labels, lengths, ref, scores, sam_on)
         else:
             res = self._logits(model, hidden, logits, labels, lengths, ref, scores, sam_on, sharded)
         b = labels.shape[0] // 2
@@ -233,7 +234,7 @@ def model_sequence_logps(
     """
     shifted = shift_for_causal_lm(labels)
     fused = fusable(model)
-    hidden, logits = body_forward(model, input_ids, attention_mask, fused=fused)
+    hidden, logits, amp = body_forward(model, input_ids, attention_mask, fused=fused)
     if logits is not None:
         return sequence_logps(token_logps(logits, shifted), shifted)[0]
     head = output_head(model)
@@ -242,4 +243,5 @@ def model_sequence_logps(
     padded = shifted if shifted.shape[0] % 2 == 0 else torch.cat([shifted, torch.full_like(shifted[:1], IGNORE_INDEX)])
     plan = plan_rows(padded, chunk_rows or chunk_rows_for(head.weight.shape[0], h.device))
     job = FusedJob(plan, padded.shape[0] // 2, None, need_grads=False)
-    return fused_sequence_sums(h[plan.rows], head.weight, head.bias, job)[: shifted.shape[0]]
+    with amp_context(h.device, amp):
+        return fused_sequence_sums(h[plan.rows], head.weight, head.bias, job)[: shifted.shape[0]]

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from logitsam.evaluation.http import HTTPStatusError, RedirectRefused, post_json
 
@@ -67,7 +68,6 @@ class RewardModelJudge:
     """Scores prompt+response with a local ``AutoModelForSequenceClassification`` (first logit)."""
 
     def __init__(self, path: str, batch_size: int = 8, device: str | None = None) -> None:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         if self.tokenizer.pad_token is None:

@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import is_peft_model
 from torch import Tensor
 
 from logitsam.core.logprobs import IGNORE_INDEX
@@ -213,7 +214,6 @@ def with_logits_sam(trainer_cls: type) -> type:
             device = batch["input_ids"].device
             if "ref_chosen_logps" in inputs:
                 return torch.cat([inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]]).to(device)
-            from accelerate.utils import is_peft_model
             from trl.models.utils import disable_gradient_checkpointing
             from trl.trainer.utils import use_adapter
 

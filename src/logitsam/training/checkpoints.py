@@ -32,7 +32,7 @@ import os
 import re
 from typing import Any
 
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainerState
 
 from logitsam.errors import ConfigError
 from logitsam.training.models import broken_safetensors
@@ -97,7 +97,6 @@ _STATE_NUMBERS = ("epoch", "logging_steps", "eval_steps", "save_steps")
 
 def _trainer_state_problem(path: str) -> str | None:
     """Why ``path/trainer_state.json`` cannot resume a Trainer (None: it can)."""
-    from transformers import TrainerState
 
     file = os.path.join(path, "trainer_state.json")
     if checkpoint_step(path) is None:

@@ -23,6 +23,17 @@ import warnings
 from typing import Any
 
 import torch
+from huggingface_hub import try_to_load_from_cache
+from safetensors import SafetensorError, safe_open
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
 from logitsam.config.schema import ModelConfig
 from logitsam.errors import ConfigError
@@ -57,8 +68,6 @@ def resolve_dtype(name: str, device: str | None = None) -> torch.dtype:
 
 def tiny_tokenizer() -> Any:
     """Byte-level tokenizer (256 bytes + ChatML/EOS specials) with a ChatML chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
 
     vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
@@ -72,7 +81,6 @@ def tiny_tokenizer() -> Any:
 
 def tiny_model(vocab_size: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> Any:
     """A 2-layer Llama (d=32) with random weights from ``seed``, special tokens as :func:`tiny_tokenizer`'s."""
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = tiny_tokenizer()
     cfg = LlamaConfig(
@@ -107,7 +115,6 @@ def smollm2_gguf() -> str:
 
 def convert_gguf(path: str) -> str:
     """Dequantise a GGUF file once into a saveable HF model dir under the cache; returns the dir."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     st = os.stat(path)
     key = hashlib.sha256(f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
@@ -170,7 +177,6 @@ def check_model_source(name: str, key: str = "model.name_or_path", gguf_file: st
     if not re.fullmatch(r"[A-Za-z0-9][\w.-]{0,95}(/[\w.-]{1,96})?", name, re.ASCII):
         raise ConfigError(f"{key}: {name!r} not found (not a local path, nor a Hugging Face model id)")
     if os.environ.get("HF_HUB_OFFLINE") == "1":
-        from huggingface_hub import try_to_load_from_cache
 
         try:
             cached = try_to_load_from_cache(name, "config.json")
@@ -185,7 +191,6 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
     if cfg.name_or_path == TINY:
         tok = tiny_tokenizer()
     else:
-        from transformers import AutoTokenizer
 
         check_model_source(cfg.name_or_path, gguf_file=cfg.gguf_file)
         try:
@@ -205,8 +210,6 @@ def load_model(cfg: ModelConfig, *, name: str | None = None, vocab_size: int | N
     name = name or cfg.name_or_path
     if name == TINY:
         return tiny_model(vocab_size or len(tiny_tokenizer()), seed=seed, dtype=dtype)
-    from safetensors import SafetensorError
-    from transformers import AutoModelForCausalLM
 
     key = "model.name_or_path" if name == cfg.name_or_path else "model.ref_name_or_path"
     check_model_source(name, key, cfg.gguf_file)
@@ -223,7 +226,6 @@ def load_model(cfg: ModelConfig, *, name: str | None = None, vocab_size: int | N
 def broken_safetensors(folder: str) -> str | None:
     """What is wrong with the first unreadable ``*.safetensors`` file in ``folder`` (its header is
     read, and checked to cover the whole file: a truncated or corrupt file), or None."""
-    from safetensors import SafetensorError, safe_open
 
     try:
         names = sorted(n for n in os.listdir(folder) if n.endswith(".safetensors"))

@@ -22,6 +22,10 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from transformers import Trainer, TrainingArguments
+from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
+from transformers.trainer_utils import SchedulerType
+from transformers.training_args import OptimizerNames
 
 from logitsam.config.paths import BUILTIN_MODELS
 from logitsam.config.schema import Config, TrainConfig
@@ -40,13 +44,16 @@ def _one_line(e: BaseException, limit: int = 300) -> str:
 
 
 def training_kwargs(t: TrainConfig, has_eval: bool, checkpointing: bool = False) -> dict[str, Any]:
-    """The keyword arguments of the run's TrainingArguments (CPU-safe: no bf16 without a GPU)."""
-    from transformers import TrainingArguments
+    """The keyword arguments of the run's TrainingArguments (CPU-safe: bf16 only when asked for on a CPU).
+
+    ``train.bf16: true`` on a CPU runs CPU autocast (bf16 products, float32 weights): correct on any
+    CPU, fast only on one with native bf16 (AVX512-BF16 / AMX), so it is never switched on by default.
+    """
 
     on_gpu = torch.cuda.is_available()
     bf16 = t.bf16 if t.bf16 is not None else bool(on_gpu and torch.cuda.is_bf16_supported())
-    if bf16 and not on_gpu:
-        raise ConfigError("train.bf16: bf16 mixed precision needs a GPU that supports it")
+    if bf16 and on_gpu and not torch.cuda.is_bf16_supported():
+        raise ConfigError("train.bf16: this GPU does not support bf16 (fp16: train.extra: {fp16: true})")
     kwargs: dict[str, Any] = dict(
         output_dir=t.output_dir,
         per_device_train_batch_size=t.per_device_train_batch_size,
@@ -95,7 +102,6 @@ def _culprit(t: TrainConfig, fails: Callable[[TrainConfig], bool], default: str)
 
 def build_training_args(t: TrainConfig, has_eval: bool, checkpointing: bool = False) -> Any:
     """transformers.TrainingArguments of the run; a refused value is a ConfigError naming its key."""
-    from transformers import TrainingArguments
 
     def build(tc: TrainConfig) -> Any:
         return TrainingArguments(**training_kwargs(tc, has_eval, checkpointing))
@@ -155,10 +161,6 @@ def check_optimizer(trainer: Any, t: TrainConfig, steps: int, has_eval: bool, ch
 
 
 def _check_report_to(names: list[str]) -> None:
-    from transformers.integrations.integration_utils import (
-        INTEGRATION_TO_CALLBACK,
-        get_available_reporting_integrations,
-    )
 
     available = set(get_available_reporting_integrations())
     if importlib.util.find_spec("flytekit") is not None:  # not in transformers' availability list
@@ -174,7 +176,6 @@ def _check_report_to(names: list[str]) -> None:
 
 def _check_optimizer_package(args: Any, optim: str) -> None:
     """ConfigError when ``optim`` needs a package that is not installed (bitsandbytes, galore, ...)."""
-    from transformers import Trainer
 
     try:
         Trainer.get_optimizer_cls_and_kwargs(args)
@@ -198,9 +199,6 @@ def _check_training_args(cfg: Config) -> None:
 
 def check_config(cfg: Config) -> None:
     """Cross-field and environment checks that per-field rules (config.RULES) cannot express."""
-    from transformers import TrainingArguments
-    from transformers.trainer_utils import SchedulerType
-    from transformers.training_args import OptimizerNames
 
     d, t, m, sam = cfg.data, cfg.train, cfg.model, cfg.sam
     if not d.train_files:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 import logging
 import math
 import os
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from logitsam.config import schema as config_mod
 from logitsam.config.schema import Config
@@ -26,6 +28,7 @@ from logitsam.training.preflight import build_training_args, check_config, check
 from logitsam.training.reference import attach_reference_logps
 from logitsam.training.resume import check_resume_settings
 from logitsam.training.rundir import claim, is_main_process
+from logitsam.training.trainer import PreferenceTrainer
 
 __all__ = ["build_training_args", "check_config", "loss_setup", "prepare_data", "resolved_config", "train"]
 
@@ -158,7 +161,6 @@ def _train(
 ) -> dict[str, Any]:
     """Load, check everything that can fail, and only then touch output_dir (trim metrics.jsonl,
     write config.yaml) and train: a run that fails before training loses nothing already written."""
-    from logitsam.training.trainer import PreferenceTrainer
 
     tokenizer = load_tokenizer(cfg.model)
     data = prepare_data(cfg, tokenizer)
@@ -240,9 +242,7 @@ def final_evaluation(trainer: Any) -> dict[str, float]:
 def _teardown(trainer: Any) -> None:
     """Free the wrapped model/optimizer, then end the process group: DDP processes otherwise may
     abort at exit ('terminate called without an active exception')."""
-    import gc
 
-    import torch.distributed as dist
 
     distributed = trainer.accelerator.num_processes > 1
     trainer.accelerator.free_memory()

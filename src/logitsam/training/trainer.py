@@ -9,11 +9,13 @@ names. Metrics stay on the device until a log step (no host sync per metric per 
 from __future__ import annotations
 
 import os
+import re
 from collections import defaultdict
 from contextlib import nullcontext
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import Tensor
 from transformers import Trainer
 
@@ -159,9 +161,7 @@ class PreferenceTrainer(Trainer):
 
 def last_good_state(output_dir: str) -> str:
     """Which saved state to resume from after a divergence: the newest checkpoint whose weights are finite."""
-    import re
 
-    from safetensors.torch import load_file
 
     found = []
     if os.path.isdir(output_dir):

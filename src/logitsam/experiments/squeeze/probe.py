@@ -35,13 +35,13 @@ def response_stats(model: Any, rows: list[dict[str, Any]], pad_id: int, batch_pa
             labels = shift_for_causal_lm(b["labels"]).to(device)
             scored = labels != IGNORE_INDEX
             fused = fusable(model)
-            hidden, logits = body_forward(model, ids, mask, fused=fused)
+            hidden, logits, _ = body_forward(model, ids, mask, fused=fused)
             if logits is None:  # logits of the response positions only (prompt and padding skipped)
                 head = output_head(model)
                 z = torch.nn.functional.linear(hidden[scored], head.weight, head.bias)  # type: ignore[union-attr]
             else:
                 z = logits[scored]
-            logp = torch.log_softmax(z.float(), -1)
+            logp = torch.log_softmax(z if z.dtype == torch.float64 else z.float(), -1)
             per_row = scored.nonzero()[:, 0]  # the sequence of each scored position
 
             def per_seq(v: torch.Tensor, rows: torch.Tensor = per_row, n_seq: int = ids.shape[0]) -> torch.Tensor:

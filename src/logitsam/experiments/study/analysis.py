@@ -16,7 +16,8 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
-from logitsam.experiments.study.plan import CONFIRM, GROUPS, TUNING_NOTE
+from logitsam.experiments.study.plan import GROUPS
+from logitsam.experiments.study.records import read_record, read_shared
 from logitsam.experiments.study.stats import Estimate, at_level, crossed_interval, head_to_head, on_line, seed_interval
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,6 @@ def load_all(out: str) -> tuple[dict[str, Any], Runs, Runs]:
     """(shared.json, the plan's runs, the confirmation runs) of a study directory, each record read
     once; confirmation runs (fresh seeds) are kept apart: the plan's runs picked their ρ. Records made
     under other settings are left out with a warning naming them."""
-    from logitsam.experiments.study.command import read_record, read_shared
-
     shared = read_shared(out)
     found: dict[bool, Runs] = {False: defaultdict(dict), True: defaultdict(dict)}
     for path in sorted(glob.glob(os.path.join(out, "runs", "*", "record.json"))):
@@ -298,56 +297,3 @@ def verdict(e: dict[str, float], null: float, direction: int, smallest: float | 
     if smallest is not None and (e["high"] < smallest if direction > 0 else e["low"] > smallest):
         return "not reproduced"
     return "inconclusive"
-
-
-def analyse(out: str) -> dict[str, Any]:
-    """Every estimate, comparison and claim of a study directory (the body of results.json)."""
-    shared, runs, fresh = load_all(out)
-    rows = {label: config_row(label, seeds) for label, seeds in runs.items()}
-    sft = {
-        "win_vs_chosen": _clip(crossed_interval([shared["sft_vs_chosen"]]), 0.0, 1.0).to_dict(),
-        "reward": crossed_interval([shared["sft_rewards"]]).to_dict(),
-    }
-    pairs = {}
-    for label in runs:
-        partner = PLAIN.get(label)
-        if partner and partner in runs and set(runs[label]) & set(runs[partner]):  # comparable on some seed
-            pairs[label] = {"against": partner, **paired(runs[label], runs[partner])}
-    # the ρ sweep: its best value is picked after looking, so it is judged at a Bonferroni level
-    sweep = [lb for lb in pairs if lb.startswith("dpo+lsam(")]
-    level = 1 - 0.05 / max(1, len(sweep))
-    adjusted = {lb: paired(runs[lb], runs["dpo"], level=level) for lb in sweep}
-    from logitsam.experiments.study.confirm import confirmation
-
-    best = pick({lb: pairs[lb]["win_vs_sft_diff"]["mean"] for lb in sweep})  # best_of_sweep on every seed
-    lsam = next((lb for lb in runs if lb.startswith("dpo+lsam(") and lb in pairs and lb.endswith("(1e-1)")), None)
-    control = {}
-    if lsam and "dpo" in runs:
-        control = matched(runs[lsam], runs["dpo"], runs.get("dpo(lr×0.5)", {}))
-        if set(runs.get("dpo(lr×0.5)", {})) & set(runs[lsam]):
-            control["vs_small_step"] = paired(runs[lsam], runs["dpo(lr×0.5)"])
-    from logitsam.experiments.study.claims import claims
-
-    res = {
-        "description": shared["description"],
-        "tuning": TUNING_NOTE if shared["settings"].get("model") != "tiny-random" else "none (a pipeline check)",
-        "prompts": len(shared["prompts"]),
-        "chosen_prompts": len(shared["chosen_prompts"]),
-        "pairs": shared["pairs"],
-        "planned_seeds": list(shared["settings"]["seeds"]),
-        "hessian_pairs": shared["settings"].get("hessian_pairs"),
-        "reward_name": {"vader": "VADER", "letters": "letters reward"}.get(shared["settings"].get("reward"), "reward"),
-        "quick": shared["settings"].get("model") == "tiny-random",
-        "sft": sft,
-        "configs": rows,
-        "paired": pairs,
-        "rho_sweep_adjusted": adjusted,
-        "rho_best": best,
-        "confirmation": confirmation(out, runs, fresh, shared),
-        "confirm_planned": CONFIRM in shared["settings"].get("groups", (*GROUPS, CONFIRM)),
-        # the configurations of the groups the study was started with (runs of others count too)
-        "planned": [c.label for g in shared["settings"].get("groups", GROUPS) if g in GROUPS for c in GROUPS[g]],
-        "matched_movement": control,
-    }
-    res["claims"] = claims(res)
-    return res

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from typing import Any
 
-from logitsam.errors import ConfigError, UserError
-from logitsam.experiments.study.plan import CONFIRM, GROUPS, StudySettings, quick_study
+import torch
 
-RECORD_KEYS = ("key", "spec", "method", "rewards", "outcomes_vs_sft", "outcomes_vs_chosen", "kl_values", "log")
+from logitsam.errors import ConfigError, UserError
+from logitsam.experiments.study.confirm import confirmation_plan
+from logitsam.experiments.study.plan import CONFIRM, GROUPS, StudySettings, quick_study
+from logitsam.experiments.study.records import read_record, read_shared, record_path
+from logitsam.experiments.study.runner import run_study
+from logitsam.experiments.study.study_report import write_study_report
 
 
 def _items(value: str, option: str) -> list[str]:
@@ -59,36 +62,8 @@ def _seeds(value: str, option: str) -> tuple[int, ...]:
     return seeds
 
 
-def read_json(path: str, keys: tuple[str, ...], what: str, remedy: str) -> dict[str, Any]:
-    """A study file: a JSON object with ``keys``, or a one-line UserError naming ``path`` and ``remedy``."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            obj = json.load(f)
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: unreadable ({e}); {remedy}") from None
-    if not isinstance(obj, dict) or not all(k in obj for k in keys):
-        raise UserError(f"{path}: not {what}; {remedy}")
-    return obj
-
-
-def read_shared(out: str) -> dict[str, Any]:
-    """DIR/shared.json, or UserError saying what is wrong with it (one line, the file named)."""
-    path = os.path.join(out, "shared.json")
-    if not os.path.isfile(path):
-        raise UserError(f"{out}: not a study directory (no shared.json); `logitsam study --out {out}` starts one")
-    keys = ("key", "settings", "prompts")
-    return read_json(path, keys, "a study's shared.json", "delete it (it is rebuilt, runs are kept)")
-
-
-def read_record(path: str) -> dict[str, Any]:
-    """A finished run's record.json, or UserError naming it."""
-    return read_json(path, RECORD_KEYS, "a study run's record", "delete it to run that run again")
-
-
 def plan_lines(out: str, s: StudySettings) -> list[str]:
     """One line per planned run: done / todo / foreign (finished under other settings)."""
-    from logitsam.experiments.study.runner import record_path
-
     key = s.key()
     shared_path = os.path.join(out, "shared.json")
     lines = []
@@ -97,8 +72,6 @@ def plan_lines(out: str, s: StudySettings) -> list[str]:
         lines.append(f"note: {out} holds a study made with other settings; running these options there is refused")
     confirm, why = [], ""
     if CONFIRM in s.groups and os.path.exists(shared_path) and same:
-        from logitsam.experiments.study.confirm import confirmation_plan
-
         confirm, why = confirmation_plan(out, s)
     for _, spec in s.plan() + confirm:
         path = record_path(out, spec.name)
@@ -129,21 +102,14 @@ def study_command(args: argparse.Namespace, check_out_dir: Any) -> int:
             pass
         return 0
     if args.report_only:
-        from logitsam.experiments.study.study_report import write_study_report
-
         read_shared(args.out)
         print(write_study_report(args.out))
     else:
         if args.device == "cpu":  # before CUDA is initialised: every model and the Trainer stay on the CPU
             os.environ["CUDA_VISIBLE_DEVICES"] = ""
-        if args.device == "cuda":
-            import torch
-
-            if not torch.cuda.is_available():
-                raise UserError("--device cuda: no CUDA device is visible")
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise UserError("--device cuda: no CUDA device is visible")
         check_out_dir(args.out, "--out")
-        from logitsam.experiments.study.runner import run_study
-
         try:
             run_study(args.out, s)
         except KeyboardInterrupt:

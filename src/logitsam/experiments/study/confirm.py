@@ -17,6 +17,7 @@ from logitsam.errors import UserError
 from logitsam.experiments.study.analysis import Runs, config_row, load, paired, pick, sweep_gains
 from logitsam.experiments.study.demo import RunSpec
 from logitsam.experiments.study.plan import CONFIRM, Config, StudySettings
+from logitsam.experiments.study.records import read_json, record_path, write_json
 
 log = logging.getLogger(__name__)
 PICK = "confirm.json"
@@ -25,8 +26,6 @@ PICK_KEYS = ("key", "label", "rho", "sweep_seeds", "gains")
 
 def read_pick(out: str) -> dict[str, Any] | None:
     """DIR/confirm.json (the saved pick), None if there is none, UserError naming it if it is broken."""
-    from logitsam.experiments.study.command import read_json
-
     path = os.path.join(out, PICK)
     if not os.path.exists(path):
         return None
@@ -55,8 +54,6 @@ def confirmation_plan(out: str, s: StudySettings, save: bool = False) -> tuple[l
     pick is the saved one, else made from the finished sweep (and saved with ``save``)."""
     if CONFIRM not in s.groups:
         return [], ""
-    from logitsam.experiments.study.runner import record_path
-
     saved = read_pick(out)
     if saved is not None and saved["key"] != s.key():
         raise UserError(f"{os.path.join(out, PICK)}: picked under other study settings; delete it to pick again")
@@ -73,9 +70,7 @@ def confirmation_plan(out: str, s: StudySettings, save: bool = False) -> tuple[l
             "pass --confirm-seeds with seeds no run used"
         )
     if save and saved is None:
-        from logitsam.experiments.study.runner import _write_json
-
-        _write_json(os.path.join(out, PICK), chosen)
+        write_json(os.path.join(out, PICK), chosen)
     return s.confirm_plan(chosen["rho"]), ""
 
 

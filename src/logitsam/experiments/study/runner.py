@@ -18,43 +18,34 @@ import json
 import os
 import time
 from dataclasses import asdict
+from importlib import resources
 from typing import Any
 
 import torch
 
+from logitsam.config.schema import ModelConfig
 from logitsam.core.losses import get_loss, resolve_hparams
 from logitsam.data.batching import PreferenceCollator, tokenize_examples
 from logitsam.data.examples import load_examples
+from logitsam.diagnostics.sharpness import measure_sharpness
 from logitsam.errors import UserError
 from logitsam.evaluation.generation import DecodeSettings, generate
 from logitsam.evaluation.judges import GoldRewardJudge, vader_reward
 from logitsam.evaluation.winrate import sequence_kl_values
-from logitsam.experiments.study.command import read_json, read_record, read_shared
 from logitsam.experiments.study.confirm import confirmation_plan, seed_list
 from logitsam.experiments.study.demo import RunSpec, _letters, _run_config, _start_records, describe
 from logitsam.experiments.study.pairs import load_prompts, make_pairs, split_prompts, write_jsonl
 from logitsam.experiments.study.plan import CONFIRM, TUNING_NOTE, Config, StudySettings
+from logitsam.experiments.study.records import read_json, read_record, read_shared, record_path, write_json
+from logitsam.experiments.study.study_report import write_study_report
 from logitsam.training.models import cache_dir, load_model, load_tokenizer
 from logitsam.training.run import train
 
 HELDOUT = "data/heldout_prompts.txt"
 
 
-def _write_json(path: str, obj: Any) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(obj, f)
-    os.replace(path + ".tmp", path)
-
-
-def record_path(out: str, name: str) -> str:
-    return os.path.join(out, "runs", name.replace("/", "_"), "record.json")
-
-
 def heldout_prompts(n: int) -> list[str]:
     """The first ``n`` packaged held-out review openings (disjoint from the training prompts)."""
-    from importlib import resources
-
     return load_prompts(str(resources.files("logitsam.experiments.study").joinpath(HELDOUT)))[:n]
 
 
@@ -75,8 +66,6 @@ class Study:
         self.key = s.key()
         self.reward = vader_reward() if s.reward == "vader" else _letters
         self.judge = GoldRewardJudge(self.reward)
-        from logitsam.config.schema import ModelConfig
-
         mcfg = ModelConfig(name_or_path=s.model, dtype="float32")
         self.tok = load_tokenizer(mcfg)
         self.sft = load_model(mcfg, vocab_size=len(self.tok)).to(self.device)
@@ -143,7 +132,7 @@ class Study:
                     st["confirm_seeds"] = list(dict.fromkeys([*old, *self.s.confirm_seeds]))
                 if st != shared["settings"]:
                     shared["settings"] = st
-                    _write_json(path, shared)
+                    write_json(path, shared)
                 return shared
             raise UserError(
                 f"{path}: made with other study settings ({shared.get('description', '?')}; key {shared.get('key')}) "
@@ -163,12 +152,10 @@ class Study:
             "sft_rewards": self.judge.score(self.prompts, samples),
             "sft_vs_chosen": self._vs_chosen(samples),
         }
-        _write_json(path, shared)
+        write_json(path, shared)
         return shared
 
     def _hessian(self, model: Any, spec: RunSpec) -> dict[str, Any]:
-        from logitsam.diagnostics.sharpness import measure_sharpness
-
         loss = get_loss(spec.loss)
         params = resolve_hparams(loss, {**({"beta": self.s.beta} if "beta" in loss.defaults else {}), **spec.params})
         examples = load_examples([self.eval_file])[: self.s.hessian_pairs]  # the held-out pairs, as trained
@@ -221,13 +208,13 @@ class Study:
         with open(os.path.join(rcfg.train.output_dir, "metrics.jsonl"), encoding="utf-8") as f:
             log = [json.loads(line) for line in f]
         if start is None:
-            _write_json(start_path, {"key": self.key, "run": spec.name, "records": _start_records(log)})
+            write_json(start_path, {"key": self.key, "run": spec.name, "records": _start_records(log)})
         else:
             log = [{**r, "shared_from": start["run"]} for r in start["records"]] + log
         rec["log"] = log
         rec["final_metrics"] = {k: v for k, v in res["metrics"].items() if isinstance(v, (int, float))}
         rec["seconds"] = time.time() - t0
-        _write_json(path, rec)
+        write_json(path, rec)
         return rec
 
 
@@ -275,7 +262,5 @@ def run_study(out: str, s: StudySettings, report: bool = True) -> dict[str, dict
     records |= _run_all(study, confirm, len(plan) + 1, total)
     print(f"all {len(records)} runs finished [{time.time() - t0:.0f}s]")
     if report:
-        from logitsam.experiments.study.study_report import write_study_report
-
         print(write_study_report(out))
     return records

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from logitsam.evaluation.winrate import Interval
 
@@ -105,7 +106,6 @@ def t_quantile_at(df: float, level: float) -> float:
     beta function with bisection (torch.special has no t quantile; scipy is not a dependency)."""
     if not df > 0:
         return float("nan")
-    import torch
 
     def tail(t: float) -> float:  # P(|T| > t) = I_{df/(df+t²)}(df/2, 1/2)
         x = torch.tensor(df / (df + t * t), dtype=torch.float64)

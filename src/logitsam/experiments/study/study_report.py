@@ -6,7 +6,8 @@ import json
 import os
 from typing import Any
 
-from logitsam.experiments.study.analysis import _fmt, analyse, load, rho_of, trajectory
+from logitsam.experiments.study.analysis import _fmt, load, rho_of, trajectory
+from logitsam.experiments.study.summary import analyse
 
 PNG = {
     "drift": "drift_curves.png",

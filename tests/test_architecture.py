@@ -1,0 +1,130 @@
+"""The package's import graph (docs/design.md §2): no circles, the library never imports the experiments,
+and no imports inside functions except optional dependencies and the CLI's per-command imports."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+PKG = SRC / "logitsam"
+# imported inside functions on purpose: optional or heavy third-party packages used by one feature
+OPTIONAL = {"matplotlib", "datasets", "pyarrow", "deepspeed", "gguf", "vaderSentiment", "trl", "peft", "tensorboard"}
+# the CLI imports each command's module when that command runs, so `logitsam --help` does not load torch
+LAZY_FRONTS = {"logitsam.cli"}
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(SRC).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module(p): p for p in PKG.rglob("*.py")}
+
+
+def _target(name: str, mods: dict[str, Path]) -> str | None:
+    """The package module an absolute import name refers to (a module, or the package holding a name)."""
+    while name:
+        if name in mods:
+            return name
+        name = name.rpartition(".")[0]
+    return None
+
+
+def _imports(path: Path, mods: dict[str, Path]) -> list[tuple[str, bool, int]]:
+    """(imported module, at module level?, line) for every import of a package module or third-party root."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    out = []
+    top = {id(n) for n in tree.body}
+    for parent in ast.walk(tree):
+        for node in ast.iter_child_nodes(parent):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
+            level = id(node) in top or (isinstance(parent, (ast.If, ast.Try)) and id(parent) in top)
+            if isinstance(node, ast.ImportFrom):
+                assert node.level == 0, f"{path}:{node.lineno}: relative import (the package uses absolute ones)"
+                names = [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                names = [a.name for a in node.names]
+            for n in names:
+                out.append((n, level, node.lineno))
+    return out
+
+
+def _graph() -> tuple[dict[str, set[str]], list[str]]:
+    mods = _modules()
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    inner = []
+    for m, path in mods.items():
+        for name, level, line in _imports(path, mods):
+            t = _target(name, mods) if name.startswith("logitsam") else None
+            if t and t != m and not (m.startswith(t + ".") and mods[t].name == "__init__.py"):
+                graph[m].add(t)
+            if not level and m not in LAZY_FRONTS and name.split(".")[0] not in OPTIONAL:
+                inner.append(f"{path.relative_to(SRC)}:{line} imports {name} inside a function")
+    return graph, inner
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_circles():
+    graph, _ = _graph()
+    assert _cycles(graph) == []
+
+
+def test_the_library_never_imports_the_experiments():
+    graph, _ = _graph()
+    bad = [
+        f"{m} -> {t}"
+        for m, ts in graph.items()
+        for t in ts
+        if not m.startswith("logitsam.experiments") and m != "logitsam.cli" and t.startswith("logitsam.experiments")
+    ]
+    assert bad == []
+
+
+def test_no_imports_inside_functions():
+    _, inner = _graph()
+    assert inner == []
+
+
+def test_the_checker_sees_a_circle_and_an_inner_import(tmp_path):
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+    f = tmp_path / "m.py"
+    f.write_text("import os\n\ndef f():\n    import json\n    from logitsam.core import losses\n")
+    assert [(n, lv) for n, lv, _ in _imports(f, {})] == [("os", True), ("json", False), ("logitsam.core.losses", False)]

@@ -1,0 +1,177 @@
+"""The squeeze-regime experiment (issue 16): prompts split by subject, per-pair probes, the gate, the
+pilot's pick rule and the main plan — math against hand values and independent computations, the
+pipeline end to end on the tiny random model (a check that it runs and resumes, not a result)."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from logitsam.config import ModelConfig
+from logitsam.core.objective import model_sequence_logps
+from logitsam.data.batching import PreferenceCollator
+from logitsam.experiments.squeeze import gate as G
+from logitsam.experiments.squeeze.experiment import Arm, Experiment, Setting, Shared
+from logitsam.experiments.squeeze.main import MAIN_ARMS, plan, sam_scale
+from logitsam.experiments.squeeze.pilot import GRID, choose, cost
+from logitsam.experiments.squeeze.probe import response_stats
+from logitsam.experiments.squeeze.prompts import _lines, prompt_split
+from logitsam.training.models import load_tokenizer, tiny_model
+
+
+def test_prompts_split_by_subject():
+    sp = prompt_split()
+    assert len(sp.heldout) >= 1000 and len(sp.train) >= 1000
+    assert not set(sp.train_subjects) & set(sp.heldout_subjects)
+    assert not set(sp.train) & set(sp.heldout)
+    # no held-out prompt mentions a training subject (openings are shared, subjects are not)
+    for p in sp.heldout[:200]:
+        assert not any(s in p for s in sp.train_subjects if not any(s in h for h in sp.heldout_subjects))
+    assert prompt_split() == sp  # seeded: the same split everywhere
+    assert len(set(_lines("subjects.txt"))) == len(_lines("subjects.txt"))
+    with pytest.raises(ValueError, match="n_heldout_subjects"):
+        prompt_split(n_heldout_subjects=0)
+
+
+def _rows(tok, n=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in range(n):
+        p = torch.randint(3, 200, (4 + i,), generator=g).tolist()
+        rows.append(
+            {
+                "prompt_ids": p,
+                "chosen_ids": torch.randint(3, 200, (5,), generator=g).tolist(),
+                "rejected_ids": torch.randint(3, 200, (3 + i,), generator=g).tolist(),
+            }
+        )
+    return rows
+
+
+def test_response_stats_match_a_token_by_token_computation():
+    tok = load_tokenizer(ModelConfig(name_or_path="tiny-random"))
+    model = tiny_model(len(tok)).double()
+    rows = _rows(tok)
+    st = response_stats(model, rows, tok.pad_token_id, batch_pairs=2)
+    batch = PreferenceCollator(tok.pad_token_id)([{**r, "index": i} for i, r in enumerate(rows)])
+    lib = model_sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    n = len(rows)
+    for i, r in enumerate(rows):
+        for side, resp in ((0, r["chosen_ids"]), (1, r["rejected_ids"])):
+            ids = torch.tensor([r["prompt_ids"] + resp])
+            with torch.no_grad():
+                logp = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)
+            pos = range(len(r["prompt_ids"]) - 1, ids.shape[1] - 1)
+            lp = sum(float(logp[t, ids[0, t + 1]]) for t in pos)
+            top = sum(float(logp[t].exp().max()) for t in pos) / len(resp)
+            ent = sum(float(-(logp[t].exp() * logp[t]).sum()) for t in pos) / len(resp)
+            assert st["logp"][i][side] == pytest.approx(lp, abs=1e-9)
+            assert st["logp"][i][side] == pytest.approx(float(lib[i + side * n]), abs=1e-9)
+            assert st["tokens"][i][side] == len(resp)
+            assert st["top"][i][side] == pytest.approx(top, abs=1e-9)
+            assert st["entropy"][i][side] == pytest.approx(ent, abs=1e-9)
+
+
+def _stats(logp, top, ent):
+    return {"logp": logp, "top": top, "entropy": ent, "tokens": [[10, 10]] * len(logp)}
+
+
+def _record(dplus, dminus, top, ent, train_dplus, outcomes, n=9):
+    start = {
+        "stats": {
+            "heldout": _stats([[-20.0, -25.0]] * n, [[0.3, 0.3]] * n, [[3.0, 3.0]] * n),
+            "train": _stats([[-20.0, -25.0]] * n, [[0.3, 0.3]] * n, [[3.0, 3.0]] * n),
+        }
+    }
+    jitter = [0.1 * (i % 3 - 1) for i in range(n)]  # a spread, so intervals exist
+    final = {
+        "heldout": _stats(
+            [[-20.0 + dplus + j, -25.0 + dminus + j] for j in jitter],
+            [[0.3 + top + j / 100, 0.3 + top] for j in jitter],
+            [[3.0 + ent + j / 10, 3.0 + ent] for j in jitter],
+        ),
+        "train": _stats([[-20.0 + train_dplus + j, -30.0] for j in jitter], [[0.3, 0.3]] * n, [[3.0, 3.0]] * n),
+    }
+    rec = {"probes": {"4": final, "2": start["stats"]}, "outcomes_vs_sft": outcomes, "kl_values": [1.0, 3.0]}
+    return rec, start
+
+
+def test_gate_criteria_on_hand_made_records():
+    win = [1.0] * 7 + [0.0] * 3  # 70%
+    rec, start = _record(-6.0, -9.0, 0.05, -0.2, -2.0, win)
+    m = G.measures(rec, start)
+    assert m["heldout_dplus"]["mean"] == pytest.approx(-6.0)
+    assert m["heldout_dplus_per_token"] == pytest.approx(-0.6)
+    assert m["heldout_dminus"]["mean"] == pytest.approx(-9.0)
+    assert m["heldout_top_change"]["mean"] == pytest.approx(0.05)  # both responses of a pair, averaged
+    assert m["train_dplus"]["mean"] == pytest.approx(-2.0)
+    assert m["win_vs_sft"]["mean"] == pytest.approx(0.7) and m["kl"] == pytest.approx(2.0)
+    assert G.gate(m) == {
+        "heldout_dplus": True,
+        "collapse": True,
+        "train_chosen_falls": True,
+        "dpo_beats_sft": True,
+        "passed": True,
+    }
+    assert G.shortfall(m) == ""
+    # each criterion fails on its own
+    m = G.measures(*_record(-4.0, -9.0, 0.05, -0.2, -2.0, win))
+    assert G.gate(m)["heldout_dplus"] is False and G.gate(m)["passed"] is False
+    assert "held-out Δ+ -4.00 nats" in G.shortfall(m)
+    assert G.gate(G.measures(*_record(-6.0, -9.0, -0.05, 0.2, -2.0, win)))["collapse"] is False
+    assert G.gate(G.measures(*_record(-6.0, -9.0, 0.0, -0.2, -2.0, win)))["collapse"] is True  # entropy alone
+    assert G.gate(G.measures(*_record(-6.0, -9.0, 0.05, -0.2, 1.0, win)))["train_chosen_falls"] is False
+    m = G.measures(*_record(-6.0, -9.0, 0.05, -0.2, -2.0, [1.0] * 5 + [0.0] * 5))
+    assert G.gate(m)["dpo_beats_sft"] is False and "DPO vs SFT 50.0% (gate ≥ 60%)" in G.shortfall(m)
+    steps, means = G.trajectory(rec, start, "heldout", 0)
+    assert steps == [0, 2, 4] and means == pytest.approx([0.0, 0.0, -6.0])
+
+
+def _row(name, passed, fails, dplus):
+    s = next(s for s in GRID if s.name == name)
+    gate = {"a": passed or fails < 1, "b": passed or fails < 2, "c": passed or fails < 3, "passed": passed}
+    return {"setting": s.__dict__, "gate": gate, "measures": {"heldout_dplus": {"mean": dplus}}}
+
+
+def test_pilot_pick_rule():
+    assert cost(Setting("x", epochs=3)) == 3 * cost(Setting("y"))
+    assert choose([]) is None
+    # among those meeting the gate: the cheapest, whatever the others' squeeze
+    rows = [_row("offpolicy-3ep", True, 0, -20.0), _row("offpolicy-1ep", True, 0, -6.0), _row("onpolicy-1ep", False, 1, -30)]
+    assert choose(rows)["setting"]["name"] == "offpolicy-1ep"
+    # ties in cost go to the stronger squeeze
+    rows = [_row("offpolicy-1ep", True, 0, -6.0), _row("onpolicy-1ep", True, 0, -9.0)]
+    assert choose(rows)["setting"]["name"] == "onpolicy-1ep"
+    # none meets it: fewest failed criteria, then the most negative Δ+
+    rows = [_row("offpolicy-1ep", False, 2, -9.0), _row("onpolicy-3ep", False, 1, -3.0), _row("onpolicy-1ep", False, 1, -4.0)]
+    assert choose(rows)["setting"]["name"] == "onpolicy-1ep"
+
+
+def test_main_plan_and_sam_scale():
+    p = plan()
+    assert [(a.label, s) for a, s in p[:4]] == [(a.label, 1) for a in MAIN_ARMS]
+    assert sum(1 for a, _ in p if a in MAIN_ARMS) == 5 * 4 and len(p) == 20 + 9
+    assert {a.rho for a in MAIN_ARMS} == {0.0, 1e-4, 1e-3, 1e-2}
+    rec = {"arm": {"rho": 1e-3}, "log": [{"loss": 0.7}, {"sam/grad_norm": 5.0, "sam/loss_pre": 0.5, "sam/loss_post": 0.6}]}
+    sc = sam_scale(rec)
+    assert sc["first_order"] == pytest.approx(1e-3 * 5.0 / 0.5) and sc["measured"] == pytest.approx(0.2)
+    assert sam_scale({"arm": {"rho": 0.0}, "log": [{"loss": 0.7}]}) is None
+
+
+def test_experiment_end_to_end_on_the_tiny_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOGITSAM_CACHE", str(tmp_path / "cache"))
+    sh = Shared(model="tiny-random", reward="letters", n_heldout_pairs=4, n_train_probe=3, n_win_prompts=6)
+    exp = Experiment(str(tmp_path / "exp"), sh)
+    s = Setting("tiny", pairs="offpolicy", n_train=8, new_tokens=6, batch_size=4, lr=1e-3, epochs=2)
+    rec = exp.run(s, Arm("dpo+lsam(1e-2)", rho=1e-2), 0)
+    assert sorted(rec["probes"], key=int) == ["1", "3", "4"]  # 4 steps: 1/3, 2/3 and the end
+    start = exp.start(s)
+    m = G.measures(rec, start)
+    assert m["heldout_dplus"]["n"] == len(start["stats"]["heldout"]["logp"]) > 0
+    assert len(rec["outcomes_vs_sft"]) == len(rec["kl_values"]) == 6
+    assert all(math.isfinite(x) for x in rec["kl_values"])
+    assert sam_scale(rec)["first_order"] > 0
+    # a finished run is read back, not trained again
+    monkeypatch.setattr("logitsam.experiments.squeeze.experiment.train", lambda *a, **k: pytest.fail("retrained"))
+    assert exp.run(s, Arm("dpo+lsam(1e-2)", rho=1e-2), 0) == json.loads(json.dumps(rec))
