@@ -105,3 +105,16 @@ def test_tensorboard_events_hold_train_sam_and_eval_scalars(tmp_path):
     assert [e.value for e in loss] == pytest.approx([r["loss"] for r in logged], rel=1e-6)  # stored as float32
     assert [e.value for e in acc.Scalars("train/sam/eps_norm")] == pytest.approx([1e-4] * 3, rel=1e-6)
     assert [e.step for e in acc.Scalars("eval/loss")] == [3]  # evaluated once, at the last step
+
+
+@pytest.mark.parametrize("mode", ["logits", "full"])
+def test_loss_is_the_clean_loss_for_sam_runs(tmp_path, mode):
+    """`loss` is the loss at W in every mode (the perturbed one is sam/loss_post), so SAM and plain runs
+    plot like with like: step 1 of a SAM run logs the same loss as step 1 of the plain run (same weights)."""
+    over = ["--train.max_steps=2", "--train.print_logs=false"]
+    train(tiny(tmp_path / "sam", *over, f"--sam.mode={mode}", "--sam.rho=0.5"))
+    train(tiny(tmp_path / "plain", *over, "--sam.rho=0"))
+    sam = [r for r in records(tmp_path / "sam") if "loss" in r and "step" in r and "train_loss" not in r]
+    plain = [r for r in records(tmp_path / "plain") if "loss" in r and "step" in r and "train_loss" not in r]
+    assert all(r["loss"] == r["sam/loss_pre"] != r["sam/loss_post"] for r in sam)
+    assert sam[0]["loss"] == pytest.approx(plain[0]["loss"], rel=1e-6)

@@ -156,13 +156,16 @@ class PreferenceTrainer(Trainer):
             means = self.accelerator.reduce(means, reduction="mean") if self.accelerator.num_processes > 1 else means
             logs.update({prefix + k: round(float(v), 6) for k, v in zip(keys, means.tolist(), strict=True)})
             stored.clear()
+        if mode == "train" and "sam/loss_pre" in logs:
+            # `loss` is the clean loss at W for every mode (a SAM step returns the loss at W + ε for its
+            # backward, which Trainer would log): runs with and without SAM compare like with like.
+            # The perturbed loss stays under sam/loss_post.
+            logs["loss"] = logs["sam/loss_pre"]
         super().log(logs, start_time)
 
 
 def last_good_state(output_dir: str) -> str:
     """Which saved state to resume from after a divergence: the newest checkpoint whose weights are finite."""
-
-
     found = []
     if os.path.isdir(output_dir):
         for name in os.listdir(output_dir):
