@@ -94,3 +94,14 @@ def test_last_skips_checkpoints_with_broken_weights_or_state(run_dir):
     with pytest.raises(ConfigError, match=r"every checkpoint in .* is incomplete"):
         train(cfg_for(run_dir, "--train.resume_from_checkpoint=last"))
     assert snapshot(run_dir) == before
+
+
+def test_resuming_a_finished_run_changes_nothing(run_dir):
+    """A run whose last checkpoint is at its final step resumes to 'already finished': no step past the end,
+    no new checkpoint, no byte of the directory changed (however often it is resumed)."""
+    before = {p.relative_to(run_dir): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+    for _ in range(2):
+        out = train(cfg_for(run_dir, "--train.resume_from_checkpoint=last"))
+        assert out["metrics"]["already_finished"] is True and out["metrics"]["global_step"] == 6
+    after = {p.relative_to(run_dir): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+    assert after == before

@@ -174,6 +174,17 @@ def _train(
     resolved = resolved_config(cfg, args, model, len(data.train_rows))
     if resume:
         check_resume_settings(resolved, resume)
+        done, steps = checkpoint_step(resume), total_steps(args, len(data.train_rows))[0]
+        if done is not None and done >= steps:  # resuming would train past the end: touch nothing
+            log.warning(
+                "%s: the run already finished (%s is at step %d of %d); nothing to do — to train longer, raise "
+                "train.max_steps or train.num_train_epochs",
+                cfg.train.output_dir,
+                os.path.basename(resume),
+                done,
+                steps,
+            )
+            return {"metrics": {"already_finished": True, "global_step": done, "max_steps": steps}}
     ref_model = None
     if spec.needs_reference:
         if cfg.loss.reference == "none":
