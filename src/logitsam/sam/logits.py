@@ -186,7 +186,19 @@ def perturb(
     max_extra_bytes: float | None = None,
     adaptive: bool = False,
 ) -> Perturbed:
-    """Logits at W + ε with diagnostics; see :func:`perturbed_logits` for the arguments."""
+    """Logits at the perturbed head W + ε, ε = ρ·g/‖g‖_F, g = grad_logitsᵀ·hidden, ε constant.
+
+    hidden: (N, d) or (B, T, d); weight: (V, d), or None for a sharded head (then ``logits`` is
+    required and ``weight`` is not available as a method); bias: (V,) or None (never perturbed);
+    grad_logits: ∂L/∂z at the clean logits, shape (N, V) or (B, T, V); zero rows are unscored.
+    logits: optional clean logits H Wᵀ + b already computed with graph (reused by gram/chunked).
+    rho: may be negative (theory mode). method: weight | gram | chunked | auto.
+    adaptive: ε = ρ·(|W|⊙g)/‖|W|⊙g‖ as the paper's code's ``sam_adaptive`` (not ASAM's
+    ρ·W²⊙g/‖|W|⊙g‖); needs W elementwise, so weight or chunked (auto picks one).
+    Returns Perturbed: the (..., V) logits (float32, or float64 for float64 inputs) whose gradients
+    to hidden, weight and bias equal those of ``hidden @ (weight + ε).T + bias``, the method used,
+    ‖g‖_F and ‖ε‖_F.
+    """
     if method not in METHODS:
         raise ValueError(f"unknown logits-SAM method {method!r}; choose from {', '.join(METHODS)}")
     if weight is None and (logits is None or method == "weight" or adaptive):
@@ -239,43 +251,9 @@ def perturb(
     return Perturbed(out, method, grad_norm, eps_norm)
 
 
-def perturbed_logits(
-    hidden: Tensor,
-    weight: Tensor | None,
-    grad_logits: Tensor,
-    *,
-    rho: float,
-    method: str = "auto",
-    bias: Tensor | None = None,
-    logits: Tensor | None = None,
-    block: int = 8192,
-    max_extra_bytes: float | None = None,
-    adaptive: bool = False,
-) -> Tensor:
-    """Logits at the perturbed head W + ε, ε = ρ·g/‖g‖_F, g = grad_logitsᵀ·hidden, ε constant.
-
-    hidden: (N, d) or (B, T, d); weight: (V, d), or None for a sharded head (then ``logits`` is
-    required and ``weight`` is not available as a method); bias: (V,) or None (never perturbed);
-    grad_logits: ∂L/∂z at the clean logits, shape (N, V) or (B, T, V); zero rows are unscored.
-    logits: optional clean logits H Wᵀ + b already computed with graph (reused by gram/chunked).
-    rho: may be negative (theory mode). method: weight | gram | chunked | auto.
-    adaptive: ε = ρ·(|W|⊙g)/‖|W|⊙g‖ as the paper's code's ``sam_adaptive`` (not ASAM's
-    ρ·W²⊙g/‖|W|⊙g‖); needs W elementwise, so weight or chunked (auto picks one).
-    Returns (..., V) logits (float32, or float64 for float64 inputs) whose gradients to hidden,
-    weight and bias equal those of ``hidden @ (weight + ε).T + bias``.
-    """
-    return perturb(
-        hidden,
-        weight,
-        grad_logits,
-        rho=rho,
-        method=method,
-        bias=bias,
-        logits=logits,
-        block=block,
-        max_extra_bytes=max_extra_bytes,
-        adaptive=adaptive,
-    ).logits
+def perturbed_logits(hidden: Tensor, weight: Tensor | None, grad_logits: Tensor, **kwargs: Any) -> Tensor:
+    """The logits of :func:`perturb` alone (same arguments)."""
+    return perturb(hidden, weight, grad_logits, **kwargs).logits
 
 
 @dataclass
