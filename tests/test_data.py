@@ -101,6 +101,7 @@ def test_non_utf8_and_json_errors(tmp_path):
         load_examples([str(tmp_path / "nope.jsonl")])
 
 
+@pytest.mark.slow
 def test_cli_reports_data_errors_without_traceback(tmp_path, cli_env):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": 3, "chosen": "b", "rejected": "c"}\n')

@@ -139,6 +139,7 @@ def test_generation_is_seeded_and_kl_of_a_model_to_itself_is_zero():
     assert sequence_kl(model, model, ids, tok.pad_token_id) == pytest.approx(0.0, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_demo_quick(tmp_path, monkeypatch, capsys, caplog):
     import logging
 

@@ -41,6 +41,7 @@ def dpo_of_logits(z):
     return -F.logsigmoid(0.5 * (lp[0] - lp[1]) + 0.3)
 
 
+@pytest.mark.slow
 def test_parameter_trace_matches_exact():
     model = Tiny()
     names = [n for n, _ in model.named_parameters()]
@@ -60,6 +61,7 @@ def test_parameter_trace_matches_exact():
     assert est.stderr < 0.2 * abs(exact)
 
 
+@pytest.mark.slow
 def test_logit_trace_matches_exact():
     z = Tiny()(IDS).detach()
     exact = torch.autograd.functional.hessian(lambda x: dpo_of_logits(x.reshape(z.shape)), z.reshape(-1))
@@ -148,6 +150,7 @@ def test_sharpness_on_a_micro_transformer_matches_exact_trace():
     assert res["logit_hessian"].mean > 0  # the logit Hessian of this loss has a positive trace here
 
 
+@pytest.mark.slow
 def test_sharpness_cli(tmp_path, cli_env):
     import json
     import subprocess

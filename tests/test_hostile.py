@@ -10,6 +10,7 @@ import json
 import os
 import tempfile
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -262,6 +263,7 @@ def test_malformed_overrides(items):
 HOSTILE_VALUES = [float("nan"), float("inf"), -1, 0, 2**70, -0.5, "", " ", "x", True, False, None, [], [""], {}, {"a": 1}]
 
 
+@pytest.mark.slow
 def test_every_key_with_every_hostile_value():
     """Exhaustive single-key mutations of the tiny recipe: each is accepted or a UserError."""
     outcomes = {"accepted": 0, "refused": 0}

@@ -107,6 +107,7 @@ def test_tensorboard_events_hold_train_sam_and_eval_scalars(tmp_path):
     assert [e.step for e in acc.Scalars("eval/loss")] == [3]  # evaluated once, at the last step
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["logits", "full"])
 def test_loss_is_the_clean_loss_for_sam_runs(tmp_path, mode):
     """`loss` is the loss at W in every mode (the perturbed one is sam/loss_post), so SAM and plain runs

@@ -32,6 +32,7 @@ def texts(ax):
     return [t.get_text() for t in ax.texts]
 
 
+@pytest.mark.slow
 def test_two_tiny_runs_one_png(tmp_path):
     import matplotlib.image
 

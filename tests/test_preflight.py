@@ -13,7 +13,7 @@ from logitsam.config import schema as C
 from logitsam.config.schema import ModelConfig
 from logitsam.errors import ConfigError, DataError
 from logitsam.training.models import apply_lora, load_model, tiny_model, tiny_tokenizer
-from logitsam.training.preflight import build_training_args
+from logitsam.training.preflight import _check_extra_types, build_training_args
 from logitsam.training.run import check_config, loss_setup, train
 
 
@@ -142,3 +142,20 @@ def test_negative_rho_is_allowed_with_a_warning(tmp_path, caplog):
     with caplog.at_level(logging.WARNING), pytest.raises(DataError):
         train(cfg_for(tmp_path, "--sam.rho=1e-4", f"--data.train_files=[{tmp_path / 'missing.jsonl'}]"))
     assert "anti-perturbation" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"optim_args": 1.5}, "train.extra.optim_args: 1.5 is not of type str or null"),
+        ({"eval_on_start": "yes"}, "train.extra.eval_on_start: 'yes' is not of type bool"),
+        ({"seed": True}, "train.extra.seed: True is not of type int"),
+        ({"save_strategy": 3}, "train.extra.save_strategy: 3 is not of type str"),
+    ],
+)
+def test_extra_values_of_the_wrong_type_are_config_errors(extra, message):
+    """Found by hypothesis: `--train.extra.optim_args=1.5` crashed inside transformers (AttributeError)."""
+    with pytest.raises(ConfigError) as e:
+        _check_extra_types(extra)
+    assert str(e.value) == message
+    _check_extra_types({"optim_args": "a=1", "warmup_ratio": 1, "fsdp_config": {"a": 1}, "run_name": None})

@@ -10,6 +10,8 @@ from logitsam.config import schema as C
 from logitsam.errors import ConfigError, DataError
 from logitsam.training.run import train
 
+pytestmark = pytest.mark.slow  # trains or launches processes: `pytest -m 'not slow'` skips it
+
 
 def cfg_for(out, *overrides):
     cfg = C.load("configs/tiny-cpu.yaml")

@@ -159,6 +159,7 @@ def test_main_plan_and_sam_scale():
     assert sam_scale({"arm": {"rho": 0.0}, "log": [{"loss": 0.7}]}) is None
 
 
+@pytest.mark.slow
 def test_experiment_end_to_end_on_the_tiny_model(tmp_path, monkeypatch):
     monkeypatch.setenv("LOGITSAM_CACHE", str(tmp_path / "cache"))
     sh = Shared(model="tiny-random", reward="letters", n_heldout_pairs=4, n_train_probe=3, n_win_prompts=6)

@@ -18,6 +18,8 @@ from logitsam.experiments.study.plan import GROUPS, StudySettings, quick_study
 from logitsam.experiments.study.records import record_path
 from logitsam.experiments.study.runner import run_study
 
+pytestmark = pytest.mark.slow  # trains or launches processes: `pytest -m 'not slow'` skips it
+
 
 def _quick(groups=("dpo",), seeds=(0, 1)) -> StudySettings:
     s = quick_study()

@@ -11,6 +11,8 @@ from logitsam.core.losses import LOSSES, LossSpec, dpo
 from logitsam.training.run import train
 from logitsam.training.trainer import TrainingDiverged
 
+pytestmark = pytest.mark.slow  # trains or launches processes: `pytest -m 'not slow'` skips it
+
 
 def cfg_for(tmp_path, *overrides):
     cfg = C.load("configs/tiny-cpu.yaml")

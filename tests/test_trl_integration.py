@@ -24,6 +24,8 @@ trl = pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")
 from logitsam.integrations.trl import UnsupportedTrlSetting, trl_loss, with_logits_sam  # noqa: E402
 
+pytestmark = pytest.mark.slow  # trains or launches processes: `pytest -m 'not slow'` skips it
+
 logging.getLogger("transformers").setLevel(logging.ERROR)
 EQUAL_LENGTHS = [
     {"prompt": "Q: one?\nA:", "chosen": " first answer", "rejected": " no"},

@@ -21,6 +21,8 @@ from logitsam.core.logprobs import IGNORE_INDEX
 from logitsam.core.losses import get_loss, resolve_hparams
 from logitsam.training.models import tiny_model, tiny_tokenizer
 
+pytestmark = pytest.mark.slow  # trains or launches processes: `pytest -m 'not slow'` skips it
+
 trl = pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")
 logging.getLogger("transformers").setLevel(logging.ERROR)

@@ -5,6 +5,8 @@ import subprocess
 import sys
 import warnings
 
+import pytest
+
 SEEN_BEFORE = (
     "is_gradient_checkpointing",  # peft reading transformers 5's deprecated property (LoRA runs)
     "`gradient_checkpointing` is deprecated",  # TrainingArguments' renamed field
@@ -13,6 +15,7 @@ SEEN_BEFORE = (
 )
 
 
+@pytest.mark.slow
 def test_a_tiny_lora_run_prints_no_warnings(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": os.path.abspath("src")}
     env.pop("PYTHONWARNINGS", None)

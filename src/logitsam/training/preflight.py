@@ -15,9 +15,11 @@ from deep inside transformers after data and models were loaded.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import importlib.util
 import inspect
 import os
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -98,6 +100,25 @@ def _without(t: TrainConfig, key: str) -> TrainConfig:
 def _culprit(t: TrainConfig, fails: Callable[[TrainConfig], bool], default: str) -> str:
     """``train.extra.<key>`` whose removal makes ``fails`` false, else ``default``."""
     return next((f"train.extra.{k}" for k in t.extra if not fails(_without(t, k))), default)
+
+
+_SIMPLE = (bool, int, float, str, type(None))
+
+
+def _check_extra_types(extra: dict[str, Any]) -> None:
+    """Each ``train.extra`` value has a type its TrainingArguments field takes, where the field's type is
+    made of plain scalars (transformers otherwise fails deep inside, e.g. ``optim_args: 1.5``)."""
+    hints = typing.get_type_hints(TrainingArguments)
+    for key, value in extra.items():
+        args = typing.get_args(hints.get(key)) or (hints.get(key),)
+        allowed = tuple(a for a in args if a in _SIMPLE)
+        if len(allowed) < len([a for a in args if not (isinstance(a, type) and issubclass(a, enum.Enum))]):
+            continue  # a dict, a list, ...: left to TrainingArguments
+        ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+        ok = ok or (float in allowed and isinstance(value, int) and not isinstance(value, bool))
+        if not ok:
+            names = " or ".join("null" if a is type(None) else a.__name__ for a in allowed)
+            raise ConfigError(f"train.extra.{key}: {value!r} is not of type {names}")
 
 
 def build_training_args(t: TrainConfig, has_eval: bool, checkpointing: bool = False) -> Any:
@@ -238,6 +259,7 @@ def check_config(cfg: Config) -> None:
     unknown = sorted(k for k in t.extra if k not in fields)
     if unknown:
         raise ConfigError(f"train.extra.{unknown[0]}: not a transformers.TrainingArguments field")
+    _check_extra_types(t.extra)
     check_model_source(m.name_or_path, "model.name_or_path", m.gguf_file)
     if m.ref_name_or_path:
         check_model_source(m.ref_name_or_path, "model.ref_name_or_path", m.gguf_file)
