@@ -13,8 +13,8 @@ from logitsam.core.objective import model_sequence_logps
 from logitsam.data.batching import PreferenceCollator
 from logitsam.experiments.squeeze import gate as G
 from logitsam.experiments.squeeze.experiment import Arm, Experiment, Setting, Shared
-from logitsam.experiments.squeeze.main import MAIN_ARMS, plan, sam_scale
 from logitsam.experiments.squeeze.pilot import GRID, choose, cost
+from logitsam.experiments.squeeze.plan import MAIN_ARMS, plan, sam_scale
 from logitsam.experiments.squeeze.probe import response_stats
 from logitsam.experiments.squeeze.prompts import _lines, prompt_split
 from logitsam.training.models import load_tokenizer, tiny_model
@@ -176,3 +176,58 @@ def test_experiment_end_to_end_on_the_tiny_model(tmp_path, monkeypatch):
     # a finished run is read back, not trained again
     monkeypatch.setattr("logitsam.experiments.squeeze.experiment.train", lambda *a, **k: pytest.fail("retrained"))
     assert exp.run(s, Arm("dpo+lsam(1e-2)", rho=1e-2), 0) == json.loads(json.dumps(rec))
+
+
+def _synthetic_main(tmp_path, n=40, pairs=6):
+    """A hand-made main comparison: DPO, a no-op ρ (samples identical to DPO's) and a ρ that helps on
+    every seed (+15 pp win rate, +1 nat held-out Δ+), three seeds each."""
+    from logitsam.experiments.squeeze.experiment import _write_json
+
+    out, setting = tmp_path / "main", "toy"
+    stats = {"logp": [[-20.0, -25.0]] * pairs, "top": [[0.3, 0.3]] * pairs, "entropy": [[3.0, 3.0]] * pairs,
+             "tokens": [[10, 10]] * pairs}  # fmt: skip
+    _write_json(str(out / "shared" / f"{setting}.json"), {"stats": {"heldout": stats, "train": stats}})
+    for seed in (1, 2, 3):
+        base = [(seed * 7 + i * 3) % 5 / 4 for i in range(n)]  # DPO's outcomes against SFT, varying by seed
+        for label, rho, lift, dplus in (("dpo", 0.0, 0.0, -6.0), ("dpo+lsam(1e-3)", 1e-3, 0.0, -6.0),
+                                        ("dpo+lsam(1e-2)", 1e-2, 0.15, -5.0)):  # fmt: skip
+            outcomes = [min(1.0, x + lift) if i % 2 == 0 else min(1.0, x + 2 * lift) for i, x in enumerate(base)]
+            samples = [f"s{seed}-{i}" + ("" if lift == 0 else "!") for i in range(n)]
+            final = {
+                part: {**stats, "logp": [[-20.0 + dplus + 0.1 * seed + 0.01 * j, -30.0] for j in range(pairs)]}
+                for part in ("heldout", "train")
+            }
+            log = [{"step": 1, "loss": 0.69}] + ([{"sam/grad_norm": 5.0, "sam/loss_pre": 0.69, "sam/loss_post": 0.7}] if rho else [])
+            rec = {"arm": {"label": label, "rho": rho}, "seed": seed, "outcomes_vs_sft": outcomes,
+                   "rewards": [o + 0.01 * seed for o in outcomes], "samples": samples,
+                   "kl_values": [1.0 + 0.1 * seed + lift] * n, "probes": {"6": final}, "log": log}  # fmt: skip
+            _write_json(str(out / "runs" / setting / f"{label}_s{seed}" / "record.json"), rec)
+    return str(out), setting
+
+
+def test_main_analysis_on_a_hand_made_comparison(tmp_path):
+    from logitsam.experiments.squeeze.analysis import analyse
+    from logitsam.experiments.squeeze.report import write_main_report
+
+    out, setting = _synthetic_main(tmp_path)
+    res = analyse(out, setting)
+    by = {c["claim"]: c for c in res["claims"]}
+    noop_ = by["dpo+lsam(1e-3) raises DPO's win rate against SFT (Table 1)"]
+    assert noop_["verdict"] == "not testable here (no-op)" and "100% of its samples are identical" in noop_["evidence"]
+    assert by["dpo+lsam(1e-3) reduces DPO's held-out squeezing (Fig. 1c: Δ+ above DPO's)"]["verdict"] == "not testable here (no-op)"
+    helps = by["dpo+lsam(1e-2) raises DPO's win rate against SFT (Table 1)"]
+    assert helps["verdict"] == "inconclusive (the gain came with more KL)"  # +0.15 nats of KL on every sample
+    assert res["paired"]["dpo+lsam(1e-2)"]["dplus_diff"]["mean"] == pytest.approx(1.0)
+    assert by["dpo+lsam(1e-2) reduces DPO's held-out squeezing (Fig. 1c: Δ+ above DPO's)"]["verdict"] == "reproduced"
+    assert res["configs"]["dpo+lsam(1e-2)"]["sam_first_order"] == pytest.approx(1e-2 * 5.0 / 0.69)
+    sweep = by["some ρ raises DPO's win rate against SFT (Table 3)"]
+    assert "not testable (no-op): dpo+lsam(1e-3)" in sweep["evidence"]
+    # a setting that missed the gate labels every verdict
+    row = {"measures": {"heldout_dplus": {"mean": -3.0, "low": -4.0, "high": -2.0}, "train_dplus": {"mean": 1.0, "low": 0.5, "high": 1.5},
+           "heldout_top_change": {"mean": 0.1, "low": 0.05, "high": 0.15}, "heldout_entropy_change": {"mean": -0.1, "low": -0.2, "high": 0.0},
+           "win_vs_sft": {"mean": 0.7, "low": 0.6, "high": 0.8}}}  # fmt: skip
+    res = analyse(out, setting, row)
+    assert all(c["verdict"].endswith("(the setting did not meet the gate)") for c in res["claims"] if "control" not in c["claim"])
+    assert "held-out Δ+ -3.00 nats" in res["gate_shortfall"]
+    text = write_main_report(out, setting)
+    assert "| dpo+lsam(1e-2) | 3 |" in text and (tmp_path / "main" / "drift_toy.png").exists()

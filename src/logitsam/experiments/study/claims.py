@@ -104,11 +104,11 @@ def claims(res: dict[str, Any]) -> list[dict[str, str]]:
             add(claim, "not measured", missing)
             continue
         p = pairs[labs[0]]
-        add(claim, *_win(p, f"{labs[0]} − {loss}", res, loss))
+        add(claim, *win_verdict(p, f"{labs[0]} − {loss}", res, loss))
     sweep = sorted((rho_of(k), k) for k in pairs if k.startswith("dpo+lsam("))
     claim = "some ρ of the sweep raises DPO's win rate against SFT (Table 3)"
     if len(sweep) >= 2:
-        add(claim, *_sweep(res, sweep))
+        add(claim, *sweep_verdict(res, sweep))
     else:
         add(claim, "not measured", "fewer than two values of ρ finished")
     for kind, name, digits in (("parameter_hessian", "parameter", 1), ("logit_hessian", "logit", 3)):
@@ -180,7 +180,7 @@ def _confirmed(res: dict[str, Any], add: Any) -> None:
         return
     picked_on = seed_list(saved["sweep_seeds"])
     what = f"ρ={saved['rho']:g} on fresh seeds {seed_list(c['seeds'])} (picked on seeds {picked_on}) − dpo"
-    v, ev = _win(c, what, res, "dpo")
+    v, ev = win_verdict(c, what, res, "dpo")
     notes = ""
     if res.get("rho_best") and res["rho_best"] != c["label"]:
         notes += f"; the sweep on all its current runs would now pick {res['rho_best']} (the saved pick stands)"
@@ -193,18 +193,18 @@ def _seeds(e: dict[str, Any]) -> str:
     return f"{e['n']} seed" + ("" if e["n"] == 1 else "s")
 
 
-def _effect(res: dict[str, Any], loss: str) -> tuple[float, str]:
+def effect_for(res: dict[str, Any], loss: str) -> tuple[float, str]:
     row = res.get("configs", {}).get(loss, {}).get("win_vs_sft")
     return effect_of_interest(loss, row["mean"] - 0.5 if row else None)
 
 
-def _win(p: dict[str, Any], what: str, res: dict[str, Any], loss: str) -> tuple[str, str]:
+def win_verdict(p: dict[str, Any], what: str, res: dict[str, Any], loss: str) -> tuple[str, str]:
     """Verdict and evidence for a win-rate claim: the paired gain in win rate against SFT (same prompt,
     same seed) must exclude 0 upward; "not reproduced" needs the interval to exclude the effect of interest
     (``effect_of_interest``); a gain that came with significantly more KL is only inconclusive (a win
     bought with KL is not a win); a no-op configuration (``noop``) is not testable here."""
     g = p["win_vs_sft_diff"]
-    effect, effect_text = _effect(res, loss)
+    effect, effect_text = effect_for(res, loss)
     v = verdict(g, 0.0, +1, effect)
     kl = p["kl_diff"]
     if v == "reproduced" and Estimate(**kl).excludes(0.0) == 1:
@@ -228,13 +228,13 @@ def _win(p: dict[str, Any], what: str, res: dict[str, Any], loss: str) -> tuple[
     return v, ev
 
 
-def _sweep(res: dict[str, Any], sweep: list[tuple[float, str]]) -> tuple[str, str]:
+def sweep_verdict(res: dict[str, Any], sweep: list[tuple[float, str]]) -> tuple[str, str]:
     """ "Some ρ helps" is a claim about every ρ: reproduced when some testable ρ's gain excludes 0 upward at
     the family-wise level (Bonferroni over the sweep, no KL bought); not reproduced only when *every*
     testable ρ's family-wise interval excludes the effect of interest; ρ values that are no-ops here are
     not testable and listed; all of them no-ops: not testable."""
     pairs, adj = res["paired"], res["rho_sweep_adjusted"]
-    effect, effect_text = _effect(res, "dpo")
+    effect, effect_text = effect_for(res, "dpo")
     parts = [f"ρ={r:g}: {_fmt(pairs[k]['win_vs_sft_diff'], pct=True, signed=True)} pp" for r, k in sweep]
     idle = {k: noop(pairs[k], res.get("configs", {}).get("dpo")) for _, k in sweep}
     tested = [(r, k) for r, k in sweep if not idle[k]]

@@ -1,0 +1,110 @@
+"""Reports of the squeeze experiment: the pilot's figure and the main comparison's report.md,
+results.json and Fig. 1c analogue (training and held-out Δ± along training, bands over seeds)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from logitsam.experiments.squeeze.analysis import analyse, load, trajectory
+from logitsam.experiments.squeeze.experiment import _read_json
+from logitsam.experiments.squeeze.pilot import GRID, rows
+from logitsam.experiments.study.analysis import _fmt
+
+
+def _axes(n: int) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.4), squeeze=False)
+    return plt, fig, axes[0]
+
+
+def pilot_figure(out: str) -> str | None:
+    """Per pilot setting: mean Δ+ / Δ− over the probed pairs along training (held-out solid, training dashed)."""
+    found = [s for s in GRID if os.path.exists(os.path.join(out, "runs", s.name, "dpo_s0", "record.json"))]
+    if not found:
+        return None
+    plt, fig, axes = _axes(len(found))
+    for ax, s in zip(axes, found, strict=True):
+        rec = _read_json(os.path.join(out, "runs", s.name, "dpo_s0", "record.json"))
+        start = _read_json(os.path.join(out, "shared", f"{s.name}.json"))
+        for part, style in (("heldout", "-"), ("train", "--")):
+            for side, color, name in ((0, "tab:green", "Δ+ (chosen)"), (1, "tab:red", "Δ− (rejected)")):
+                t = trajectory(rec, start, part, side)
+                ax.plot(sorted(t), [t[k] for k in sorted(t)], style, color=color, label=f"{name}, {part}")
+        ax.axhline(0, color="gray", lw=0.5)
+        ax.set(title=s.name, xlabel="step", ylabel="nats (mean over pairs)")
+    axes[0].legend(fontsize=6)
+    path = os.path.join(out, "pilot_drift.png")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def drift_figure(out: str, setting: str, labels: list[str]) -> str:
+    """Fig. 1c analogue: mean ± SD over seeds of the per-run mean Δ± (held-out and training) by arm."""
+    start, runs = load(out, setting)
+    plt, fig, axes = _axes(2)
+    for ax, part in zip(axes, ("heldout", "train"), strict=True):
+        for i, lb in enumerate(labels):
+            for side, style in ((0, "-"), (1, ":")):
+                traj = [trajectory(r, start, part, side) for r in runs[lb].values()]
+                steps = sorted(set.intersection(*(set(t) for t in traj)))
+                mean = [sum(t[k] for t in traj) / len(traj) for k in steps]
+                sd = [
+                    (sum((t[k] - m) ** 2 for t in traj) / max(1, len(traj) - 1)) ** 0.5
+                    for k, m in zip(steps, mean, strict=True)
+                ]
+                ax.plot(steps, mean, style, color=f"C{i}", label=f"{lb} {'Δ+' if side == 0 else 'Δ−'}")
+                ax.fill_between(
+                    steps,
+                    [m - s for m, s in zip(mean, sd, strict=True)],
+                    [m + s for m, s in zip(mean, sd, strict=True)],
+                    color=f"C{i}",
+                    alpha=0.15,
+                )
+        ax.axhline(0, color="gray", lw=0.5)
+        ax.set(title=f"{part} pairs", xlabel="step", ylabel="log π − log π_ref (nats, mean over pairs)")
+    axes[0].legend(fontsize=6)
+    path = os.path.join(out, f"drift_{setting}.png")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_main_report(out: str, setting: str, pilot_dir: str | None = None) -> str:
+    """report.md + results.json (+ the drift figure) of the main comparison in ``out``; returns the text."""
+    pilot_row = None
+    if pilot_dir is not None:
+        pilot_row = next((r for r in rows(pilot_dir) if r["setting"]["name"] == setting), None)
+    res = analyse(out, setting, pilot_row)
+    lines = [f"# Squeeze regime: main comparison in `{setting}`", ""]
+    if res["gate_shortfall"]:
+        lines += [f"**The setting did not meet the gate**: {res['gate_shortfall']}. Every verdict is labelled.", ""]
+    lines += [f"Effect of interest: {res['effect_text']}.", "", "## Claims", ""]
+    lines += [f"- **{c['verdict']}** — {c['claim']}: {c['evidence']}" for c in res["claims"]]
+    lines += ["", "## Arms", "", "| arm | seeds | win vs SFT % | KL | held-out Δ+ | held-out Δ− | top-token Δ | "
+              "entropy Δ | training Δ+ | training Δ− | ρ‖g‖/L at step 1 (measured) |", "|---" * 11 + "|"]  # fmt: skip
+    for lb, r in res["configs"].items():
+        sam = f"{r['sam_first_order']:.3g} ({r['sam_measured']:.3g})" if "sam_first_order" in r else "–"
+        lines.append(
+            f"| {lb} | {len(r['seeds'])} | {_fmt(r['win_vs_sft'], pct=True)} | {_fmt(r['kl'])} | {_fmt(r['dplus'])} | "
+            f"{_fmt(r['dminus'])} | {_fmt(r['top'], digits=4)} | {_fmt(r['entropy'], digits=3)} | "
+            f"{_fmt(r['train_dplus'])} | {_fmt(r['train_dminus'])} | {sam} |"
+        )
+    _, runs = load(out, setting)
+    shown = [lb for lb in runs if lb == "dpo" or lb.startswith("dpo+lsam")]
+    if shown:
+        lines += ["", f"![drift]({os.path.basename(drift_figure(out, setting, shown))})"]
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as f:
+        f.write(text)
+    with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
+        json.dump(res, f, indent=1, default=str)
+    return text
