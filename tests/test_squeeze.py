@@ -124,8 +124,8 @@ def test_gate_criteria_on_hand_made_records():
     assert G.gate(G.measures(*_record(-6.0, -9.0, 0.05, -0.2, 1.0, win)))["train_chosen_falls"] is False
     m = G.measures(*_record(-6.0, -9.0, 0.05, -0.2, -2.0, [1.0] * 5 + [0.0] * 5))
     assert G.gate(m)["dpo_beats_sft"] is False and "DPO vs SFT 50.0% (gate ≥ 60%)" in G.shortfall(m)
-    steps, means = G.trajectory(rec, start, "heldout", 0)
-    assert steps == [0, 2, 4] and means == pytest.approx([0.0, 0.0, -6.0])
+    traj = G.trajectory(rec, start, "heldout", 0)
+    assert list(traj) == [0, 2, 4] and list(traj.values()) == pytest.approx([0.0, 0.0, -6.0])
 
 
 def _row(name, passed, fails, dplus):
@@ -162,12 +162,15 @@ def test_main_plan_and_sam_scale():
 @pytest.mark.slow
 def test_experiment_end_to_end_on_the_tiny_model(tmp_path, monkeypatch):
     monkeypatch.setenv("LOGITSAM_CACHE", str(tmp_path / "cache"))
-    sh = Shared(model="tiny-random", reward="letters", n_heldout_pairs=4, n_train_probe=3, n_win_prompts=6)
+    sh = Shared(model="tiny-random", reward="letters", n_heldout_pairs=4, n_train_probe=3, n_win_prompts=6, probe_mid_pairs=2)
     exp = Experiment(str(tmp_path / "exp"), sh)
     s = Setting("tiny", pairs="offpolicy", n_train=8, new_tokens=6, batch_size=4, lr=1e-3, epochs=2)
     rec = exp.run(s, Arm("dpo+lsam(1e-2)", rho=1e-2), 0)
     assert sorted(rec["probes"], key=int) == ["1", "3", "4"]  # 4 steps: 1/3, 2/3 and the end
     start = exp.start(s)
+    n_held = len(start["stats"]["heldout"]["logp"])
+    assert [len(rec["probes"][k]["heldout"]["logp"]) for k in ("1", "3", "4")] == [2, 2, n_held]  # subset mid-run
+    assert list(G.trajectory(rec, start, "heldout", 0)) == [0, 1, 3, 4]
     m = G.measures(rec, start)
     assert m["heldout_dplus"]["n"] == len(start["stats"]["heldout"]["logp"]) > 0
     assert len(rec["outcomes_vs_sft"]) == len(rec["kl_values"]) == 6

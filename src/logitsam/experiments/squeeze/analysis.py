@@ -15,7 +15,7 @@ import statistics
 from typing import Any
 
 from logitsam.experiments.squeeze.experiment import _read_json
-from logitsam.experiments.squeeze.gate import change, shortfall
+from logitsam.experiments.squeeze.gate import change, shortfall, trajectory
 from logitsam.experiments.squeeze.plan import CONTROL_ARMS, MAIN_ARMS, sam_scale
 from logitsam.experiments.study.analysis import _clip, _fmt, verdict
 from logitsam.experiments.study.claims import NOT_TESTABLE, effect_for, noop, sweep_verdict, win_verdict
@@ -49,15 +49,6 @@ def per_run(rec: dict[str, Any], start: dict[str, Any]) -> dict[str, float]:
         "train_dplus": _mean(change(rec, start, "train", "logp", 0)),
         "train_dminus": _mean(change(rec, start, "train", "logp", 1)),
     }
-
-
-def trajectory(rec: dict[str, Any], start: dict[str, Any], part: str, side: int) -> dict[int, float]:
-    """{step: mean Δ over the probed pairs}, step 0 = 0."""
-    out = {0: 0.0}
-    base = start["stats"][part]["logp"]
-    for k, probe in rec["probes"].items():
-        out[int(k)] = _mean([y[side] - x[side] for x, y in zip(base, probe[part]["logp"], strict=True)])
-    return out
 
 
 def arm_row(seeds: dict[int, dict[str, Any]], start: dict[str, Any]) -> dict[str, Any]:

@@ -67,6 +67,7 @@ class Shared:
     n_train_probe: int = 24  # Δ± per pair on these training pairs (trained on)
     n_win_prompts: int = 256  # win rates and KL on these held-out prompts
     probe_fractions: tuple[float, ...] = (1 / 3, 2 / 3, 1.0)
+    probe_mid_pairs: int | None = None  # pairs of each set probed before the end (None: all)
     gen_batch: int = 32
     device: str = "cpu"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -200,6 +201,7 @@ class Experiment:
             {"train": self.rows(train_file, self.sh.n_train_probe), "heldout": self.rows(held_file)},
             self.tok.pad_token_id,
             at,
+            self.sh.probe_mid_pairs,
         )
         rec: dict[str, Any] = {"setting": asdict(s), "arm": asdict(arm), "seed": seed, "shared": asdict(self.sh)}
 

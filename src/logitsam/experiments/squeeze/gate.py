@@ -32,16 +32,16 @@ def change(rec: dict[str, Any], start: dict[str, Any], part: str, stat: str, sid
     return [y[side] - x[side] for x, y in zip(a, b, strict=True)]
 
 
-def trajectory(rec: dict[str, Any], start: dict[str, Any], part: str, side: int) -> tuple[list[int], list[float]]:
-    """(steps, mean Δ over the probed pairs) from step 0 (Δ = 0) to the end."""
-    steps, means = [0], [0.0]
-    for k in sorted(rec["probes"], key=int):
-        d = [
-            y[side] - x[side] for x, y in zip(start["stats"][part]["logp"], rec["probes"][k][part]["logp"], strict=True)
-        ]
-        steps.append(int(k))
-        means.append(sum(d) / len(d))
-    return steps, means
+def trajectory(rec: dict[str, Any], start: dict[str, Any], part: str, side: int) -> dict[int, float]:
+    """{step: mean Δ over the pairs probed at every step} from step 0 (Δ = 0) to the end (the main comparison
+    probes a subset of the held-out pairs mid-run and all of them at the end: the curve uses the subset)."""
+    base = start["stats"][part]["logp"]
+    k = min(len(p[part]["logp"]) for p in rec["probes"].values())
+    out = {0: 0.0}
+    for step, probe in rec["probes"].items():
+        d = [y[side] - x[side] for x, y in zip(base[:k], probe[part]["logp"][:k], strict=True)]
+        out[int(step)] = sum(d) / len(d)
+    return dict(sorted(out.items()))
 
 
 def win_rate(rec: dict[str, Any]) -> Estimate:

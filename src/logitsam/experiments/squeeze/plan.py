@@ -25,7 +25,7 @@ CONTROL_ARMS = (
 
 def main_shared() -> Shared:
     """The main comparison's measurement sizes (the pilot's are smaller)."""
-    return Shared(n_heldout_pairs=200, n_train_probe=32, n_win_prompts=1080)
+    return Shared(n_heldout_pairs=200, n_train_probe=32, n_win_prompts=1080, probe_mid_pairs=64)
 
 
 def plan(main_seeds: tuple[int, ...] = MAIN_SEEDS, control_seeds: tuple[int, ...] = CONTROL_SEEDS) -> list:

@@ -65,12 +65,15 @@ def response_stats(model: Any, rows: list[dict[str, Any]], pad_id: int, batch_pa
 
 class Probe(TrainerCallback):
     """Measures ``sets`` ({name: rows}) at the end of each step in ``steps``; results in ``self.records``
-    as {step: {set name: response_stats}}."""
+    as {step: {set name: response_stats}}. Before the last step only the first ``mid`` rows of each set
+    are measured (None: all), so the trajectory is cheap and the end point has every pair."""
 
-    def __init__(self, sets: dict[str, list[dict[str, Any]]], pad_id: int, steps: set[int]) -> None:
-        self.sets, self.pad_id, self.steps = sets, pad_id, steps
+    def __init__(self, sets: dict[str, list[dict[str, Any]]], pad_id: int, steps: set[int], mid: int | None = None):
+        self.sets, self.pad_id, self.steps, self.mid = sets, pad_id, steps, mid
         self.records: dict[int, dict[str, Any]] = {}
 
     def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
-        if state.global_step in self.steps and model is not None:
-            self.records[state.global_step] = {n: response_stats(model, r, self.pad_id) for n, r in self.sets.items()}
+        step = state.global_step
+        if step in self.steps and model is not None:
+            n = None if step == max(self.steps) else self.mid
+            self.records[step] = {k: response_stats(model, r[:n], self.pad_id) for k, r in self.sets.items()}

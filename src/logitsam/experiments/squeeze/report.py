@@ -7,8 +7,9 @@ import json
 import os
 from typing import Any
 
-from logitsam.experiments.squeeze.analysis import analyse, load, trajectory
+from logitsam.experiments.squeeze.analysis import analyse, load
 from logitsam.experiments.squeeze.experiment import _read_json
+from logitsam.experiments.squeeze.gate import trajectory
 from logitsam.experiments.squeeze.pilot import GRID, rows
 from logitsam.experiments.study.analysis import _fmt
 
