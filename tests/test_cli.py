@@ -266,3 +266,25 @@ def test_sharpness_with_broken_model_weights(capsys, tmp_path):
     capsys.readouterr()  # save_pretrained's progress bar
     rc, _, err = run(capsys, "sharpness", "--model", str(tmp_path / "m"), "--data", HH)
     assert rc == 2 and f"{weights} is truncated or corrupt" in one_error_line(err)
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("logitsam ")
+
+
+def test_ctrl_c_during_train_prints_the_resume_command(capsys, monkeypatch, tmp_path):
+    """Ctrl-C in `logitsam train`: one line with the exact resume command, exit 130, no traceback."""
+
+    def interrupted(cfg):
+        (tmp_path / "config.yaml").write_text("x")  # the run got as far as writing its config
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("logitsam.training.run.train", interrupted)
+    assert cli.main(["train", "--config", "configs/tiny-cpu.yaml", f"--train.output_dir={tmp_path}"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"interrupted: checkpoints already saved in {tmp_path} are kept; to resume: logitsam train --config "
+        f"{tmp_path}/config.yaml --train.resume_from_checkpoint=last"
+    )

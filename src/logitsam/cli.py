@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import math
 import os
+import shlex
 import sys
 import tempfile
 from collections.abc import Callable
@@ -80,7 +82,18 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = config_mod.load(args.config) if args.config else config_mod.Config()
     config_mod.apply_overrides(cfg, args.overrides)
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    except KeyboardInterrupt:
+        out = cfg.train.output_dir
+        saved = os.path.join(out, "config.yaml")
+        how = (
+            f"logitsam train --config {shlex.quote(saved)} --train.resume_from_checkpoint=last"
+            if os.path.exists(saved)
+            else "run the same command again (nothing was trained yet)"
+        )
+        print(f"\ninterrupted: checkpoints already saved in {out} are kept; to resume: {how}", file=sys.stderr)
+        return 130
     metrics = result["metrics"]
     shown = {k: metrics[k] for k in sorted(metrics) if not k.startswith("_")}
     print(json.dumps(shown, indent=1, default=str))
@@ -237,6 +250,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="logitsam", description="Preference optimization with logits-SAM.")
+    p.add_argument("--version", action="version", version=f"logitsam {_version()}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     toy = sub.add_parser("toy", help="the paper's logit-space toy dynamics and theorem checks")
@@ -350,6 +364,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"logitsam: error: {_one_line(e)}", file=sys.stderr)
             return 2
         raise
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("logitsam")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        return "(not installed)"
 
 
 def _one_line(e: BaseException) -> str:
