@@ -376,3 +376,14 @@ def test_home_directory_is_expanded_once_when_read(tmp_path, monkeypatch):
     path = tmp_path / "c.yaml"
     path.write_text("train: {output_dir: ~/y}\n")
     assert C.load(str(path)).train.output_dir == str(tmp_path / "y")
+
+
+def test_the_same_key_twice_on_the_command_line_is_an_error(capsys):
+    from logitsam import cli
+
+    argv = ["train", "--train.learning_rate=1e-5", "--train.seed=3", "--train.learning_rate", "2e-5"]
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err.strip() == (
+        "logitsam: error: override '--train.learning_rate 2e-5': train.learning_rate is given twice on the command "
+        "line (also '--train.learning_rate=1e-5')"
+    )

@@ -81,6 +81,7 @@ def _train(args: argparse.Namespace) -> int:
     from logitsam.training.run import train
 
     cfg = config_mod.load(args.config) if args.config else config_mod.Config()
+    config_mod.check_unique(args.overrides)
     config_mod.apply_overrides(cfg, args.overrides)
     try:
         result = train(cfg)

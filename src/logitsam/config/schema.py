@@ -350,10 +350,21 @@ def split_overrides(tokens: list[str]) -> list[tuple[str, str, str]]:
     return out
 
 
+def check_unique(overrides: list[str]) -> None:
+    """The same key twice on a command line is an error, as a duplicate key in a config file is
+    (the last one silently winning hides a typo)."""
+    seen: dict[str, str] = {}
+    for raw, dotted, _ in split_overrides(overrides):
+        if dotted in seen:
+            raise ConfigError(f"override {raw!r}: {dotted} is given twice on the command line (also {seen[dotted]!r})")
+        seen[dotted] = raw
+
+
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     """Apply ``--section.key=value`` / ``--section.key value`` (or ``section.key=value``); values read as YAML.
 
-    Relative paths stay relative to the current directory.
+    Relative paths stay relative to the current directory. A later override of the same key wins
+    (code composes defaults and user overrides); the command line refuses repeats (``check_unique``).
     """
     for raw, dotted, value_text in split_overrides(overrides):
         section, key = dotted.split(".", 1)
