@@ -387,3 +387,9 @@ def test_the_same_key_twice_on_the_command_line_is_an_error(capsys):
         "logitsam: error: override '--train.learning_rate 2e-5': train.learning_rate is given twice on the command "
         "line (also '--train.learning_rate=1e-5')"
     )
+
+
+@pytest.mark.parametrize("value", [" ", "", "null", "~"])
+def test_an_empty_value_for_a_required_field_says_so(value):
+    with pytest.raises(ConfigError, match=r"train.output_dir: (needs a str value, got an empty one \(null\)|'' )"):
+        C.apply_overrides(C.Config(), [f"--train.output_dir={value}"])

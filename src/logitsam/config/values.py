@@ -134,6 +134,8 @@ def _typed(value: Any, tp: Any, where: str) -> Any:
             pass
     if tp is str and number and math.isfinite(value):
         return str(value)  # a name or path that YAML read as a number: output_dir: 2024
+    if value is None and tp in (int, float, str, bool):  # `key:` / `--key= ` read as YAML null
+        raise ConfigError(f"{where}: needs a {tp.__name__} value, got an empty one (null)")
     if tp in (int, float, str, bool) and (not isinstance(value, tp) or (tp is int and isinstance(value, bool))):
         raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
     return value
