@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from logitsam.errors import ConfigError
-from logitsam.training.rundir import LOCK_NAME, RunLock, check_output_dir, claim
+from logitsam.training.rundir import LOCK_NAME, RunLock, check_output_dir, claim, is_main_process
 
 
 def write_lock(directory, pid, host=None):
@@ -125,3 +125,36 @@ def test_release_never_removes_a_lock_that_is_not_ours(tmp_path):
     other = write_lock(tmp_path, 1, host="elsewhere")  # replaced behind our back
     lock.release()
     assert json.loads((tmp_path / LOCK_NAME).read_text()) == other
+
+
+@pytest.mark.parametrize("pid", [-1, 0])
+def test_a_lock_naming_no_process_is_stale(tmp_path, pid):
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "started": 0}))
+    with claim(str(tmp_path), resuming=False, overwrite=False):
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+
+
+@pytest.mark.parametrize(
+    ("env", "main"),
+    [
+        ({"RANK": "1"}, True),  # a stray RANK without a launcher's WORLD_SIZE: still a plain process
+        ({"RANK": "abc"}, True),
+        ({"RANK": "1", "WORLD_SIZE": "abc"}, True),
+        ({"RANK": "3", "WORLD_SIZE": "2"}, True),  # incoherent
+        ({"RANK": "1", "WORLD_SIZE": "2"}, False),
+        ({"RANK": "0", "WORLD_SIZE": "2"}, True),
+    ],
+)
+def test_rank_is_trusted_only_from_a_coherent_launcher(monkeypatch, env, main):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert is_main_process() is main
+
+
+def test_a_stray_rank_keeps_the_previous_run_check(tmp_path, monkeypatch):
+    (tmp_path / "config.yaml").write_text("x")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(ConfigError), claim(str(tmp_path), resuming=False, overwrite=False):
+        pass

@@ -29,6 +29,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import torch.distributed as dist
+
 from logitsam.errors import ConfigError
 from logitsam.training.checkpoints import WEIGHTS
 
@@ -40,7 +42,19 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", "trainer_state.json", "training_arg
 
 
 def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0") or 0) == 0
+    """Rank 0 of a distributed run, or a plain process.
+
+    The environment's RANK is trusted only when a launcher set it coherently (integer RANK and
+    WORLD_SIZE, WORLD_SIZE > 1, 0 ≤ RANK < WORLD_SIZE) or a process group exists: a stray ``RANK=1``
+    in a shell must not switch off the run directory's lock and previous-run checks.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    try:
+        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return True  # not a launcher's values
+    return rank == 0 if world > 1 and 0 <= rank < world else True
 
 
 def check_output_dir(path: str, key: str = KEY) -> None:
@@ -70,7 +84,7 @@ def _holder(path: str) -> dict[str, Any] | None:
     try:
         with open(path, encoding="utf-8") as f:
             info = json.load(f)
-        return info if isinstance(info, dict) and isinstance(info.get("pid"), int) else None
+        return info if isinstance(info, dict) and type(info.get("pid")) is int else None
     except (OSError, ValueError):
         return None
 
@@ -94,7 +108,8 @@ def _stale(path: str, info: dict[str, Any] | None) -> bool:
             return time.time() - os.path.getmtime(path) > 30
         except OSError:
             return True
-    return info.get("host") == socket.gethostname() and info["pid"] > 0 and not _alive(info["pid"])
+    # a pid ≤ 0 names no process (kill(0/-1) would signal groups): nobody holds such a lock
+    return info.get("host") == socket.gethostname() and (info["pid"] <= 0 or not _alive(info["pid"]))
 
 
 class RunLock:
