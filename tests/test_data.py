@@ -1,6 +1,7 @@
 """Data formats, file types, validation errors (file, line, field), tokenization and collation."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -356,3 +357,34 @@ def test_hub_names_offline_say_they_need_a_network(monkeypatch):
         load_examples(["org/prefs:train"])
     with pytest.raises(DataError, match=r"nope\.jsonl: file not found"):
         load_examples(["nope.jsonl"])
+
+
+def test_a_named_pipe_is_refused_not_waited_on(tmp_path):
+    fifo = tmp_path / "pairs.jsonl"
+    os.mkfifo(fifo)
+    with pytest.raises(DataError, match="not a regular file"):
+        load_examples([str(fifo)])
+
+
+def test_a_dataset_dict_without_train_is_refused_naming_its_splits(tmp_path):
+    import datasets
+
+    row = {"prompt": "p", "chosen": "a", "rejected": "b"}
+    datasets.DatasetDict({"test": datasets.Dataset.from_list([row])}).save_to_disk(str(tmp_path / "dd"))
+    with pytest.raises(DataError, match=r"a DatasetDict without a 'train' split \(splits: test\)"):
+        load_examples([str(tmp_path / "dd")])
+    assert len(load_examples([str(tmp_path / "dd" / "test")])) == 1  # the split's own folder works
+
+
+def test_a_library_bug_in_a_chat_template_is_not_a_user_error():
+    """Only a missing template (ValueError) or one rejecting the conversation is a data error."""
+    from logitsam.data.batching import _template
+    from logitsam.data.examples import PreferenceExample
+
+    class Broken:
+        def apply_chat_template(self, *a, **k):
+            raise KeyError("bug inside the tokenizer")
+
+    ex = PreferenceExample(prompt=[{"role": "user", "content": "hi"}], chosen="a", rejected="b", source="f.jsonl:3")
+    with pytest.raises(KeyError):
+        _template(Broken(), ex, "prompt", ex.prompt)

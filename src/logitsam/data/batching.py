@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from jinja2 import TemplateError
 
 from logitsam.core.logprobs import IGNORE_INDEX
 from logitsam.data.examples import PreferenceExample
@@ -55,8 +56,8 @@ def _data_error(ex: PreferenceExample, key: str, problem: str) -> DataError:
 def _template(tokenizer: Any, ex: PreferenceExample, key: str, messages: list, **kwargs: Any) -> str:
     try:
         text = tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
-    except Exception as e:  # no template, or a template that rejects the conversation (jinja raise_exception)
-        raise _data_error(ex, key, f"the tokenizer's chat template failed: {' '.join(str(e).split())}") from None
+    except (ValueError, TemplateError) as e:  # no template (ValueError), or one rejecting the conversation (jinja)
+        raise _data_error(ex, key, f"the tokenizer's chat template failed: {' '.join(str(e).split())}") from e
     if not isinstance(text, str):
         raise _data_error(ex, key, f"the chat template rendered {type(text).__name__}, not text")
     return text

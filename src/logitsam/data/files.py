@@ -182,10 +182,16 @@ def read_rows(path: str) -> Iterator[tuple[int, Any]]:
 
         try:
             ds = datasets.load_from_disk(path)
-        except Exception as e:
-            raise DataError(path, None, None, f"not a datasets directory ({e})") from None
+        except (FileNotFoundError, ValueError) as e:  # what load_from_disk raises for a folder it cannot read
+            raise DataError(path, None, None, f"not a datasets directory ({e})") from e
         if isinstance(ds, datasets.DatasetDict):
-            ds = ds["train"] if "train" in ds else next(iter(ds.values()))
+            if "train" not in ds:  # never guess which split is meant
+                splits = ", ".join(ds)
+                raise DataError(
+                    path, None, None, f"a DatasetDict without a 'train' split (splits: {splits}); give the split's "
+                    f"own folder, e.g. {os.path.join(path, next(iter(ds)))}"
+                )
+            ds = ds["train"]
         yield from _table(ds)
         return
     ext = os.path.splitext(path)[1].lower()
@@ -200,10 +206,12 @@ def read_rows(path: str) -> Iterator[tuple[int, Any]]:
         name, _, split = path.partition(":")
         try:
             ds = datasets.load_dataset(name, split=split or "train")
-        except Exception as e:  # network, unknown name, bad split: all reported the same way
-            raise DataError(path, None, None, f"cannot load it as a hub data set: {' '.join(str(e).split())}") from None
+        except Exception as e:  # network, unknown name, bad split: all reported the same way (cause chained)
+            raise DataError(path, None, None, f"cannot load it as a hub data set: {' '.join(str(e).split())}") from e
         yield from _table(ds)
         return
+    if not os.path.isfile(path):  # a named pipe or a device would block or never end
+        raise DataError(path, None, None, "not a regular file (a pipe, socket or device)")
     readers = {".jsonl": _jsonl, ".json": _json, ".csv": _csv}
     if ext in readers:
         yield from readers[ext](path)
@@ -212,8 +220,8 @@ def read_rows(path: str) -> Iterator[tuple[int, Any]]:
 
         try:
             table = pq.read_table(path).to_pylist()
-        except Exception as e:  # pyarrow raises ArrowInvalid / OSError for non-Parquet bytes
-            raise DataError(path, None, None, f"not a readable Parquet file ({' '.join(str(e).split())})") from None
+        except (ValueError, OSError) as e:  # pyarrow's ArrowInvalid (a ValueError) / OSError for non-Parquet bytes
+            raise DataError(path, None, None, f"not a readable Parquet file ({' '.join(str(e).split())})") from e
         yield from _table(table)
     else:
         raise DataError(path, None, None, f"unsupported file type {ext!r} (use .jsonl, .json, .csv, .parquet)")
