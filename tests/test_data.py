@@ -388,3 +388,19 @@ def test_a_library_bug_in_a_chat_template_is_not_a_user_error():
     ex = PreferenceExample(prompt=[{"role": "user", "content": "hi"}], chosen="a", rejected="b", source="f.jsonl:3")
     with pytest.raises(KeyError):
         _template(Broken(), ex, "prompt", ex.prompt)
+
+
+def test_an_empty_prompt_still_scores_the_first_response_token():
+    """With a tokenizer that adds no BOS, an empty prompt left nothing before the first response token:
+    chosen 'A' vs rejected 'B' compared only EOS. The prompt becomes BOS (or EOS)."""
+    from logitsam.config import ModelConfig
+    from logitsam.data.examples import PreferenceExample
+    from logitsam.training.models import load_tokenizer
+
+    tok = load_tokenizer(ModelConfig(name_or_path="tiny-random"))
+    rows, _ = tokenize_examples(tok, [PreferenceExample(prompt="", chosen="A", rejected="B")], 64, 32)
+    start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    assert rows[0]["prompt_ids"] == [start]
+    batch = PreferenceCollator(tok.pad_token_id)(rows)
+    scored = [int(t) for t in batch["labels"][0] if t != -100]
+    assert scored[0] == tok("A", add_special_tokens=False)["input_ids"][0]

@@ -2,7 +2,8 @@
 
 Tokenization rule (documented for users):
 - text prompts are tokenized with the tokenizer's special tokens (e.g. BOS); chat prompts are
-  rendered with the tokenizer's chat template and ``add_generation_prompt=True``;
+  rendered with the tokenizer's chat template and ``add_generation_prompt=True``; an empty prompt
+  becomes the tokenizer's BOS (or EOS, GPT-2 style) token, so the first response token is scored;
 - a response is the text that follows the prompt (for chat: the rendered conversation with the
   response, minus the rendered prompt), tokenized without special tokens, plus EOS unless the
   rendered response already ends with it;
@@ -92,6 +93,11 @@ def tokenize_example(
     else:
         prompt_text, chosen_text, rejected_text = ex.prompt, ex.chosen, ex.rejected
         prompt_ids = tokenizer(prompt_text)["input_ids"]
+    if not prompt_ids:  # nothing before the first response token: it could never be scored
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        if start is None:
+            raise _data_error(ex, "prompt", "empty, and the tokenizer has no BOS/EOS token to start the response from")
+        prompt_ids = [start]
     if len(prompt_ids) > max_prompt_length or len(prompt_ids) >= max_length:
         return "prompt_too_long"
     room = max_length - len(prompt_ids)
