@@ -167,13 +167,11 @@ def test_other_commands_refuse_stray_arguments(capsys):
     assert e.value.code == 2 and "unrecognized arguments: --sam.rho=1" in capsys.readouterr().err
 
 
-def test_demo_quick_and_full_together_is_an_error(capsys, tmp_path):
+def test_demo_full_is_gone(capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
-        cli.main(["demo", "--quick", "--full", "--out", str(tmp_path / "d")])
-    assert e.value.code == 2 and "not allowed with argument --quick" in capsys.readouterr().err
+        cli.main(["demo", "--full", "--out", str(tmp_path / "d")])
+    assert e.value.code == 2 and "unrecognized arguments: --full" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
-    assert cli.main(["demo", "--full", "--out", str(tmp_path / "d")]) != 0
-    assert "logitsam study --out DIR" in capsys.readouterr().err
 
 
 def test_demo_help_says_what_quick_uses(capsys):

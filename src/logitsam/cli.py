@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-from logitsam.errors import ConfigError, UserError
+from logitsam.errors import ConfigError, UserError, one_line
 
 
 def _out_dir(path: str, option: str) -> None:
@@ -193,10 +193,6 @@ def _demo(args: argparse.Namespace) -> int:
     from logitsam.experiments.study.demo import DemoSettings, default_runs, quick_settings, run_demo
 
     _out_dir(args.out, "--out")
-    if args.full:
-        raise ConfigError(
-            "--full: the whole table is now `logitsam study --out DIR` (3 seeds, 300 held-out prompts, intervals)"
-        )
     settings = quick_settings() if args.quick else DemoSettings(runs=default_runs())
     settings.resample = args.resample
     run_demo(args.out, settings)
@@ -309,13 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
         "pipeline works, not a result.",
     )
     demo.add_argument("--out", default="runs/demo")
-    mode = demo.add_mutually_exclusive_group()
-    mode.add_argument(
+    demo.add_argument(
         "--quick",
         action="store_true",
         help="tiny random model, letters-fraction reward (not VADER), 16 prompts: a pipeline check in seconds",
     )
-    mode.add_argument("--full", action="store_true", help=argparse.SUPPRESS)  # replaced by `logitsam study`
     demo.add_argument(
         "--resample",
         action="store_true",
@@ -359,10 +353,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except Exception as e:
         if _is_training_diverged(e):  # checked first: it may become a UserError subclass
-            print(f"logitsam: training diverged: {_one_line(e)}", file=sys.stderr)
+            print(f"logitsam: training diverged: {one_line(e)}", file=sys.stderr)
             return 3
         if isinstance(e, UserError):
-            print(f"logitsam: error: {_one_line(e)}", file=sys.stderr)
+            print(f"logitsam: error: {one_line(e)}", file=sys.stderr)
             return 2
         raise
 
@@ -374,8 +368,6 @@ def _version() -> str:
         return "(not installed)"
 
 
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
 
 
 def _is_training_diverged(e: BaseException) -> bool:

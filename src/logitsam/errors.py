@@ -18,3 +18,9 @@ class DataError(UserError):
 
 class ConfigError(UserError):
     """Bad configuration or command-line override."""
+
+
+def one_line(e: BaseException, limit: int | None = None) -> str:
+    """An exception's message on one line (whitespace collapsed), cut to ``limit`` characters."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."

@@ -21,14 +21,6 @@ class DecodeSettings:
     repetition_penalty: float = 1.0
 
 
-PRESETS = {
-    "sentiment": DecodeSettings(max_new_tokens=32, temperature=1.0, top_p=1.0),
-    "dialogue": DecodeSettings(max_new_tokens=256, temperature=0.7, top_p=0.95),
-    "summarization": DecodeSettings(max_new_tokens=64, temperature=0.0, do_sample=False),
-    "greedy": DecodeSettings(do_sample=False, temperature=0.0),
-}
-
-
 @torch.no_grad()
 def generate(
     model: Any,

@@ -36,7 +36,7 @@ from transformers import (
 )
 
 from logitsam.config.schema import ModelConfig
-from logitsam.errors import ConfigError
+from logitsam.errors import ConfigError, one_line
 
 log = logging.getLogger(__name__)
 TINY = "tiny-random"
@@ -149,9 +149,6 @@ def resolve_path(cfg: ModelConfig, name: str | None = None) -> str:
     return name
 
 
-def _one_line(e: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def check_model_source(name: str, key: str = "model.name_or_path", gguf_file: str | None = None) -> None:
@@ -197,7 +194,7 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
             tok = AutoTokenizer.from_pretrained(resolve_path(cfg), trust_remote_code=cfg.trust_remote_code)
         except (OSError, ValueError, KeyError, ImportError) as e:
             where = f"model.name_or_path: cannot load a tokenizer from {cfg.name_or_path!r}"
-            raise ConfigError(f"{where}: {_one_line(e)}") from None
+            raise ConfigError(f"{where}: {one_line(e, 300)}") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token or tok.unk_token
     tok.padding_side = "right"
@@ -220,7 +217,7 @@ def load_model(cfg: ModelConfig, *, name: str | None = None, vocab_size: int | N
             raise ConfigError(f"{key}: cannot load a causal LM from {name!r}: {bad}")
         return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError, KeyError, ImportError, SafetensorError, pickle.UnpicklingError) as e:
-        raise ConfigError(f"{key}: cannot load a causal LM from {name!r}: {_one_line(e)}") from None
+        raise ConfigError(f"{key}: cannot load a causal LM from {name!r}: {one_line(e, 300)}") from None
 
 
 def broken_safetensors(folder: str) -> str | None:
@@ -237,7 +234,7 @@ def broken_safetensors(folder: str) -> str | None:
             with safe_open(path, framework="pt") as f:
                 f.keys()
         except (SafetensorError, OSError) as e:
-            return f"{path} is truncated or corrupt ({_one_line(e)})"
+            return f"{path} is truncated or corrupt ({one_line(e, 300)})"
     return None
 
 
@@ -277,7 +274,7 @@ def apply_lora(model: Any, cfg: ModelConfig) -> Any:
         try:
             return get_peft_model(model, lora)
         except (ValueError, TypeError) as e:  # peft's NoMatchingPeftModuleError, unsupported module types
-            raise ConfigError(f"model.lora_target_modules: {_one_line(e)}") from None
+            raise ConfigError(f"model.lora_target_modules: {one_line(e, 300)}") from None
 
 
 def load_reference(cfg: ModelConfig, policy: Any) -> Any | None:

@@ -31,7 +31,7 @@ from transformers.training_args import OptimizerNames
 
 from logitsam.config.paths import BUILTIN_MODELS
 from logitsam.config.schema import Config, TrainConfig
-from logitsam.errors import ConfigError
+from logitsam.errors import ConfigError, one_line
 from logitsam.sam.logits import METHODS
 from logitsam.training.models import check_model_source
 from logitsam.training.rundir import check_output_dir
@@ -40,9 +40,6 @@ from logitsam.training.rundir import check_output_dir
 TRIAL_ERRORS = (TypeError, ValueError, ImportError)
 
 
-def _one_line(e: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def training_kwargs(t: TrainConfig, has_eval: bool, checkpointing: bool = False) -> dict[str, Any]:
@@ -130,7 +127,7 @@ def build_training_args(t: TrainConfig, has_eval: bool, checkpointing: bool = Fa
     try:
         return build(t)
     except TRIAL_ERRORS as e:
-        problem = _one_line(e)
+        problem = one_line(e, 300)
 
     def fails(tc: TrainConfig) -> bool:
         try:
@@ -153,7 +150,7 @@ def _trial_optimizer(trainer: Any, args: Any, steps: int) -> tuple[str, str] | N
         trainer.create_scheduler(steps, optimizer=optimizer)
         return None
     except TRIAL_ERRORS as e:
-        return key, _one_line(e)
+        return key, one_line(e, 300)
     finally:  # the trial objects are dropped: train() builds its own
         trainer.args, trainer.optimizer, trainer.lr_scheduler, trainer._created_lr_scheduler = saved
 
@@ -201,7 +198,7 @@ def _check_optimizer_package(args: Any, optim: str) -> None:
     try:
         Trainer.get_optimizer_cls_and_kwargs(args)
     except ImportError as e:
-        raise ConfigError(f"train.optim: {optim!r} needs a package that is not installed: {_one_line(e)}") from None
+        raise ConfigError(f"train.optim: {optim!r} needs a package that is not installed: {one_line(e, 300)}") from None
     except TRIAL_ERRORS:  # e.g. needs the model: checked with it before training (check_optimizer)
         pass
 
