@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from logitsam.config import ModelConfig
-from logitsam.core.objective import model_sequence_logps
+from logitsam.core.scoring import model_sequence_logps
 from logitsam.data.batching import PreferenceCollator
 from logitsam.experiments.squeeze import gate as G
 from logitsam.experiments.squeeze.experiment import Arm, Experiment, Setting, Shared

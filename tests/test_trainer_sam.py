@@ -137,7 +137,7 @@ def test_logits_path_equals_fused_path(method):
 
 def test_eval_and_reference_never_build_full_logits(monkeypatch):
     """The fused path asks the model for one position of logits only."""
-    from logitsam.core.objective import model_sequence_logps
+    from logitsam.core.scoring import model_sequence_logps
 
     model = tiny_model(V, seed=4)
     data = batch(seed=4)

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from logitsam.core.logprobs import IGNORE_INDEX
-from logitsam.core.objective import model_sequence_logps
+from logitsam.core.scoring import model_sequence_logps
 
 
 @dataclass(frozen=True)

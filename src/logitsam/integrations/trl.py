@@ -40,7 +40,8 @@ from torch import Tensor
 
 from logitsam.core.logprobs import IGNORE_INDEX
 from logitsam.core.losses import get_loss, resolve_hparams
-from logitsam.core.objective import Objective, model_sequence_logps
+from logitsam.core.objective import Objective
+from logitsam.core.scoring import model_sequence_logps
 from logitsam.errors import UserError
 from logitsam.sam.logits import METHODS
 from logitsam.training.trainer import head_is_sharded

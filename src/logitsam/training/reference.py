@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from logitsam.core.objective import model_sequence_logps
+from logitsam.core.scoring import model_sequence_logps
 from logitsam.data.batching import PreferenceCollator
 from logitsam.training.models import cache_dir
 

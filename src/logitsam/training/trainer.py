@@ -21,7 +21,8 @@ from transformers import Trainer
 
 from logitsam.config.schema import SamConfig
 from logitsam.core.losses import LossSpec
-from logitsam.core.objective import Objective, ObjectiveOutput, model_sequence_logps
+from logitsam.core.objective import Objective, ObjectiveOutput
+from logitsam.core.scoring import model_sequence_logps
 from logitsam.sam.full import full_sam_backward
 from logitsam.training.logs import JsonlMetrics, install_console
 
