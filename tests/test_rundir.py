@@ -158,3 +158,14 @@ def test_a_stray_rank_keeps_the_previous_run_check(tmp_path, monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     with pytest.raises(ConfigError), claim(str(tmp_path), resuming=False, overwrite=False):
         pass
+
+
+def test_overwrite_removes_checkpoint_folders_only(tmp_path):
+    """overwrite_output_dir removes the old checkpoint-N folders and metrics, never a user's checkpoint-notes.txt."""
+    (tmp_path / "checkpoint-3").mkdir()
+    (tmp_path / "checkpoint-3" / "model.safetensors").write_text("x")
+    (tmp_path / "checkpoint-notes.txt").write_text("mine")
+    (tmp_path / "metrics.jsonl").write_text("{}")
+    with claim(str(tmp_path), resuming=False, overwrite=True):
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-notes.txt"]

@@ -167,10 +167,14 @@ def verify_checkpoint(path: str) -> None:
 
 
 def list_checkpoints(output_dir: str) -> list[str]:
-    """``checkpoint-N`` directories of ``output_dir``, newest (highest N) first."""
+    """``checkpoint-N`` directories of ``output_dir``, newest (highest N) first (the one place that scans them)."""
     if not os.path.isdir(output_dir):
         return []
-    found = [(int(m.group(1)), n) for n in os.listdir(output_dir) if (m := _CKPT.match(n))]
+    found = [
+        (int(m.group(1)), n)
+        for n in os.listdir(output_dir)
+        if (m := _CKPT.match(n)) and os.path.isdir(os.path.join(output_dir, n))
+    ]
     return [os.path.join(output_dir, n) for _, n in sorted(found, reverse=True)]
 
 

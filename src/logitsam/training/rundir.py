@@ -17,7 +17,6 @@ the main process's lock.
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import os
@@ -32,7 +31,7 @@ from typing import Any
 import torch.distributed as dist
 
 from logitsam.errors import ConfigError
-from logitsam.training.checkpoints import WEIGHTS
+from logitsam.training.checkpoints import WEIGHTS, list_checkpoints
 
 log = logging.getLogger(__name__)
 LOCK_NAME = ".logitsam.lock"
@@ -75,7 +74,7 @@ def check_output_dir(path: str, key: str = KEY) -> None:
 def previous_run(path: str) -> list[str]:
     """Names in ``path`` that a previous run left (empty when there are none)."""
     found = [n for n in RUN_FILES if os.path.exists(os.path.join(path, n))]
-    found += sorted(os.path.basename(p) for p in glob.glob(os.path.join(path, "checkpoint-*")))
+    found += sorted(os.path.basename(p) for p in list_checkpoints(path))
     return found
 
 
@@ -207,11 +206,8 @@ def _clear(output_dir: str) -> None:
     if os.path.exists(metrics):
         os.remove(metrics)
         removed.append("metrics.jsonl")
-    for ckpt in sorted(glob.glob(os.path.join(output_dir, "checkpoint-*"))):
-        if os.path.isdir(ckpt):
-            shutil.rmtree(ckpt)
-        else:
-            os.remove(ckpt)
+    for ckpt in list_checkpoints(output_dir):  # checkpoint-N folders only: a user's checkpoint-notes.txt stays
+        shutil.rmtree(ckpt)
         removed.append(os.path.basename(ckpt))
     if removed:
         log.warning("overwrite_output_dir: removed the previous run's %s from %s", ", ".join(removed), output_dir)

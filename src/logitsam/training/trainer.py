@@ -9,7 +9,6 @@ names. Metrics stay on the device until a log step (no host sync per metric per 
 from __future__ import annotations
 
 import os
-import re
 from collections import defaultdict
 from contextlib import nullcontext
 from typing import Any
@@ -24,6 +23,7 @@ from logitsam.core.losses import LossSpec
 from logitsam.core.objective import Objective, ObjectiveOutput
 from logitsam.core.scoring import model_sequence_logps
 from logitsam.sam.full import full_sam_backward
+from logitsam.training.checkpoints import list_checkpoints
 from logitsam.training.logs import JsonlMetrics, install_console
 
 
@@ -167,13 +167,9 @@ class PreferenceTrainer(Trainer):
 
 def last_good_state(output_dir: str) -> str:
     """Which saved state to resume from after a divergence: the newest checkpoint whose weights are finite."""
-    found = []
-    if os.path.isdir(output_dir):
-        for name in os.listdir(output_dir):
-            m = re.fullmatch(r"checkpoint-(\d+)", name)
-            if m and os.path.isdir(os.path.join(output_dir, name)):
-                found.append((int(m.group(1)), os.path.join(output_dir, name)))
-    for step, path in sorted(found, reverse=True):
+    found = list_checkpoints(output_dir)
+    for path in found:
+        step = int(path.rsplit("-", 1)[1])
         files = [f for f in os.listdir(path) if f.endswith(".safetensors")]
         try:
             finite = bool(files) and all(
