@@ -393,3 +393,18 @@ def test_the_same_key_twice_on_the_command_line_is_an_error(capsys):
 def test_an_empty_value_for_a_required_field_says_so(value):
     with pytest.raises(ConfigError, match=r"train.output_dir: (needs a str value, got an empty one \(null\)|'' )"):
         C.apply_overrides(C.Config(), [f"--train.output_dir={value}"])
+
+
+def test_configs_built_in_code_get_the_same_rules(tmp_path):
+    """Rules used to apply only to files and overrides: a Config changed in code skipped them."""
+    from logitsam.training.preflight import check_config
+
+    cfg = C.load("configs/tiny-cpu.yaml")
+    cfg.train.output_dir = str(tmp_path / "out")
+    cfg.train.learning_rate = -1.0
+    with pytest.raises(ConfigError, match=r"config: train.learning_rate: -1.0"):
+        check_config(cfg)
+    cfg.train.learning_rate = 1e-4
+    cfg.model.dtype = "float33"
+    with pytest.raises(ConfigError, match=r"config: model.dtype: 'float33'"):
+        check_config(cfg)

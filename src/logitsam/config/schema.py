@@ -16,6 +16,7 @@ integrations, training arguments) live in ``preflight.check_config``.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import typing
@@ -257,6 +258,15 @@ def _set(cfg: Config, section: Any, key: Any, value: Any, where: str, text: str 
     if problem:
         raise ConfigError(f"{where}: {name}: {value!r} {problem}")
     setattr(obj, field_name, value)
+
+
+def validate(cfg: Config, where: str = "config") -> None:
+    """Every field's type and rule on a config however it was made (files and overrides are checked as
+    they are read; a config built or changed in code is checked here, by ``train`` before anything runs)."""
+    for section in SECTIONS:
+        obj = getattr(cfg, section)
+        for f in dataclasses.fields(obj):  # normalised as reading a file would (an int learning rate -> float)
+            _set(cfg, section, f.name, copy.deepcopy(getattr(obj, f.name)), where)
 
 
 # Relative local paths in a config file are read against the file's directory (paths.py).

@@ -30,7 +30,7 @@ from transformers.trainer_utils import SchedulerType
 from transformers.training_args import OptimizerNames
 
 from logitsam.config.paths import BUILTIN_MODELS
-from logitsam.config.schema import Config, TrainConfig
+from logitsam.config.schema import Config, TrainConfig, validate
 from logitsam.errors import ConfigError, one_line
 from logitsam.sam.logits import METHODS
 from logitsam.training.models import check_model_source
@@ -216,8 +216,9 @@ def _check_training_args(cfg: Config) -> None:
 
 
 def check_config(cfg: Config) -> None:
-    """Cross-field and environment checks that per-field rules (config.RULES) cannot express."""
-
+    """Every field's rule (``config.validate``: configs built in code too), then the cross-field and
+    environment checks that per-field rules cannot express."""
+    validate(cfg, "config")
     d, t, m, sam = cfg.data, cfg.train, cfg.model, cfg.sam
     if not d.train_files:
         raise ConfigError("data.train_files: give at least one training file")
