@@ -30,10 +30,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from logitsam.core.logprobs import IGNORE_INDEX
+from logitsam.sam.common import FUSED_METHODS, check_adaptive, check_method
 from logitsam.sam.fused import GramEps, WeightEps, choose_fused_method, held_dtype
 from logitsam.sam.logits import eps_scale
-
-FUSED_METHODS = ("weight", "gram", "auto")
 
 PairLosses = Callable[[Tensor, Tensor, Tensor], Tensor]  # (pairs J, sums chosen (|J|,), rejected) -> losses (|J|,)
 
@@ -226,9 +225,8 @@ class _Scaled:
 
 
 def _make_pert(job: FusedJob, h: Tensor, v: int, cdt: torch.dtype):
-    method = job.method
-    if job.adaptive and method == "gram":
-        raise ValueError("adaptive logits-SAM needs W elementwise (ε ∝ |W|⊙g): use weight or auto")
+    method = check_method(job.method, FUSED_METHODS)
+    check_adaptive(method, job.adaptive)
     if method == "auto" and job.adaptive:
         method = "weight"
     elif method == "auto":
@@ -238,7 +236,7 @@ def _make_pert(job: FusedJob, h: Tensor, v: int, cdt: torch.dtype):
         return WeightEps(h, v, cdt)
     if method == "gram":
         return GramEps(h, v, cdt)
-    raise ValueError(f"unknown fused logits-SAM method {method!r}; choose from {', '.join(FUSED_METHODS)}")
+    raise AssertionError(method)  # checked above
 
 
 def _run(job, h, weight, bias, cdt, *, gout=None, u_clean=None):

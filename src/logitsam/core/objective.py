@@ -28,7 +28,8 @@ from logitsam.core.fused_head import FusedJob, fused_sequence_sums, plan_rows
 from logitsam.core.logprobs import IGNORE_INDEX, chunk_rows_for, sequence_logps, shift_for_causal_lm, token_logps
 from logitsam.core.losses import LossOutput, LossSpec, PreferenceLogps, resolve_hparams
 from logitsam.core.metrics import preference_metrics, top_token_prob
-from logitsam.sam.logits import METHODS, check_rho, logits_sam_loss
+from logitsam.sam.common import check_method, check_rho, sam_metrics
+from logitsam.sam.logits import logits_sam_loss
 
 Scores = tuple[Tensor | None, Tensor | None]
 
@@ -87,8 +88,7 @@ class Objective:
         fused: bool = True,
         adaptive: bool = False,
     ) -> None:
-        if method not in METHODS:
-            raise ValueError(f"unknown logits-SAM method {method!r}; choose from {', '.join(METHODS)}")
+        check_method(method)
         bad_rows = isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1
         if chunk_rows is not None and bad_rows:
             raise ValueError(f"chunk_rows must be None or an int ≥ 1, got {chunk_rows!r}")
@@ -152,7 +152,7 @@ class Objective:
         if job.rho != 0:
             with torch.no_grad():
                 clean_out = self.losses(pair_logps(clean, lengths, ref, scores))
-            metrics.update(_sam_metrics(clean_out.losses.mean(), loss, self.rho, job.grad_norm))
+            metrics.update(sam_metrics(clean_out.losses.mean(), loss, self.rho, job.grad_norm))
             out = clean_out
         return ObjectiveOutput(loss, out, clean, metrics, "fused")
 
@@ -172,7 +172,7 @@ class Objective:
                 fn, hidden, weight, bias, rho=self.rho, method=method, logits=logits, adaptive=self.adaptive
             )
             loss, (out, sums) = res.loss, res.aux_pre
-            metrics.update(_sam_metrics(res.loss_pre, res.loss_post, self.rho, res.grad_norm))
+            metrics.update(sam_metrics(res.loss_pre, res.loss_post, self.rho, res.grad_norm))
         else:
             loss, (out, sums) = fn(logits)
         return ObjectiveOutput(loss, out, sums, metrics, "logits")
@@ -212,12 +212,3 @@ def check_labels(labels: Tensor, vocab: int) -> None:
     if empty:
         raise ValueError("every sequence needs at least one scored (label ≠ −100) token after the shift")
 
-
-def _sam_metrics(loss_pre: Tensor, loss_post: Tensor, rho: float, grad_norm: Tensor) -> dict[str, Tensor]:
-    eps = torch.where(grad_norm > 0, abs(rho), 0.0)
-    return {
-        "sam/loss_pre": loss_pre.detach().float(),
-        "sam/loss_post": loss_post.detach().float(),
-        "sam/eps_norm": eps.float(),
-        "sam/grad_norm": grad_norm.detach().float(),
-    }

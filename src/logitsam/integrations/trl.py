@@ -43,7 +43,7 @@ from logitsam.core.losses import get_loss, resolve_hparams
 from logitsam.core.objective import Objective
 from logitsam.core.scoring import model_sequence_logps
 from logitsam.errors import UserError
-from logitsam.sam.logits import METHODS
+from logitsam.sam.common import METHODS
 from logitsam.training.trainer import head_is_sharded
 
 log = logging.getLogger(__name__)

@@ -5,12 +5,11 @@
 The public names are re-exported here: ``from logitsam.sam import logits_sam_loss, perturb``.
 """
 
+from logitsam.sam.common import METHODS, check_rho, sam_metrics
 from logitsam.sam.logits import (
-    METHODS,
     Cost,
     Perturbed,
     SamOutput,
-    check_rho,
     choose_method,
     eps_scale,
     logits_sam_loss,
@@ -31,4 +30,5 @@ __all__ = [
     "method_costs",
     "perturb",
     "perturbed_logits",
+    "sam_metrics",
 ]

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from logitsam.sam.common import sam_metrics
+
 
 @dataclass
 class FullSamOutput:
@@ -24,13 +26,9 @@ class FullSamOutput:
     grad_norm: Tensor
 
     @property
-    def metrics(self) -> dict[str, float]:
-        return {
-            "sam/loss_pre": self.loss_pre.item(),
-            "sam/loss_post": self.loss_post.item(),
-            "sam/eps_norm": self.eps_norm.item(),
-            "sam/grad_norm": self.grad_norm.item(),
-        }
+    def metrics(self) -> dict[str, Tensor]:
+        """The ``sam/*`` metrics, on the device (sam.common.sam_metrics; ‖ε‖ as measured)."""
+        return {**sam_metrics(self.loss_pre, self.loss_post, 0.0, self.grad_norm), "sam/eps_norm": self.eps_norm}
 
 
 def full_sam_backward(

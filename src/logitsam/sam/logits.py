@@ -25,8 +25,6 @@ logits and keep it.
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,14 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-METHODS = ("weight", "gram", "chunked", "auto")
-
-
-def check_rho(rho: Any) -> float:
-    """ρ as a float; a ValueError for anything but a finite real number."""
-    if isinstance(rho, bool) or not isinstance(rho, numbers.Real) or not math.isfinite(rho):
-        raise ValueError(f"rho must be a finite number, got {rho!r}")
-    return float(rho)
+from logitsam.sam.common import check_adaptive, check_method, check_rho, sam_metrics
 
 
 def _check_inputs(hidden: Any, weight: Any, bias: Any, logits: Any, block: Any) -> int:
@@ -199,12 +190,10 @@ def perturb(
     to hidden, weight and bias equal those of ``hidden @ (weight + ε).T + bias``, the method used,
     ‖g‖_F and ‖ε‖_F.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown logits-SAM method {method!r}; choose from {', '.join(METHODS)}")
-    if weight is None and (logits is None or method == "weight" or adaptive):
+    check_method(method)
+    if weight is None and (logits is None or method == "weight"):
         raise ValueError("without the head weight (sharded head) give the clean logits and use gram/chunked/auto")
-    if adaptive and method == "gram":
-        raise ValueError("adaptive logits-SAM needs W elementwise (ε ∝ |W|⊙g): use weight, chunked or auto")
+    check_adaptive(method, adaptive, has_weight=weight is not None)
     rho = check_rho(rho)
     v, d = _check_inputs(hidden, weight, bias, logits, block), hidden.shape[-1]
     lead = hidden.shape[:-1]
@@ -330,10 +319,5 @@ def logits_sam_loss(
     del grad, logits  # the graph keeps what backward needs; free the rest now
     loss, aux_post = _split(loss_fn(p.logits))
     out = SamOutput(loss, loss_pre.detach(), loss.detach(), p.eps_norm, p.grad_norm, p.method, aux_pre, aux_post)
-    out.metrics = {
-        "sam/loss_pre": out.loss_pre.item(),
-        "sam/loss_post": out.loss_post.item(),
-        "sam/eps_norm": out.eps_norm.item(),
-        "sam/grad_norm": out.grad_norm.item(),
-    }
+    out.metrics = sam_metrics(out.loss_pre, out.loss_post, rho, out.grad_norm)  # on the device: no host sync
     return out

@@ -32,7 +32,7 @@ from transformers.training_args import OptimizerNames
 from logitsam.config.paths import BUILTIN_MODELS
 from logitsam.config.schema import Config, TrainConfig, validate
 from logitsam.errors import ConfigError, one_line
-from logitsam.sam.logits import METHODS
+from logitsam.sam.common import METHODS
 from logitsam.training.models import check_model_source
 from logitsam.training.rundir import check_output_dir
 

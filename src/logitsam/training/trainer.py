@@ -22,6 +22,7 @@ from logitsam.config.schema import SamConfig
 from logitsam.core.losses import LossSpec
 from logitsam.core.objective import Objective, ObjectiveOutput
 from logitsam.core.scoring import model_sequence_logps
+from logitsam.sam.common import check_adaptive
 from logitsam.sam.full import full_sam_backward
 from logitsam.training.checkpoints import list_checkpoints
 from logitsam.training.logs import JsonlMetrics, install_console
@@ -70,8 +71,8 @@ class PreferenceTrainer(Trainer):
         self.add_callback(JsonlMetrics())
         install_console(self, show=print_logs)
         self.sharded = head_is_sharded(self)
-        if self.sharded and adaptive and rho:
-            raise ValueError("sam.adaptive needs the head weight elementwise; a sharded head (FSDP/ZeRO-3) has none")
+        if rho:
+            check_adaptive(sam.method, adaptive, has_weight=not self.sharded)
         self.ref_model = ref_model
         if ref_model is not None:
             ref_model = ref_model.to(self.args.device)  # FSDP's prepare does not move an eval model
@@ -138,7 +139,7 @@ class PreferenceTrainer(Trainer):
             model.parameters(), closure, rho=self.sam.rho, backward=lambda loss: self.accelerator.backward(loss / gas)
         )
         self._store("train", passes[0].metrics)  # the clean pass, as in logits-SAM mode
-        self._store("train", {k: torch.tensor(v) for k, v in res.metrics.items()})
+        self._store("train", res.metrics)
         return res.loss_post / gas
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
