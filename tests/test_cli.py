@@ -286,3 +286,18 @@ def test_ctrl_c_during_train_prints_the_resume_command(capsys, monkeypatch, tmp_
         f"interrupted: checkpoints already saved in {tmp_path} are kept; to resume: logitsam train --config "
         f"{tmp_path}/config.yaml --train.resume_from_checkpoint=last"
     )
+
+
+def test_switching_the_loss_on_the_command_line_drops_the_files_foreign_keys(capsys, monkeypatch, tmp_path):
+    """--loss.name=slic with a file that sets beta (a DPO key): the file's beta is dropped with a note;
+    a beta given on the command line is still refused."""
+    seen = {}
+    monkeypatch.setattr("logitsam.training.run.train", lambda cfg: seen.setdefault("cfg", cfg) and {"metrics": {}})
+    argv = ["train", "--config", "configs/tiny-cpu.yaml", f"--train.output_dir={tmp_path}", "--loss.name=slic"]
+    assert cli.main(argv) == 0
+    assert seen["cfg"].loss.name == "slic" and seen["cfg"].loss.beta is None
+    assert "note: loss 'slic' has no loss.beta: the config file's value(s) for loss 'dpo' dropped" in capsys.readouterr().err
+    seen.clear()
+    monkeypatch.setattr("logitsam.training.run.train", lambda cfg: __import__("logitsam.training.run").training.run.loss_setup(cfg))
+    assert cli.main([*argv, "--loss.beta=0.2"]) == 2
+    assert "loss.beta: loss 'slic' has no beta" in capsys.readouterr().err

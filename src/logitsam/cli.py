@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.metadata
 import json
 import math
@@ -82,7 +83,9 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = config_mod.load(args.config) if args.config else config_mod.Config()
     config_mod.check_unique(args.overrides)
+    from_file = copy.deepcopy(cfg.loss)
     config_mod.apply_overrides(cfg, args.overrides)
+    _drop_foreign_loss_keys(cfg, from_file, args.overrides)
     try:
         result = train(cfg)
     except KeyboardInterrupt:
@@ -100,6 +103,30 @@ def _train(args: argparse.Namespace) -> int:
     print(json.dumps(shown, indent=1, default=str))
     print(f"model, config.yaml and metrics.jsonl in {cfg.train.output_dir}")
     return 0
+
+
+def _drop_foreign_loss_keys(cfg: Any, from_file: Any, overrides: list[str]) -> None:
+    """``--loss.name=X`` switching the loss: the config file's β / params that loss X does not have are
+    dropped with a note (they belonged to the file's loss); keys given on the command line stay, so a
+    mismatch there is still an error."""
+    from logitsam.config import schema as config_mod
+    from logitsam.core.losses import LOSSES
+
+    given = {dotted for _, dotted, _ in config_mod.split_overrides(overrides)}
+    spec = LOSSES.get(cfg.loss.name)
+    if "loss.name" not in given or spec is None or cfg.loss.name == from_file.name:
+        return
+    dropped = []
+    if cfg.loss.beta is not None and "beta" not in spec.defaults and "loss.beta" not in given:
+        cfg.loss.beta = None
+        dropped.append("loss.beta")
+    for key in list(cfg.loss.params):
+        if key not in spec.defaults and key in from_file.params and not any(g.startswith("loss.params") for g in given):
+            del cfg.loss.params[key]
+            dropped.append(f"loss.params.{key}")
+    if dropped:
+        print(f"note: loss {cfg.loss.name!r} has no {', '.join(dropped)}: the config file's value(s) for loss "
+              f"{from_file.name!r} dropped", file=sys.stderr)  # fmt: skip
 
 
 def _sharpness(args: argparse.Namespace) -> int:
