@@ -22,13 +22,14 @@ import numpy as np
 import pytest
 
 from logitsam.experiments.study import analysis
-from logitsam.experiments.study.analysis import _clip, _fmt, paired, verdict
+from logitsam.experiments.study.analysis import _fmt, paired, verdict
 from logitsam.experiments.study.claims import SMALLEST_GAIN, claims, effect_of_interest, mde, noop, paper_gains
 from logitsam.experiments.study.plan import TUNING_NOTE
 from logitsam.experiments.study.stats import (
     Estimate,
     _betainc,
     at_level,
+    clip,
     cluster_bootstrap,
     crossed_interval,
     head_to_head,
@@ -575,17 +576,17 @@ def test_estimate_excludes():
 
 
 def test_clip_cuts_the_interval_not_the_mean():
-    assert _clip(Estimate(0.9, 0.62, 1.18, 3), 0.0, 1.0) == Estimate(0.9, 0.62, 1.0, 3)
-    assert _clip(Estimate(0.1, -0.3, 0.5, 3), 0.0, 1.0) == Estimate(0.1, 0.0, 0.5, 3)
-    assert _clip(Estimate(0.0, -1.4, 1.2, 2), -1.0, 1.0) == Estimate(0.0, -1.0, 1.0, 2)
-    assert _clip(Estimate(0.3, 0.1, 0.4, 3), 0.0, 1.0) == Estimate(0.3, 0.1, 0.4, 3)  # inside: unchanged
+    assert clip(Estimate(0.9, 0.62, 1.18, 3), 0.0, 1.0) == Estimate(0.9, 0.62, 1.0, 3)
+    assert clip(Estimate(0.1, -0.3, 0.5, 3), 0.0, 1.0) == Estimate(0.1, 0.0, 0.5, 3)
+    assert clip(Estimate(0.0, -1.4, 1.2, 2), -1.0, 1.0) == Estimate(0.0, -1.0, 1.0, 2)
+    assert clip(Estimate(0.3, 0.1, 0.4, 3), 0.0, 1.0) == Estimate(0.3, 0.1, 0.4, 3)  # inside: unchanged
 
 
 def test_clip_keeps_a_missing_interval_missing():
-    e = _clip(Estimate(0.5, NAN, NAN, 1), 0.0, 1.0)  # one cell: a mean, no interval
+    e = clip(Estimate(0.5, NAN, NAN, 1), 0.0, 1.0)  # one cell: a mean, no interval
     assert e.mean == 0.5 and e.n == 1 and math.isnan(e.low) and math.isnan(e.high)
     assert _fmt(e.to_dict(), pct=True) == "50.0 (1 seed)"
-    e = _clip(crossed_interval([[NAN, 1.0], [NAN, NAN]]), 0.0, 1.0)
+    e = clip(crossed_interval([[NAN, 1.0], [NAN, NAN]]), 0.0, 1.0)
     assert math.isnan(e.low) and math.isnan(e.high)
 
 
@@ -1742,20 +1743,22 @@ def test_demo_summary_rows():
     rows = {r["method"]: r for r in summarize(_demo_results())}
     dpo, sam = rows["dpo"], rows["dpo+lsam(1e-2)"]
     assert dpo["seeds"] == sam["seeds"] == 2
-    assert_matches_ref(dpo["win_vs_sft"], [DEMO["dpo"][s][0] for s in (0, 1)])
+    # rates' intervals are cut to [0, 1] (issue 19: `demo --quick` printed 37.5 [-38.7, 113.7])
+    assert_matches_ref(dpo["win_vs_sft"], [DEMO["dpo"][s][0] for s in (0, 1)], clip=(0.0, 1.0))
+    assert 0.0 <= dpo["win_vs_sft"]["low"] and dpo["win_vs_sft"]["high"] <= 1.0
     assert_matches_ref(sam["mean_reward"], [DEMO["dpo+lsam(1e-2)"][s][1] for s in (0, 1)])
-    assert_matches_ref(sam["win_vs_chosen"], [[1.0, 0.0, 0.5]] * 2)
+    assert_matches_ref(sam["win_vs_chosen"], [[1.0, 0.0, 0.5]] * 2, clip=(0.0, 1.0))
     assert dpo["kl"] == pytest.approx(1.5) and sam["kl"] == pytest.approx(2.0)
     assert dpo["chosen_drift_final"] == pytest.approx(-1.0) and dpo["chosen_drift_min"] == pytest.approx(-1.5)
     assert "head_to_head" not in dpo and "gain_vs_plain" not in dpo
     # head-to-head by reward, same prompt and seed: s0 [1, ½, 0, 1, 1], s1 [1, ½, 1, 0, ½]
     h2h = sam["head_to_head"]
     assert h2h["against"] == "dpo" and h2h["mean"] == pytest.approx(6.5 / 10)
-    assert_matches_ref({k: v for k, v in h2h.items() if k != "against"}, [[1, 0.5, 0, 1, 1], [1, 0.5, 1, 0, 0.5]])
+    assert_matches_ref({k: v for k, v in h2h.items() if k != "against"}, [[1, 0.5, 0, 1, 1], [1, 0.5, 1, 0, 0.5]], clip=(0.0, 1.0))
     # the gain in win rate against SFT: s0 [0, 1, 0, 0, 0], s1 [1, 0, 0, 0, ½]
     gain = sam["gain_vs_plain"]
     assert gain["against"] == "dpo" and gain["mean"] == pytest.approx(2.5 / 10)
-    r = assert_matches_ref({k: v for k, v in gain.items() if k != "against"}, [[0, 1, 0, 0, 0], [1, 0, 0, 0, 0.5]])
+    r = assert_matches_ref({k: v for k, v in gain.items() if k != "against"}, [[0, 1, 0, 0, 0], [1, 0, 0, 0, 0.5]], clip=(-1.0, 1.0))
     lines = reading(list(rows.values()))
     (line,) = [x for x in lines if x.startswith("- dpo+lsam(1e-2)")]
     assert f"+25.0 pp [{100 * r['low']:+.1f}, {100 * r['high']:+.1f}]" in line

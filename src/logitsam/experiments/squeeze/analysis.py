@@ -17,9 +17,9 @@ from typing import Any
 from logitsam.experiments.squeeze.experiment import _read_json
 from logitsam.experiments.squeeze.gate import change, shortfall, trajectory
 from logitsam.experiments.squeeze.plan import CONTROL_ARMS, MAIN_ARMS, sam_scale
-from logitsam.experiments.study.analysis import _clip, _fmt, verdict
+from logitsam.experiments.study.analysis import _fmt, verdict
 from logitsam.experiments.study.claims import NOT_TESTABLE, effect_for, noop, sweep_verdict, win_verdict
-from logitsam.experiments.study.stats import crossed_interval, head_to_head, seed_interval
+from logitsam.experiments.study.stats import clip, crossed_interval, head_to_head, seed_interval
 
 Runs = dict[str, dict[int, dict[str, Any]]]
 
@@ -55,7 +55,7 @@ def arm_row(seeds: dict[int, dict[str, Any]], start: dict[str, Any]) -> dict[str
     recs = [seeds[s] for s in sorted(seeds)]
     runs = [per_run(r, start) for r in recs]
     row: dict[str, Any] = {"seeds": sorted(seeds)}
-    row["win_vs_sft"] = _clip(crossed_interval([r["outcomes_vs_sft"] for r in recs]), 0.0, 1.0).to_dict()
+    row["win_vs_sft"] = clip(crossed_interval([r["outcomes_vs_sft"] for r in recs]), 0.0, 1.0).to_dict()
     row["kl"] = crossed_interval([r["kl_values"] for r in recs]).to_dict()
     for k in runs[0]:
         row[k] = seed_interval([x[k] for x in runs]).to_dict()
@@ -93,10 +93,10 @@ def paired(a: dict[int, dict], b: dict[int, dict], start: dict[str, Any], level:
         "against": "dpo",
         "seeds": common,
         "level": level,
-        "win": _clip(crossed_interval(h2h, level=level), 0.0, 1.0).to_dict(),
+        "win": clip(crossed_interval(h2h, level=level), 0.0, 1.0).to_dict(),
         "ties": sum(x == 0.5 for x in cells) / max(1, len(cells)),
         "identical_samples": same / max(1, len(cells)),
-        "win_vs_sft_diff": _clip(
+        "win_vs_sft_diff": clip(
             crossed_interval(_diff(grid(a, "outcomes_vs_sft"), grid(b, "outcomes_vs_sft")), level=level), -1.0, 1.0
         ).to_dict(),
         "kl_diff": crossed_interval(_diff(grid(a, "kl_values"), grid(b, "kl_values")), level=level).to_dict(),

@@ -18,7 +18,15 @@ from typing import Any
 
 from logitsam.experiments.study.plan import GROUPS
 from logitsam.experiments.study.records import read_record, read_shared
-from logitsam.experiments.study.stats import Estimate, at_level, crossed_interval, head_to_head, on_line, seed_interval
+from logitsam.experiments.study.stats import (
+    Estimate,
+    at_level,
+    clip,
+    crossed_interval,
+    head_to_head,
+    on_line,
+    seed_interval,
+)
 
 log = logging.getLogger(__name__)
 ORDER = [c.label for g in GROUPS.values() for c in g]
@@ -122,7 +130,7 @@ def config_row(label: str, seeds: dict[int, dict[str, Any]]) -> dict[str, Any]:
         ("kl", "kl_values"),
     ):
         e = crossed_interval([r[key] for r in recs])
-        row[name] = (_clip(e, 0.0, 1.0) if name.startswith("win") else e).to_dict()
+        row[name] = (clip(e, 0.0, 1.0) if name.startswith("win") else e).to_dict()
     for key in HELD:
         row[key.split("/")[1] + "_final"] = seed_interval([final(r, key) for r in recs]).to_dict()
     row["chosen_drift_min"] = seed_interval([_min(trajectory(r, HELD[0])[1]) for r in recs]).to_dict()
@@ -138,11 +146,6 @@ def config_row(label: str, seeds: dict[int, dict[str, Any]]) -> dict[str, Any]:
     return row
 
 
-def _clip(e: Estimate, low: float, high: float) -> Estimate:
-    """An interval cut to the values the quantity can take (a t interval for a rate can leave [0, 1])."""
-    if not (e.low == e.low and e.high == e.high):  # no interval: nothing to clip (NaN stays NaN)
-        return e
-    return Estimate(e.mean, max(low, e.low), min(high, e.high), e.n)
 
 
 def _grid(runs: dict[int, dict], seeds: list[int], key: str) -> list[list[float]]:
@@ -163,13 +166,13 @@ def paired(a: dict[int, dict], b: dict[int, dict], level: float = 0.95) -> dict[
         return {"seeds": []}
     out: dict[str, Any] = {"seeds": common}
     h2h = head_to_head(_grid(a, common, "rewards"), _grid(b, common, "rewards"))
-    out["win"] = _clip(crossed_interval(h2h, level=level), 0.0, 1.0)
+    out["win"] = clip(crossed_interval(h2h, level=level), 0.0, 1.0)
     cells = [x for row in h2h for x in row if x == x]
     out["ties"] = sum(x == 0.5 for x in cells) / max(1, len(cells))
     out["identical_samples"] = sum(
         x == y for s in common for x, y in zip(a[s].get("samples", []), b[s].get("samples", []), strict=False)
     ) / max(1, len(cells))
-    out["win_vs_sft_diff"] = _clip(
+    out["win_vs_sft_diff"] = clip(
         crossed_interval(_diff(_grid(a, common, "outcomes_vs_sft"), _grid(b, common, "outcomes_vs_sft")), level=level),
         -1.0,
         1.0,

@@ -7,7 +7,7 @@ import os
 from collections import defaultdict
 from typing import Any
 
-from logitsam.experiments.study.stats import crossed_interval, head_to_head
+from logitsam.experiments.study.stats import clip, crossed_interval, head_to_head
 
 
 def _series(log: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -27,8 +27,9 @@ def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
         row = {
             "method": method,
             "seeds": len(recs),
-            "win_vs_sft": crossed_interval([r.get("outcomes_vs_sft", []) for r in recs]).to_dict(),
-            "win_vs_chosen": crossed_interval([r.get("outcomes_vs_chosen", []) for r in recs]).to_dict(),
+            # rates: the t interval cut to [0, 1] (a rate cannot leave it; with 2 seeds the t quantile is 12.7)
+            "win_vs_sft": _rate([r.get("outcomes_vs_sft", []) for r in recs]),
+            "win_vs_chosen": _rate([r.get("outcomes_vs_chosen", []) for r in recs]),
             "mean_reward": crossed_interval([r.get("rewards", []) for r in recs]).to_dict(),
             "kl": sum(r.get("kl", float("nan")) for r in recs) / len(recs),
             "chosen_drift_final": sum(d[-1] for d in drifts if d) / max(1, sum(1 for d in drifts if d)),
@@ -42,14 +43,18 @@ def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
             theirs = {r["spec"]["seed"]: r for r in groups[plain]}
             seeds = sorted(set(mine) & set(theirs))
             grid = head_to_head([mine[x]["rewards"] for x in seeds], [theirs[x]["rewards"] for x in seeds])
-            row["head_to_head"] = {"against": plain, **crossed_interval(grid).to_dict()}
+            row["head_to_head"] = {"against": plain, **clip(crossed_interval(grid), 0.0, 1.0).to_dict()}
             gain = [
                 [a - b for a, b in zip(mine[x]["outcomes_vs_sft"], theirs[x]["outcomes_vs_sft"], strict=True)]
                 for x in seeds
             ]
-            row["gain_vs_plain"] = {"against": plain, **crossed_interval(gain).to_dict()}
+            row["gain_vs_plain"] = {"against": plain, **clip(crossed_interval(gain), -1.0, 1.0).to_dict()}
         rows.append(row)
     return rows
+
+
+def _rate(grid: list[list[float]]) -> dict[str, float]:
+    return clip(crossed_interval(grid), 0.0, 1.0).to_dict()
 
 
 def _pct(iv: dict) -> str:
@@ -182,7 +187,8 @@ def write_report(out: str, results: dict[str, Any]) -> str:
         "against the held-out pair's chosen response (the SFT row: the SFT model's own rate against chosen), judged "
         "by the gold reward (ties 1/2); head-to-head: each SAM run against the run of the same loss without SAM on "
         "the same prompt with the same seed. Intervals are 95% t intervals treating seeds and prompts as crossed "
-        "random factors (docs/design.md §8; two seeds are few: `logitsam study` runs three, and more prompts). "
+        "random factors (docs/design.md §8; two seeds are few: `logitsam study` runs three, and more prompts), "
+        "cut to the range a rate can take ([0, 100]; a gain in [−100, 100]). "
         "Δ± = log π(y±) − log π_ref(y±) on held-out pairs "
         "(negative Δ+ = the chosen response is being squeezed). Every run starts from the same model and evaluates "
         "the same held-out pairs, so step 0 is evaluated once per loss setup and shared.",

@@ -234,3 +234,9 @@ def on_line(x1: float, y1: float, x2: float, y2: float, x0: float) -> tuple[floa
         return (y1 + y2) / 2 if x0 == x1 else float("nan"), x0 == x1
     y = y1 + (y2 - y1) * (x0 - x1) / (x2 - x1)
     return y, min(x1, x2) <= x0 <= max(x1, x2)
+
+def clip(e: Estimate, low: float, high: float) -> Estimate:
+    """An interval cut to the values the quantity can take (a t interval for a rate can leave [0, 1])."""
+    if not (e.low == e.low and e.high == e.high):  # no interval: nothing to clip (NaN stays NaN)
+        return e
+    return Estimate(e.mean, max(low, e.low), min(high, e.high), e.n)

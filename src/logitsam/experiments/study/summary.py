@@ -6,7 +6,6 @@ from typing import Any
 
 from logitsam.experiments.study.analysis import (
     PLAIN,
-    _clip,
     config_row,
     load_all,
     matched,
@@ -16,7 +15,7 @@ from logitsam.experiments.study.analysis import (
 from logitsam.experiments.study.claims import claims
 from logitsam.experiments.study.confirm import confirmation
 from logitsam.experiments.study.plan import CONFIRM, GROUPS, TUNING_NOTE
-from logitsam.experiments.study.stats import crossed_interval
+from logitsam.experiments.study.stats import clip, crossed_interval
 
 
 def analyse(out: str) -> dict[str, Any]:
@@ -24,7 +23,7 @@ def analyse(out: str) -> dict[str, Any]:
     shared, runs, fresh = load_all(out)
     rows = {label: config_row(label, seeds) for label, seeds in runs.items()}
     sft = {
-        "win_vs_chosen": _clip(crossed_interval([shared["sft_vs_chosen"]]), 0.0, 1.0).to_dict(),
+        "win_vs_chosen": clip(crossed_interval([shared["sft_vs_chosen"]]), 0.0, 1.0).to_dict(),
         "reward": crossed_interval([shared["sft_rewards"]]).to_dict(),
     }
     pairs = {}
