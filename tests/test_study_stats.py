@@ -1745,7 +1745,7 @@ def test_demo_summary_rows():
     assert dpo["seeds"] == sam["seeds"] == 2
     # rates' intervals are cut to [0, 1] (issue 19: `demo --quick` printed 37.5 [-38.7, 113.7])
     assert_matches_ref(dpo["win_vs_sft"], [DEMO["dpo"][s][0] for s in (0, 1)], clip=(0.0, 1.0))
-    assert 0.0 <= dpo["win_vs_sft"]["low"] and dpo["win_vs_sft"]["high"] <= 1.0
+    assert dpo["win_vs_sft"]["low"] >= 0.0 and dpo["win_vs_sft"]["high"] <= 1.0
     assert_matches_ref(sam["mean_reward"], [DEMO["dpo+lsam(1e-2)"][s][1] for s in (0, 1)])
     assert_matches_ref(sam["win_vs_chosen"], [[1.0, 0.0, 0.5]] * 2, clip=(0.0, 1.0))
     assert dpo["kl"] == pytest.approx(1.5) and sam["kl"] == pytest.approx(2.0)
