@@ -2,10 +2,13 @@
 
 import pytest
 import torch
+from transformers import TrainingArguments
 
+from logitsam.config import SamConfig
 from logitsam.core.losses import LOSSES, resolve_hparams
 from logitsam.core.objective import Objective
 from logitsam.sam.logits import logits_sam_loss, perturbed_logits
+from logitsam.trainer import PreferenceTrainer
 from logitsam.training.models import tiny_model
 
 H, W = torch.randn(6, 4), torch.randn(10, 4)
@@ -99,3 +102,28 @@ def test_objective_checks_reference_and_settings():
             Objective(spec, {}, **kwargs)
     with pytest.raises(ValueError, match="beta"):
         Objective(spec, {"beta": -1.0})
+
+
+@pytest.mark.parametrize(
+    ("sam", "error", "match"),
+    [
+        (SamConfig(rho=1e-2, mode="Full"), ValueError, "sam.mode: 'Full' is not one of logits, full"),
+        (SamConfig(rho=True), ValueError, "rho must be a finite number"),
+        (SamConfig(rho=1e-2, method="grammm"), ValueError, "unknown logits-SAM method 'grammm'"),
+        ({"rho": 1e-2, "mod": "full"}, ValueError, "sam: unknown key 'mod'"),
+        ("full", TypeError, "sam must be a logitsam.config.SamConfig, a dict or None, got str"),
+    ],
+)
+def test_preference_trainer_checks_sam_as_the_cli_does(tmp_path, sam, error, match):
+    """The Python API used to train with no SAM and no error for mode='Full'; None or a dict crashed."""
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    with pytest.raises(error, match=match):
+        PreferenceTrainer(model=tiny_model(300), args=args, loss_spec=LOSSES["dpo"], loss_params={}, sam=sam)
+
+
+def test_preference_trainer_accepts_none_a_dict_and_default_training_arguments(tmp_path):
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])  # remove_unused_columns=True
+    tr = PreferenceTrainer(model=tiny_model(300), args=args, loss_spec=LOSSES["dpo"], loss_params={}, sam=None)
+    assert tr.sam.rho == 0 and tr.args.remove_unused_columns is False
+    tr = PreferenceTrainer(model=tiny_model(300), args=args, loss_spec=LOSSES["dpo"], loss_params={}, sam={"rho": 1e-3})
+    assert tr.sam.rho == 1e-3 and tr.objective.rho == 1e-3

@@ -175,8 +175,8 @@ def with_logits_sam(trainer_cls: type) -> type:
         ) -> None:
             if sam_method not in METHODS:
                 raise UnsupportedTrlSetting(f"sam_method={sam_method!r} is not one of {', '.join(METHODS)}")
-            if not isinstance(rho, (int, float)) or not math.isfinite(rho):
-                raise UnsupportedTrlSetting(f"rho={rho!r} must be a finite number")
+            if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not math.isfinite(rho):
+                raise UnsupportedTrlSetting(f"rho={rho!r} must be a finite number")  # rho=True is not 1.0
             given = inspect.signature(trainer_cls.__init__).bind_partial(None, *args, **kwargs).arguments.get("args")
             if given is not None:
                 trl_loss(family, given)  # refuse before TRL tokenizes data and precomputes references

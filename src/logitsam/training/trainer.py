@@ -8,6 +8,8 @@ names. Metrics stay on the device until a log step (no host sync per metric per 
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 from collections import defaultdict
 from contextlib import nullcontext
@@ -22,10 +24,12 @@ from logitsam.config.schema import SamConfig
 from logitsam.core.losses import LossSpec
 from logitsam.core.objective import Objective, ObjectiveOutput
 from logitsam.core.scoring import model_sequence_logps
-from logitsam.sam.common import check_adaptive
+from logitsam.sam.common import check_adaptive, check_method, check_rho
 from logitsam.sam.full import full_sam_backward
 from logitsam.training.checkpoints import list_checkpoints
 from logitsam.training.logs import JsonlMetrics, install_console
+
+log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(RuntimeError):
@@ -53,12 +57,18 @@ class PreferenceTrainer(Trainer):
         *args: Any,
         loss_spec: LossSpec,
         loss_params: dict[str, Any],
-        sam: SamConfig,
+        sam: SamConfig | dict[str, Any] | None = None,
         ref_model: Any = None,
         print_logs: bool = True,
         chunk_rows: int | None = None,
         **kwargs: Any,
     ) -> None:
+        sam = _checked_sam(sam)  # as strict as the CLI: a typo never trains silently without SAM
+        args_ = kwargs.get("args", args[1] if len(args) > 1 else None)
+        if args_ is not None and getattr(args_, "remove_unused_columns", False):
+            # the collated batch carries prompt/response ids the model's forward does not name
+            log.warning("PreferenceTrainer sets TrainingArguments.remove_unused_columns=False (its batches need it)")
+            args_.remove_unused_columns = False
         super().__init__(*args, **kwargs)
         self.loss_spec, self.loss_params, self.sam = loss_spec, loss_params, sam
         rho = sam.rho if sam.mode == "logits" else 0.0
@@ -164,6 +174,26 @@ class PreferenceTrainer(Trainer):
             # The perturbed loss stays under sam/loss_post.
             logs["loss"] = logs["sam/loss_pre"]
         super().log(logs, start_time)
+
+
+def _checked_sam(sam: SamConfig | dict[str, Any] | None) -> SamConfig:
+    """A SamConfig checked as the CLI checks ``sam.*`` (None: no SAM; a dict: its fields)."""
+    if sam is None:
+        return SamConfig()
+    if isinstance(sam, dict):
+        unknown = sorted(set(sam) - {f.name for f in dataclasses.fields(SamConfig)})
+        if unknown:
+            raise ValueError(f"sam: unknown key {unknown[0]!r} (SamConfig fields: rho, mode, method, adaptive)")
+        sam = SamConfig(**sam)
+    if not isinstance(sam, SamConfig):
+        raise TypeError(f"sam must be a logitsam.config.SamConfig, a dict or None, got {type(sam).__name__}")
+    check_rho(sam.rho)
+    check_method(sam.method)
+    if sam.mode not in ("logits", "full"):
+        raise ValueError(f"sam.mode: {sam.mode!r} is not one of logits, full")
+    if not isinstance(sam.adaptive, bool):
+        raise ValueError(f"sam.adaptive: {sam.adaptive!r} is not a bool")
+    return sam
 
 
 def last_good_state(output_dir: str) -> str:
