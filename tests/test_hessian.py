@@ -96,6 +96,7 @@ def micro_llama():
     return LlamaForCausalLM(cfg).double()
 
 
+@pytest.mark.slow
 def test_sharpness_on_a_micro_transformer_matches_exact_trace():
     from logitsam.core.losses import get_loss
     from logitsam.diagnostics.sharpness import measure_sharpness, preference_loss_of_logits
