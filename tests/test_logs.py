@@ -65,6 +65,7 @@ def records(out_dir):
     return [json.loads(line) for line in open(f"{out_dir}/metrics.jsonl")]
 
 
+@pytest.mark.slow
 def test_run_prints_numbers_and_evaluates_the_last_step_once(tmp_path, capsys):
     out = train(tiny(tmp_path))  # 6 steps, eval every 3: the schedule evaluates the last step already
     printed = capsys.readouterr().out
@@ -82,6 +83,7 @@ def test_run_prints_numbers_and_evaluates_the_last_step_once(tmp_path, capsys):
     assert all(losses[r["step"]] == pytest.approx(r["loss"], abs=5e-5) for r in recs if "loss" in r)
 
 
+@pytest.mark.slow
 def test_final_evaluation_runs_when_the_schedule_missed_the_last_step(tmp_path):
     out = train(tiny(tmp_path, "--train.eval_steps=4", "--train.print_logs=false"))
     evals = [r for r in records(tmp_path) if "eval_loss" in r]
@@ -89,6 +91,7 @@ def test_final_evaluation_runs_when_the_schedule_missed_the_last_step(tmp_path):
     assert out["metrics"]["eval_loss"] == evals[-1]["eval_loss"]
 
 
+@pytest.mark.slow
 def test_tensorboard_events_hold_train_sam_and_eval_scalars(tmp_path):
     """report_to: [tensorboard] with the real writer (offline): the scalars are the logged numbers."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
