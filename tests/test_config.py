@@ -408,3 +408,23 @@ def test_configs_built_in_code_get_the_same_rules(tmp_path):
     cfg.model.dtype = "float33"
     with pytest.raises(ConfigError, match=r"config: model.dtype: 'float33'"):
         check_config(cfg)
+
+
+def test_an_uncached_hub_id_with_no_network_fails_at_once(monkeypatch):
+    """Without HF_HUB_OFFLINE and without a network, an uncached hub id failed after ~50 s of retries."""
+    import socket
+    import time
+
+    from logitsam.training.models import check_model_source
+
+    for var in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+
+    def no_network(*a, **k):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    t = time.time()
+    with pytest.raises(ConfigError, match=r"model.name_or_path: 'someone/not-cached-model' is not a local path, not in the Hugging Face cache, and the hub"):
+        check_model_source("someone/not-cached-model")
+    assert time.time() - t < 5

@@ -19,6 +19,8 @@ import logging
 import os
 import pickle
 import re
+import socket
+import urllib.parse
 import warnings
 from typing import Any
 
@@ -173,14 +175,35 @@ def check_model_source(name: str, key: str = "model.name_or_path", gguf_file: st
         raise ConfigError(f"{key}: {name!r} not found")
     if not re.fullmatch(r"[A-Za-z0-9][\w.-]{0,95}(/[\w.-]{1,96})?", name, re.ASCII):
         raise ConfigError(f"{key}: {name!r} not found (not a local path, nor a Hugging Face model id)")
+    try:
+        cached = try_to_load_from_cache(name, "config.json")
+    except Exception:  # an id the hub's validator refuses: certainly not cached
+        cached = None
+    if isinstance(cached, str):
+        return
     if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise ConfigError(f"{key}: {name!r} is not a local path and not in the Hugging Face cache (offline)")
+    if not _hub_reachable():  # fail now, not after the hub client's ~50 s of retries
+        raise ConfigError(
+            f"{key}: {name!r} is not a local path, not in the Hugging Face cache, and the hub "
+            f"({_hub_host()}) cannot be reached; give a local path, or download it first"
+        )
 
-        try:
-            cached = try_to_load_from_cache(name, "config.json")
-        except Exception:  # an id the hub's validator refuses: certainly not cached
-            cached = None
-        if not isinstance(cached, str):
-            raise ConfigError(f"{key}: {name!r} is not a local path and not in the Hugging Face cache (offline)")
+
+def _hub_host() -> str:
+    return urllib.parse.urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the hub's host opens within ``timeout`` seconds (assumed when a proxy is
+    configured: the hub is then reached through it, not directly)."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    try:
+        socket.create_connection((_hub_host(), 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
 
 
 def load_tokenizer(cfg: ModelConfig) -> Any:
