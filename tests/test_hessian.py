@@ -184,3 +184,27 @@ def test_sharpness_cli(tmp_path, cli_env):
     res = json.loads(out.read_text())
     assert res["parameter_hessian"]["probes"] == 3 and res["pairs"] == 2
     assert "trace =" in r.stdout
+
+
+@pytest.mark.slow
+def test_sharpness_on_a_lora_run_directory(tmp_path, cli_env):
+    """A LoRA run saves adapters only: `logitsam sharpness` loads them on their base (the built-in tiny model,
+    named in the run's config.yaml) and takes the parameter trace over the adapters (a raw traceback before)."""
+    import json
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    train_cmd = [sys.executable, "-m", "logitsam", "train", "--config", "configs/tiny-cpu.yaml",
+                 f"--train.output_dir={run}", "--model.lora_r=4", "--train.max_steps=2", "--train.print_logs=false",
+                 "--loss.reference=precomputed"]  # fmt: skip
+    r = subprocess.run(train_cmd, capture_output=True, text=True, env=cli_env, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (run / "adapter_config.json").exists() and not (run / "config.json").exists()
+    out = tmp_path / "s.json"
+    cmd = [sys.executable, "-m", "logitsam", "sharpness", "--model", str(run), "--data", "tests/fixtures/hh.jsonl",
+           "--probes", "2", "--pairs", "2", "--out", str(out)]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, env=cli_env, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["parameter_hessian"]["trace"] == res["parameter_hessian"]["trace"]  # a number, not NaN

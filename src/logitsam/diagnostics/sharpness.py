@@ -61,6 +61,8 @@ def measure_sharpness(
             ref = model_sequence_logps(ref_model or model, ids, mask, batch["labels"])
     loss_fn = preference_loss_of_logits(batch, spec, params, ref)
     params_list = [p for p in model.parameters() if p.requires_grad]
+    if not params_list:
+        raise ValueError("the model has no trainable parameters: the parameter-Hessian trace is taken over them")
     param = parameter_hessian_trace(
         lambda: loss_fn(model(input_ids=ids, attention_mask=mask).logits), params_list, probes=probes, seed=seed
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import pickle
@@ -25,6 +26,7 @@ import warnings
 from typing import Any
 
 import torch
+import yaml
 from huggingface_hub import try_to_load_from_cache
 from safetensors import SafetensorError, safe_open
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -233,6 +235,15 @@ def load_model(cfg: ModelConfig, *, name: str | None = None, vocab_size: int | N
 
     key = "model.name_or_path" if name == cfg.name_or_path else "model.ref_name_or_path"
     check_model_source(name, key, cfg.gguf_file)
+    base = adapter_base(name)
+    if base is not None:  # a LoRA run directory: its adapters on their base model
+        from peft import PeftModel
+
+        model = load_model(cfg, name=base, vocab_size=vocab_size, seed=seed)
+        try:
+            return PeftModel.from_pretrained(model, name, is_trainable=True)  # the adapters are what was trained
+        except (OSError, ValueError, KeyError) as e:
+            raise ConfigError(f"{key}: cannot load the LoRA adapters in {name!r}: {one_line(e, 300)}") from e
     try:
         path = resolve_path(cfg, name)
         bad = broken_safetensors(path) if os.path.isdir(path) else None
@@ -241,6 +252,30 @@ def load_model(cfg: ModelConfig, *, name: str | None = None, vocab_size: int | N
         return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError, KeyError, ImportError, SafetensorError, pickle.UnpicklingError) as e:
         raise ConfigError(f"{key}: cannot load a causal LM from {name!r}: {one_line(e, 300)}") from None
+
+
+def adapter_base(path: str) -> str | None:
+    """The base model of a directory holding LoRA adapters only (no config.json), else None: the run's
+    own config.yaml (model.name_or_path, as the run was made — built-in names included), else the
+    adapter's base_model_name_or_path."""
+    if not (os.path.isdir(path) and os.path.isfile(os.path.join(path, "adapter_config.json"))):
+        return None
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return None
+    try:
+        with open(os.path.join(path, "config.yaml"), encoding="utf-8") as f:
+            base = (yaml.safe_load(f) or {}).get("model", {}).get("name_or_path")
+    except (OSError, yaml.YAMLError, AttributeError):
+        base = None
+    if not base:
+        try:
+            with open(os.path.join(path, "adapter_config.json"), encoding="utf-8") as f:
+                base = json.load(f).get("base_model_name_or_path")
+        except (OSError, ValueError, AttributeError):
+            base = None
+    if not base:
+        raise ConfigError(f"model.name_or_path: {path!r} holds LoRA adapters but names no base model")
+    return str(base)
 
 
 def broken_safetensors(folder: str) -> str | None:
