@@ -4,6 +4,7 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
@@ -140,45 +141,46 @@ def test_generation_is_seeded_and_kl_of_a_model_to_itself_is_zero():
 
 
 @pytest.mark.slow
-def test_demo_quick(tmp_path, monkeypatch, capsys, caplog):
-    import logging
-
-    from logitsam.experiments.study.demo import quick_settings, run_demo
+def test_demo_quick_is_a_slice_of_the_squeeze_pipeline(tmp_path, monkeypatch):
+    """make demo's pipeline on the tiny model: the shipped pairs (never sampled), both arms, probes along
+    training, a report naming what it is; a second call trains nothing."""
+    from logitsam.experiments.squeeze import demo as D
     from logitsam.training import run as run_mod
 
-    caplog.set_level(logging.WARNING, logger="transformers")  # test_trl_parity quiets it: no Trainer bars then
-
     def no_second_model(*args, **kwargs):
-        raise AssertionError("the demo's reference is the policy before its first step: nothing more to load")
+        raise AssertionError("the reference is the policy before its first step: nothing more to load")
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("the demo's pairs ship with the package: nothing is sampled to make them")
 
     monkeypatch.setattr(run_mod, "load_reference", no_second_model)
-    monkeypatch.setenv("LOGITSAM_CACHE", str(tmp_path / "cache"))
-    res = run_demo(str(tmp_path / "demo"), quick_settings())
-    printed = capsys.readouterr()
-    assert printed.out.startswith("demo on a tiny random model") and "letters reward" in printed.out.splitlines()[0]
-    for bar in ("SFT: held-out samples", "dpo/s0: train", "dpo+lsam(1e-2)/s0: train", "dpo+lsam(1e-2)/s0: held-out"):
-        assert bar in printed.err, bar  # progress bars name their run
-    saved = json.loads((tmp_path / "demo" / "results.json").read_text())
-    # the common start is evaluated once: by the first run, shared with the second (same model, pairs, loss)
-    first, second = (saved["runs"][k]["log"] for k in ("dpo/s0", "dpo+lsam(1e-2)/s0"))
-    start = [r for r in first if r["step"] == 0 and "eval_loss" in r]
-    assert len(start) == 1 and "shared_from" not in start[0]
-    assert second[0] == {**start[0], "shared_from": "dpo/s0"}
-    own = (tmp_path / "demo" / "runs" / "dpo+lsam(1e-2)_s0" / "metrics.jsonl").read_text().splitlines()
-    own = [json.loads(line) for line in own]
-    assert not [r for r in own if r["step"] == 0]
-    assert set(saved["runs"]) == {"dpo/s0", "dpo+lsam(1e-2)/s0"}
-    for rec in saved["runs"].values():
-        assert 0.0 <= rec["win_vs_sft"]["mean"] <= 1.0 and rec["win_vs_sft"]["n"] == 4
-        assert any("eval_logps/chosen_drift" in r for r in rec["log"])
-        assert any("sam/eps_norm" in r for r in rec["log"]) == ("lsam" in rec["method"])
-    report = (tmp_path / "demo" / "report.md").read_text()
-    assert "| dpo |" in report and "## Reading" in report
-    assert "pipeline check on a tiny random model" in report and "| mean letters reward |" in report
-    assert "VADER" not in report and "real model" not in report
-    assert (tmp_path / "demo" / "drift.png").stat().st_size > 5000
-    assert res["pairs"]["train"] > 0
-    assert list((tmp_path / "cache" / "demo").glob("pairs-*.jsonl"))  # pairs cached
+    monkeypatch.setattr("logitsam.experiments.squeeze.experiment.make_pairs", no_sampling)
+    printed: list[str] = []
+    out = tmp_path / "demo"
+    path = D.run_demo(str(out), quick=True, log=printed.append)
+    assert printed[0].startswith("demo (quick: tiny random model, letters reward)")
+    s, sh = D.QUICK_SETTING, D.demo_shared(quick=True)
+    train_lines = (out / "data" / s.name / "train.jsonl").read_text().splitlines()
+    shipped = Path(D.shipped("demo_train.jsonl")).read_text(encoding="utf-8").splitlines()
+    assert train_lines == shipped[: s.n_train]
+    recs = {a.label: json.loads((out / "runs" / s.name / f"{a.label}_s1" / "record.json").read_text()) for a in D.ARMS}
+    assert set(recs) == {"dpo", "dpo+lsam(1e-3)"}
+    steps = (s.n_train // s.batch_size) * s.epochs
+    for label, rec in recs.items():
+        assert sorted(int(k) for k in rec["probes"]) == sorted({max(1, round(f * steps)) for f in D.PROBES})
+        assert len(rec["probes"][str(int(steps))]["heldout"]["logp"]) == sh.n_heldout_pairs
+        assert len(rec["outcomes_vs_sft"]) == len(rec["kl_values"]) == sh.n_win_prompts
+        assert any("sam/grad_norm" in r for r in rec["log"]) == (label != "dpo")
+    report = Path(path).read_text(encoding="utf-8")
+    assert "Pipeline check on a tiny random model" in report and "| dpo | 1 |" in report
+    assert "| dpo+lsam(1e-3) | 1 |" in report and D.MAIN_REPORT in report
+    assert (out / f"drift_{s.name}.png").stat().st_size > 5000
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("finished runs are kept")
+
+    monkeypatch.setattr("logitsam.experiments.squeeze.experiment.train", no_training)
+    assert D.run_demo(str(out), quick=True, log=printed.append) == path
 
 
 def test_shipped_pairs_are_used_when_their_key_matches(tmp_path, monkeypatch):
@@ -215,8 +217,8 @@ def test_shipped_pairs_are_used_when_their_key_matches(tmp_path, monkeypatch):
 def test_the_shipped_pairs_are_the_default_demos():
     """make demo uses the shipped pairs: their key is the one the default settings compute."""
     from logitsam.evaluation.generation import DecodeSettings
-    from logitsam.experiments.study.demo import DemoSettings
     from logitsam.experiments.study.pairs import load_prompts, pairs_key, shipped_pairs
+    from logitsam.experiments.study.setup import DemoSettings
 
     s = DemoSettings()
     key = pairs_key(s.model, load_prompts()[: s.max_prompts], DecodeSettings(max_new_tokens=s.new_tokens, temperature=1.0), 0)

@@ -64,6 +64,12 @@ def vader_reward() -> Callable[[str, str], float]:
     return lambda prompt, response: analyzer.polarity_scores(response)["compound"]
 
 
+def letters_reward(prompt: str, response: str) -> float:
+    """Share of letters in a response: a reward random byte-level text can move (pipeline checks on the
+    tiny random model, where sentiment means nothing)."""
+    return sum(c.isalpha() for c in response) / max(1, len(response))
+
+
 class RewardModelJudge:
     """Scores prompt+response with a local ``AutoModelForSequenceClassification`` (first logit)."""
 

@@ -22,7 +22,7 @@ from logitsam.core.losses import get_loss
 from logitsam.data.batching import tokenize_examples
 from logitsam.data.examples import load_examples
 from logitsam.evaluation.generation import DecodeSettings, generate
-from logitsam.evaluation.judges import GoldRewardJudge, vader_reward
+from logitsam.evaluation.judges import GoldRewardJudge, letters_reward, vader_reward
 from logitsam.evaluation.winrate import sequence_kl_values
 from logitsam.experiments.squeeze.pairs import make_pairs, write_jsonl
 from logitsam.experiments.squeeze.probe import Probe, response_stats
@@ -71,11 +71,6 @@ class Shared:
     gen_batch: int = 32
     device: str = "cpu"
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def letters_reward(prompt: str, text: str) -> float:
-    """Share of letters in a response: a reward random byte-level text can move (tests only)."""
-    return sum(c.isalpha() for c in text) / max(1, len(text))
 
 
 def _write_json(path: str, obj: Any) -> None:

@@ -79,6 +79,20 @@ def drift_figure(out: str, setting: str, labels: list[str]) -> str:
     return path
 
 
+def arms_table(res: dict[str, Any]) -> list[str]:
+    """Markdown rows of the arms of an :func:`analyse` result (main report and demo)."""
+    lines = ["| arm | seeds | win vs SFT % | KL | held-out Δ+ | held-out Δ− | top-token Δ | entropy Δ | training Δ+ | "
+             "training Δ− | ρ‖g‖/L at step 1 (measured) |", "|---" * 11 + "|"]  # fmt: skip
+    for lb, r in res["configs"].items():
+        sam = f"{r['sam_first_order']:.3g} ({r['sam_measured']:.3g})" if "sam_first_order" in r else "–"
+        lines.append(
+            f"| {lb} | {len(r['seeds'])} | {_fmt(r['win_vs_sft'], pct=True)} | {_fmt(r['kl'])} | {_fmt(r['dplus'])} | "
+            f"{_fmt(r['dminus'])} | {_fmt(r['top'], digits=4)} | {_fmt(r['entropy'], digits=3)} | "
+            f"{_fmt(r['train_dplus'])} | {_fmt(r['train_dminus'])} | {sam} |"
+        )
+    return lines
+
+
 def write_main_report(out: str, setting: str, pilot_dir: str | None = None) -> str:
     """report.md + results.json (+ the drift figure) of the main comparison in ``out``; returns the text."""
     pilot_row = None
@@ -90,15 +104,7 @@ def write_main_report(out: str, setting: str, pilot_dir: str | None = None) -> s
         lines += [f"**The setting did not meet the gate**: {res['gate_shortfall']}. Every verdict is labelled.", ""]
     lines += [f"Effect of interest: {res['effect_text']}.", "", "## Claims", ""]
     lines += [f"- **{c['verdict']}** — {c['claim']}: {c['evidence']}" for c in res["claims"]]
-    lines += ["", "## Arms", "", "| arm | seeds | win vs SFT % | KL | held-out Δ+ | held-out Δ− | top-token Δ | "
-              "entropy Δ | training Δ+ | training Δ− | ρ‖g‖/L at step 1 (measured) |", "|---" * 11 + "|"]  # fmt: skip
-    for lb, r in res["configs"].items():
-        sam = f"{r['sam_first_order']:.3g} ({r['sam_measured']:.3g})" if "sam_first_order" in r else "–"
-        lines.append(
-            f"| {lb} | {len(r['seeds'])} | {_fmt(r['win_vs_sft'], pct=True)} | {_fmt(r['kl'])} | {_fmt(r['dplus'])} | "
-            f"{_fmt(r['dminus'])} | {_fmt(r['top'], digits=4)} | {_fmt(r['entropy'], digits=3)} | "
-            f"{_fmt(r['train_dplus'])} | {_fmt(r['train_dminus'])} | {sam} |"
-        )
+    lines += ["", "## Arms", "", *arms_table(res)]
     _, runs = load(out, setting)
     shown = [lb for lb in runs if lb == "dpo" or lb.startswith("dpo+lsam")]
     if shown:

@@ -15,9 +15,9 @@ from typing import Any
 
 from logitsam.errors import UserError
 from logitsam.experiments.study.analysis import Runs, config_row, load, paired, pick, sweep_gains
-from logitsam.experiments.study.demo import RunSpec
 from logitsam.experiments.study.plan import CONFIRM, Config, StudySettings
 from logitsam.experiments.study.records import read_json, record_path, write_json
+from logitsam.experiments.study.setup import RunSpec
 
 log = logging.getLogger(__name__)
 PICK = "confirm.json"

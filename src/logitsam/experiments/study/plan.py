@@ -20,7 +20,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from logitsam.experiments.study.demo import DemoSettings, RunSpec, quick_settings
+from logitsam.experiments.study.setup import DemoSettings, RunSpec, quick_settings
 
 DPO_RHO = 0.1
 TUNING_NOTE = (

@@ -30,13 +30,13 @@ from logitsam.data.examples import load_examples
 from logitsam.diagnostics.sharpness import measure_sharpness
 from logitsam.errors import UserError
 from logitsam.evaluation.generation import DecodeSettings, generate
-from logitsam.evaluation.judges import GoldRewardJudge, vader_reward
+from logitsam.evaluation.judges import GoldRewardJudge, letters_reward, vader_reward
 from logitsam.evaluation.winrate import sequence_kl_values
 from logitsam.experiments.study.confirm import confirmation_plan, seed_list
-from logitsam.experiments.study.demo import RunSpec, _letters, _run_config, _start_records, describe
 from logitsam.experiments.study.pairs import load_prompts, make_pairs, split_prompts, write_jsonl
 from logitsam.experiments.study.plan import CONFIRM, TUNING_NOTE, Config, StudySettings
 from logitsam.experiments.study.records import read_json, read_record, read_shared, record_path, write_json
+from logitsam.experiments.study.setup import RunSpec, _run_config, _start_records, describe
 from logitsam.experiments.study.study_report import write_study_report
 from logitsam.training.models import cache_dir, load_model, load_tokenizer
 from logitsam.training.run import train
@@ -64,7 +64,7 @@ class Study:
         self.out, self.s = out, s
         self.device = _device(s.device)
         self.key = s.key()
-        self.reward = vader_reward() if s.reward == "vader" else _letters
+        self.reward = vader_reward() if s.reward == "vader" else letters_reward
         self.judge = GoldRewardJudge(self.reward)
         mcfg = ModelConfig(name_or_path=s.model, dtype="float32")
         self.tok = load_tokenizer(mcfg)
