@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from logitsam.core.logprobs import IGNORE_INDEX, sequence_logps, token_logps
-from logitsam.core.losses import PreferenceLogps, compute_loss
+from logitsam.core.losses import PreferenceLogps
+from logitsam.core.registry import compute_loss
 from logitsam.sam.logits import logits_sam_loss, method_costs
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

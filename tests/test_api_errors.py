@@ -5,8 +5,8 @@ import torch
 from transformers import TrainingArguments
 
 from logitsam.config import SamConfig
-from logitsam.core.losses import LOSSES, resolve_hparams
 from logitsam.core.objective import Objective
+from logitsam.core.registry import LOSSES, resolve_hparams
 from logitsam.sam.logits import logits_sam_loss, perturbed_logits
 from logitsam.trainer import PreferenceTrainer
 from logitsam.training.models import tiny_model

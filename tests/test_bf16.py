@@ -7,8 +7,8 @@ paper's weight method, W + ε rounded to bf16, loses it all: see tests/test_sam.
 import pytest
 import torch
 
-from logitsam.core.losses import LOSSES, resolve_hparams
 from logitsam.core.objective import Objective
+from logitsam.core.registry import LOSSES, resolve_hparams
 from logitsam.sam.fused import GramEps, WeightEps
 from logitsam.sam.logits import eps_scale, perturb
 from logitsam.training.models import tiny_model

@@ -108,7 +108,7 @@ def test_other_errors_are_not_swallowed(monkeypatch):
 
 
 def test_losses_lists_ranges(capsys):
-    from logitsam.core.losses import LOSSES
+    from logitsam.core.registry import LOSSES
 
     rc, out, _ = run(capsys, "losses")
     assert rc == 0
@@ -121,7 +121,7 @@ def test_losses_lists_ranges(capsys):
 
 def test_train_help_lists_every_config_key_and_loss(capsys):
     from logitsam.config.schema import describe_fields
-    from logitsam.core.losses import LOSSES
+    from logitsam.core.registry import LOSSES
 
     with pytest.raises(SystemExit) as e:
         cli.main(["train", "--help"])

@@ -98,7 +98,7 @@ def micro_llama():
 
 @pytest.mark.slow
 def test_sharpness_on_a_micro_transformer_matches_exact_trace():
-    from logitsam.core.losses import get_loss
+    from logitsam.core.registry import get_loss
     from logitsam.diagnostics.sharpness import measure_sharpness, preference_loss_of_logits
 
     model, ref = micro_llama(), micro_llama()

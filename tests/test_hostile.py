@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from logitsam.config import schema as C
-from logitsam.core.losses import LOSSES
+from logitsam.core.registry import LOSSES
 from logitsam.data.batching import PreferenceCollator, tokenize_examples
 from logitsam.data.examples import load_examples
 from logitsam.errors import UserError

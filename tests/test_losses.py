@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from logitsam.core.losses import LOSSES, PreferenceLogps, compute_loss, get_loss, resolve_hparams
+from logitsam.core.losses import PreferenceLogps
+from logitsam.core.registry import LOSSES, compute_loss, get_loss, resolve_hparams
 
 D = torch.float64
 
@@ -49,6 +50,14 @@ HAND = [
     ("spo_target", A, {}, 0.1559069707756651),  # 2 log cosh((0.2 − 1)/2)
     ("spo_target", pair(-10, -12, -11, -11, 5, 4, sc=3, sr=1), {"score_scale": 0.5}, 0.1559069707756651),
     ("spo_target", A, {"target": 0.2}, 0.0),  # at the target
+    # ORPO on A: means −2, −3; log odds ratio = 1 − log(1 − e^−2) + log(1 − e^−3); loss = 2 + β·log(1 + e^−lor)
+    ("orpo", A, {}, 2 + 0.1 * math.log1p(math.exp(-(1 - math.log(1 - math.exp(-2)) + math.log(1 - math.exp(-3)))))),
+    (
+        "orpo",
+        B,
+        {"beta": 1.0},
+        2 + math.log1p(math.exp(-(-0.05 - math.log(1 - math.exp(-2)) + math.log(1 - math.exp(-1.95))))),
+    ),
 ]
 
 
@@ -61,6 +70,21 @@ def test_hand_derived_values(name, inp, hp, expected):
 
 def test_every_registered_loss_has_a_hand_value():
     assert {h[0] for h in HAND} == set(LOSSES)
+
+
+def test_orpo_is_finite_at_both_ends_of_the_odds():
+    """log(1 − e^x) is computed stably: a response of probability ≈ 1 (x → 0⁻) or ≈ 0 (x ≪ 0) gives a
+    finite loss and gradient (the naive log1p(−exp(x)) is −inf at x = 0 and loses all digits near it)."""
+    for c, r in ((-1e-12, -3.0), (0.0, -3.0), (-4000.0, -1e-9), (-1e-7, -2e-7)):
+        inp = pair(c, r, None, None, 5, 5, grad=True)
+        out = compute_loss("orpo", inp)
+        out.losses.sum().backward()
+        assert torch.isfinite(out.losses).all() and torch.isfinite(inp.chosen.grad).all(), (c, r)
+    # near x = 0 the odds are large but exact: P = 1 − 1e-8 per mean token → log odds ≈ log(1e8)
+    inp = pair(-5e-8, -5.0, None, None, 5, 5)
+    lor = -1e-8 - (-1.0) - (math.log(1e-8) - math.log(1 - math.exp(-1.0)))
+    expected = 1e-8 + 0.1 * math.log1p(math.exp(-lor))
+    assert compute_loss("orpo", inp).losses.item() == pytest.approx(expected, rel=1e-9)
 
 
 def test_rewards():
@@ -155,7 +179,7 @@ def test_specs_describe_defaults():
 
 
 # ---- hyperparameter ranges --------------------------------------------------------------------
-from logitsam.core.losses import HyperparameterError, describe_losses  # noqa: E402
+from logitsam.core.registry import HyperparameterError, describe_losses  # noqa: E402
 
 HOSTILE = [float("nan"), float("inf"), -float("inf"), "0.1", None, True, [0.1], {"x": 1}]
 
@@ -216,7 +240,8 @@ def test_ints_become_floats_and_numpy_numbers_pass():
 
 
 def test_a_spec_without_ranges_still_rejects_nan_and_wrong_types():
-    from logitsam.core.losses import LossSpec, dpo
+    from logitsam.core.losses import dpo
+    from logitsam.core.registry import LossSpec
 
     spec = LossSpec("custom", dpo, True, False, {"beta": 0.1, "label_smoothing": 0.0})
     assert resolve_hparams(spec, {"beta": -3})["beta"] == -3.0  # no declared range: any finite number

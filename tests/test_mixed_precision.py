@@ -9,8 +9,8 @@ from transformers import TrainingArguments
 
 from logitsam.config.schema import SamConfig
 from logitsam.core.forward import unwrap
-from logitsam.core.losses import LOSSES, resolve_hparams
 from logitsam.core.objective import Objective
+from logitsam.core.registry import LOSSES, resolve_hparams
 from logitsam.training.models import tiny_model
 from logitsam.training.trainer import PreferenceTrainer
 

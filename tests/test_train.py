@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from logitsam.config import schema as C
-from logitsam.core.losses import LOSSES, LossSpec, dpo
+from logitsam.core.losses import dpo
+from logitsam.core.registry import LOSSES, LossSpec
 from logitsam.training.run import train
 from logitsam.training.trainer import TrainingDiverged
 

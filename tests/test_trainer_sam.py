@@ -15,8 +15,8 @@ from transformers import TrainingArguments
 
 from logitsam.config.schema import SamConfig
 from logitsam.core.logprobs import IGNORE_INDEX, sequence_logps, shift_for_causal_lm, token_logps_twice_differentiable
-from logitsam.core.losses import LOSSES, resolve_hparams
 from logitsam.core.objective import Objective, pair_logps
+from logitsam.core.registry import LOSSES, resolve_hparams
 from logitsam.training.models import tiny_model
 from logitsam.training.trainer import PreferenceTrainer
 

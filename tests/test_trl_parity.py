@@ -18,7 +18,7 @@ import torch
 
 from logitsam.config.schema import SamConfig
 from logitsam.core.logprobs import IGNORE_INDEX
-from logitsam.core.losses import get_loss, resolve_hparams
+from logitsam.core.registry import get_loss, resolve_hparams
 from logitsam.training.models import tiny_model, tiny_tokenizer
 
 pytestmark = pytest.mark.slow  # trains or launches processes: `pytest -m 'not slow'` skips it
@@ -121,8 +121,13 @@ def cpo_batch_to_ours(batch):
     }
 
 
-def run_cpo(tmp_path, data, trl_kwargs, our_loss, our_params):
-    from trl.experimental.cpo import CPOConfig, CPOTrainer
+def run_cpo(tmp_path, data, trl_kwargs, our_loss, our_params, kind="cpo"):
+    """TRL's CPO (or ORPO, ``kind="orpo"``: same batch format) trainer's loss and gradients on one batch, and ours."""
+    if kind == "orpo":
+        from trl.experimental.orpo import ORPOConfig as CPOConfig
+        from trl.experimental.orpo import ORPOTrainer as CPOTrainer
+    else:
+        from trl.experimental.cpo import CPOConfig, CPOTrainer
 
     tok = tiny_tokenizer()
     tok.pad_token = tok.eos_token
@@ -182,4 +187,48 @@ def test_cpo_nll_term_matches_when_lengths_are_equal(tmp_path):
         "cpo",
         {"beta": 0.1, "nll_weight": 1.0, "nll_mode": "mean"},
     )
+    close(mine, theirs)
+
+
+def test_orpo_trainer_parity(tmp_path):
+    """ORPO's odds-ratio term against TRL's ORPOTrainer (value and every gradient) on one batch.
+
+    TRL adds the NLL of the whole chosen sequence, prompt included ("computed over the full prompt and
+    response"); ORPO's paper, and we, take the response's token-mean NLL per pair (hand values in
+    test_losses). So TRL's loss and gradients minus that full-sequence cross-entropy (recomputed here
+    as TRL does) must equal our odds-ratio term, registered below as a loss of its own."""
+    import torch.nn.functional as F
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    from logitsam.core.losses import LossOutput
+    from logitsam.core.registry import register_loss, unregister_loss
+
+    def odds_only(inp, *, beta: float = 0.1):
+        out = get_loss("orpo").fn(inp, beta=beta)
+        return LossOutput(out.losses + inp.chosen_mean(), out.chosen_rewards, out.rejected_rewards)
+
+    tok = tiny_tokenizer()
+    tok.pad_token = tok.eos_token
+    torch.manual_seed(0)
+    policy = perturb_model(tiny_model(len(tok), seed=0))
+    cfg = ORPOConfig(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, use_cpu=True, report_to=[], max_length=512, beta=0.25
+    )
+    tr = ORPOTrainer(
+        model=copy.deepcopy(policy), args=cfg, train_dataset=datasets.Dataset.from_list(rows()), processing_class=tok
+    )
+    batch = next(iter(tr.get_train_dataloader()))
+    model = tr.model.train()
+    loss = tr.compute_loss(model, batch)
+    logits = model(batch["chosen_input_ids"], attention_mask=batch["chosen_attention_mask"]).logits
+    labels = torch.where(batch["chosen_attention_mask"] == 1, batch["chosen_input_ids"], -100)
+    nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1))
+    (loss - nll).backward()
+    theirs = ((loss - nll).detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
+    register_loss("orpo_odds_only", odds_only, needs_reference=False, length_normalized=True)
+    try:
+        mine = ours(copy.deepcopy(policy), cpo_batch_to_ours(batch), "orpo_odds_only", beta=0.25)
+    finally:
+        unregister_loss("orpo_odds_only")
+    assert theirs[0].item() > 0.01  # a non-trivial term
     close(mine, theirs)

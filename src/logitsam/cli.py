@@ -110,7 +110,7 @@ def _drop_foreign_loss_keys(cfg: Any, from_file: Any, overrides: list[str]) -> N
     dropped with a note (they belonged to the file's loss); keys given on the command line stay, so a
     mismatch there is still an error."""
     from logitsam.config import schema as config_mod
-    from logitsam.core.losses import LOSSES
+    from logitsam.core.registry import LOSSES
 
     given = {dotted for _, dotted, _ in config_mod.split_overrides(overrides)}
     spec = LOSSES.get(cfg.loss.name)
@@ -133,7 +133,7 @@ def _sharpness(args: argparse.Namespace) -> int:
     import torch
 
     from logitsam.config.schema import ModelConfig
-    from logitsam.core.losses import get_loss, resolve_hparams
+    from logitsam.core.registry import get_loss, resolve_hparams
     from logitsam.data.batching import PreferenceCollator, tokenize_examples
     from logitsam.data.examples import load_examples
     from logitsam.diagnostics.sharpness import measure_sharpness
@@ -188,7 +188,7 @@ def _sharpness(args: argparse.Namespace) -> int:
 
 
 def _losses(args: argparse.Namespace) -> int:
-    from logitsam.core.losses import LOSSES, describe_losses
+    from logitsam.core.registry import LOSSES, describe_losses
 
     rows = describe_losses()
     width = max(len(r.hparam) for r in rows)
@@ -233,7 +233,7 @@ def _study(args: argparse.Namespace) -> int:
 def _train_epilog() -> str:
     """The config keys and loss names (computed when help is shown: the loss registry loads torch)."""
     from logitsam.config.schema import describe_fields
-    from logitsam.core.losses import LOSSES
+    from logitsam.core.registry import LOSSES
 
     rows = describe_fields()
     key_w, type_w = max(len(r.key) for r in rows), max(len(r.type) for r in rows)

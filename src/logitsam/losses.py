@@ -1,15 +1,18 @@
-"""The loss registry's public home (``logitsam.losses``); the functions live in :mod:`logitsam.core.losses`."""
+"""The loss registry's public home (``logitsam.losses``): the functions live in :mod:`logitsam.core.losses`,
+the registry in :mod:`logitsam.core.registry`."""
 
-from logitsam.core.losses import (
+from logitsam.core.hparams import Range, nonnegative, one_of, positive
+from logitsam.core.losses import LossOutput, PreferenceLogps
+from logitsam.core.registry import (
     LOSSES,
     HyperparameterError,
-    LossOutput,
     LossSpec,
-    PreferenceLogps,
     compute_loss,
     describe_losses,
     get_loss,
+    register_loss,
     resolve_hparams,
+    unregister_loss,
 )
 
 __all__ = [
@@ -18,8 +21,14 @@ __all__ = [
     "LossOutput",
     "LossSpec",
     "PreferenceLogps",
+    "Range",
     "compute_loss",
     "describe_losses",
     "get_loss",
+    "nonnegative",
+    "one_of",
+    "positive",
+    "register_loss",
     "resolve_hparams",
+    "unregister_loss",
 ]

@@ -1,28 +1,24 @@
-"""Preference losses as pure functions of per-sequence log-probs, and their registry.
+"""Preference losses as pure functions of per-sequence log-probs (the registry: registry.py).
 
 Every loss takes a :class:`PreferenceLogps` (policy and, where needed, reference log-probs of the
 chosen and rejected responses, summed over response tokens, plus response lengths) and keyword
 hyperparameters, and returns a :class:`LossOutput` with per-example losses and rewards.
 
-The registry ``LOSSES`` maps a name to a :class:`LossSpec` that tells callers everything they need
-(reference model or not, which log-prob normalisation the loss works on, default hyperparameters),
-so no caller matches on loss names.
+The registry (:mod:`logitsam.core.registry`) maps a name to a spec that tells callers everything they
+need (reference model or not, which log-prob normalisation the loss works on, default
+hyperparameters and their ranges), so no caller matches on loss names.
 
 Notation (docs/design.md §3): Δ± = logp_θ(y±) − logp_ref(y±), δ = Δ+ − Δ−, β the temperature.
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-from logitsam.core.hparams import Range, check_like_default, nonnegative, one_of, positive
 
 
 @dataclass(frozen=True)
@@ -68,27 +64,6 @@ class LossOutput:
 
 
 LossFn = Callable[..., LossOutput]
-
-
-@dataclass(frozen=True)
-class LossSpec:
-    """What a caller needs to know about a loss, so nobody matches on names.
-
-    needs_reference: the trainer must supply ``ref_chosen``/``ref_rejected``.
-    length_normalized: the preference term works on mean per-token log-probs (rewards are then
-        β·mean log-prob) rather than sums; callers always pass sums and lengths.
-    defaults: hyperparameters and their default values; any other keyword is an error.
-    ranges: the valid values of each hyperparameter (a key without one only has to be a finite
-        number / a value of its default's type); :func:`resolve_hparams` enforces them.
-    """
-
-    name: str
-    fn: LossFn
-    needs_reference: bool
-    length_normalized: bool
-    defaults: Mapping[str, Any] = field(default_factory=dict)
-    summary: str = ""
-    ranges: Mapping[str, Range] = field(default_factory=dict)
 
 
 def _rewards(beta: float, chosen: Tensor, rejected: Tensor) -> tuple[Tensor, Tensor]:
@@ -203,170 +178,30 @@ def spo_target(inp: PreferenceLogps, *, beta: float = 0.1, target: float = 1.0, 
     return LossOutput(losses, *_rewards(beta, d_pos, d_neg))
 
 
-def _spec(
-    name: str, fn: LossFn, ref: bool, norm: bool, summary: str, ranges: dict[str, Range]
-) -> LossSpec:
+def _log1mexp(x: Tensor) -> Tensor:
+    """log(1 − exp(x)) for x ≤ 0, stable on both sides of −ln 2 (Mächler 2012).
 
-    defaults = {k: p.default for k, p in inspect.signature(fn).parameters.items() if p.kind == p.KEYWORD_ONLY}
-    if set(ranges) != set(defaults):  # a registry entry must declare the range of every hyperparameter
-        raise AssertionError(f"loss {name!r}: ranges for {sorted(ranges)} but hyperparameters {sorted(defaults)}")
-    return LossSpec(name, fn, ref, norm, defaults, summary, ranges)
-
-
-# Why each range: β is a temperature on a log-ratio, so β < 0 trains toward the rejected response and
-# β = 0 learns nothing; weights and margins below zero invert the term they scale.
-_BETA = positive("β < 0 trains toward the rejected response, β = 0 learns nothing")
-_NLL_MODE = one_of("sum", "mean", why="summed or token-mean NLL of the chosen response")
-_NLL_WEIGHT = nonnegative("λ < 0 pushes the chosen response's likelihood down")
-
-LOSSES: dict[str, LossSpec] = {
-    s.name: s
-    for s in (
-        _spec(
-            "dpo",
-            dpo,
-            True,
-            False,
-            "DPO / cDPO (label_smoothing)",
-            {
-                "beta": _BETA,
-                "label_smoothing": Range(
-                    0.0, 0.5, high_open=True, why="ε is the assumed label-flip rate; ε ≥ 0.5 prefers rejected"
-                ),
-            },
-        ),
-        _spec("hinge", hinge, True, False, "reference-based hinge (TRL 'hinge')", {"beta": _BETA}),
-        _spec("ipo", ipo, True, True, "IPO, length-normalised log-ratios", {"beta": _BETA}),
-        _spec(
-            "slic",
-            slic,
-            False,
-            False,
-            "SLiC-HF (paper Table 5)",
-            {
-                "margin": nonnegative("a negative margin is met while the rejected response is more likely"),
-                "nll_weight": _NLL_WEIGHT,
-                "nll_mode": _NLL_MODE,
-            },
-        ),
-        _spec(
-            "cpo",
-            cpo,
-            False,
-            False,
-            "CPO (paper Table 5)",
-            {"beta": _BETA, "nll_weight": _NLL_WEIGHT, "nll_mode": _NLL_MODE},
-        ),
-        _spec(
-            "simpo",
-            simpo,
-            False,
-            True,
-            "SimPO",
-            {"beta": _BETA, "gamma": nonnegative("γ is SimPO's target reward margin")},
-        ),
-        _spec(
-            "gate_dpo",
-            gate_dpo,
-            True,
-            False,
-            "Gate-DPO: gated rejected gradient",
-            {
-                "beta": _BETA,
-                "alpha": positive("α is the gate's steepness; α ≤ 0 removes or inverts the gate"),
-                "tau": Range(0.0, 1.0, why="τ is a threshold on a probability"),
-            },
-        ),
-        _spec(
-            "dpo_abs",
-            dpo_abs,
-            True,
-            False,
-            "DPO + absolute-improvement penalty (reconstruction)",
-            {"beta": _BETA, "lam": nonnegative("λ < 0 rewards the chosen response falling below the reference")},
-        ),
-        _spec(
-            "spo_target",
-            spo_target,
-            True,
-            False,
-            "finite-target loss (reconstruction)",
-            {
-                "beta": _BETA,
-                "target": nonnegative("the target margin βδ; < 0 targets preferring the rejected response"),
-                "score_scale": positive("maps score gaps to margins; ≤ 0 removes or flips the preference"),
-            },
-        ),
-    )
-}
-
-
-class HyperparameterError(ValueError):
-    """A hyperparameter is unknown, of the wrong type, NaN/inf or out of range; names the loss and key."""
-
-    def __init__(self, loss: str, key: str, problem: str) -> None:
-        super().__init__(f"loss {loss!r}: {problem}")
-        self.loss, self.key, self.problem = loss, key, problem
-
-
-def get_loss(name: str) -> LossSpec:
-    """Look a loss up by name; an unknown name raises ValueError listing the known ones."""
-    if not isinstance(name, str) or name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; known: {', '.join(sorted(LOSSES))}")
-    return LOSSES[name]
-
-
-def resolve_hparams(spec: LossSpec, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Defaults of ``spec`` updated with ``overrides``, every value checked against its range.
-
-    Raises :class:`HyperparameterError` (a ValueError) naming the loss and the key for an unknown
-    key, a wrong type, NaN/inf or a value outside the declared range.
+    Each branch sees an input clamped to its own side, so the branch torch.where discards has a finite
+    gradient too (else 0 · inf = NaN in backward); x is capped at −tiny so x = 0 gives a finite value.
     """
-    params = dict(spec.defaults)
-    for key, value in (overrides or {}).items():
-        if key not in params:
-            known = ", ".join(sorted(params)) or "none"
-            raise HyperparameterError(spec.name, str(key), f"no hyperparameter {key!r} (known: {known})")
-        params[key] = value
-    for key, value in params.items():
-        rng = spec.ranges.get(key)
-        try:
-            params[key] = rng.check(value) if rng is not None else check_like_default(value, spec.defaults[key])
-        except ValueError as e:
-            raise HyperparameterError(spec.name, key, f"{key} = {value!r}: {e}") from None
-    return params
+    x = x.clamp(max=-torch.finfo(x.dtype).tiny)
+    cut = -0.6931471805599453
+    far = torch.log1p(-torch.exp(x.clamp(max=cut)))
+    near = torch.log(-torch.expm1(x.clamp(min=cut)))
+    return torch.where(x < cut, far, near)
 
 
-class LossParamRow(NamedTuple):
-    """One row of :func:`describe_losses`."""
+def orpo(inp: PreferenceLogps, *, beta: float = 0.1) -> LossOutput:
+    """ORPO (Hong et al. 2024; reference-free): −mean logp(y+) − β·log σ(log odds(y+) − log odds(y−)).
 
-    loss: str
-    hparam: str
-    default: Any
-    range: str
-    why: str
-    summary: str
-
-
-def describe_losses() -> list[LossParamRow]:
-    """Every registered loss's hyperparameters with default and valid range (for ``logitsam losses``)."""
-    rows = []
-    for name in sorted(LOSSES):
-        spec = LOSSES[name]
-        kind = ("reference" if spec.needs_reference else "reference-free") + (
-            ", length-normalised" if spec.length_normalized else ", summed log-probs"
-        )
-        summary = f"{spec.summary} [{kind}]"
-        for key, default in spec.defaults.items():
-            rng = spec.ranges.get(key)
-            text, why = (rng.describe(), rng.why) if rng is not None else ("any", "")
-            rows.append(LossParamRow(name, key, default, text, why, summary))
-        if not spec.defaults:
-            rows.append(LossParamRow(name, "", None, "", "", summary))
-    return rows
-
-
-def compute_loss(name: str, inp: PreferenceLogps, **hparams: Any) -> LossOutput:
-    """Evaluate the registered loss ``name`` on ``inp`` with validated hyperparameters."""
-    spec = get_loss(name)
-    return spec.fn(inp, **resolve_hparams(spec, hparams))
+    odds(y) = P/(1 − P) with P = exp(mean token log-prob), so the log odds ratio is
+    (c̄ − r̄) − (log(1 − e^c̄) − log(1 − e^r̄)). The NLL term is the chosen response's token-mean NLL
+    per pair (the paper's L_SFT); TRL's ORPOTrainer averages it over all chosen tokens of the batch
+    instead, which is the same when the chosen responses have equal lengths. A response of
+    probability 1 (odds ∞) gives a finite loss and gradient (see :func:`_log1mexp`). Rewards are
+    β·mean logp, as TRL's.
+    """
+    c, r = inp.chosen_mean(), inp.rejected_mean()
+    log_odds = (c - r) - (_log1mexp(c) - _log1mexp(r))
+    losses = -inp.chosen_mean() - beta * F.logsigmoid(log_odds)
+    return LossOutput(losses, *_rewards(beta, c, r))

@@ -9,8 +9,8 @@ import torch
 from torch import Tensor
 
 from logitsam.core.logprobs import sequence_logps, shift_for_causal_lm, token_logps_twice_differentiable
-from logitsam.core.losses import LossSpec
 from logitsam.core.objective import pair_logps
+from logitsam.core.registry import LossSpec
 from logitsam.core.scoring import model_sequence_logps
 from logitsam.diagnostics.hessian import TraceEstimate, logit_hessian_trace, parameter_hessian_trace
 

@@ -39,8 +39,8 @@ from accelerate.utils import is_peft_model
 from torch import Tensor
 
 from logitsam.core.logprobs import IGNORE_INDEX
-from logitsam.core.losses import get_loss, resolve_hparams
 from logitsam.core.objective import Objective
+from logitsam.core.registry import get_loss, resolve_hparams
 from logitsam.core.scoring import model_sequence_logps
 from logitsam.errors import UserError
 from logitsam.sam.common import METHODS

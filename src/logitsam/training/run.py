@@ -18,7 +18,7 @@ import torch.distributed as dist
 from logitsam.config import schema as config_mod
 from logitsam.config.schema import Config
 from logitsam.config.values import numbers_from_text
-from logitsam.core.losses import HyperparameterError, LossSpec, get_loss, resolve_hparams
+from logitsam.core.registry import HyperparameterError, LossSpec, get_loss, resolve_hparams
 from logitsam.data.batching import DropCounts, PreferenceCollator, tokenize_examples
 from logitsam.data.examples import load_examples
 from logitsam.errors import ConfigError

@@ -21,8 +21,8 @@ from torch import Tensor
 from transformers import Trainer
 
 from logitsam.config.schema import SamConfig
-from logitsam.core.losses import LossSpec
 from logitsam.core.objective import Objective, ObjectiveOutput
+from logitsam.core.registry import LossSpec
 from logitsam.core.scoring import model_sequence_logps
 from logitsam.sam.common import check_adaptive, check_method, check_rho
 from logitsam.sam.full import full_sam_backward

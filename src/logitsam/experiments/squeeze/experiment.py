@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from logitsam.config import schema as config_mod
-from logitsam.core.losses import get_loss
+from logitsam.core.registry import get_loss
 from logitsam.data.batching import tokenize_examples
 from logitsam.data.examples import load_examples
 from logitsam.evaluation.generation import DecodeSettings, generate

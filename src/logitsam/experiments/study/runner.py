@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from logitsam.config.schema import ModelConfig
-from logitsam.core.losses import get_loss, resolve_hparams
+from logitsam.core.registry import get_loss, resolve_hparams
 from logitsam.data.batching import PreferenceCollator, tokenize_examples
 from logitsam.data.examples import load_examples
 from logitsam.diagnostics.sharpness import measure_sharpness

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from logitsam.config import schema as config_mod
-from logitsam.core.losses import get_loss
+from logitsam.core.registry import get_loss
 
 
 @dataclass
