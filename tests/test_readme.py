@@ -101,7 +101,7 @@ PLACEHOLDER = re.compile(r"^[A-Z_]+$|^/path/")
 def test_every_command_line_names_real_commands_options_and_keys(argv):
     parser = cli.build_parser()
     args, rest = parser.parse_known_args(argv)
-    if argv and argv[0] == "train":
+    if argv and argv[0] in ("train", "sft"):
         for word in rest:
             key = word[2:].split("=", 1)[0] if word.startswith("--") else None
             assert key is None or key in FIELDS, f"unknown config key {word!r}"

@@ -79,7 +79,11 @@ def _toy(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from logitsam.config import schema as config_mod
-    from logitsam.training.run import train
+
+    if args.command == "sft":
+        from logitsam.training.sft import sft as run
+    else:
+        from logitsam.training.run import train as run
 
     cfg = config_mod.load(args.config) if args.config else config_mod.Config()
     config_mod.check_unique(args.overrides)
@@ -87,12 +91,12 @@ def _train(args: argparse.Namespace) -> int:
     config_mod.apply_overrides(cfg, args.overrides)
     _drop_foreign_loss_keys(cfg, from_file, args.overrides)
     try:
-        result = train(cfg)
+        result = run(cfg)
     except KeyboardInterrupt:
         out = cfg.train.output_dir
         saved = os.path.join(out, "config.yaml")
         how = (
-            f"logitsam train --config {shlex.quote(saved)} --train.resume_from_checkpoint=last"
+            f"logitsam {args.command} --config {shlex.quote(saved)} --train.resume_from_checkpoint=last"
             if os.path.exists(saved)
             else "run the same command again (nothing was trained yet)"
         )
@@ -224,6 +228,13 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from logitsam.evaluation.command import run
+
+    _out_dir(args.out, "--out")
+    return run(args)
+
+
 def _study(args: argparse.Namespace) -> int:
     from logitsam.experiments.study.command import study_command
 
@@ -297,6 +308,20 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--config", metavar="FILE", help="YAML recipe (configs/*.yaml); without it every key's default")
     tr.set_defaults(func=_train)
 
+    sf = sub.add_parser(
+        "sft",
+        help="supervised fine-tuning on prompt/completion rows or the chosen responses of preference data",
+        usage="logitsam sft [-h] [--config FILE] [--section.key=value | --section.key value ...]",
+        description="Supervised fine-tuning, the step before preference training: the same config keys, data "
+        "formats, run directory, resuming, LoRA and launchers as `logitsam train` (the loss and sam sections are "
+        "not used). Rows with prompt and completion (or response), or preference data whose chosen responses are "
+        "the targets. The saved model is ready for `logitsam train --model.name_or_path=OUTPUT_DIR`.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog_fn=_train_epilog,
+    )
+    sf.add_argument("--config", metavar="FILE", help="YAML recipe; without it every key's default")
+    sf.set_defaults(func=_train)
+
     sh = sub.add_parser("sharpness", help="Hessian traces (parameters and logits) of the preference loss")
     sh.add_argument("--model", required=True, help="checkpoint dir, HF name, or tiny-random")
     sh.add_argument("--data", required=True, help="preference data file")
@@ -361,13 +386,23 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--report-only", action="store_true", help="write the report from the runs finished in --out")
     st.add_argument("--quick", action="store_true", help="tiny random model, letters reward: a pipeline check")
     st.set_defaults(func=_study)
+
+    from logitsam.evaluation.options import add_arguments  # argparse only: no torch
+
+    for name, judged, text in (
+        ("evaluate", True, "sample trained models on prompts; win rates against a baseline, KL, lengths"),
+        ("generate", False, "sample models on prompts to JSONL (judge them elsewhere)"),
+    ):
+        ev = sub.add_parser(name, help=text, description=text)
+        add_arguments(ev, judged)
+        ev.set_defaults(func=_evaluate)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if rest and args.command != "train":  # train's overrides are checked (and named) by config.apply_overrides
+    if rest and args.command not in ("train", "sft"):  # their overrides are checked (and named) by apply_overrides
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.overrides = rest
     try:

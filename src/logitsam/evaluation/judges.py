@@ -25,7 +25,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -260,14 +260,3 @@ class LLMJudge:
                 f"e.g. {report.examples[0]!r}"
             )
         return out
-
-
-def make_judge(kind: str, **kwargs: Any) -> Judge:
-    """'vader' | 'reward_model' (path=...) | 'llm' (base_url=..., model=..., task=...)."""
-    if kind == "vader":
-        return GoldRewardJudge(vader_reward())
-    if kind == "reward_model":
-        return RewardModelJudge(**kwargs)
-    if kind == "llm":
-        return LLMJudge(**kwargs)
-    raise ValueError(f"unknown judge {kind!r} (vader, reward_model, llm)")

@@ -78,16 +78,7 @@ def prepare_data(cfg: Config, tokenizer: Any) -> Prepared:
     d = cfg.data
     train = load_examples(d.train_files, d.format)
     evals = load_examples(d.eval_files, d.format) if d.eval_files else []
-    if not evals and d.eval_fraction > 0:
-        order = list(range(len(train)))
-        random.Random(d.seed).shuffle(order)
-        k = max(1, int(len(train) * d.eval_fraction))
-        if k >= len(train):
-            raise ConfigError(
-                f"data.eval_fraction: {d.eval_fraction:g} of {len(train)} training rows holds out all of them "
-                "(at least one is held out); lower it, add rows, or give data.eval_files"
-            )
-        evals, train = [train[i] for i in order[:k]], [train[i] for i in sorted(order[k:])]
+    train, evals = split_eval(train, evals, d.eval_fraction, d.seed)
     train_rows, drops = tokenize_examples(tokenizer, train, d.max_length, d.max_prompt_length)
     eval_rows, eval_drops = tokenize_examples(tokenizer, evals, d.max_length, d.max_prompt_length)
     drops.prompt_too_long += eval_drops.prompt_too_long
@@ -95,6 +86,37 @@ def prepare_data(cfg: Config, tokenizer: Any) -> Prepared:
     if not train_rows:
         raise ConfigError(f"data.train_files: no usable rows after tokenization ({drops.total} dropped)")
     return Prepared(tokenizer, train_rows, eval_rows, drops)
+
+
+def split_eval(train: list, evals: list, fraction: float, seed: int) -> tuple[list, list]:
+    """(train, eval) examples: ``evals`` when given, else ``fraction`` of ``train`` held out at random."""
+    if evals or fraction <= 0:
+        return train, evals
+    order = list(range(len(train)))
+    random.Random(seed).shuffle(order)
+    k = max(1, int(len(train) * fraction))
+    if k >= len(train):
+        raise ConfigError(
+            f"data.eval_fraction: {fraction:g} of {len(train)} training rows holds out all of them "
+            "(at least one is held out); lower it, add rows, or give data.eval_files"
+        )
+    return [train[i] for i in sorted(order[k:])], [train[i] for i in order[:k]]
+
+
+def already_finished(cfg: Config, resume: str, args: Any, n_train: int) -> dict[str, Any] | None:
+    """The result of resuming a run that already reached its last step (touching nothing), else None."""
+    done, steps = checkpoint_step(resume), total_steps(args, n_train)[0]
+    if done is None or done < steps:
+        return None
+    log.warning(
+        "%s: the run already finished (%s is at step %d of %d); nothing to do — to train longer, raise "
+        "train.max_steps or train.num_train_epochs",
+        cfg.train.output_dir,
+        os.path.basename(resume),
+        done,
+        steps,
+    )
+    return {"metrics": {"already_finished": True, "global_step": done, "max_steps": steps}}
 
 
 def train(
@@ -174,17 +196,9 @@ def _train(
     resolved = resolved_config(cfg, args, model, len(data.train_rows))
     if resume:
         check_resume_settings(resolved, resume)
-        done, steps = checkpoint_step(resume), total_steps(args, len(data.train_rows))[0]
-        if done is not None and done >= steps:  # resuming would train past the end: touch nothing
-            log.warning(
-                "%s: the run already finished (%s is at step %d of %d); nothing to do — to train longer, raise "
-                "train.max_steps or train.num_train_epochs",
-                cfg.train.output_dir,
-                os.path.basename(resume),
-                done,
-                steps,
-            )
-            return {"metrics": {"already_finished": True, "global_step": done, "max_steps": steps}}
+        finished = already_finished(cfg, resume, args, len(data.train_rows))
+        if finished is not None:
+            return finished
     ref_model = None
     if spec.needs_reference:
         if cfg.loss.reference == "none":
@@ -237,7 +251,7 @@ def _train(
     metrics["rows_dropped"] = data.drops.total
     if on_end is not None:
         on_end(trainer)
-    _teardown(trainer)
+    teardown(trainer)
     return {"metrics": metrics}
 
 
@@ -250,7 +264,7 @@ def final_evaluation(trainer: Any) -> dict[str, float]:
     return trainer.evaluate()
 
 
-def _teardown(trainer: Any) -> None:
+def teardown(trainer: Any) -> None:
     """Free the wrapped model/optimizer, then end the process group: DDP processes otherwise may
     abort at exit ('terminate called without an active exception')."""
 

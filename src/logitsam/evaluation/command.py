@@ -1,0 +1,77 @@
+"""``logitsam evaluate`` and ``logitsam generate``: arguments, every check before a model loads, then evaluate.py."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Any
+
+from logitsam.errors import ConfigError
+from logitsam.evaluation.evaluate import EvalSettings, evaluate_models, read_prompts, write_eval_report
+from logitsam.evaluation.generation import DecodeSettings
+from logitsam.evaluation.judges import GoldRewardJudge, LLMJudge, RewardModelJudge, vader_reward
+from logitsam.evaluation.options import JUDGES
+from logitsam.training.models import check_model_source
+
+
+def _judge(args: argparse.Namespace) -> tuple[Any, str]:
+    """(judge or None, its name for the report); the judge is built here, so a bad spec fails first."""
+    spec = args.judge if hasattr(args, "judge") else "none"
+    kind, _, value = spec.partition(":")
+    if kind == "none":
+        return None, "none"
+    if kind == "vader":
+        return GoldRewardJudge(vader_reward()), "VADER compound sentiment (gold reward)"
+    if kind == "reward_model" and value:
+        check_model_source(value, "--judge reward_model:PATH")
+        return RewardModelJudge(value, device=args.device), f"reward model `{value}`"
+    if kind == "llm" and value:
+        try:
+            judge = LLMJudge(value, args.judge_model, task=args.judge_task, seed=args.seed)
+        except ValueError as e:
+            raise ConfigError(f"--judge: {e}") from None
+        return judge, f"LLM judge `{judge.model}` at {judge.base_url} ({args.judge_task})"
+    raise ConfigError(f"--judge: one of {JUDGES}, got {spec!r}")
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    checks = [
+        ("--max-new-tokens", args.max_new_tokens, args.max_new_tokens >= 1, "≥ 1"),
+        ("--temperature", args.temperature, math.isfinite(args.temperature) and args.temperature >= 0, "≥ 0"),
+        ("--top-p", args.top_p, 0 < args.top_p <= 1, "in (0, 1]"),
+        ("--batch-size", args.batch_size, args.batch_size >= 1, "≥ 1"),
+        ("--limit", args.limit, args.limit >= 0, "≥ 0"),
+        ("--seed", args.seed, 0 <= args.seed < 2**32, "in [0, 2**32)"),
+    ]
+    for option, value, ok, rule in checks:
+        if not ok:
+            raise ConfigError(f"{option}: must be {rule}, got {value!r}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check everything, then sample (and judge); prints the report's path."""
+    _check_numbers(args)
+    prompts, chosen = read_prompts(args.prompts)
+    if args.limit:
+        prompts, chosen = prompts[: args.limit], chosen[: args.limit]
+    for m in args.model:
+        check_model_source(m, "--model")
+    baseline = getattr(args, "baseline", "chosen")
+    reference = getattr(args, "reference", None)
+    for option, m in (("--baseline", baseline), ("--reference", reference)):
+        if m not in (None, "chosen"):
+            check_model_source(m, option)
+    judge, judge_name = _judge(args)
+    if judge is not None and baseline == "chosen" and any(c is None for c in chosen):
+        raise ConfigError(f"--baseline chosen: {args.prompts} has no 'chosen' response for every prompt")
+    greedy = args.temperature == 0
+    decode = DecodeSettings(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature if not greedy else 1.0,
+        top_p=args.top_p, do_sample=not greedy,
+    )  # fmt: skip
+    s = EvalSettings(decode, args.seed, args.batch_size, args.chat, args.device, args.dtype)
+    res = evaluate_models(
+        args.model, prompts, args.out, chosen=chosen, baseline=baseline, judge=judge, reference=reference, settings=s
+    )
+    print(f"report: {write_eval_report(args.out, res, judge_name)} (samples in {args.out}/samples)")
+    return 0

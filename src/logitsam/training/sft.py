@@ -1,0 +1,158 @@
+"""Supervised fine-tuning (``logitsam sft``): the step before preference training, with the same config,
+data formats, run directory, resuming, LoRA and distributed launch as ``logitsam train``.
+
+Data: rows with ``prompt`` and ``completion`` (or ``response``) strings, or any preference data set
+logitsam trains on, whose *chosen* responses are the targets (the paper's SFT stage on HH / TL;DR /
+UltraChat). Tokenized exactly as preference training tokenizes a response (data/batching.py: BOS,
+chat template, EOS, truncation), so the SFT model learns the token layout DPO then scores. The loss
+is the model's own token-mean cross-entropy on response tokens (prompt and padding masked), from
+``transformers.Trainer``; the ``loss`` and ``sam`` sections of the config are not used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import torch
+from transformers import Trainer
+
+from logitsam.config import schema as config_mod
+from logitsam.config.schema import Config
+from logitsam.core.logprobs import IGNORE_INDEX
+from logitsam.data.batching import DropCounts, tokenize_example
+from logitsam.data.examples import PreferenceExample, load_examples
+from logitsam.data.files import read_rows
+from logitsam.errors import ConfigError, DataError
+from logitsam.training.checkpoints import AtomicCheckpoints, checkpoint_step, resolve_resume, trim_metrics
+from logitsam.training.logs import JsonlMetrics, install_console
+from logitsam.training.models import apply_lora, check_lora_targets, load_model, load_tokenizer
+from logitsam.training.preflight import build_training_args, check_config
+from logitsam.training.resume import check_resume_settings
+from logitsam.training.run import already_finished, final_evaluation, resolved_config, split_eval, teardown
+from logitsam.training.rundir import claim, is_main_process
+
+log = logging.getLogger(__name__)
+RESPONSE_KEYS = ("completion", "response")
+
+
+def load_sft_examples(paths: list[str], fmt: str = "auto") -> list[PreferenceExample]:
+    """Examples whose ``chosen`` is the SFT target: prompt/completion rows, or any preference format."""
+    out: list[PreferenceExample] = []
+    for path in paths:
+        rows = list(read_rows(path))
+        first = rows[0][1] if rows else None
+        if isinstance(first, dict) and "prompt" in first and any(k in first for k in RESPONSE_KEYS):
+            for line, row in rows:
+                key = next((k for k in RESPONSE_KEYS if k in row), RESPONSE_KEYS[0])
+                for name in ("prompt", key):
+                    if not isinstance(row.get(name), str):
+                        raise DataError(path, line, name, f"expected a string, got {type(row.get(name)).__name__}")
+                if not row[key].strip():
+                    raise DataError(path, line, key, "empty: nothing to learn")
+                out.append(PreferenceExample(row["prompt"], row[key], "", source=f"{path}:{line}"))
+        else:
+            out += load_examples([path], fmt)
+    return out
+
+
+def tokenize_sft(tokenizer: Any, examples: Sequence[PreferenceExample], max_length: int, max_prompt_length: int):
+    """[{prompt_ids, response_ids}] of the examples' prompt and chosen response; dropped rows counted."""
+    rows, drops = [], DropCounts()
+    for ex in examples:
+        empty: Any = {"role": "assistant", "content": ""} if ex.is_chat else ""
+        res = tokenize_example(tokenizer, replace(ex, rejected=empty), max_length, max_prompt_length)
+        if isinstance(res, str):  # a prompt too long (an empty response was refused when read)
+            drops.prompt_too_long += 1
+            continue
+        rows.append({"prompt_ids": res["prompt_ids"], "response_ids": res["chosen_ids"]})
+    if drops.total:
+        log.warning("dropped %d of %d rows: prompt longer than the limit", drops.total, len(examples))
+    return rows, drops
+
+
+class SFTCollator:
+    """Right-padded prompt+response batches; ``labels`` hold the response tokens only (unshifted: the model
+    shifts them)."""
+
+    def __init__(self, pad_token_id: int | None) -> None:
+        if pad_token_id is None:
+            raise ValueError("SFTCollator needs a pad token id (load_tokenizer sets one; else tokenizer.pad_token)")
+        self.pad = pad_token_id
+
+    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        width = max(len(r["prompt_ids"]) + len(r["response_ids"]) for r in rows)
+        ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            p, y = r["prompt_ids"], r["response_ids"]
+            ids[i, : len(p) + len(y)] = torch.tensor(p + y)
+            labels[i, len(p) : len(p) + len(y)] = torch.tensor(y)
+            mask[i, : len(p) + len(y)] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def sft(cfg: Config, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """Run supervised fine-tuning as configured; returns ``{"metrics": ...}``. The trained model (or LoRA
+    adapters) and tokenizer are saved in ``train.output_dir``, ready for ``--model.name_or_path``."""
+    check_config(cfg)
+    if cfg.sam.rho:
+        log.warning("logitsam sft does not use sam.rho = %g (logits-SAM is for preference training)", cfg.sam.rho)
+    t = cfg.train
+    resuming = t.resume_from_checkpoint not in (None, False)
+    with claim(t.output_dir, resuming=resuming, overwrite=t.overwrite_output_dir):
+        resume = resolve_resume(t.output_dir, t.resume_from_checkpoint, allow_incomplete=t.resume_allow_incomplete)
+        return _sft(cfg, resume, callbacks)
+
+
+def _sft(cfg: Config, resume: str | None, callbacks: Sequence[Any]) -> dict[str, Any]:
+    d = cfg.data
+    tokenizer = load_tokenizer(cfg.model)
+    train_ex = load_sft_examples(d.train_files, d.format)
+    eval_ex = load_sft_examples(d.eval_files, d.format) if d.eval_files else []
+    train_ex, eval_ex = split_eval(train_ex, eval_ex, d.eval_fraction, d.seed)
+    train_rows, drops = tokenize_sft(tokenizer, train_ex, d.max_length, d.max_prompt_length)
+    eval_rows, _ = tokenize_sft(tokenizer, eval_ex, d.max_length, d.max_prompt_length)
+    if not train_rows:
+        raise ConfigError(f"data.train_files: no usable rows after tokenization ({drops.total} dropped)")
+    checkpointing = bool(cfg.model.gradient_checkpointing or cfg.train.gradient_checkpointing)
+    args = build_training_args(cfg.train, has_eval=bool(eval_rows), checkpointing=checkpointing)
+    args.remove_unused_columns = False
+    model = load_model(cfg.model, vocab_size=len(tokenizer))
+    check_lora_targets(model, cfg.model)
+    if checkpointing:
+        model.config.use_cache = False
+    resolved = resolved_config(cfg, args, model, len(train_rows))
+    if resume:
+        check_resume_settings(resolved, resume)
+        finished = already_finished(cfg, resume, args, len(train_rows))
+        if finished is not None:
+            return finished
+    trainer = Trainer(
+        model=apply_lora(model, cfg.model),
+        args=args,
+        train_dataset=train_rows,
+        eval_dataset=eval_rows or None,
+        data_collator=SFTCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        callbacks=[AtomicCheckpoints(), JsonlMetrics(), *callbacks],
+    )
+    install_console(trainer, show=cfg.train.print_logs)
+    if is_main_process():  # everything is verified: now the run directory changes
+        step = checkpoint_step(resume) if resume else None
+        if step is not None:
+            trim_metrics(cfg.train.output_dir, step)
+        config_mod.save(resolved, os.path.join(cfg.train.output_dir, "config.yaml"))
+    result = trainer.train(resume_from_checkpoint=resume)
+    if cfg.train.save_model:
+        trainer.save_model(cfg.train.output_dir)
+    metrics = dict(result.metrics)
+    if eval_rows:
+        metrics.update(final_evaluation(trainer))
+    metrics.update(rows_train=len(train_rows), rows_eval=len(eval_rows), rows_dropped=drops.total)
+    teardown(trainer)
+    return {"metrics": metrics}
