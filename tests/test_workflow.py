@@ -66,6 +66,9 @@ def test_sft_then_dpo_with_logits_sam_then_evaluate(tmp_path, monkeypatch, judge
     dpo_log = [json.loads(line) for line in Path("dpo/metrics.jsonl").read_text().splitlines()]
     assert dpo_log[0]["logps/chosen_drift"] == 0.0  # DPO starts from the SFT model, which is its reference
     assert "sam/loss_post" in dpo_log[0]
+    assert "- sft" in Path("sft/README.md").read_text()  # model cards
+    card = Path("dpo/README.md").read_text()
+    assert "logits-sam" in card and str(tmp_path / "sft") in card and "| steps | 3 |" in card
     argv = ["evaluate", "--model", "dpo", "--model", "sft", "--baseline", "sft", "--prompts", FIXTURE,
             "--judge", f"llm:{judge_url}", "--judge-model", "m", "--max-new-tokens", "8", "--out", "ev"]  # fmt: skip
     assert cli.main(argv) == 0
@@ -155,3 +158,22 @@ def test_sft_data_and_batches(tmp_path):
     bad.write_text('{"prompt": "Q", "response": "  "}\n')
     with pytest.raises(Exception, match=r"bad.jsonl:1: field 'response': empty"):
         load_sft_examples([str(bad)])
+
+
+def test_model_card_says_what_the_model_is(tmp_path):
+    from logitsam.config import schema as C
+    from logitsam.training.modelcard import card_text, write_model_card
+
+    cfg = C.load(TINY)
+    C.apply_overrides(cfg, [f"--train.output_dir={tmp_path}", "--sam.rho=0.001", "--loss.beta=0.2"])
+    text = card_text(cfg, {"global_step": 6, "train_loss": 0.61234567}, command="logitsam train --x")
+    meta = text.split("---")[1]
+    assert "base_model: tiny-random" in meta and "logits-sam" in meta and "- dpo" in meta
+    for part in ("| loss | dpo |", "beta = 0.2", "ρ = 0.001", "| steps | 6 |", "| train_loss | 0.612346 |",
+                 "logitsam train --config config.yaml", "The command that made it: `logitsam train --x`"):  # fmt: skip
+        assert part in text, part
+    sft = card_text(cfg, {}, kind="sft", command="")
+    assert "- sft" in sft and "| loss |" not in sft and "logitsam sft --config config.yaml" in sft
+    (tmp_path / "README.md").write_text("my own notes")
+    write_model_card(cfg, {})
+    assert (tmp_path / "README.md").read_text() == "my own notes"  # never over someone's README

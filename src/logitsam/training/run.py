@@ -23,6 +23,7 @@ from logitsam.data.batching import DropCounts, PreferenceCollator, tokenize_exam
 from logitsam.data.examples import load_examples
 from logitsam.errors import ConfigError
 from logitsam.training.checkpoints import AtomicCheckpoints, checkpoint_step, resolve_resume, trim_metrics
+from logitsam.training.modelcard import write_model_card
 from logitsam.training.models import DTYPES, apply_lora, check_lora_targets, load_model, load_reference, load_tokenizer
 from logitsam.training.preflight import build_training_args, check_config, check_optimizer
 from logitsam.training.reference import attach_reference_logps
@@ -249,6 +250,8 @@ def _train(
     metrics["rows_train"] = len(data.train_rows)
     metrics["rows_eval"] = len(data.eval_rows)
     metrics["rows_dropped"] = data.drops.total
+    if cfg.train.save_model and is_main_process():
+        write_model_card(resolved, {**metrics, "global_step": trainer.state.global_step})
     if on_end is not None:
         on_end(trainer)
     teardown(trainer)

@@ -29,6 +29,7 @@ from logitsam.data.files import read_rows
 from logitsam.errors import ConfigError, DataError
 from logitsam.training.checkpoints import AtomicCheckpoints, checkpoint_step, resolve_resume, trim_metrics
 from logitsam.training.logs import JsonlMetrics, install_console
+from logitsam.training.modelcard import write_model_card
 from logitsam.training.models import apply_lora, check_lora_targets, load_model, load_tokenizer
 from logitsam.training.preflight import build_training_args, check_config
 from logitsam.training.resume import check_resume_settings
@@ -154,5 +155,7 @@ def _sft(cfg: Config, resume: str | None, callbacks: Sequence[Any]) -> dict[str,
     if eval_rows:
         metrics.update(final_evaluation(trainer))
     metrics.update(rows_train=len(train_rows), rows_eval=len(eval_rows), rows_dropped=drops.total)
+    if cfg.train.save_model and is_main_process():
+        write_model_card(resolved, {**metrics, "global_step": trainer.state.global_step}, kind="sft")
     teardown(trainer)
     return {"metrics": metrics}
