@@ -68,7 +68,8 @@ def test_marked_blocks_run_as_written(code, tmp_path):
         timeout=600,
     )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
-    assert (tmp_path / "runs" / "mine" / "metrics.jsonl").exists()
+    for run in re.findall(r"--train.output_dir=(\S+)", code):  # every run it names trained
+        assert (tmp_path / run / "metrics.jsonl").exists(), run
 
 
 def command_lines(text: str) -> list[list[str]]:
