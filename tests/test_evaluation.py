@@ -12,7 +12,7 @@ import torch
 
 from logitsam.evaluation.generation import DecodeSettings, generate
 from logitsam.evaluation.judges import GoldRewardJudge, JudgeError, LLMJudge, RewardModelJudge, vader_reward
-from logitsam.evaluation.winrate import bootstrap, sequence_kl, win_rate
+from logitsam.evaluation.winrate import bootstrap, sequence_kl
 from logitsam.training.models import tiny_model, tiny_tokenizer
 
 
@@ -28,7 +28,7 @@ def test_vader_judge_prefers_positive():
     judge = GoldRewardJudge(vader_reward())
     p = ["The movie was"] * 2
     assert judge.compare(p, ["wonderful, I loved it!", "okay"], ["awful and boring.", "okay"]) == [1.0, 0.5]
-    assert win_rate(judge, p, ["great", "great"], ["bad", "bad"]).mean == 1.0
+    assert bootstrap(judge.compare(p, ["great", "great"], ["bad", "bad"])).mean == 1.0
 
 
 class Handler(BaseHTTPRequestHandler):

@@ -45,11 +45,6 @@ def bootstrap(values: Sequence[float], *, resamples: int = 2000, seed: int = 0, 
     return Interval(sum(vals) / n, lo, hi, n)
 
 
-def win_rate(judge: Any, prompts: Sequence[str], a: Sequence[str], b: Sequence[str], **kw: Any) -> Interval:
-    """How often ``a`` beats ``b`` under ``judge`` (ties 1/2), with a bootstrap interval."""
-    return bootstrap(judge.compare(prompts, a, b), **kw)
-
-
 @torch.no_grad()
 def sequence_kl_values(
     policy: Any, reference: Any, samples: Sequence[tuple[list[int], list[int]]], pad_token_id: int, batch_size: int = 16

@@ -41,9 +41,9 @@ from torch import Tensor
 from logitsam.core.logprobs import IGNORE_INDEX
 from logitsam.core.objective import Objective
 from logitsam.core.registry import get_loss, resolve_hparams
-from logitsam.core.scoring import model_sequence_logps
 from logitsam.errors import UserError
 from logitsam.sam.common import METHODS
+from logitsam.training.reference import batch_reference_logps
 from logitsam.training.trainer import head_is_sharded
 
 log = logging.getLogger(__name__)
@@ -220,14 +220,16 @@ def with_logits_sam(trainer_cls: type) -> type:
 
             seqs = (batch["input_ids"], batch["attention_mask"], batch["labels"])
             rows = self.logitsam_objective.chunk_rows
+            unwrapped = self.accelerator.unwrap_model(model)
+            ref = getattr(self, "ref_model", None)
+            if ref is None and not is_peft_model(unwrapped):
+                raise RuntimeError("this loss needs a reference: no ref_model, PEFT adapters or precomputed logps")
+
+            def adapters(m: Any) -> Any:  # TRL's convention: a separate "ref" adapter when there is one
+                return use_adapter(m, adapter_name="ref" if "ref" in m.peft_config else None)
+
             with disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
-                if getattr(self, "ref_model", None) is not None:
-                    return model_sequence_logps(self.ref_model, *seqs, chunk_rows=rows)
-                unwrapped = self.accelerator.unwrap_model(model)
-                if not is_peft_model(unwrapped):
-                    raise RuntimeError("this loss needs a reference: no ref_model, PEFT adapters or precomputed logps")
-                with use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None):
-                    return model_sequence_logps(model, *seqs, chunk_rows=rows)
+                return batch_reference_logps(seqs, model, unwrapped, ref, adapters=adapters, chunk_rows=rows)
 
         def _logitsam_store(self, mode: str, metrics: dict[str, Tensor]) -> None:
             """Means over ranks into TRL's metric store (one host sync for all metrics)."""

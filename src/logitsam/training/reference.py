@@ -29,6 +29,31 @@ from logitsam.training.models import cache_dir
 log = logging.getLogger(__name__)
 
 
+@torch.no_grad()
+def batch_reference_logps(
+    seqs: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    policy: Any,
+    unwrapped: Any,
+    ref_model: Any = None,
+    *,
+    adapters: Any = None,
+    chunk_rows: int | None = None,
+) -> torch.Tensor:
+    """(2B,) summed reference log-probs of a collated batch's (input_ids, attention_mask, labels).
+
+    The reference is ``ref_model`` when given, else the policy with its LoRA adapters off: ``adapters``
+    (a context manager factory taking the unwrapped model, e.g. TRL's named "ref" adapter), or PEFT's
+    ``disable_adapter``. One home for both the trainer and the TRL drop-in (precomputed values in a batch
+    are read by each caller, whose batch keys differ).
+    """
+    if ref_model is not None:
+        return model_sequence_logps(ref_model, *seqs, chunk_rows=chunk_rows)
+    if adapters is None and not hasattr(unwrapped, "disable_adapter"):
+        raise RuntimeError("this loss needs a reference: no ref_model, LoRA adapters or precomputed log-probs")
+    with adapters(unwrapped) if adapters is not None else unwrapped.disable_adapter():
+        return model_sequence_logps(policy, *seqs, chunk_rows=chunk_rows)
+
+
 CACHE_VERSION = "v2"  # bump when the key or the stored values change meaning
 _VOLATILE_CONFIG = ("_name_or_path", "transformers_version", "_commit_hash")
 

@@ -23,11 +23,11 @@ from transformers import Trainer
 from logitsam.config.schema import SamConfig
 from logitsam.core.objective import Objective, ObjectiveOutput
 from logitsam.core.registry import LossSpec
-from logitsam.core.scoring import model_sequence_logps
 from logitsam.sam.common import check_adaptive, check_method, check_rho
 from logitsam.sam.full import full_sam_backward
 from logitsam.training.checkpoints import list_checkpoints
 from logitsam.training.logs import JsonlMetrics, install_console
+from logitsam.training.reference import batch_reference_logps
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +97,8 @@ class PreferenceTrainer(Trainer):
             return None
         if "ref_logps" in batch:
             return batch["ref_logps"]
-        args = (batch["input_ids"], batch["attention_mask"], batch["labels"])
-        if self.ref_model is not None:
-            return model_sequence_logps(self.ref_model, *args)
-        unwrapped = self.accelerator.unwrap_model(model)  # LoRA: the policy without its adapters
-        if not hasattr(unwrapped, "disable_adapter"):
-            raise RuntimeError("this loss needs a reference model, but none was given and the policy has no adapters")
-        with unwrapped.disable_adapter():
-            return model_sequence_logps(model, *args)
+        seqs = (batch["input_ids"], batch["attention_mask"], batch["labels"])
+        return batch_reference_logps(seqs, model, self.accelerator.unwrap_model(model), self.ref_model)
 
     def _store(self, mode: str, metrics: dict[str, Tensor]) -> None:
         for k, v in metrics.items():
