@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from logitsam.sam.costs import cheapest, fused_method_costs
+
 
 def held_dtype(dtype: torch.dtype) -> torch.dtype:
     """dtype for ε's ingredients: the compute dtype, except fp16 whose range underflows them."""
@@ -82,12 +84,5 @@ class GramEps:
 
 
 def choose_fused_method(n_r: int, d: int, v: int, elem_bytes: int, max_extra_bytes: float | None = None) -> str:
-    """Fewer tensor-core flops wins; extra flops over a plain fused step (docs/design.md §5).
-
-    weight: g, recomputed z, H εᵀ and dz'ε, 4 products of 2·N_r·V·d; gram: recomputed z plus
-    six N_r²(d + V) products (norm, shift, its backward). Both run in the compute dtype.
-    """
-    flops = {"weight": 8.0 * n_r * v * d, "gram": 2.0 * n_r * v * d + 6.0 * n_r * n_r * (d + v)}
-    mem = {"weight": float(v * d * elem_bytes), "gram": float(n_r * (v + d) * elem_bytes)}
-    fits = [m for m in flops if max_extra_bytes is None or mem[m] <= max_extra_bytes] or ["gram"]
-    return min(fits, key=lambda m: flops[m])
+    """Fewer tensor-core flops wins (the fused engine's cost model: sam/costs.py)."""
+    return cheapest(fused_method_costs(n_r, d, v, elem_bytes), max_extra_bytes, "gram")

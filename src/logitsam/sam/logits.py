@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from logitsam.sam.common import check_adaptive, check_method, check_rho, sam_metrics
+from logitsam.sam.costs import cheapest, method_costs
 
 
 def _check_inputs(hidden: Any, weight: Any, bias: Any, logits: Any, block: Any) -> int:
@@ -61,27 +62,6 @@ def _acc(x: Tensor) -> Tensor:
     return x if x.dtype == torch.float64 else x.float()
 
 
-@dataclass(frozen=True)
-class Cost:
-    """Extra work over a plain head forward/backward: flops and bytes held."""
-
-    flops: float
-    extra_bytes: float
-
-
-def method_costs(n: int, n_r: int, d: int, v: int, elem_bytes: int = 4) -> dict[str, Cost]:
-    """Flop/memory model of each method (extra over plain) for N tokens, N_r scored, d, V."""
-    norm = 2.0 * n_r * n_r * (v + d) if n_r <= d else 2.0 * n_r * v * d
-    return {
-        # g = G_rᵀ H_r, then a second head forward with W + ε; ε and W + ε held.
-        "weight": Cost(2.0 * n_r * v * d + 2.0 * n * v * d, v * d * (4 + elem_bytes)),
-        # K = H H_rᵀ, K G_r forward; dK = dz' G_rᵀ, dH = dK H_r backward; G_r and K held.
-        "gram": Cost(norm + 4.0 * n * n_r * (v + d), 4.0 * (n_r * v + n * n_r)),
-        # ε blocks built twice (forward, backward) and applied in both directions.
-        "chunked": Cost(norm + 4.0 * (n + n_r) * v * d, 4.0 * n_r * v),
-    }
-
-
 def choose_method(
     n: int, n_r: int, d: int, v: int, *, max_extra_bytes: float | None = None, allow_weight: bool = True
 ) -> str:
@@ -92,8 +72,7 @@ def choose_method(
     costs = method_costs(n, n_r, d, v)
     if not allow_weight:
         del costs["weight"]
-    fits = [m for m, c in costs.items() if max_extra_bytes is None or c.extra_bytes <= max_extra_bytes]
-    return min(fits or ["chunked"], key=lambda m: costs[m].flops)
+    return cheapest(costs, max_extra_bytes, "chunked")
 
 
 def _grad_norm_sq(h_r: Tensor, g_r: Tensor, block: int) -> Tensor:
