@@ -192,3 +192,32 @@ def test_trainer_state_must_hold_what_the_trainer_reads(tmp_path, state, problem
     assert len(problems) == 1 and problem in problems[0], problems
     with pytest.raises(ConfigError, match="is incomplete: missing"):
         verify_checkpoint(str(path))
+
+
+@pytest.mark.parametrize("name", ["optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"])
+@pytest.mark.parametrize("where", ["start", "middle", "end"])
+def test_same_size_garbage_after_completion_is_noticed(tmp_path, name, where):
+    """The marker holds sampled content digests: garbage of the same size written over any checkpoint
+    file (at its start, middle or end) makes the checkpoint incomplete, before anything is touched."""
+    path = fake_checkpoint(tmp_path, 3)
+    big = path / "optimizer.pt"
+    big.write_bytes(bytes(range(256)) * 20000)  # 5 MB: sampled, not read whole
+    AtomicCheckpoints().on_save(
+        SimpleNamespace(output_dir=str(tmp_path), process_index=0, world_size=1), SimpleNamespace(global_step=3), None
+    )
+    assert checkpoint_problems(str(path)) == []
+    f = path / name
+    data = bytearray(f.read_bytes())
+    at = {"start": 0, "middle": len(data) // 2, "end": len(data) - 1}[where]
+    if name == "optimizer.pt" and where == "middle":
+        at = (len(data) - (1 << 16)) * 7 // 15 + 5  # inside a sampled block
+    data[at] ^= 0xFF
+    f.write_bytes(bytes(data))
+    assert f"{name} changed" in " ".join(checkpoint_problems(str(path)))
+
+
+def test_global_step_must_be_the_checkpoints_own(tmp_path):
+    """A same-size edit of trainer_state.json's global_step (4 → 7) would skip steps on resume."""
+    path = fake_checkpoint(tmp_path, 4)
+    (path / "trainer_state.json").write_text(trainer_state(7))
+    assert "global_step 7 in checkpoint-4" in " ".join(checkpoint_problems(str(path)))

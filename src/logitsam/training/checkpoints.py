@@ -10,12 +10,15 @@ protocol, subclass-free:
 - :class:`AtomicCheckpoints` (a ``TrainerCallback``): before a save it removes the completion
   marker of the directory about to be (re)written; in ``on_save``, which HF calls only after
   ``_save_checkpoint`` returned, it fsyncs the files and writes ``.logitsam-complete-<rank>-of-<world>``
-  (atomically: temporary file + rename) holding the step and every file's size;
+  (atomically: temporary file + rename) holding the step, every file's size and a sampled digest of
+  its content (SHA-256 of 16 evenly spaced 64 KiB blocks, first and last included: same-size garbage
+  written over a file is noticed without reading a multi-GB optimizer state whole);
 - :func:`verify_checkpoint` lists what a checkpoint lacks: model weights (every ``*.safetensors``
   file's header is read and must cover the whole file: a truncated or corrupt file does not
   count), optimizer and scheduler state, a ``trainer_state.json`` that transformers' ``TrainerState``
   loads with the fields the Trainer reads on resume, RNG state, and — where markers exist — every
-  rank's marker and unchanged file sizes. Checkpoints from plain HF (no markers) are judged by their files;
+  rank's marker and unchanged file sizes and digests; ``global_step`` equal to the N of ``checkpoint-N``.
+  Checkpoints from plain HF (no markers) are judged by their files;
 - :func:`resolve_resume` turns ``train.resume_from_checkpoint`` (a path, ``last`` or true) into a
   checkpoint directory: ``last`` is the newest *complete* ``checkpoint-N`` (partial ones are skipped
   with a warning), so a kill mid-save leaves the previous checkpoint as the one resumed from;
@@ -26,6 +29,7 @@ protocol, subclass-free:
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import logging
 import os
@@ -84,6 +88,10 @@ def checkpoint_problems(path: str) -> list[str]:
     state = _trainer_state_problem(path)
     if state:
         problems.append(state)
+    named = _CKPT.match(os.path.basename(os.path.normpath(path)))
+    step = checkpoint_step(path)
+    if named and step is not None and step != int(named.group(1)):
+        problems.append(f"trainer_state.json at its own step (global_step {step} in {os.path.basename(path)})")
     if not _any(path, "rng_state.pth", "rng_state_*.pth"):
         problems.append("RNG state (rng_state.pth)")
     problems += _marker_problems(path)
@@ -145,11 +153,22 @@ def _marker_problems(path: str) -> list[str]:
     for _, marker in markers.values():
         try:
             with open(marker, encoding="utf-8") as f:
-                sizes = json.load(f)["files"]
-            changed += [n for n, size in sizes.items() if _size(os.path.join(path, n)) != size]
+                saved = json.load(f)
+            sizes, digests = saved["files"], saved.get("digests", {})  # markers before digests: sizes only
+            for name, size in sizes.items():
+                full = os.path.join(path, name)
+                if _size(full) != size or (name in digests and _digest(full) != digests[name]):
+                    changed.append(name)
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return [f"a readable completion marker ({os.path.basename(marker)})"]
     return [f"files as completed ({', '.join(sorted(changed)[:3])} changed or vanished since)"] if changed else []
+
+
+def _digest(path: str) -> str | None:
+    try:
+        return sampled_digest(path)
+    except OSError:
+        return None
 
 
 def _size(path: str) -> int | None:
@@ -254,6 +273,20 @@ def trim_metrics(output_dir: str, step: int) -> int:
     return dropped
 
 
+def sampled_digest(path: str, blocks: int = 16, block: int = 1 << 16) -> str:
+    """SHA-256 of the size and ``blocks`` evenly spaced ``block``-byte pieces of a file (all of a small one)."""
+    size = os.path.getsize(path)
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        if size <= blocks * block:
+            h.update(f.read())
+        else:
+            for i in range(blocks):
+                f.seek((size - block) * i // (blocks - 1))
+                h.update(f.read(block))
+    return h.hexdigest()
+
+
 def _fsync(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -290,7 +323,7 @@ class AtomicCheckpoints(TrainerCallback):
             return
         # rank 0 vouches for everything but the other ranks' RNG files; each rank for its own RNG file
         own_rng, rng = f"rng_state_{args.process_index}.pth", re.compile(r"rng_state_\d+\.pth")
-        sizes = {}
+        sizes, digests = {}, {}
         for root, _, names in os.walk(folder):
             for name in names:
                 full = os.path.join(root, name)
@@ -300,9 +333,10 @@ class AtomicCheckpoints(TrainerCallback):
                 if rel == own_rng or (args.process_index == 0 and not rng.fullmatch(rel)):
                     _fsync(full)
                     sizes[rel] = os.path.getsize(full)
+                    digests[rel] = sampled_digest(full)
         tmp = marker + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"step": state.global_step, "files": sizes}, f)
+            json.dump({"step": state.global_step, "files": sizes, "digests": digests}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, marker)
