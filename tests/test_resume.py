@@ -107,3 +107,19 @@ def test_resuming_a_finished_run_changes_nothing(run_dir):
         assert out["metrics"]["already_finished"] is True and out["metrics"]["global_step"] == 6
     after = {p.relative_to(run_dir): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
     assert after == before
+
+
+def test_resume_on_edited_data_is_refused_and_changes_nothing(run_dir, tmp_path):
+    """Editing the data file between a kill and the resume would continue on other data."""
+    data = tmp_path / "data.jsonl"
+    shutil.copy("tests/fixtures/explicit.jsonl", data)
+    first = run_dir.parent / "first"
+    train(cfg_for(first, f"--data.train_files=[{data}]"))
+    shutil.rmtree(first / "checkpoint-6")  # as if killed before its last save
+    assert json.loads((first / "data_fingerprint.json").read_text())["training"]
+    lines = data.read_text().splitlines()
+    data.write_text("\n".join([lines[1], lines[0], *lines[2:]]) + "\n")  # same rows, other order
+    before = snapshot(first)
+    with pytest.raises(ConfigError, match="training and evaluation rows differ from those the run started with"):
+        train(cfg_for(first, f"--data.train_files=[{data}]", "--train.resume_from_checkpoint=last"))
+    assert snapshot(first) == before

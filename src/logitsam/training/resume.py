@@ -8,12 +8,19 @@ the checkpoint when ``output_dir`` has none) and refuses differences — listing
 ``train.resume_allow_changes`` or ``train.overwrite_output_dir`` is set. Keys in
 :data:`RESUME_FREE` (where and how often the run writes, logs and evaluates, how it resumes) may
 differ freely.
+
+The data are compared too: :func:`data_fingerprint` hashes the tokenized rows (so an edited data
+file, another tokenizer or other length limits all count), :func:`save_data_fingerprint` writes it
+to ``output_dir/data_fingerprint.json`` when a run starts, and :func:`check_resume_data` refuses a
+resume whose rows differ (same switches as the settings).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from logitsam.config import schema as config_mod
@@ -90,4 +97,44 @@ def check_resume_settings(resolved: Config, checkpoint: str) -> None:
         raise ConfigError(
             f"train.resume_from_checkpoint: these settings differ from the resumed run's {path}: "
             f"{'; '.join(changed)}; {allow}"
+        )
+
+
+DATA_FINGERPRINT = "data_fingerprint.json"
+
+
+def data_fingerprint(rows: Sequence[dict[str, Any]]) -> str:
+    """SHA-256 of tokenized rows (every key, in order): the data a run trains on, as the model sees it."""
+    h = hashlib.sha256()
+    for row in rows:
+        h.update(json.dumps(row, sort_keys=True, default=str).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def save_data_fingerprint(output_dir: str, fingerprints: dict[str, str]) -> None:
+    path = os.path.join(output_dir, DATA_FINGERPRINT)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(fingerprints, f)
+    os.replace(path + ".tmp", path)
+
+
+def check_resume_data(resolved: Config, fingerprints: dict[str, str]) -> None:
+    """ConfigError when the tokenized training (or evaluation) rows differ from those the resumed run
+    started with (its output_dir/data_fingerprint.json; runs from before it existed are not checked)."""
+    t = resolved.train
+    if t.resume_allow_changes or t.overwrite_output_dir:
+        return
+    path = os.path.join(t.output_dir, DATA_FINGERPRINT)
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return
+    changed = [k for k, v in fingerprints.items() if isinstance(saved, dict) and saved.get(k, v) != v]
+    if changed:
+        raise ConfigError(
+            f"train.resume_from_checkpoint: the {' and '.join(changed)} rows differ from those the run started with "
+            f"({path}): a data file, the tokenizer or a length limit changed since; resuming would continue on "
+            "other data — restore them, or set train.resume_allow_changes=true to resume anyway"
         )

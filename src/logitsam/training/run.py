@@ -27,7 +27,7 @@ from logitsam.training.modelcard import write_model_card
 from logitsam.training.models import DTYPES, apply_lora, check_lora_targets, load_model, load_reference, load_tokenizer
 from logitsam.training.preflight import build_training_args, check_config, check_optimizer
 from logitsam.training.reference import attach_reference_logps
-from logitsam.training.resume import check_resume_settings
+from logitsam.training.resume import check_resume_data, check_resume_settings, data_fingerprint, save_data_fingerprint
 from logitsam.training.rundir import claim, is_main_process
 from logitsam.training.trainer import PreferenceTrainer
 
@@ -195,8 +195,10 @@ def _train(
     if checkpointing:
         model.config.use_cache = False
     resolved = resolved_config(cfg, args, model, len(data.train_rows))
+    fingerprints = {"training": data_fingerprint(data.train_rows), "evaluation": data_fingerprint(data.eval_rows)}
     if resume:
         check_resume_settings(resolved, resume)
+        check_resume_data(resolved, fingerprints)
         finished = already_finished(cfg, resume, args, len(data.train_rows))
         if finished is not None:
             return finished
@@ -241,6 +243,7 @@ def _train(
         if step is not None:  # the interrupted run logged steps the resumed one logs again
             trim_metrics(cfg.train.output_dir, step)
         config_mod.save(resolved, os.path.join(cfg.train.output_dir, "config.yaml"))
+        save_data_fingerprint(cfg.train.output_dir, fingerprints)
     result = trainer.train(resume_from_checkpoint=resume)
     if cfg.train.save_model:
         trainer.save_model(cfg.train.output_dir)

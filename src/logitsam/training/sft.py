@@ -32,7 +32,7 @@ from logitsam.training.logs import JsonlMetrics, install_console
 from logitsam.training.modelcard import write_model_card
 from logitsam.training.models import apply_lora, check_lora_targets, load_model, load_tokenizer
 from logitsam.training.preflight import build_training_args, check_config
-from logitsam.training.resume import check_resume_settings
+from logitsam.training.resume import check_resume_data, check_resume_settings, data_fingerprint, save_data_fingerprint
 from logitsam.training.run import already_finished, final_evaluation, resolved_config, split_eval, teardown
 from logitsam.training.rundir import claim, is_main_process
 
@@ -128,8 +128,10 @@ def _sft(cfg: Config, resume: str | None, callbacks: Sequence[Any]) -> dict[str,
     if checkpointing:
         model.config.use_cache = False
     resolved = resolved_config(cfg, args, model, len(train_rows))
+    fingerprints = {"training": data_fingerprint(train_rows), "evaluation": data_fingerprint(eval_rows)}
     if resume:
         check_resume_settings(resolved, resume)
+        check_resume_data(resolved, fingerprints)
         finished = already_finished(cfg, resume, args, len(train_rows))
         if finished is not None:
             return finished
@@ -148,6 +150,7 @@ def _sft(cfg: Config, resume: str | None, callbacks: Sequence[Any]) -> dict[str,
         if step is not None:
             trim_metrics(cfg.train.output_dir, step)
         config_mod.save(resolved, os.path.join(cfg.train.output_dir, "config.yaml"))
+        save_data_fingerprint(cfg.train.output_dir, fingerprints)
     result = trainer.train(resume_from_checkpoint=resume)
     if cfg.train.save_model:
         trainer.save_model(cfg.train.output_dir)
