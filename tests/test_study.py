@@ -14,6 +14,7 @@ import pytest
 
 from logitsam import cli
 from logitsam.errors import UserError
+from logitsam.experiments.records import write_record
 from logitsam.experiments.study.plan import GROUPS, StudySettings, quick_study
 from logitsam.experiments.study.records import record_path
 from logitsam.experiments.study.runner import run_study
@@ -54,9 +55,14 @@ def study_copy(finished, tmp_path, monkeypatch):
 
 
 def _edit_json(path, change):
+    """Change a study file as a genuinely different run would have written it (records keep a valid
+    checksum: test_records covers hand edits)."""
     with open(path, encoding="utf-8") as f:
         obj = json.load(f)
     change(obj)
+    if "checksum" in obj:
+        write_record(path, {k: v for k, v in obj.items() if k != "checksum"})
+        return
     with open(path, "w", encoding="utf-8") as f:
         json.dump(obj, f)
 

@@ -14,6 +14,7 @@ import os
 import statistics
 from typing import Any
 
+from logitsam.experiments.records import verify_record
 from logitsam.experiments.squeeze.experiment import _read_json
 from logitsam.experiments.squeeze.gate import change, shortfall, trajectory
 from logitsam.experiments.squeeze.plan import CONTROL_ARMS, MAIN_ARMS, sam_scale
@@ -29,7 +30,7 @@ def load(out: str, setting: str) -> tuple[dict[str, Any], Runs]:
     start = _read_json(os.path.join(out, "shared", f"{setting}.json"))
     runs: Runs = {}
     for path in sorted(glob.glob(os.path.join(out, "runs", setting, "*", "record.json"))):
-        rec = _read_json(path)
+        rec = verify_record(path, _read_json(path))
         runs.setdefault(rec["arm"]["label"], {})[rec["seed"]] = rec
     order = {a.label: i for i, a in enumerate((*MAIN_ARMS, *CONTROL_ARMS))}
     return start, dict(sorted(runs.items(), key=lambda kv: order.get(kv[0], len(order))))

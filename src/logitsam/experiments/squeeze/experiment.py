@@ -24,6 +24,7 @@ from logitsam.data.examples import load_examples
 from logitsam.evaluation.generation import DecodeSettings, generate
 from logitsam.evaluation.judges import GoldRewardJudge, letters_reward, vader_reward
 from logitsam.evaluation.winrate import sequence_kl_values
+from logitsam.experiments.records import verify_record, write_record
 from logitsam.experiments.squeeze.pairs import make_pairs, write_jsonl
 from logitsam.experiments.squeeze.probe import Probe, response_stats
 from logitsam.experiments.squeeze.prompts import prompt_split
@@ -187,7 +188,7 @@ class Experiment:
         """Train, probe and evaluate one run; returns its record (read back if already finished)."""
         path = self.record_path(s, arm, seed)
         if os.path.exists(path):
-            return _read_json(path)
+            return verify_record(path, _read_json(path))
         st = self.start(s)
         train_file, held_file = self.files(s)
         steps = round(-(-s.n_train // s.batch_size) * s.epochs)
@@ -217,5 +218,4 @@ class Experiment:
         rec["final_metrics"] = {k: v for k, v in res["metrics"].items() if isinstance(v, (int, float))}
         rec["seconds"] = time.time() - t0
         rec["data"] = _digest(train_file, held_file)
-        _write_json(path, rec)
-        return rec
+        return write_record(path, rec)

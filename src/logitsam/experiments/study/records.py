@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from logitsam.errors import UserError
+from logitsam.experiments.records import verify_record
 
 RECORD_KEYS = ("key", "spec", "method", "rewards", "outcomes_vs_sft", "outcomes_vs_chosen", "kl_values", "log")
 
@@ -44,5 +45,5 @@ def read_shared(out: str) -> dict[str, Any]:
 
 
 def read_record(path: str) -> dict[str, Any]:
-    """A finished run's record.json, or UserError naming it."""
-    return read_json(path, RECORD_KEYS, "a study run's record", "delete it to run that run again")
+    """A finished run's record.json, verified (experiments/records.py), or UserError naming it."""
+    return verify_record(path, read_json(path, RECORD_KEYS, "a study run's record", "delete it to run that run again"))

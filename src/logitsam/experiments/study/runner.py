@@ -32,6 +32,7 @@ from logitsam.errors import UserError
 from logitsam.evaluation.generation import DecodeSettings, generate
 from logitsam.evaluation.judges import GoldRewardJudge, letters_reward, vader_reward
 from logitsam.evaluation.winrate import sequence_kl_values
+from logitsam.experiments.records import write_record
 from logitsam.experiments.study.confirm import confirmation_plan, seed_list
 from logitsam.experiments.study.pairs import load_prompts, make_pairs, split_prompts, write_jsonl
 from logitsam.experiments.study.plan import CONFIRM, TUNING_NOTE, Config, StudySettings
@@ -214,8 +215,7 @@ class Study:
         rec["log"] = log
         rec["final_metrics"] = {k: v for k, v in res["metrics"].items() if isinstance(v, (int, float))}
         rec["seconds"] = time.time() - t0
-        write_json(path, rec)
-        return rec
+        return write_record(path, rec)
 
 
 def _run_all(study: Study, plan: list[tuple[Config, RunSpec]], first: int, total: int) -> dict[str, dict[str, Any]]:
