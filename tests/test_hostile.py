@@ -282,3 +282,33 @@ def test_every_key_with_every_hostile_value():
                 except UserError:
                     outcomes["refused"] += 1
     assert outcomes["accepted"] > 50 and outcomes["refused"] > 300  # both paths really ran
+
+
+def test_a_lock_path_that_is_not_a_file_is_refused_untouched(tmp_path):
+    from logitsam.errors import ConfigError
+    from logitsam.training.rundir import RunLock
+
+    (tmp_path / ".logitsam.lock").mkdir()
+    with pytest.raises(ConfigError, match=r"lock path .* is a directory"):
+        RunLock(str(tmp_path)).acquire()
+    assert (tmp_path / ".logitsam.lock").is_dir() and len(list(tmp_path.iterdir())) == 1  # nothing renamed
+
+
+@pytest.mark.parametrize("kind", ["file", "unwritable"])
+def test_an_unusable_cache_is_one_error_naming_the_variable(tmp_path, monkeypatch, kind):
+    import os
+
+    from logitsam.errors import ConfigError
+    from logitsam.training.models import cache_dir
+
+    path = tmp_path / "cache"
+    if kind == "file":
+        path.write_text("x")
+    else:
+        path.mkdir()
+        os.chmod(path, 0o500)
+        if os.access(path, os.W_OK):  # root ignores permissions
+            pytest.skip("running as root: permissions are not enforced")
+    monkeypatch.setenv("LOGITSAM_CACHE", str(path))
+    with pytest.raises(ConfigError, match="LOGITSAM_CACHE: cannot use"):
+        cache_dir()

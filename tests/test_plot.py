@@ -89,7 +89,8 @@ def test_bad_inputs_are_user_errors(tmp_path):
         plot_runs([str(empty)], str(tmp_path / "x.png"))
     with pytest.raises(UserError, match=r"nowhere: no metrics\.jsonl"):
         plot_runs([str(tmp_path / "nowhere")], str(tmp_path / "x.png"))
-    (empty / "metrics.jsonl").write_text('{"step": 1, "loss": 0.7}\n{"step": 2, "lo\n')
+    # a malformed line before the end is an error (a torn *last* line is a run killed mid-write: plotted without it)
+    (empty / "metrics.jsonl").write_text('{"step": 1, "loss": 0.7}\n{"step": 2, "lo\n{"step": 3, "loss": 0.5}\n')
     with pytest.raises(UserError, match=r"metrics\.jsonl:2: not valid JSON"):
         plot_runs([str(empty)], str(tmp_path / "x.png"))
     with pytest.raises(UserError, match="2 labels for 1 run"):
@@ -97,3 +98,28 @@ def test_bad_inputs_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="at least one run"):
         plot_runs([], str(tmp_path / "x.png"))
     assert not (tmp_path / "x.png").exists()
+
+
+def test_binary_torn_and_absurd_metrics(tmp_path, caplog):
+    """A binary file is a one-line error; a torn last line (a run killed mid-write) plots the complete
+    lines; absurd values and steps are left out instead of breaking the axes."""
+    binary = tmp_path / "bin"
+    binary.mkdir()
+    (binary / "metrics.jsonl").write_bytes(bytes([0x9A, 0xFF, 0x00, 0x10]) * 50)
+    with pytest.raises(UserError, match=r"bin/metrics.jsonl: not a text file"):
+        plot_runs([str(binary)], str(tmp_path / "b.png"))
+    torn = tmp_path / "torn"
+    torn.mkdir()
+    (torn / "metrics.jsonl").write_text('{"step": 1, "loss": 0.7}\n{"step": 2, "loss": 0.6}\n{"step": 3, "lo')
+    assert plot_runs([str(torn)], str(tmp_path / "t.png"))
+    assert "incomplete last line" in caplog.text
+    broken = tmp_path / "mid"
+    broken.mkdir()
+    (broken / "metrics.jsonl").write_text('{"step": 1, "lo\n{"step": 2, "loss": 0.6}\n')
+    with pytest.raises(UserError, match=r"mid/metrics.jsonl:1: not valid JSON"):  # not the last line: an error
+        plot_runs([str(broken)], str(tmp_path / "m.png"))
+    absurd = tmp_path / "absurd"
+    absurd.mkdir()
+    rows = [{"step": 1, "loss": 1e308}, {"step": 2, "loss": -1e308}, {"step": 1e20, "loss": 0.5}, {"step": 3, "loss": 0.5}]
+    (absurd / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert plot_runs([str(absurd)], str(tmp_path / "a.png"))

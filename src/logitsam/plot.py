@@ -11,6 +11,7 @@ logged says "not logged". Drawn with matplotlib's Agg canvas (no display, no pyp
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from typing import Any
@@ -37,6 +38,8 @@ PANELS: tuple[tuple[str, tuple[tuple[str, str], ...], bool], ...] = (
 STYLES = ("-", "--")
 ZERO_LINE = {"drift vs reference (train)", "drift vs reference (eval)"}
 
+log = logging.getLogger(__name__)
+
 
 def read_metrics(run_dir: str) -> list[Record]:
     """The records of ``<run_dir>/metrics.jsonl``; UserError naming the dir/file if absent or malformed."""
@@ -44,17 +47,27 @@ def read_metrics(run_dir: str) -> list[Record]:
     if not os.path.isfile(path):
         raise UserError(f"{run_dir}: no metrics.jsonl in this directory (is it a logitsam run directory?)")
     records = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise UserError(f"{path}:{i}: expected a JSON object per line")
-            records.append(rec)
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().split("\n")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not a text file (byte {e.start} is not UTF-8); is it a metrics.jsonl?") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read it: {e.strerror or e}") from None
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            if i == last and not line.endswith("}"):  # a run killed mid-write: plot the complete lines
+                log.warning("%s:%d: an incomplete last line (a run stopped mid-write) is left out", path, i + 1)
+                break
+            raise UserError(f"{path}:{i + 1}: not valid JSON ({e.msg})") from None
+        if not isinstance(rec, dict):
+            raise UserError(f"{path}:{i + 1}: expected a JSON object per line")
+        records.append(rec)
     return records
 
 
@@ -63,7 +76,8 @@ def series(records: list[Record], key: str) -> tuple[list[float], list[float]]:
     steps, values = [], []
     for r in records:
         v, s = r.get(key), r.get("step")
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and isinstance(s, (int, float)):
+        ok_step = isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) and 0 <= s < 2**53
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < 1e300 and ok_step:
             steps.append(float(s))
             values.append(float(v))
     return steps, values

@@ -52,8 +52,19 @@ CHATML = (
 
 
 def cache_dir() -> str:
-    """Where converted models and cached reference log-probs live (``LOGITSAM_CACHE`` overrides)."""
-    return os.environ.get("LOGITSAM_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "logitsam"))
+    """Where converted models and cached reference log-probs live (``LOGITSAM_CACHE`` overrides); created
+    here, so an unusable path is one ConfigError naming the variable instead of a traceback later."""
+    path = os.environ.get("LOGITSAM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "logitsam")
+    try:
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise NotADirectoryError(20, "it is a file, not a directory")
+        os.makedirs(path, exist_ok=True)
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError(13, "not writable")
+    except OSError as e:
+        source = "LOGITSAM_CACHE" if os.environ.get("LOGITSAM_CACHE") else "the cache directory (set LOGITSAM_CACHE)"
+        raise ConfigError(f"{source}: cannot use {path!r} as the cache directory: {e.strerror or e}") from None
+    return path
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}

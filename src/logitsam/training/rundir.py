@@ -120,6 +120,13 @@ class RunLock:
         self.held = False
 
     def acquire(self) -> None:
+        if os.path.lexists(self.path) and (os.path.islink(self.path) or not os.path.isfile(self.path)):
+            link, folder = os.path.islink(self.path), os.path.isdir(self.path)
+            kind = "a symbolic link" if link else "a directory" if folder else "not a regular file"
+            raise ConfigError(
+                f"{KEY}: the lock path {self.path} is {kind}, not a lock file written by logitsam; remove it "
+                "(nothing else uses that name) or use another output_dir"
+            )
         for _ in range(5):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
