@@ -127,3 +127,13 @@ def test_preference_trainer_accepts_none_a_dict_and_default_training_arguments(t
     assert tr.sam.rho == 0 and tr.args.remove_unused_columns is False
     tr = PreferenceTrainer(model=tiny_model(300), args=args, loss_spec=LOSSES["dpo"], loss_params={}, sam={"rho": 1e-3})
     assert tr.sam.rho == 1e-3 and tr.objective.rho == 1e-3
+
+
+@pytest.mark.parametrize("pad", [None, -1, 1.5, True, "0"])
+def test_collators_need_a_pad_token_id(pad):
+    from logitsam.data.batching import PreferenceCollator
+    from logitsam.training.sft import SFTCollator
+
+    for collator in (PreferenceCollator, SFTCollator):
+        with pytest.raises(ValueError, match="needs the tokenizer's pad token id"):
+            collator(pad)

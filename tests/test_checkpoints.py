@@ -221,3 +221,16 @@ def test_global_step_must_be_the_checkpoints_own(tmp_path):
     path = fake_checkpoint(tmp_path, 4)
     (path / "trainer_state.json").write_text(trainer_state(7))
     assert "global_step 7 in checkpoint-4" in " ".join(checkpoint_problems(str(path)))
+
+
+@pytest.mark.parametrize("skip", [("model.safetensors",), ("trainer_state.json",)])
+def test_a_first_checkpoint_killed_mid_save_points_to_overwrite(tmp_path, skip):
+    """Killed during the first save: nothing is resumable, so the message says how to start over and
+    resume_allow_incomplete does not pretend otherwise (it used to end in transformers' traceback)."""
+    partial = fake_checkpoint(tmp_path, 3, skip=skip)
+    with pytest.raises(ConfigError, match=r"nothing in it can be resumed.*overwrite_output_dir=true") as e:
+        resolve_resume(str(tmp_path), "last")
+    assert "resume_allow_incomplete=true to" not in str(e.value)
+    for value in ("last", str(partial)):
+        with pytest.raises(ConfigError, match=r"cannot be resumed|nothing in it can be resumed"):
+            resolve_resume(str(tmp_path), value, allow_incomplete=True)

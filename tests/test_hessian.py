@@ -208,3 +208,22 @@ def test_sharpness_on_a_lora_run_directory(tmp_path, cli_env):
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(out.read_text())
     assert res["parameter_hessian"]["trace"] == res["parameter_hessian"]["trace"]  # a number, not NaN
+
+
+def test_probing_until_a_target_standard_error():
+    """target_rel_se stops as soon as SE ≤ fraction·|trace| (after min_probes), with probes as the cap."""
+    import torch
+
+    from logitsam.diagnostics.hessian import hutchinson
+
+    x = torch.randn(200, dtype=torch.float64, requires_grad=True)
+    a = torch.rand(200, dtype=torch.float64) + 0.5  # diagonal Hessian: tr = 2·Σa
+    (g,) = torch.autograd.grad((a * x * x).sum(), x, create_graph=True)
+    est = hutchinson([g], [x], probes=500, target_rel_se=0.05)
+    assert est.probes == 8 and est.stderr == 0.0  # a diagonal Hessian: every probe gives the exact trace
+    assert abs(est.mean - 2 * a.sum().item()) < 1e-9
+    (g,) = torch.autograd.grad((x[:-1] * x[1:]).sum() + 0.1 * (x * x).sum(), x, create_graph=True)
+    noisy = hutchinson([g], [x], probes=400, target_rel_se=0.05, seed=1)
+    assert 8 <= noisy.probes <= 400 and (noisy.stderr <= 0.05 * abs(noisy.mean) or noisy.probes == 400)
+    capped = hutchinson([g], [x], probes=10, target_rel_se=1e-6, seed=1)
+    assert capped.probes == 10

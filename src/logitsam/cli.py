@@ -145,6 +145,8 @@ def _sharpness(args: argparse.Namespace) -> int:
 
     # everything checkable is checked before a model is loaded
     _at_least(args.probes, 1, "--probes")
+    if args.target_se is not None and not (math.isfinite(args.target_se) and 0 < args.target_se < 1):
+        raise ConfigError(f"--target-se: a fraction in (0, 1), got {args.target_se!r}")
     _at_least(args.pairs, 1, "--pairs")
     _at_least(args.max_length, 2, "--max-length")
     _seed(args.seed)
@@ -176,7 +178,9 @@ def _sharpness(args: argparse.Namespace) -> int:
     model = load_model(mcfg, vocab_size=len(tok))
     ref = load_model(ModelConfig(name_or_path=args.ref, dtype=args.dtype), vocab_size=len(tok)) if args.ref else None
     torch.manual_seed(args.seed)
-    res = measure_sharpness(model, batch, spec, params, ref_model=ref, probes=args.probes, seed=args.seed)
+    res = measure_sharpness(
+        model, batch, spec, params, ref_model=ref, probes=args.probes, seed=args.seed, target_rel_se=args.target_se
+    )
     out = {k: v.to_dict() for k, v in res.items()}
     out.update(model=args.model, data=args.data, pairs=len(rows), loss=args.loss)
     for k, v in res.items():
@@ -328,7 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--ref", help="reference model (default: the checkpoint itself)")
     sh.add_argument("--loss", default="dpo")
     sh.add_argument("--beta", type=float, default=0.1)
-    sh.add_argument("--probes", type=int, default=16)
+    sh.add_argument("--probes", type=int, default=16, help="Rademacher probes (the cap with --target-se)")
+    sh.add_argument("--target-se", type=float, default=None, metavar="FRACTION",
+                    help="probe until the standard error is at most this fraction of |trace| (e.g. 0.05)")  # fmt: skip
     sh.add_argument("--pairs", type=int, default=8, help="preference pairs in the batch")
     sh.add_argument("--max-length", type=int, default=256)
     sh.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16"])

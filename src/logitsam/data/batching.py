@@ -140,11 +140,22 @@ def tokenize_examples(
     return rows, drops
 
 
+def check_pad_id(pad_token_id: Any) -> int:
+    """The pad token id a collator pads with; a clear error for None or a non-integer (a tokenizer without
+    a pad token: ``load_tokenizer`` sets one, else set ``tokenizer.pad_token``)."""
+    if isinstance(pad_token_id, bool) or not isinstance(pad_token_id, int) or pad_token_id < 0:
+        raise ValueError(
+            f"a collator needs the tokenizer's pad token id (an int >= 0), got {pad_token_id!r}: the tokenizer "
+            "has no pad token — logitsam's load_tokenizer sets one, or set tokenizer.pad_token = tokenizer.eos_token"
+        )
+    return pad_token_id
+
+
 class PreferenceCollator:
     """Collate tokenized rows into the chosen-then-rejected batch described in the module docstring."""
 
     def __init__(self, pad_token_id: int) -> None:
-        self.pad_token_id = pad_token_id
+        self.pad_token_id = check_pad_id(pad_token_id)
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         seqs = [(r["prompt_ids"], r["chosen_ids"]) for r in rows] + [(r["prompt_ids"], r["rejected_ids"]) for r in rows]

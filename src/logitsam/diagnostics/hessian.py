@@ -10,9 +10,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 
 @dataclass(frozen=True)
@@ -32,35 +34,62 @@ def _rademacher(like: Tensor, gen: torch.Generator) -> Tensor:
     return (2 * r - 1).to(device=like.device, dtype=like.dtype)
 
 
-def hutchinson(grads: Sequence[Tensor], inputs: Sequence[Tensor], *, probes: int = 16, seed: int = 0) -> TraceEstimate:
-    """tr(∂²L/∂inputs²) from first derivatives ``grads`` built with ``create_graph=True``."""
+def _estimate(samples: list[float]) -> TraceEstimate:
+    n = len(samples)
+    mean = sum(samples) / n
+    var = sum((s - mean) ** 2 for s in samples) / (n - 1) if n > 1 else float("nan")
+    return TraceEstimate(mean, math.sqrt(var / n) if n > 1 else float("nan"), n)
+
+
+def hutchinson(
+    grads: Sequence[Tensor],
+    inputs: Sequence[Tensor],
+    *,
+    probes: int = 16,
+    seed: int = 0,
+    target_rel_se: float | None = None,
+    min_probes: int = 8,
+    desc: str = "Hutchinson probes",
+) -> TraceEstimate:
+    """tr(∂²L/∂inputs²) from first derivatives ``grads`` built with ``create_graph=True``.
+
+    ``target_rel_se``: stop as soon as the standard error is at most this fraction of |trace| (after
+    ``min_probes``); ``probes`` is then the cap. A progress bar (with its time estimate) shows the probes.
+    """
     if probes < 1:
         raise ValueError("probes must be >= 1")
+    if target_rel_se is not None and not (math.isfinite(target_rel_se) and target_rel_se > 0):
+        raise ValueError(f"target_rel_se must be a positive fraction, got {target_rel_se!r}")
     gen = torch.Generator().manual_seed(seed)
-    samples = []
+    samples: list[float] = []
+    bar = tqdm(total=probes, desc=desc, leave=False)
     for i in range(probes):
         vs = [_rademacher(x, gen) for x in inputs]
         hv = torch.autograd.grad(grads, inputs, grad_outputs=vs, retain_graph=i < probes - 1, allow_unused=True)
         samples.append(sum(float((v * h).sum()) for v, h in zip(vs, hv, strict=True) if h is not None))
-    mean = sum(samples) / probes
-    var = sum((s - mean) ** 2 for s in samples) / (probes - 1) if probes > 1 else float("nan")
-    return TraceEstimate(mean, math.sqrt(var / probes) if probes > 1 else float("nan"), probes)
+        bar.update(1)
+        if target_rel_se is not None and len(samples) >= max(2, min_probes):
+            est = _estimate(samples)
+            if est.stderr <= target_rel_se * abs(est.mean):
+                break
+    bar.close()
+    return _estimate(samples)
 
 
 def parameter_hessian_trace(
-    loss_closure: Callable[[], Tensor], params: Sequence[Tensor], *, probes: int = 16, seed: int = 0
+    loss_closure: Callable[[], Tensor], params: Sequence[Tensor], *, probes: int = 16, seed: int = 0, **kw: Any
 ) -> TraceEstimate:
-    """Trace of the Hessian of ``loss_closure()`` in ``params`` (all trainable parameters)."""
+    """Trace of the Hessian of ``loss_closure()`` in ``params`` (all trainable parameters); ``kw``: see hutchinson."""
     params = [p for p in params if p.requires_grad]
     loss = loss_closure()
     grads = torch.autograd.grad(loss, params, create_graph=True)
-    return hutchinson(grads, params, probes=probes, seed=seed)
+    return hutchinson(grads, params, probes=probes, seed=seed, desc="parameter-Hessian probes", **kw)
 
 
 def logit_hessian_trace(
-    loss_fn: Callable[[Tensor], Tensor], logits: Tensor, *, probes: int = 16, seed: int = 0
+    loss_fn: Callable[[Tensor], Tensor], logits: Tensor, *, probes: int = 16, seed: int = 0, **kw: Any
 ) -> TraceEstimate:
-    """Trace of the Hessian of ``loss_fn`` in the logits (..., V), the body held fixed."""
+    """Trace of the Hessian of ``loss_fn`` in the logits (..., V), the body held fixed; ``kw``: see hutchinson."""
     z = logits.detach().requires_grad_()
     (grad,) = torch.autograd.grad(loss_fn(z), z, create_graph=True)
-    return hutchinson([grad], [z], probes=probes, seed=seed)
+    return hutchinson([grad], [z], probes=probes, seed=seed, desc="logit-Hessian probes", **kw)

@@ -46,11 +46,13 @@ def measure_sharpness(
     ref_model: Any = None,
     probes: int = 16,
     seed: int = 0,
+    target_rel_se: float | None = None,
 ) -> dict[str, TraceEstimate]:
     """Hutchinson traces of the loss Hessian in all trainable parameters and in the logits.
 
     ``ref_model`` gives the reference log-probs when the loss needs them (default: the model itself,
-    i.e. the checkpoint is its own reference, δ = 0).
+    i.e. the checkpoint is its own reference, δ = 0). ``target_rel_se``: probe until the standard error
+    is at most this fraction of |trace| (``probes`` the cap), e.g. 0.05 for the study's 5%.
     """
     model.eval()  # no dropout: the Hessian of a deterministic loss
     _eager_attention(model)
@@ -64,9 +66,13 @@ def measure_sharpness(
     if not params_list:
         raise ValueError("the model has no trainable parameters: the parameter-Hessian trace is taken over them")
     param = parameter_hessian_trace(
-        lambda: loss_fn(model(input_ids=ids, attention_mask=mask).logits), params_list, probes=probes, seed=seed
+        lambda: loss_fn(model(input_ids=ids, attention_mask=mask).logits),
+        params_list,
+        probes=probes,
+        seed=seed,
+        target_rel_se=target_rel_se,
     )
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=mask).logits
-    logit = logit_hessian_trace(loss_fn, logits, probes=probes, seed=seed)
+    logit = logit_hessian_trace(loss_fn, logits, probes=probes, seed=seed, target_rel_se=target_rel_se)
     return {"parameter_hessian": param, "logit_hessian": logit}

@@ -215,13 +215,19 @@ def resolve_resume(output_dir: str, value: str | bool | None, *, allow_incomplet
             if not problems:
                 return path
             log.warning("skipping incomplete checkpoint %s (missing %s)", path, "; ".join(problems))
-        if not allow_incomplete:
-            raise ConfigError(
-                f"{KEY}: every checkpoint in {output_dir!r} is incomplete (newest: {candidates[0]}: missing "
-                f"{'; '.join(checkpoint_problems(candidates[0]))}); set train.resume_allow_incomplete=true to "
-                "resume from it anyway"
+        newest = candidates[0]
+        if not allow_incomplete or not _loadable(newest):
+            way_out = (
+                "set train.resume_allow_incomplete=true to resume from it anyway, or start over"
+                if _loadable(newest)
+                else "nothing in it can be resumed (no readable weights and trainer state); start over"
             )
-        return _incomplete(candidates[0])
+            raise ConfigError(
+                f"{KEY}: every checkpoint in {output_dir!r} is incomplete (newest: {newest}: missing "
+                f"{'; '.join(checkpoint_problems(newest))}); {way_out} with train.overwrite_output_dir=true "
+                "(it removes the old metrics.jsonl and checkpoint-N directories) and no resume_from_checkpoint"
+            )
+        return _incomplete(newest)
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"{KEY}: expected a checkpoint directory, 'last' or true, got {value!r}")
     if not os.path.exists(value):
@@ -231,7 +237,17 @@ def resolve_resume(output_dir: str, value: str | bool | None, *, allow_incomplet
     if not allow_incomplete:
         verify_checkpoint(value)
         return value
+    if not _loadable(value):
+        why = "no readable model weights and trainer state"
+        raise ConfigError(f"{KEY}: {value!r} cannot be resumed even incomplete: {why}")
     return _incomplete(value) if checkpoint_problems(value) else value
+
+
+def _loadable(path: str) -> bool:
+    """Whether transformers can resume from ``path`` at all (weights and a readable trainer_state.json)."""
+    return (_any(path, *WEIGHTS) or _any(path, "global_step*")) and not broken_safetensors(path) and (
+        checkpoint_step(path) is not None
+    )
 
 
 def _incomplete(path: str) -> str:

@@ -23,7 +23,7 @@ from transformers import Trainer
 from logitsam.config import schema as config_mod
 from logitsam.config.schema import Config
 from logitsam.core.logprobs import IGNORE_INDEX
-from logitsam.data.batching import DropCounts, tokenize_example
+from logitsam.data.batching import DropCounts, check_pad_id, tokenize_example
 from logitsam.data.examples import PreferenceExample, load_examples
 from logitsam.data.files import read_rows
 from logitsam.errors import ConfigError, DataError
@@ -79,10 +79,8 @@ class SFTCollator:
     """Right-padded prompt+response batches; ``labels`` hold the response tokens only (unshifted: the model
     shifts them)."""
 
-    def __init__(self, pad_token_id: int | None) -> None:
-        if pad_token_id is None:
-            raise ValueError("SFTCollator needs a pad token id (load_tokenizer sets one; else tokenizer.pad_token)")
-        self.pad = pad_token_id
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad = check_pad_id(pad_token_id)
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         width = max(len(r["prompt_ids"]) + len(r["response_ids"]) for r in rows)
