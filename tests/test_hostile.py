@@ -312,3 +312,25 @@ def test_an_unusable_cache_is_one_error_naming_the_variable(tmp_path, monkeypatc
     monkeypatch.setenv("LOGITSAM_CACHE", str(path))
     with pytest.raises(ConfigError, match="LOGITSAM_CACHE: cannot use"):
         cache_dir()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("code", ["ENOSPC", "EROFS"])
+def test_a_full_or_read_only_disk_is_one_line_and_releases_the_lock(tmp_path, monkeypatch, capsys, code):
+    import errno
+
+    from transformers import Trainer
+
+    from logitsam import cli
+
+    def refuse(self, *args, **kwargs):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)), str(tmp_path / "run" / "checkpoint-1"))
+
+    monkeypatch.setattr(Trainer, "_save_checkpoint", refuse)
+    argv = ["train", "--config", "configs/tiny-cpu.yaml", f"--train.output_dir={tmp_path / 'run'}",
+            "--train.max_steps=2", "--train.save_steps=1", "--train.eval_steps=null", "--train.print_logs=false"]  # fmt: skip
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err  # progress bars share stderr: the error is one line, no traceback
+    assert err.count("logitsam: error: the disk refused a write") == 1 and "Traceback" not in err
+    assert "--train.resume_from_checkpoint=last" in err
+    assert not (tmp_path / "run" / ".logitsam.lock").exists()

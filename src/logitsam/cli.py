@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import errno
 import importlib.metadata
 import json
 import math
@@ -420,6 +421,10 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, UserError):
             print(f"logitsam: error: {one_line(e)}", file=sys.stderr)
             return 2
+        storage = _storage_error(e)
+        if storage is not None:
+            print(f"logitsam: error: {storage}", file=sys.stderr)
+            return 2
         raise
 
 
@@ -430,6 +435,25 @@ def _version() -> str:
         return "(not installed)"
 
 
+
+
+def _storage_error(e: BaseException) -> str | None:
+    """One line for a full disk, a quota or a read-only file system met while writing (also when a
+    library wrapped the OSError, e.g. safetensors' SafetensorError); None for anything else."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            where = f" writing {seen.filename!r}" if seen.filename else ""
+            return (
+                f"the disk refused a write{where}: {seen.strerror}. Checkpoints completed before it are kept (a "
+                "partial one is skipped on resume); free space or remount, then resume with "
+                "--train.resume_from_checkpoint=last"
+            )
+        seen = seen.__cause__ or seen.__context__
+    text = str(e).lower()
+    if type(e).__name__ == "SafetensorError" and ("no space" in text or "read-only" in text):
+        return f"the disk refused a write: {one_line(e, 200)}; free space or remount, then resume"
+    return None
 
 
 def _is_training_diverged(e: BaseException) -> bool:

@@ -173,8 +173,11 @@ class RunLock:
         log.warning("taking over the stale lock %s left by %s", self.path, who)
 
     def release(self) -> None:
-        if self.held and _holder(self.path) == self.info:  # never remove a lock that is not ours
-            os.remove(self.path)
+        try:
+            if self.held and _holder(self.path) == self.info:  # never remove a lock that is not ours
+                os.remove(self.path)
+        except OSError as e:  # a read-only remount or a vanished disk: say so, never mask the run's own error
+            log.warning("could not remove the run lock %s (%s): delete it by hand", self.path, e.strerror or e)
         self.held = False
 
 
