@@ -238,27 +238,43 @@ def _train(
     )
     steps = total_steps(args, len(data.train_rows))[0]
     check_optimizer(trainer, cfg.train, steps, has_eval, checkpointing)
-    if is_main_process():  # everything is verified: now the run directory changes
-        step = checkpoint_step(resume) if resume else None
-        if step is not None:  # the interrupted run logged steps the resumed one logs again
-            trim_metrics(cfg.train.output_dir, step)
-        config_mod.save(resolved, os.path.join(cfg.train.output_dir, "config.yaml"))
-        save_data_fingerprint(cfg.train.output_dir, fingerprints)
-    result = trainer.train(resume_from_checkpoint=resume)
-    if cfg.train.save_model:
-        trainer.save_model(cfg.train.output_dir)
-    metrics = dict(result.metrics)
-    if data.eval_rows:
-        metrics.update(final_evaluation(trainer))
-    metrics["rows_train"] = len(data.train_rows)
-    metrics["rows_eval"] = len(data.eval_rows)
-    metrics["rows_dropped"] = data.drops.total
-    if cfg.train.save_model and is_main_process():
-        write_model_card(resolved, {**metrics, "global_step": trainer.state.global_step})
+    counts = {"rows_train": len(data.train_rows), "rows_eval": len(data.eval_rows), "rows_dropped": data.drops.total}
+    metrics = train_and_save(trainer, cfg, resolved, resume, fingerprints, counts)
     if on_end is not None:
         on_end(trainer)
     teardown(trainer)
     return {"metrics": metrics}
+
+
+def train_and_save(
+    trainer: Any,
+    cfg: Config,
+    resolved: Config,
+    resume: str | None,
+    fingerprints: dict[str, str],
+    counts: dict[str, int],
+    kind: str = "train",
+) -> dict[str, Any]:
+    """Everything is verified: now the run directory changes (metrics trimmed to the resumed step,
+    config.yaml and the data fingerprint written), then train, save the model and its card; returns
+    the final metrics with ``counts``. Shared by ``train`` and ``sft``."""
+    out = cfg.train.output_dir
+    if is_main_process():
+        step = checkpoint_step(resume) if resume else None
+        if step is not None:  # the interrupted run logged steps the resumed one logs again
+            trim_metrics(out, step)
+        config_mod.save(resolved, os.path.join(out, "config.yaml"))
+        save_data_fingerprint(out, fingerprints)
+    result = trainer.train(resume_from_checkpoint=resume)
+    if cfg.train.save_model:
+        trainer.save_model(out)
+    metrics = dict(result.metrics)
+    if trainer.eval_dataset is not None:
+        metrics.update(final_evaluation(trainer))
+    metrics.update(counts)
+    if cfg.train.save_model and is_main_process():
+        write_model_card(resolved, {**metrics, "global_step": trainer.state.global_step}, kind=kind)
+    return metrics
 
 
 def final_evaluation(trainer: Any) -> dict[str, float]:

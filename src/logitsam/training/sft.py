@@ -12,7 +12,6 @@ is the model's own token-mean cross-entropy on response tokens (prompt and paddi
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -20,21 +19,19 @@ from typing import Any
 import torch
 from transformers import Trainer
 
-from logitsam.config import schema as config_mod
 from logitsam.config.schema import Config
 from logitsam.core.logprobs import IGNORE_INDEX
 from logitsam.data.batching import DropCounts, check_pad_id, tokenize_example
 from logitsam.data.examples import PreferenceExample, load_examples
 from logitsam.data.files import read_rows
 from logitsam.errors import ConfigError, DataError
-from logitsam.training.checkpoints import AtomicCheckpoints, checkpoint_step, resolve_resume, trim_metrics
+from logitsam.training.checkpoints import AtomicCheckpoints, resolve_resume
 from logitsam.training.logs import JsonlMetrics, install_console
-from logitsam.training.modelcard import write_model_card
 from logitsam.training.models import apply_lora, check_lora_targets, load_model, load_tokenizer
-from logitsam.training.preflight import build_training_args, check_config
-from logitsam.training.resume import check_resume_data, check_resume_settings, data_fingerprint, save_data_fingerprint
-from logitsam.training.run import already_finished, final_evaluation, resolved_config, split_eval, teardown
-from logitsam.training.rundir import claim, is_main_process
+from logitsam.training.preflight import build_training_args, check_config, check_optimizer
+from logitsam.training.resume import check_resume_data, check_resume_settings, data_fingerprint
+from logitsam.training.run import already_finished, resolved_config, split_eval, teardown, total_steps, train_and_save
+from logitsam.training.rundir import claim
 
 log = logging.getLogger(__name__)
 RESPONSE_KEYS = ("completion", "response")
@@ -143,20 +140,9 @@ def _sft(cfg: Config, resume: str | None, callbacks: Sequence[Any]) -> dict[str,
         callbacks=[AtomicCheckpoints(), JsonlMetrics(), *callbacks],
     )
     install_console(trainer, show=cfg.train.print_logs)
-    if is_main_process():  # everything is verified: now the run directory changes
-        step = checkpoint_step(resume) if resume else None
-        if step is not None:
-            trim_metrics(cfg.train.output_dir, step)
-        config_mod.save(resolved, os.path.join(cfg.train.output_dir, "config.yaml"))
-        save_data_fingerprint(cfg.train.output_dir, fingerprints)
-    result = trainer.train(resume_from_checkpoint=resume)
-    if cfg.train.save_model:
-        trainer.save_model(cfg.train.output_dir)
-    metrics = dict(result.metrics)
-    if eval_rows:
-        metrics.update(final_evaluation(trainer))
-    metrics.update(rows_train=len(train_rows), rows_eval=len(eval_rows), rows_dropped=drops.total)
-    if cfg.train.save_model and is_main_process():
-        write_model_card(resolved, {**metrics, "global_step": trainer.state.global_step}, kind="sft")
+    steps = total_steps(args, len(train_rows))[0]
+    check_optimizer(trainer, cfg.train, steps, bool(eval_rows), checkpointing)
+    counts = {"rows_train": len(train_rows), "rows_eval": len(eval_rows), "rows_dropped": drops.total}
+    metrics = train_and_save(trainer, cfg, resolved, resume, fingerprints, counts, kind="sft")
     teardown(trainer)
     return {"metrics": metrics}
