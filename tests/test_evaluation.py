@@ -10,6 +10,7 @@ from typing import ClassVar
 import pytest
 import torch
 
+from judge_server import JudgeHandler
 from logitsam.evaluation.generation import DecodeSettings, generate
 from logitsam.evaluation.judges import GoldRewardJudge, JudgeError, LLMJudge, RewardModelJudge, vader_reward
 from logitsam.evaluation.winrate import bootstrap, sequence_kl
@@ -49,13 +50,7 @@ class Handler(BaseHTTPRequestHandler):
         text = body["messages"][0]["content"]
         a = text.split("Response A:\n")[1].split("\n\nResponse B:")[0]
         choice = "A" if Handler.mode == "biased" or "good" in a else "B"
-        reply = {"choices": [{"message": {"content": f"Comparison: one is better.\nMore helpful: {choice}"}}]}
-        data = json.dumps(reply).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        JudgeHandler.reply(self, {"choices": [{"message": {"content": f"Comparison: x.\nMore helpful: {choice}"}}]})
 
     def log_message(self, *args):
         pass

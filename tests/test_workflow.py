@@ -2,12 +2,11 @@
 with an OpenAI-compatible judge served locally; the report's numbers are recomputed from the saved samples."""
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
 
+from judge_server import JudgeHandler, serving
 from logitsam import cli
 from logitsam.evaluation.evaluate import read_prompts
 from logitsam.evaluation.judges import PAIRWISE_PROMPTS
@@ -19,32 +18,20 @@ TINY = str(ROOT / "configs" / "tiny-cpu.yaml")
 FIXTURE = str(ROOT / "tests" / "fixtures" / "explicit.jsonl")
 
 
-class LetterJudge(BaseHTTPRequestHandler):
+class LetterJudge(JudgeHandler):
     """Prefers the response with more letters (the first on ties): a deterministic judge."""
 
-    def do_POST(self):
-        text = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["messages"][0]["content"]
+    def verdict(self, text: str) -> str:
         a = text.split("Response A:\n")[1].split("\n\nResponse B:")[0]
         b = text.split("Response B:\n")[1].split("\n\nFIRST provide")[0]
         letters = lambda s: sum(c.isalpha() for c in s)  # noqa: E731
-        choice = "A" if letters(a) >= letters(b) else "B"
-        data = json.dumps({"choices": [{"message": {"content": f"Comparison: x.\nMore helpful: {choice}"}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+        return f"Comparison: x.\nMore helpful: {'A' if letters(a) >= letters(b) else 'B'}"
 
 
 @pytest.fixture
 def judge_url():
-    httpd = HTTPServer(("127.0.0.1", 0), LetterJudge)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    httpd.shutdown()
+    with serving(LetterJudge) as url:
+        yield url
 
 
 def test_the_cli_judge_tasks_are_the_judges():
