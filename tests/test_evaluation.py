@@ -166,6 +166,8 @@ def test_demo_quick_is_a_slice_of_the_squeeze_pipeline(tmp_path, monkeypatch):
         assert len(rec["probes"][str(int(steps))]["heldout"]["logp"]) == sh.n_heldout_pairs
         assert len(rec["outcomes_vs_sft"]) == len(rec["kl_values"]) == sh.n_win_prompts
         assert any("sam/grad_norm" in r for r in rec["log"]) == (label != "dpo")
+    for row in D.analyse(str(out), s.name)["configs"].values():  # rates' intervals stay in [0, 1] (issue 19 bug 6)
+        assert 0.0 <= row["win_vs_sft"]["low"] <= row["win_vs_sft"]["high"] <= 1.0
     report = Path(path).read_text(encoding="utf-8")
     assert "Pipeline check on a tiny random model" in report and "| dpo | 1 |" in report
     assert "| dpo+lsam(1e-3) | 1 |" in report and D.MAIN_REPORT in report

@@ -220,7 +220,7 @@ def test_probing_until_a_target_standard_error():
     a = torch.rand(200, dtype=torch.float64) + 0.5  # diagonal Hessian: tr = 2·Σa
     (g,) = torch.autograd.grad((a * x * x).sum(), x, create_graph=True)
     est = hutchinson([g], [x], probes=500, target_rel_se=0.05)
-    assert est.probes == 8 and est.stderr == 0.0  # a diagonal Hessian: every probe gives the exact trace
+    assert est.probes == 8 and est.stderr < 1e-9 * est.mean  # a diagonal Hessian: every probe gives the exact trace
     assert abs(est.mean - 2 * a.sum().item()) < 1e-9
     (g,) = torch.autograd.grad((x[:-1] * x[1:]).sum() + 0.1 * (x * x).sum(), x, create_graph=True)
     noisy = hutchinson([g], [x], probes=400, target_rel_se=0.05, seed=1)
