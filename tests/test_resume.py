@@ -123,3 +123,12 @@ def test_resume_on_edited_data_is_refused_and_changes_nothing(run_dir, tmp_path)
     with pytest.raises(ConfigError, match="training and evaluation rows differ from those the run started with"):
         train(cfg_for(first, f"--data.train_files=[{data}]", "--train.resume_from_checkpoint=last"))
     assert snapshot(first) == before
+
+
+def test_resume_that_would_train_other_parameters_is_refused_even_with_allow_changes(run_dir):
+    """Full weights resumed as LoRA (or the reverse) ended in torch's optimizer 'parameter group' traceback."""
+    before = snapshot(run_dir)
+    with pytest.raises(ConfigError, match=r"holds a full fine-tuning run; model\.lora_r = 4"):
+        train(cfg_for(run_dir, "--model.lora_r=4", "--train.resume_allow_changes=true",
+                      f"--train.resume_from_checkpoint={run_dir / 'checkpoint-3'}"))  # fmt: skip
+    assert snapshot(run_dir) == before

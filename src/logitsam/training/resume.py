@@ -138,3 +138,44 @@ def check_resume_data(resolved: Config, fingerprints: dict[str, str]) -> None:
             f"({path}): a data file, the tokenizer or a length limit changed since; resuming would continue on "
             "other data — restore them, or set train.resume_allow_changes=true to resume anyway"
         )
+
+
+FULL_WEIGHTS = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def check_resume_parameters(resolved: Config, checkpoint: str) -> None:
+    """ConfigError when the checkpoint's trained parameters cannot be those of this run — full weights
+    resumed as LoRA, LoRA as full fine-tuning, or another LoRA rank / target set: its optimizer state
+    belongs to other parameters, so no setting (not even ``train.resume_allow_changes``) can continue it."""
+    m = resolved.model
+    adapter_cfg = os.path.join(checkpoint, "adapter_config.json")
+    saved_lora = os.path.isfile(adapter_cfg)
+    full = any(os.path.exists(os.path.join(checkpoint, n)) for n in FULL_WEIGHTS)
+    way_out = "start a new run instead (another output_dir, or train.overwrite_output_dir=true)"
+    name = os.path.basename(os.path.normpath(checkpoint))
+    if m.lora_r and not saved_lora and full:
+        raise ConfigError(
+            f"train.resume_from_checkpoint: {name} holds a full fine-tuning run; model.lora_r = {m.lora_r} would train "
+            f"LoRA adapters instead, so its optimizer state belongs to other parameters; {way_out}"
+        )
+    if not m.lora_r and saved_lora:
+        raise ConfigError(
+            f"train.resume_from_checkpoint: {name} holds LoRA adapters; model.lora_r = 0 would train every "
+            f"parameter, so its optimizer state belongs to other parameters; {way_out}"
+        )
+    if m.lora_r and saved_lora:
+        try:
+            with open(adapter_cfg, encoding="utf-8") as f:
+                saved = json.load(f)
+        except (OSError, ValueError):
+            return
+        if isinstance(saved, dict) and saved.get("r") not in (None, m.lora_r):
+            raise ConfigError(
+                f"train.resume_from_checkpoint: {name} holds LoRA adapters of rank {saved['r']}, this run "
+                f"model.lora_r = {m.lora_r}: its optimizer state belongs to other parameters; {way_out}"
+            )

@@ -27,7 +27,13 @@ from logitsam.training.modelcard import write_model_card
 from logitsam.training.models import DTYPES, apply_lora, check_lora_targets, load_model, load_reference, load_tokenizer
 from logitsam.training.preflight import build_training_args, check_config, check_optimizer
 from logitsam.training.reference import attach_reference_logps
-from logitsam.training.resume import check_resume_data, check_resume_settings, data_fingerprint, save_data_fingerprint
+from logitsam.training.resume import (
+    check_resume_data,
+    check_resume_parameters,
+    check_resume_settings,
+    data_fingerprint,
+    save_data_fingerprint,
+)
 from logitsam.training.rundir import claim, is_main_process
 from logitsam.training.trainer import PreferenceTrainer
 
@@ -198,6 +204,7 @@ def _train(
     fingerprints = {"training": data_fingerprint(data.train_rows), "evaluation": data_fingerprint(data.eval_rows)}
     if resume:
         check_resume_settings(resolved, resume)
+        check_resume_parameters(resolved, resume)
         check_resume_data(resolved, fingerprints)
         finished = already_finished(cfg, resume, args, len(data.train_rows))
         if finished is not None:

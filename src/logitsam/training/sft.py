@@ -29,7 +29,7 @@ from logitsam.training.checkpoints import AtomicCheckpoints, resolve_resume
 from logitsam.training.logs import JsonlMetrics, install_console
 from logitsam.training.models import apply_lora, check_lora_targets, load_model, load_tokenizer
 from logitsam.training.preflight import build_training_args, check_config, check_optimizer
-from logitsam.training.resume import check_resume_data, check_resume_settings, data_fingerprint
+from logitsam.training.resume import check_resume_data, check_resume_parameters, check_resume_settings, data_fingerprint
 from logitsam.training.run import already_finished, resolved_config, split_eval, teardown, total_steps, train_and_save
 from logitsam.training.rundir import claim
 
@@ -126,6 +126,7 @@ def _sft(cfg: Config, resume: str | None, callbacks: Sequence[Any]) -> dict[str,
     fingerprints = {"training": data_fingerprint(train_rows), "evaluation": data_fingerprint(eval_rows)}
     if resume:
         check_resume_settings(resolved, resume)
+        check_resume_parameters(resolved, resume)
         check_resume_data(resolved, fingerprints)
         finished = already_finished(cfg, resume, args, len(train_rows))
         if finished is not None:
