@@ -1,5 +1,6 @@
 """Evaluation: bootstrap intervals, judges (gold reward, reward model, LLM over a local HTTP server), KL."""
 
+import dataclasses
 import json
 import threading
 import time
@@ -178,6 +179,13 @@ def test_demo_quick_is_a_slice_of_the_squeeze_pipeline(tmp_path, monkeypatch):
 
     monkeypatch.setattr("logitsam.experiments.squeeze.experiment.train", no_training)
     assert D.run_demo(str(out), quick=True, log=printed.append) == path
+    # a demo directory made with other sizes (an older version of the demo) starts again instead of reusing it
+    smaller = dataclasses.replace(sh, n_win_prompts=sh.n_win_prompts - 1)
+    monkeypatch.setattr(D, "demo_shared", lambda *a, **k: smaller)
+    with pytest.raises(AssertionError, match="finished runs are kept"):  # i.e. it trains again
+        D.run_demo(str(out), quick=True, log=printed.append)
+    assert printed[-1].endswith("made by an older demo with other settings; starting again")
+    assert not (out / "runs" / s.name / "dpo_s1" / "record.json").exists()
 
 
 def test_shipped_pairs_are_used_when_their_key_matches(tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 pilot's pick rule and the main plan — math against hand values and independent computations, the
 pipeline end to end on the tiny random model (a check that it runs and resumes, not a result)."""
 
+import dataclasses
 import json
 import math
 
@@ -11,6 +12,7 @@ import torch
 from logitsam.config import ModelConfig
 from logitsam.core.scoring import model_sequence_logps
 from logitsam.data.batching import PreferenceCollator
+from logitsam.errors import ConfigError
 from logitsam.experiments.squeeze import gate as G
 from logitsam.experiments.squeeze.experiment import Arm, Experiment, Setting, Shared
 from logitsam.experiments.squeeze.pilot import GRID, choose, cost
@@ -179,6 +181,13 @@ def test_experiment_end_to_end_on_the_tiny_model(tmp_path, monkeypatch):
     # a finished run is read back, not trained again
     monkeypatch.setattr("logitsam.experiments.squeeze.experiment.train", lambda *a, **k: pytest.fail("retrained"))
     assert exp.run(s, Arm("dpo+lsam(1e-2)", rho=1e-2), 0) == json.loads(json.dumps(rec))
+    # a finished run made with other sizes is never reused under a changed preset: refused, naming what changed
+    other = Experiment(str(tmp_path / "exp"), dataclasses.replace(sh, n_win_prompts=5))
+    with pytest.raises(ConfigError, match=r"shared\.n_win_prompts: 6 → 5"):
+        other.run(s, Arm("dpo+lsam(1e-2)", rho=1e-2), 0)
+    with pytest.raises(ConfigError, match=r"setting\.n_train: 8 → 12.*use another output directory"):
+        exp.run(dataclasses.replace(s, n_train=12), Arm("dpo"), 0)
+    assert exp.differences(s, Arm("dpo")) == []  # an arm without finished runs
 
 
 def _synthetic_main(tmp_path, n=40, pairs=6):

@@ -1,13 +1,15 @@
 """``make demo``: a fast slice of the squeeze regime's main comparison, for a newcomer to see squeezing.
 
 The same pipeline as ``python -m logitsam.experiments.squeeze.main`` (experiment.py), with a smaller
-preset: the first 64 training pairs and the first 64 held-out pairs of the main comparison's
+preset: the first 48 training pairs and the first 48 held-out pairs of the main comparison's
 ``onpolicy-3ep`` setting (shipped in ``data/demo_*.jsonl``, so nothing is sampled to make pairs),
-3 epochs (24 steps), one seed, plain DPO and DPO + logits-SAM at ρ = 1e-3 (the main comparison's
+3 epochs (18 steps), one seed, plain DPO and DPO + logits-SAM at ρ = 1e-3 (the main comparison's
 first ρ: on SmolLM2 it is the paper's recommended 1e-4 on Pythia-2.8B, see docs/design.md §9),
-held-out and training Δ± probed 6 times along training (the Fig. 1c analogue), win rate against the
-starting model and KL on 128 held-out prompts. One seed and 128 prompts cannot decide anything: the
-report points to the main comparison's intervals (results/squeeze/main/report.md).
+held-out and training Δ± probed 4 times along training (the Fig. 1c analogue; the first three
+probes on half the held-out pairs, to fit the time), win rate against the starting model and KL on
+96 held-out prompts. One seed and 96 prompts cannot decide anything: the report points to the main
+comparison's intervals (results/squeeze/main/report.md). Sizes were cut from 64 pairs / 6 probes /
+128 prompts (11 min 42 s) to meet the 8-minute target on 2 idle cores.
 
 ``quick``: the same pipeline on the tiny random model with a letters-fraction reward (tests, seconds):
 a check that everything runs, its numbers mean nothing.
@@ -25,11 +27,11 @@ from logitsam.experiments.squeeze.experiment import Arm, Experiment, Setting, Sh
 from logitsam.experiments.squeeze.plan import MAIN_ARMS
 from logitsam.experiments.squeeze.report import arms_table, drift_figure
 
-SETTING = Setting("demo-onpolicy-3ep", pairs="onpolicy", epochs=3, n_train=64)
+SETTING = Setting("demo-onpolicy-3ep", pairs="onpolicy", epochs=3, n_train=48)
 QUICK_SETTING = Setting("demo-quick", pairs="onpolicy", epochs=2, n_train=16, new_tokens=8, batch_size=4, lr=1e-3)
 ARMS: tuple[Arm, ...] = (MAIN_ARMS[0], MAIN_ARMS[1])  # dpo, dpo+lsam(1e-3)
 SEED = 1
-PROBES = (1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1.0)
+PROBES = (1 / 4, 2 / 4, 3 / 4, 1.0)
 MAIN_REPORT = "results/squeeze/main/report.md"
 
 
@@ -40,7 +42,10 @@ def demo_shared(quick: bool = False, device: str = "cpu") -> Shared:
             model="tiny-random", reward="letters", n_heldout_pairs=8, n_train_probe=4, n_win_prompts=8,
             probe_fractions=PROBES, device=device,
         )  # fmt: skip
-    return Shared(n_heldout_pairs=64, n_train_probe=16, n_win_prompts=128, probe_fractions=PROBES, device=device)
+    return Shared(
+        n_heldout_pairs=48, n_train_probe=12, n_win_prompts=96, probe_fractions=PROBES, probe_mid_pairs=24,
+        device=device,
+    )
 
 
 def shipped(name: str) -> str:
@@ -97,12 +102,16 @@ def write_demo_report(out: str, s: Setting, sh: Shared) -> str:
 def run_demo(out: str, quick: bool = False, device: str = "cpu", log: Any = print) -> str:
     """Train and evaluate the demo's arms into ``out`` (finished runs are kept); returns report.md's path."""
     s = QUICK_SETTING if quick else SETTING
-    if os.path.isdir(os.path.join(out, "runs")) and not os.path.isdir(os.path.join(out, "runs", s.name)):
-        shutil.rmtree(os.path.join(out, "runs"))  # an older demo's layout: nothing of it is reused
     log(f"demo{' (quick: tiny random model, letters reward)' if quick else ''}: {s.name}, arms "
         f"{', '.join(a.label for a in ARMS)}, seed {SEED}")  # fmt: skip
     sh = demo_shared(quick, device)
     exp = ShippedPairs(out, sh)
+    stale = [os.path.isdir(os.path.join(out, "runs")) and not os.path.isdir(os.path.join(out, "runs", s.name))]
+    stale += exp.differences(s) + [d for arm in ARMS for d in exp.differences(s, arm)]
+    if any(stale):  # an older demo's layout or sizes: nothing of it is reused (the demo's output is disposable)
+        log(f"{out}: made by an older demo with other settings; starting again")
+        for sub in ("runs", "shared", "data"):
+            shutil.rmtree(os.path.join(out, sub), ignore_errors=True)
     for arm in ARMS:
         rec = exp.run(s, arm, SEED)
         log(f"{arm.label}: {rec['seconds'] / 60:.1f} min")

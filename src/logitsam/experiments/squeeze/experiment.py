@@ -21,6 +21,7 @@ from logitsam.config import schema as config_mod
 from logitsam.core.registry import get_loss
 from logitsam.data.batching import tokenize_examples
 from logitsam.data.examples import load_examples
+from logitsam.errors import ConfigError
 from logitsam.evaluation.generation import DecodeSettings, generate
 from logitsam.evaluation.judges import GoldRewardJudge, letters_reward, vader_reward
 from logitsam.evaluation.winrate import sequence_kl_values
@@ -84,6 +85,11 @@ def _write_json(path: str, obj: Any) -> None:
 def _read_json(path: str) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def _plain(v: Any) -> Any:
+    """A value as JSON gives it back (tuples are lists), so a dataclass compares with its record."""
+    return json.loads(json.dumps(v))
 
 
 def _digest(*paths: str) -> str:
@@ -151,6 +157,7 @@ class Experiment:
         probe_sets = {"train": self.rows(train_file, self.sh.n_train_probe), "heldout": self.rows(held_file)}
         st = {
             "setting": asdict(s),
+            "shared": asdict(self.sh),
             "prompts": self.win_prompts,
             "sft_samples": samples,
             "sft_rewards": self.judge.score(self.win_prompts, samples),
@@ -162,6 +169,32 @@ class Experiment:
     # ---- one run ----
     def record_path(self, s: Setting, arm: Arm, seed: int) -> str:
         return os.path.join(self.out, "runs", s.name, f"{arm.label}_s{seed}", "record.json")
+
+    def differences(self, s: Setting, arm: Arm | None = None) -> list[str]:
+        """Where finished files of this directory were made with settings other than ``s`` / ``arm`` / the
+        shared sizes ("…/record.json: setting.n_train: 64 → 48"); [] when none. A directory keeps finished
+        work, so a changed preset must not silently reuse it. Fields a file lacks (older code) and the
+        device are not compared. ``arm`` None: the setting's shared/ file; else every seed of the arm."""
+        now: dict[str, dict[str, Any]] = {"setting": asdict(s), "shared": asdict(self.sh)}
+        del now["shared"]["device"]
+        if arm is None:
+            paths = [os.path.join(self.out, "shared", f"{s.name}.json")]
+        else:
+            now["arm"] = asdict(arm)
+            d = os.path.join(self.out, "runs", s.name)
+            names = sorted(os.listdir(d)) if os.path.isdir(d) else []
+            paths = [os.path.join(d, n, "record.json") for n in names if n.rpartition("_s")[0] == arm.label]
+        out = []
+        for p in (p for p in paths if os.path.exists(p)):
+            old = _read_json(p)
+            for part, want in now.items():
+                have = old.get(part, {})
+                out += [
+                    f"{p}: {part}.{k}: {have[k]!r} → {v!r}"
+                    for k, v in want.items()
+                    if k in have and _plain(have[k]) != _plain(v)
+                ]
+        return out
 
     def config(self, s: Setting, arm: Arm, seed: int, train_file: str) -> config_mod.Config:
         cfg = config_mod.Config()
@@ -187,6 +220,12 @@ class Experiment:
     def run(self, s: Setting, arm: Arm, seed: int) -> dict[str, Any]:
         """Train, probe and evaluate one run; returns its record (read back if already finished)."""
         path = self.record_path(s, arm, seed)
+        stale = self.differences(s) + self.differences(s, arm)
+        if stale:
+            raise ConfigError(
+                f"{self.out} holds finished work made with other settings ({'; '.join(stale[:3])}"
+                f"{'; …' if len(stale) > 3 else ''}): use another output directory, or remove that one"
+            )
         if os.path.exists(path):
             return verify_record(path, _read_json(path))
         st = self.start(s)
