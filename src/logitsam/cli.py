@@ -355,10 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo",
         help="a fast slice of the squeeze-regime study: DPO vs DPO + logits-SAM on SmolLM2-135M-Instruct, VADER judge",
-        description="Default: the first 64 on-policy preference pairs of the squeeze study's main setting (shipped "
+        description="Default: the first 48 on-policy preference pairs of the squeeze study's main setting (shipped "
         "with the package; SmolLM2-135M-Instruct's samples judged by VADER sentiment), 3 epochs, plain DPO and DPO + "
         "logits-SAM (rho 1e-3), held-out and training chosen/rejected log-prob drift along training (the paper's "
-        "Fig. 1c), win rate against the starting model and KL on 128 held-out prompts (about 8 min on 2 CPU cores). "
+        "Fig. 1c), win rate against the starting model and KL on 96 held-out prompts (about 6 min on 2 CPU cores). "
         "--quick runs the same pipeline on a tiny random model with a letters-fraction reward: a check that the "
         "pipeline works, not a result.",
     )
