@@ -7,7 +7,19 @@ import sys
 import torch
 
 from logitsam.config import schema as C
+from logitsam.core.objective import Objective
 from logitsam.training.run import train
+
+PATHS: list[str] = []  # the objective's path (fused | logits) on every call of this rank
+
+
+def _recording(call):
+    def wrapped(self, *args, **kwargs):
+        res = call(self, *args, **kwargs)
+        PATHS.append(res.path)
+        return res
+
+    return wrapped
 
 
 def digest(trainer) -> None:
@@ -20,9 +32,12 @@ def digest(trainer) -> None:
     rank = int(os.environ.get("RANK", "0"))
     with open(os.path.join(sys.argv[1], f"rank{rank}.digest"), "w") as f:
         f.write(h.hexdigest())
+    with open(os.path.join(sys.argv[1], f"rank{rank}.paths"), "w") as f:
+        f.write(" ".join(sorted(set(PATHS))))
 
 
 if __name__ == "__main__":
+    Objective.__call__ = _recording(Objective.__call__)
     out = sys.argv[1]
     cfg = C.load("configs/tiny-cpu.yaml")
     C.apply_overrides(

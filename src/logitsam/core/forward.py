@@ -16,18 +16,28 @@ forward returns runs outside it. A forward pre-hook on the head records the auto
 model's head really ran under (:class:`Body.amp`); the check compares like with like under it, and
 the objective runs the fused head under the same autocast (bf16 products, float32 accumulation),
 whatever the weights' dtype.
+
+FSDP2 (``fully_shard``): the head's weight is a sharded DTensor outside its unit's forward. The
+fused path runs inside :func:`full_head`, which unshards the unit that owns the head (FSDP's own
+all-gather into its own unsharded parameter: no second copy) for the sweep and reshards it after,
+if it was sharded before. The head's gradient lands on that unsharded parameter, which FSDP
+reduce-scatters in its post-backward as for any other parameter. ZeRO-3 and FSDP1 (flat
+parameters) are not fused: full logits per rank, logits-SAM by ``gram``.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +51,72 @@ def unwrap(model: Any) -> Any:
         model = inner
 
 
+def _plain_linear(head: Any) -> bool:
+    """nn.Linear itself, or the class FSDP2 makes of it when the head is its own ``fully_shard`` unit."""
+    cls = type(head)
+    return cls is nn.Linear or (isinstance(head, FSDPModule) and cls.__bases__ == (FSDPModule, nn.Linear))
+
+
 def output_head(model: Any) -> nn.Linear | None:
-    """The output embedding when it is a plain linear layer (not LoRA-wrapped, not sharded)."""
+    """The output embedding when it is a plain linear layer (not LoRA-wrapped; under FSDP2 its weight
+    may be a sharded DTensor: use it inside :func:`full_head`)."""
     m = unwrap(model)
     head = m.get_output_embeddings() if hasattr(m, "get_output_embeddings") else None
-    return head if type(head) is nn.Linear and head.weight.dim() == 2 else None
+    return head if _plain_linear(head) and head.weight.dim() == 2 else None
+
+
+def head_owner(model: Any) -> FSDPModule | None:
+    """The FSDP2 unit holding the output head's parameters (its nearest ``fully_shard`` ancestor or
+    itself), or None when the model is not FSDP2-sharded."""
+    m, head = unwrap(model), output_head(model)
+    if head is None:
+        return None
+    names = {id(mod): name for name, mod in m.named_modules()}
+    path = names.get(id(head))
+    if path is None:
+        return None
+    owner = m if isinstance(m, FSDPModule) else None
+    parts = path.split(".") if path else []
+    for i in range(1, len(parts) + 1):
+        sub = m.get_submodule(".".join(parts[:i]))
+        if isinstance(sub, FSDPModule):
+            owner = sub
+    return owner
+
+
+def is_full(weight: Tensor) -> bool:
+    """A weight whose every entry lives on this rank (not an FSDP2 shard, not a ZeRO-3 placeholder)."""
+    return not isinstance(weight, DTensor) and weight.numel() > 0 and not hasattr(weight, "ds_id")
+
+
+@contextmanager
+def full_head(model: Any) -> Iterator[nn.Linear]:
+    """The output head with its full weight for the duration of the block.
+
+    Under FSDP2 with the head sharded at this moment (its unit resharded after forward), the owning
+    unit is unsharded — FSDP's all-gather into its unsharded parameter, which FSDP reduce-scatters
+    the gradient of in post-backward — and resharded on exit. Elsewhere the head as it is.
+    """
+    head = output_head(model)
+    if head is None:
+        raise ValueError("the model's output embedding is not a plain linear layer")
+    owner = head_owner(model) if isinstance(head.weight, DTensor) else None
+    if owner is not None:
+        owner.unshard()
+    try:
+        if not is_full(head.weight):
+            raise ValueError("the output head's weight is sharded and no FSDP2 unit owns it (ZeRO-3, FSDP1)")
+        yield head
+    finally:
+        if owner is not None:
+            owner.reshard()
+
+
+def regather(model: Any) -> Any:
+    """A callable that makes the head's weight full again (FSDP2: unshard its unit; elsewhere a no-op),
+    for a backward that must read the weight after :func:`full_head` has resharded it."""
+    owner = head_owner(model)
+    return owner.unshard if owner is not None else None
 
 
 def _accepts_logits_to_keep(model: Any) -> bool:
@@ -58,12 +129,16 @@ def _accepts_logits_to_keep(model: Any) -> bool:
 
 
 def fusable(model: Any) -> bool:
-    """Whether the fused head path may be used for ``model`` (see module docstring)."""
+    """Whether the fused head path may be used for ``model`` (see module docstring): a plain linear
+    head, full on this rank or owned by an FSDP2 unit, and a forward taking ``logits_to_keep``."""
     m = unwrap(model)
     verdict = getattr(m, "_logitsam_fused_ok", None)
     if verdict is not None:
         return verdict
-    return output_head(model) is not None and _accepts_logits_to_keep(model)
+    head = output_head(model)
+    if head is None or not (is_full(head.weight) or head_owner(model) is not None):
+        return False
+    return _accepts_logits_to_keep(model)
 
 
 class Body(NamedTuple):
@@ -96,17 +171,27 @@ def _check_head(model: Any, hidden: Tensor, last_logits: Tensor, amp: torch.dtyp
     m = unwrap(model)
     if getattr(m, "_logitsam_fused_ok", None) is not None:
         return m._logitsam_fused_ok
-    head = output_head(model)
-    with torch.no_grad(), amp_context(head.weight.device, amp):
+    with torch.no_grad(), full_head(model) as head, amp_context(head.weight.device, amp):
         mine = F.linear(hidden[:, -1].to(head.weight.dtype), head.weight, head.bias).float()
         theirs = last_logits[:, -1].float()
         low = amp is not None or head.weight.dtype not in (torch.float32, torch.float64)
         tol = 2e-2 if low else 1e-4
-        ok = bool((mine - theirs).abs().max() <= tol * (theirs.abs().max() + 1.0))
+        ok = (mine - theirs).abs().max() <= tol * (theirs.abs().max() + 1.0)
+    ok = _agreed(ok)
     if not ok:
         log.warning("the model's logits are not a plain linear head of its last hidden state; using full logits")
     m._logitsam_fused_ok = ok
     return ok
+
+
+def _agreed(ok: Tensor) -> bool:
+    """The verdict every rank takes: all fused or none (a rank taking full logits alone would run a second
+    forward, whose collectives under DDP / FSDP the other ranks never join)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        t = ok.to(torch.int32).reshape(1)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+        ok = t[0]
+    return bool(ok)
 
 
 def body_forward(model: Any, input_ids: Tensor, attention_mask: Tensor, *, fused: bool) -> Body:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -121,6 +122,7 @@ class FusedJob:
     method: str = "auto"
     need_grads: bool = True
     adaptive: bool = False  # ε ∝ |W|⊙g (weight method only)
+    regather: Callable[[], Any] | None = None  # makes the weight full again for a recomputing backward (FSDP2)
     # reported:
     clean_sums: Tensor | None = None
     top_token: Tensor | None = None
@@ -312,6 +314,8 @@ class _FusedSums(torch.autograd.Function):
             ctx.grads = None
             out = [None if g is None else g.mul_(c.to(g.dtype)) for g in (d_h, d_w, d_b)]
         else:  # the sums were used by another loss: recompute with the gradient we got
+            if job.regather is not None:  # FSDP2 resharded the head after the forward sweep
+                job.regather()
             h, weight, bias = ctx.saved_tensors
             with torch.autocast(weight.device.type, enabled=False):
                 _, _, *out = _run(job, h, weight, bias, ctx.cdt, gout=d_sums, u_clean=job.stats.get("u_clean"))

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from logitsam.core.forward import amp_context, body_forward, fusable, output_head
+from logitsam.core.forward import amp_context, body_forward, full_head, fusable, head_owner, output_head, regather
 from logitsam.core.fused_head import FusedJob, fused_sequence_sums, plan_rows
 from logitsam.core.logprobs import IGNORE_INDEX, chunk_rows_for, sequence_logps, shift_for_causal_lm, token_logps
 from logitsam.core.losses import LossOutput, PreferenceLogps
@@ -119,7 +119,9 @@ class Objective:
         lengths = (labels != IGNORE_INDEX).sum(-1)
         scores = (batch.get("score_chosen"), batch.get("score_rejected"))
         sam_on = sam and self.rho != 0 and torch.is_grad_enabled()
-        fused = self.fused and not sharded and self.method != "chunked" and fusable(model)
+        # sharded heads fuse under FSDP2 (full_head gathers the owning unit); ZeRO-3 / FSDP1 do not
+        fused = self.fused and self.method != "chunked" and fusable(model)
+        fused = fused and (not sharded or head_owner(model) is not None)
         hidden, logits, amp = body_forward(model, batch["input_ids"], batch["attention_mask"], fused=fused)
         vocab = output_head(model).weight.shape[0] if logits is None else logits.shape[-1]
         check_labels(labels, vocab)
@@ -134,18 +136,18 @@ class Objective:
         return res
 
     def _fused(self, model, hidden, labels, lengths, ref, scores, sam_on) -> ObjectiveOutput:
-        head = output_head(model)
         h = hidden.reshape(-1, hidden.shape[-1])
-        plan = plan_rows(labels, self.chunk_rows or chunk_rows_for(head.weight.shape[0], h.device))
-        h_r = h[plan.rows]
 
         def pair_losses(pairs: Tensor, sc: Tensor, sr: Tensor) -> Tensor:
             return self.losses(subset_logps(pairs, sc, sr, lengths, ref, scores)).losses
 
-        need = torch.is_grad_enabled() and (h_r.requires_grad or head.weight.requires_grad)
-        job = FusedJob(plan, labels.shape[0] // 2, pair_losses, self.rho if sam_on else 0.0, self.method, need)
-        job.adaptive = self.adaptive
-        sums = fused_sequence_sums(h_r, head.weight, head.bias, job)
+        with full_head(model) as head:  # FSDP2: the owning unit unsharded for the sweep only
+            plan = plan_rows(labels, self.chunk_rows or chunk_rows_for(head.weight.shape[0], h.device))
+            h_r = h[plan.rows]
+            need = torch.is_grad_enabled() and (h_r.requires_grad or head.weight.requires_grad)
+            job = FusedJob(plan, labels.shape[0] // 2, pair_losses, self.rho if sam_on else 0.0, self.method, need)
+            job.adaptive, job.regather = self.adaptive, regather(model)
+            sums = fused_sequence_sums(h_r, head.weight, head.bias, job)
         out = self.losses(pair_logps(sums, lengths, ref, scores))
         loss = out.losses.mean()
         metrics = {"probs/top_token": job.top_token.float()}
@@ -212,4 +214,3 @@ def check_labels(labels: Tensor, vocab: int) -> None:
         raise ValueError(f"labels must be token ids in [0, {vocab}) or {IGNORE_INDEX} (unscored)")
     if empty:
         raise ValueError("every sequence needs at least one scored (label ≠ −100) token after the shift")
-

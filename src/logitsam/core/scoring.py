@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from logitsam.core.forward import amp_context, body_forward, fusable, output_head
+from logitsam.core.forward import amp_context, body_forward, full_head, fusable
 from logitsam.core.fused_head import FusedJob, fused_sequence_sums, plan_rows
 from logitsam.core.logprobs import IGNORE_INDEX, chunk_rows_for, sequence_logps, shift_for_causal_lm, token_logps
 
@@ -30,11 +30,10 @@ def model_sequence_logps(
     hidden, logits, amp = body_forward(model, input_ids, attention_mask, fused=fused)
     if logits is not None:
         return sequence_logps(token_logps(logits, shifted), shifted)[0]
-    head = output_head(model)
     h = hidden.reshape(-1, hidden.shape[-1])
     # Pair-free: pad S to even so the plan's pair layout applies; sums of real rows are unchanged.
     padded = shifted if shifted.shape[0] % 2 == 0 else torch.cat([shifted, torch.full_like(shifted[:1], IGNORE_INDEX)])
-    plan = plan_rows(padded, chunk_rows or chunk_rows_for(head.weight.shape[0], h.device))
-    job = FusedJob(plan, padded.shape[0] // 2, None, need_grads=False)
-    with amp_context(h.device, amp):
+    with full_head(model) as head, amp_context(h.device, amp):
+        plan = plan_rows(padded, chunk_rows or chunk_rows_for(head.weight.shape[0], h.device))
+        job = FusedJob(plan, padded.shape[0] // 2, None, need_grads=False)
         return fused_sequence_sums(h[plan.rows], head.weight, head.bias, job)[: shifted.shape[0]]

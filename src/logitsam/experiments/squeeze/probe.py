@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from logitsam.core.forward import body_forward, fusable, output_head
+from logitsam.core.forward import body_forward, full_head, fusable
 from logitsam.core.logprobs import IGNORE_INDEX, shift_for_causal_lm
 from logitsam.data.batching import PreferenceCollator
 
@@ -37,8 +37,8 @@ def response_stats(model: Any, rows: list[dict[str, Any]], pad_id: int, batch_pa
             fused = fusable(model)
             hidden, logits, _ = body_forward(model, ids, mask, fused=fused)
             if logits is None:  # logits of the response positions only (prompt and padding skipped)
-                head = output_head(model)
-                z = torch.nn.functional.linear(hidden[scored], head.weight, head.bias)  # type: ignore[union-attr]
+                with full_head(model) as head:
+                    z = torch.nn.functional.linear(hidden[scored], head.weight, head.bias)
             else:
                 z = logits[scored]
             logp = torch.log_softmax(z if z.dtype == torch.float64 else z.float(), -1)
