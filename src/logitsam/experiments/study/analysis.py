@@ -16,7 +16,7 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
-from logitsam.experiments.study.plan import GROUPS
+from logitsam.experiments.study.plan import ARMS, GROUPS
 from logitsam.experiments.study.records import read_record, read_shared
 from logitsam.experiments.study.stats import (
     Estimate,
@@ -90,8 +90,10 @@ def _mean(xs: list[float]) -> float:
 
 
 def rho_of(label: str) -> float:
-    """ρ of a "loss+lsam(ρ)" label (0 for a label without logits-SAM)."""
-    return float(label.split("(")[1].rstrip(")")) if "lsam(" in label else 0.0
+    """ρ of a planned configuration, looked up in the plan (labels are names, never parsed)."""
+    if label not in ARMS:
+        raise KeyError(f"{label!r} is not a configuration of the study's plan ({', '.join(ARMS)})")
+    return ARMS[label].rho
 
 
 def sweep_gains(runs: dict[str, dict[int, dict[str, Any]]], seeds: list[int] | None = None) -> dict[str, float]:

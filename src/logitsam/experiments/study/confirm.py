@@ -15,9 +15,9 @@ from typing import Any
 
 from logitsam.errors import UserError
 from logitsam.experiments.study.analysis import Runs, config_row, load, paired, pick, sweep_gains
-from logitsam.experiments.study.plan import CONFIRM, Config, StudySettings
+from logitsam.experiments.study.plan import CONFIRM, StudySettings
 from logitsam.experiments.study.records import read_json, record_path, write_json
-from logitsam.experiments.study.setup import RunSpec
+from logitsam.experiments.study.setup import RunSpec, StudyArm
 
 log = logging.getLogger(__name__)
 PICK = "confirm.json"
@@ -49,7 +49,7 @@ def _make_pick(runs: Runs, s: StudySettings) -> tuple[dict[str, Any] | None, str
     return {"key": s.key(), "label": label, "rho": rho, "sweep_seeds": list(s.seeds), "gains": gains}, ""
 
 
-def confirmation_plan(out: str, s: StudySettings, save: bool = False) -> tuple[list[tuple[Config, RunSpec]], str]:
+def confirmation_plan(out: str, s: StudySettings, save: bool = False) -> tuple[list[tuple[StudyArm, RunSpec]], str]:
     """(DPO and DPO + logits-SAM at the picked ρ on the confirmation seeds, "") or ([], why not). The
     pick is the saved one, else made from the finished sweep (and saved with ``save``)."""
     if CONFIRM not in s.groups:

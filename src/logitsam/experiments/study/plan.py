@@ -20,7 +20,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from logitsam.experiments.study.setup import DemoSettings, RunSpec, quick_settings
+from logitsam.experiments.study.setup import DemoSettings, RunSpec, StudyArm, quick_settings
 
 DPO_RHO = 0.1
 TUNING_NOTE = (
@@ -35,52 +35,27 @@ CONFIRM = "confirm"  # the group whose ρ is picked from the finished sweep (con
 SWEEP_GROUPS = ("dpo", "rho")  # the groups holding the sweep's DPO + logits-SAM runs
 
 
-@dataclass(frozen=True)
-class Config:
-    """One configuration of the study (a row of the report), run once per seed."""
-
-    label: str
-    loss: str = "dpo"
-    rho: float = 0.0
-    mode: str = "logits"
-    lr_scale: float = 1.0
-    params: tuple[tuple[str, Any], ...] = ()
-    plain: str | None = None  # the label of the same loss without SAM (head-to-head partner)
-    hessian: bool = False
-    confirm: bool = False  # a confirmation run: fresh seed, kept apart from the runs that picked ρ
-
-    def spec(self, seed: int) -> RunSpec:
-        return RunSpec(
-            f"{CONFIRM + '/' if self.confirm else ''}{self.label}/s{seed}",
-            self.loss,
-            self.rho,
-            self.mode,
-            seed,
-            dict(self.params),
-            lr_scale=self.lr_scale,
-        )
-
-
 def _rho(x: float) -> str:
     return f"{x:.0e}".replace("e-0", "e-").replace("e+0", "e")
 
 
-def _lsam(loss: str, rho: float, **kw: Any) -> Config:
-    return Config(f"{loss}+lsam({_rho(rho)})", loss, rho, plain=loss, **kw)
+def _lsam(loss: str, rho: float, **kw: Any) -> StudyArm:
+    return StudyArm(f"{loss}+lsam({_rho(rho)})", loss, rho, plain=loss, **kw)
 
 
-GROUPS: dict[str, list[Config]] = {
+GROUPS: dict[str, list[StudyArm]] = {
     # Table 1 analogue for DPO, with the Hessian traces of §4.3
-    "dpo": [Config("dpo", hessian=True), _lsam("dpo", DPO_RHO, hessian=True)],
+    "dpo": [StudyArm("dpo", hessian=True), _lsam("dpo", DPO_RHO, hessian=True)],
     # the "it just moves less" control: DPO with a smaller step
-    "dpo-small-step": [Config("dpo(lr×0.5)", lr_scale=0.5, plain="dpo")],
-    "slic-cpo": [Config("slic", "slic"), _lsam("slic", 10 * DPO_RHO), Config("cpo", "cpo"), _lsam("cpo", DPO_RHO)],
+    "dpo-small-step": [StudyArm("dpo(lr×0.5)", lr_scale=0.5, plain="dpo")],
+    "slic-cpo": [StudyArm("slic", "slic"), _lsam("slic", 10 * DPO_RHO), StudyArm("cpo", "cpo"), _lsam("cpo", DPO_RHO)],
     # Table 3 analogue: ρ from 1e-4 to 1 (1e-1 is in the "dpo" group; 1e-4 is last: the paper's own scale)
     "rho": [_lsam("dpo", r) for r in (1e-3, 1e-2, 1.0, 1e-4)],
     # the other remedies for squeezing, each against plain DPO
-    "remedies": [Config(n, n, plain="dpo") for n in ("gate_dpo", "dpo_abs", "spo_target")],
-    "full-sam": [Config(f"dpo+fullsam({_rho(1e-2)})", "dpo", 1e-2, mode="full", plain="dpo")],
+    "remedies": [StudyArm(n, n, plain="dpo") for n in ("gate_dpo", "dpo_abs", "spo_target")],
+    "full-sam": [StudyArm(f"dpo+fullsam({_rho(1e-2)})", "dpo", 1e-2, mode="full", plain="dpo")],
 }
+ARMS: dict[str, StudyArm] = {a.label: a for arms in GROUPS.values() for a in arms}  # every planned arm by label
 
 
 @dataclass
@@ -96,9 +71,9 @@ class StudySettings(DemoSettings):
     hessian_pairs: int = 8
     hessian_probes: int = 8
     device: str = "auto"
-    configs: list[Config] = field(default_factory=list)
+    configs: list[StudyArm] = field(default_factory=list)
 
-    def plan(self) -> list[tuple[Config, RunSpec]]:
+    def plan(self) -> list[tuple[StudyArm, RunSpec]]:
         """(configuration, run) in execution order: group by group, every seed of a group in turn."""
         out = []
         for g in self.groups:
@@ -106,7 +81,7 @@ class StudySettings(DemoSettings):
                 out += [(c, c.spec(seed)) for c in GROUPS[g]]
         return out
 
-    def sweep_plan(self) -> list[tuple[Config, RunSpec]]:
+    def sweep_plan(self) -> list[tuple[StudyArm, RunSpec]]:
         """The runs the confirmation's ρ is picked from: DPO and DPO + logits-SAM at every ρ of
         SWEEP_GROUPS on the study's seeds, whichever groups this command runs."""
         return [
@@ -117,11 +92,11 @@ class StudySettings(DemoSettings):
             if c.label == "dpo" or c.label.startswith("dpo+lsam(")
         ]
 
-    def confirm_plan(self, rho: float) -> list[tuple[Config, RunSpec]]:
+    def confirm_plan(self, rho: float) -> list[tuple[StudyArm, RunSpec]]:
         """DPO and DPO + logits-SAM at the picked ρ on the confirmation seeds (empty unless planned)."""
         if CONFIRM not in self.groups:
             return []
-        cfgs = [Config("dpo", confirm=True), _lsam("dpo", rho, confirm=True)]
+        cfgs = [StudyArm("dpo", confirm=True), _lsam("dpo", rho, confirm=True)]
         return [(c, c.spec(seed)) for seed in self.confirm_seeds for c in cfgs]
 
     def key(self) -> str:
@@ -137,7 +112,7 @@ class StudySettings(DemoSettings):
 
 def quick_study() -> StudySettings:
     """The study pipeline on the demo's quick settings (tiny random model, letters reward), in seconds."""
-    base = {k: v for k, v in asdict(quick_settings()).items() if k != "runs"}
+    base = asdict(quick_settings())
     return StudySettings(
         **base,
         seeds=(0, 1),

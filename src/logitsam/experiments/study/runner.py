@@ -35,9 +35,9 @@ from logitsam.evaluation.winrate import sequence_kl_values
 from logitsam.experiments.records import write_record
 from logitsam.experiments.study.confirm import confirmation_plan, seed_list
 from logitsam.experiments.study.pairs import load_prompts, make_pairs, split_prompts, write_jsonl
-from logitsam.experiments.study.plan import CONFIRM, TUNING_NOTE, Config, StudySettings
+from logitsam.experiments.study.plan import CONFIRM, TUNING_NOTE, StudySettings
 from logitsam.experiments.study.records import read_json, read_record, read_shared, record_path, write_json
-from logitsam.experiments.study.setup import RunSpec, _run_config, _start_records, describe
+from logitsam.experiments.study.setup import RunSpec, StudyArm, _run_config, _start_records, describe
 from logitsam.experiments.study.study_report import write_study_report
 from logitsam.training.models import cache_dir, load_model, load_tokenizer
 from logitsam.training.run import train
@@ -166,7 +166,7 @@ class Study:
         res = measure_sharpness(model, batch, loss, params, ref_model=self.sft, probes=self.s.hessian_probes, seed=0)
         return {k: v.to_dict() for k, v in res.items()} | {"pairs": len(rows)}
 
-    def run(self, cfg: Config, spec: RunSpec) -> dict[str, Any]:
+    def run(self, cfg: StudyArm, spec: RunSpec) -> dict[str, Any]:
         """Train, evaluate and record one run (or return its record if it is already finished)."""
         path = record_path(self.out, spec.name)
         if os.path.exists(path):
@@ -174,7 +174,7 @@ class Study:
             if rec.get("key") != self.key:
                 raise UserError(f"{path}: finished under other study settings; delete it to run it again")
             # the run itself must be the planned one (a changed plan.py would otherwise reuse stale runs)
-            if rec.get("spec") != asdict(spec) or rec.get("config", {}).get("hessian") != cfg.hessian:
+            if rec.get("spec") != spec.record() or rec.get("config", {}).get("hessian") != cfg.hessian:
                 raise UserError(f"{path}: a different run than the plan's {spec.name}; delete it to run it again")
             return rec
         setup = hashlib.sha256(json.dumps([spec.loss, spec.params], sort_keys=True).encode()).hexdigest()[:12]
@@ -187,7 +187,7 @@ class Study:
         rcfg = _run_config(self.s, spec, self.out, self.train_file, self.eval_file, eval_on_start=start is None)
         rec: dict[str, Any] = {
             "key": self.key,
-            "spec": asdict(spec),
+            "spec": spec.record(),
             "config": asdict(cfg),
             "method": cfg.label,
             "device": self.device,
@@ -218,7 +218,7 @@ class Study:
         return write_record(path, rec)
 
 
-def _run_all(study: Study, plan: list[tuple[Config, RunSpec]], first: int, total: int) -> dict[str, dict[str, Any]]:
+def _run_all(study: Study, plan: list[tuple[StudyArm, RunSpec]], first: int, total: int) -> dict[str, dict[str, Any]]:
     records = {}
     for i, (cfg, spec) in enumerate(plan, first):
         fresh = not os.path.exists(record_path(study.out, spec.name))

@@ -11,29 +11,52 @@ letters-fraction reward: a pipeline check for tests, not a result.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from logitsam.config import schema as config_mod
 from logitsam.core.registry import get_loss
 
 
-@dataclass
-class RunSpec:
-    """One training run of the study."""
+@dataclass(frozen=True)
+class StudyArm:
+    """One configuration of the study (a row of the report), run once per seed."""
 
-    name: str
+    label: str
     loss: str = "dpo"
     rho: float = 0.0
     mode: str = "logits"
-    seed: int = 0
-    params: dict[str, Any] = field(default_factory=dict)
     lr_scale: float = 1.0  # the run's learning rate = the study's × this (a smaller-step baseline)
+    params: tuple[tuple[str, Any], ...] = ()
+    plain: str | None = None  # the label of the same loss without SAM (head-to-head partner)
+    hessian: bool = False
+    confirm: bool = False  # a confirmation run: fresh seed, kept apart from the runs that picked ρ
+
+    def spec(self, seed: int) -> RunSpec:
+        return RunSpec(self, seed)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run: an arm of the study at one seed (its fields are the arm's)."""
+
+    arm: StudyArm
+    seed: int
 
     @property
-    def method(self) -> str:
-        """The run's method label without its seed (rows of the result table)."""
-        return self.name.rsplit("/s", 1)[0]
+    def name(self) -> str:
+        return f"{'confirm/' if self.arm.confirm else ''}{self.arm.label}/s{self.seed}"
+
+    loss = property(lambda self: self.arm.loss)
+    rho = property(lambda self: self.arm.rho)
+    mode = property(lambda self: self.arm.mode)
+    lr_scale = property(lambda self: self.arm.lr_scale)
+    params = property(lambda self: dict(self.arm.params))
+
+    def record(self) -> dict[str, Any]:
+        """The run as its record's "spec" stores it (the format of the committed records)."""
+        return {"name": self.name, "loss": self.loss, "rho": self.rho, "mode": self.mode, "seed": self.seed,
+                "params": self.params, "lr_scale": self.lr_scale}  # fmt: skip
 
 
 @dataclass
@@ -50,7 +73,6 @@ class DemoSettings:
     eval_steps: int = 10
     max_length: int = 96
     resample: bool = False  # sample the pairs again instead of using the shipped / cached ones
-    runs: list[RunSpec] = field(default_factory=list)
 
 
 def quick_settings() -> DemoSettings:
@@ -64,7 +86,6 @@ def quick_settings() -> DemoSettings:
         batch_size=4,
         eval_steps=1,
         max_length=160,
-        runs=[RunSpec("dpo/s0", "dpo", 0.0), RunSpec("dpo+lsam(1e-2)/s0", "dpo", 1e-2)],
     )
 
 
