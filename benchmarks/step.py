@@ -15,6 +15,7 @@ activations the comparison is about.
 
     python benchmarks/step.py --device cuda            # bf16, the issue's shapes
     python benchmarks/step.py --device cpu             # fp32, same widths/vocabularies, 2 layers, short
+    python benchmarks/step.py --device cpu --shapes llama-w256-v128k --seq 512 --autocast   # issue 18, exact bytes
 Shapes: pythia-2.8b (GPT-NeoX d=2560, 32 layers, V=50304) 4 pairs × 512 and llama3.2-1b (d=2048,
 16 layers, V=128256, tied) 4 pairs × 1024 on a GPU; on a CPU --layers/--pairs/--seq shrink them.
 """
@@ -42,6 +43,10 @@ MODELS = {
     "llama3.2-1b": ("llama", dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32,
                                  num_key_value_heads=8, intermediate_size=8192, vocab_size=128256,
                                  tie_word_embeddings=True), 4, 1024),
+    # issue 18's exact-bytes CPU shape: a Llama-3-sized vocabulary on a narrow body
+    "llama-w256-v128k": ("llama", dict(hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=4, intermediate_size=688, vocab_size=128256,
+                                      tie_word_embeddings=False), 2, 512),
 }
 VARIANTS = ["trl", "plain", "plain_logits", "sam_auto", "sam_weight", "sam_gram", "sam_chunked", "sam_full"]
 SAM = {"sam_auto": "auto", "sam_weight": "weight", "sam_gram": "gram", "sam_chunked": "chunked"}
@@ -67,7 +72,7 @@ def measure_memory(dev: str, fn) -> int:
     return pm.peak
 
 
-def build(name: str, dev: str, dtype: torch.dtype, layers: int | None, pairs: int, seq: int):
+def build(name: str, dev: str, dtype: torch.dtype, layers: int | None, pairs: int, seq: int, autocast: bool = False):
     import datasets
     import trl
     from transformers import AutoConfig, AutoModelForCausalLM, TrainingArguments
@@ -86,6 +91,12 @@ def build(name: str, dev: str, dtype: torch.dtype, layers: int | None, pairs: in
         policy = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
         ref = AutoModelForCausalLM.from_config(cfg, dtype=dtype).requires_grad_(False)
     ref.load_state_dict(policy.state_dict())
+    if autocast:  # what accelerate's prepare_model does for mixed_precision bf16 (Trainer bf16=True, TRL bf16=True):
+        # the model's forward runs under bf16 autocast, its outputs cast to float32; the weights stay float32
+        from accelerate import Accelerator
+
+        acc = Accelerator(mixed_precision="bf16", cpu=dev == "cpu")
+        policy, ref = acc.prepare_model(policy), acc.prepare_model(ref, evaluation_mode=True)
     tok = tiny_tokenizer()
     tok.pad_token = tok.eos_token
     g = random.Random(0)
@@ -116,7 +127,7 @@ def build(name: str, dev: str, dtype: torch.dtype, layers: int | None, pairs: in
 def run_shape(name: str, args, dev: str, dtype: torch.dtype) -> list[dict]:
     _, _, pairs, seq = MODELS[name]
     pairs, seq = args.pairs or pairs, args.seq or seq
-    policy, trainers, tb, ours = build(name, dev, dtype, args.layers, pairs, seq)
+    policy, trainers, tb, ours = build(name, dev, dtype, args.layers, pairs, seq, args.autocast)
     variants = [v for v in args.variants if v in trainers]
 
     def step(v: str, set_to_none: bool = True) -> None:
@@ -149,7 +160,8 @@ def run_shape(name: str, args, dev: str, dtype: torch.dtype) -> list[dict]:
             times[v].append(time.perf_counter() - t0)
     med = {v: statistics.median(t) for v, t in times.items()}
     out = []
-    print(f"\n{name} ({args.layers or 'all'} layers) {pairs} pairs × {seq} tokens, {dtype}, {dev}, "
+    print(f"\n{name} ({args.layers or 'all'} layers) {pairs} pairs × {seq} tokens, {dtype}"
+          f"{' + bf16 autocast' if args.autocast else ''}, {dev}, "
           f"median of {args.rounds}")
     cols = ("ms/step", "/plain", "/trl", "act-mem MiB", "/plain", "/trl")
     print(f"  {'variant':13s} " + " ".join(f"{c:>{w}s}" for c, w in zip(cols, (9, 7, 7, 12, 7, 7), strict=True)))
@@ -172,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layers", type=int, default=None, help="body layers (default: all on cuda, 2 on cpu)")
     ap.add_argument("--pairs", type=int, default=None, help="pairs per step (default: the shape's on cuda, 2 on cpu)")
     ap.add_argument("--seq", type=int, default=None, help="tokens per sequence (default: the shape's, 128 on cpu)")
+    ap.add_argument("--autocast", action="store_true", help="float32 weights, the forward under bf16 autocast "
+                    "as accelerate's mixed_precision bf16 wraps it (Trainer / TRL bf16=True)")
     ap.add_argument("--out", default="benchmarks/results/step.json")
     args = ap.parse_args(argv)
     dev = args.device
@@ -180,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     if cpu:
         args.layers, args.pairs, args.seq = args.layers or 2, args.pairs or 2, args.seq or 128
     args.variants = ["trl", "plain", *[v for v in args.variants.split(",") if v not in ("trl", "plain")]]
-    dtype = torch.float32 if cpu else torch.bfloat16
+    dtype = torch.float32 if cpu or args.autocast else torch.bfloat16
     logging.getLogger("transformers").setLevel(logging.ERROR)
     random.seed(0)
     res = {"device": torch.cuda.get_device_name() if not cpu else f"cpu ({torch.get_num_threads()} threads)",
