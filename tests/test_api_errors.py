@@ -48,6 +48,22 @@ def test_perturbed_logits_names_shape_and_dtype_mismatches(hidden, weight, match
         perturbed_logits(hidden, weight, G, rho=0.1)
 
 
+@pytest.mark.parametrize("method", ["weight", "gram", "chunked"])
+def test_perturbed_logits_takes_the_gradient_in_any_floating_dtype(method):
+    """grad_logits in another float dtype than hidden/weight is computed in theirs (once a RuntimeError
+    from the matmul), equal to the same-dtype call; a non-float gradient is named."""
+    same = perturbed_logits(H, W, G, rho=0.1, method=method)
+    for g in (G.double(), G.bfloat16().float()):
+        assert torch.allclose(
+            perturbed_logits(H, W, g, rho=0.1, method=method), perturbed_logits(H, W, g.float(), rho=0.1, method=method)
+        )
+    assert torch.allclose(perturbed_logits(H, W, G.double(), rho=0.1, method=method), same, atol=1e-6)
+    with pytest.raises(ValueError, match="grad_logits must be a floating tensor"):
+        perturbed_logits(H, W, G.long(), rho=0.1, method=method)
+    with pytest.raises(ValueError, match="grad_logits must be a floating tensor"):
+        perturbed_logits(H, W, G.tolist(), rho=0.1, method=method)
+
+
 @pytest.mark.parametrize("bad", [lambda z: z.sum(-1), lambda z: 1.0, lambda z: torch.tensor(1.0)])
 def test_logits_sam_loss_needs_a_scalar_loss_of_the_logits(bad):
     with pytest.raises(ValueError, match="scalar"):
@@ -76,6 +92,8 @@ def pair_batch(s=4, t=8, v=300):
         (lambda b: b.update(labels=b["labels"].float()), "integer"),
         (lambda b: b.pop("attention_mask"), "attention_mask"),
         (lambda b: b.update(score_chosen=torch.ones(5), score_rejected=torch.ones(5)), "score_chosen"),
+        (lambda b: b.update(score_chosen=[1.0, 2.0], score_rejected=torch.ones(2)), "score_chosen.*got list"),
+        (lambda b: b.update(score_chosen=torch.ones(2), score_rejected="0.5"), "score_rejected.*got str"),
     ],
 )
 @pytest.mark.parametrize("fused", [True, False])

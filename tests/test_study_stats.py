@@ -1611,6 +1611,31 @@ def _strict_json(path):
     return json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse)
 
 
+def test_study_report_into_a_read_only_directory_is_one_line(tmp_path, monkeypatch, capsys):
+    """--report-only where writing is refused (a read-only directory: simulated, the tests may run as root):
+    one line naming the file, exit 2, no traceback, and the records untouched."""
+    import builtins
+    import errno
+
+    from logitsam import cli
+
+    out = build_study(tmp_path)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    real_open = builtins.open
+
+    def refusing(file, mode="r", *args, **kwargs):
+        if any(c in mode for c in "wax+") and str(file).startswith(str(tmp_path)):
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", refusing)
+    assert cli.main(["study", "--out", out, "--report-only"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("logitsam: error: cannot write ") and "Permission denied" in err[0]
+    monkeypatch.setattr(builtins, "open", real_open)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
 def test_write_study_report_on_the_synthetic_study(tmp_path):
     from logitsam.experiments.study.study_report import PNG, write_study_report
 

@@ -438,8 +438,8 @@ def _version() -> str:
 
 
 def _storage_error(e: BaseException) -> str | None:
-    """One line for a full disk, a quota or a read-only file system met while writing (also when a
-    library wrapped the OSError, e.g. safetensors' SafetensorError); None for anything else."""
+    """One line for a full disk, a quota, a read-only file system or a permission refused while writing
+    (also when a library wrapped the OSError, e.g. safetensors' SafetensorError); None for anything else."""
     seen: BaseException | None = e
     while seen is not None:
         if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
@@ -449,6 +449,8 @@ def _storage_error(e: BaseException) -> str | None:
                 "partial one is skipped on resume); free space or remount, then resume with "
                 "--train.resume_from_checkpoint=last"
             )
+        if isinstance(seen, PermissionError) and seen.filename:  # e.g. a report into a read-only directory
+            return f"cannot write {seen.filename!r}: {seen.strerror}; make it writable or choose another --out"
         seen = seen.__cause__ or seen.__context__
     text = str(e).lower()
     if type(e).__name__ == "SafetensorError" and ("no space" in text or "read-only" in text):

@@ -202,8 +202,10 @@ def check_batch(batch: dict[str, Tensor], ref: Tensor | None) -> None:
     if ref is not None and tuple(ref.shape) != (s,):
         raise ValueError(f"reference log-probs must have shape ({s},) (chosen, then rejected), got {tuple(ref.shape)}")
     for key in ("score_chosen", "score_rejected"):
-        if batch.get(key) is not None and tuple(batch[key].shape) != (s // 2,):
-            raise ValueError(f"{key} must have shape ({s // 2},), got {tuple(batch[key].shape)}")
+        sc = batch.get(key)
+        if sc is not None and (not isinstance(sc, Tensor) or sc.dtype == torch.bool or tuple(sc.shape) != (s // 2,)):
+            got = f"shape {tuple(sc.shape)}, {sc.dtype}" if isinstance(sc, Tensor) else type(sc).__name__
+            raise ValueError(f"{key} must be a numeric tensor of shape ({s // 2},) (one score per pair), got {got}")
 
 
 def check_labels(labels: Tensor, vocab: int) -> None:

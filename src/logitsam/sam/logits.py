@@ -176,12 +176,15 @@ def perturb(
     rho = check_rho(rho)
     v, d = _check_inputs(hidden, weight, bias, logits, block), hidden.shape[-1]
     lead = hidden.shape[:-1]
+    if not isinstance(grad_logits, Tensor) or not grad_logits.is_floating_point():
+        got = getattr(grad_logits, "dtype", type(grad_logits))
+        raise ValueError(f"grad_logits must be a floating tensor, got {got}")
     if grad_logits.shape != (*lead, v):
         raise ValueError(f"grad_logits has shape {tuple(grad_logits.shape)}, expected {(*lead, v)}")
     h = _acc(hidden.reshape(-1, d))
     g2 = grad_logits.detach().reshape(-1, v)
     rows = _nonzero_rows(g2)  # only scored rows carry gradient
-    h_r, g_r = h.detach()[rows], _acc(g2[rows])
+    h_r, g_r = h.detach()[rows], g2[rows].to(h.dtype)  # g in the hidden states' accumulation dtype, whatever its own
     precise = weight is not None and weight.dtype in (torch.float32, torch.float64)
     if method == "auto" and adaptive:
         method = "weight" if precise else "chunked"
