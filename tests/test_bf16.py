@@ -43,6 +43,7 @@ def rel(a, b):
     return ((a.double() - b).norm() / b.norm()).item()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("cls", [WeightEps, GramEps])
 def test_fused_shift_survives_bf16(device, cls):
@@ -57,6 +58,7 @@ def test_fused_shift_survives_bf16(device, cls):
     assert rel(shift, exact_shift(hb, gz, rho)) <= 1e-2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICES)
 def test_logit_space_gram_in_bf16(device):
     skip_without(device)
@@ -67,6 +69,7 @@ def test_logit_space_gram_in_bf16(device):
     assert rel(p.logits - z.float(), exact_shift(hb, gz, 1e-4)) <= 1e-2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("method", ["weight", "gram"])
 def test_bf16_fused_step_equals_full_logits_step(device, method):
@@ -91,6 +94,7 @@ def test_bf16_fused_step_equals_full_logits_step(device, method):
     assert rel(out[True][1], out[False][1].double()) <= 5e-2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_mixed_precision_fused_gradients_do_not_underflow(device, dtype):

@@ -134,6 +134,7 @@ def test_train_help_lists_every_config_key_and_loss(capsys):
     assert all(name in out.split("losses (loss.name")[1] for name in LOSSES)
 
 
+@pytest.mark.slow
 def test_train_from_another_directory_with_space_overrides(capsys, tmp_path, monkeypatch):
     import os
 
@@ -242,6 +243,7 @@ def test_arguments_out_of_range_or_unwritable(capsys, argv, message):
     assert rc == 2 and message in one_error_line(err)
 
 
+@pytest.mark.slow
 def test_sharpness_takes_the_first_pairs_that_survive_tokenization(capsys, tmp_path):
     rows = [{"prompt": "x" * 400, "chosen": " a", "rejected": " b"}] * 3  # dropped: prompt too long
     rows += [{"prompt": f"q{i}", "chosen": f" yes {i}", "rejected": f" no {i}"} for i in range(3)]

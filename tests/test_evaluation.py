@@ -124,6 +124,7 @@ def test_reward_model_judge(tmp_path):
     assert judge.compare(["p"], ["one answer"], ["another"]) == expected
 
 
+@pytest.mark.slow
 def test_generation_is_seeded_and_kl_of_a_model_to_itself_is_zero():
     tok = tiny_tokenizer()
     tok.pad_token = tok.eos_token

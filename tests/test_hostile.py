@@ -120,6 +120,7 @@ def _json_line(value, ascii_only=True):
     return json.dumps(value, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(
     st.lists(mostly(near_valid_rows(), json_values), min_size=1, max_size=2),
@@ -132,6 +133,7 @@ def test_malformed_rows(records, fmt, ascii_only):
         _load_and_tokenize(_write(d, "d.json", [_json_line({"data": records}, ascii_only)]), fmt)
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(
     st.lists(st.binary(max_size=40) | st.builds(_json_line, near_valid_rows()), max_size=4),
@@ -145,6 +147,7 @@ def test_random_bytes_files(lines, ext):
 cell = st.sampled_from(["Q: hi", " yes", " no", "2", "nan", '"', "a\r\nb", "\u2028"]) | text
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(
     st.permutations(FIELDS[:3]) | st.permutations(FIELDS) | st.lists(st.sampled_from(FIELDS), min_size=1, max_size=5),
@@ -212,6 +215,7 @@ def _check_all(cfg):
             event(f"refused by check_config/loss_setup ({str(e).split(':')[0]})")
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(near_valid_configs() | json_values)
 def test_malformed_config_dicts(data):
@@ -248,6 +252,7 @@ def override(draw):
     return f"--{section}.{f.name}={raw}"
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(st.lists(override(), max_size=4))
 def test_malformed_overrides(items):

@@ -68,6 +68,7 @@ def test_two_tiny_runs_one_png(tmp_path):
     assert acc.get_linestyle() == "--"
 
 
+@pytest.mark.slow
 def test_missing_metrics_say_not_logged_and_labels_are_used(tmp_path):
     run = tmp_path / "bare"
     run.mkdir()
@@ -100,6 +101,7 @@ def test_bad_inputs_are_user_errors(tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
+@pytest.mark.slow
 def test_binary_torn_and_absurd_metrics(tmp_path, caplog):
     """A binary file is a one-line error; a torn last line (a run killed mid-write) plots the complete
     lines; absurd values and steps are left out instead of breaking the axes."""

@@ -85,6 +85,7 @@ def test_fingerprint_samples_stay_in_bounds_for_large_tensors():
         assert bool((idx[1:] > idx[:-1]).all())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "damage", ["garbage", "truncated", "wrong_shape", "pickle", "replaced", "nan_with_checksum", "no_checksum"]
 )

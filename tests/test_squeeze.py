@@ -51,6 +51,7 @@ def _rows(tok, n=3, seed=0):
     return rows
 
 
+@pytest.mark.slow
 def test_response_stats_match_a_token_by_token_computation():
     tok = load_tokenizer(ModelConfig(name_or_path="tiny-random"))
     model = tiny_model(len(tok)).double()
@@ -217,6 +218,7 @@ def _synthetic_main(tmp_path, n=40, pairs=6):
     return str(out), setting
 
 
+@pytest.mark.slow
 def test_main_analysis_on_a_hand_made_comparison(tmp_path):
     from logitsam.experiments.squeeze.analysis import analyse
     from logitsam.experiments.squeeze.report import write_main_report

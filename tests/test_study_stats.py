@@ -167,6 +167,7 @@ def assert_matches_ref(e, grid, level=0.95, clip=None, abs_tol=1e-7):
 # ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_reference_t_quantile_against_printed_tables_and_closed_forms():
     for df, t in T_TABLE.items():
         assert ref_t(df) == pytest.approx(t, abs=5e-4)
@@ -231,6 +232,7 @@ def test_crossed_interval_fallback_when_the_prompt_component_is_negative():
     assert_estimate(e, *t_interval([1.0, 5.0], T1), 2, abs_tol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("level", [0.9, 0.95, 0.99, 0.9875])
 def test_crossed_interval_matches_the_independent_implementation(level):
     rng = np.random.default_rng(int(level * 1e4))
@@ -320,6 +322,7 @@ def test_crossed_interval_is_not_certain_when_only_cells_vary():
         assert e.high - e.low > 0.1, grid
 
 
+@pytest.mark.slow
 def test_crossed_interval_coverage_under_two_way_random_effects():
     """y[s,p] = μ + a_s + b_p + ε at the study's shape (3 seeds × 200 prompts): the crossed interval
     covers μ about as often as promised; the pooled iid interval (what the demo did) does not."""
@@ -376,12 +379,14 @@ def test_t_quantile_at_closed_forms(level):
     assert t_quantile_at(2, level) == pytest.approx(level * math.sqrt(2 / (1 - level**2)), rel=1e-9)
 
 
+@pytest.mark.slow
 def test_t_quantile_at_fractional_df_against_the_reference():
     for df in (0.7, 35 / 22, 2.5, 3.3, 6.7978, 12.25, 47.2, 300.0):
         for level in (0.9, 0.95, 0.9875, 0.99):
             assert t_quantile_at(df, level) == pytest.approx(ref_t(df, level), rel=1e-8), (df, level)
 
 
+@pytest.mark.slow
 def test_t_quantile_at_shape_and_invalid_df():
     qs = [t_quantile_at(d, 0.95) for d in (0.5, 0.9, 1, 1.5, 2, 3, 5, 10, 30, 100, 1000)]
     assert all(a > b for a, b in itertools.pairwise(qs))  # decreasing in df
@@ -464,6 +469,7 @@ def test_cluster_bootstrap_seed_shift_widens_the_interval_beyond_pooled_iid():
     assert e.low < plo - 0.3 and e.high > phi + 0.3
 
 
+@pytest.mark.slow
 def test_cluster_bootstrap_leaves_nan_cells_out():
     rng = np.random.default_rng(4)
     grid = rng.normal(1.0, 1.0, size=(3, 40))
@@ -505,6 +511,7 @@ def test_cluster_bootstrap_is_reproducible_by_seed():
     assert cluster_bootstrap(grid, resamples=300, seed=1) != cluster_bootstrap(grid, resamples=300, seed=2)
 
 
+@pytest.mark.slow
 def test_cluster_bootstrap_coverage_under_two_way_random_effects():
     """y[s,p] = μ + a_s + b_p + ε: the two-way bootstrap covers μ about as often as promised, the
     pooled iid interval (what the demo did) does not."""
@@ -1090,6 +1097,7 @@ def test_effect_of_interest_and_noop_rules():
     assert noop(_pair(chosen_drift_gap=0.05), {"chosen_drift_sd": NAN}) is None
 
 
+@pytest.mark.slow
 def test_old_study_under_the_corrected_rules():
     """The committed short on-policy study (results/study) read by the corrected rules: the ρ sweep is
     inconclusive (ρ = 1e-3's family-wise interval reaches +1.77 pp, above the 1.76 pp effect of interest;
@@ -1541,6 +1549,7 @@ def test_analyse_a_gain_bought_with_kl_is_inconclusive(tmp_path):
     assert win["verdict"] == "inconclusive (the gain came with more KL)"
 
 
+@pytest.mark.slow
 def test_analyse_rho_sweep_at_the_bonferroni_level(tmp_path):
     """Four values of ρ: each is compared with DPO at 95% and, for picking the best, at 1 − 0.05/4."""
     dpo_vs = [0.5] * 8
@@ -1636,6 +1645,7 @@ def test_study_report_into_a_read_only_directory_is_one_line(tmp_path, monkeypat
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.slow
 def test_write_study_report_on_the_synthetic_study(tmp_path):
     from logitsam.experiments.study.study_report import PNG, write_study_report
 
@@ -1667,6 +1677,7 @@ def test_write_study_report_on_the_synthetic_study(tmp_path):
         assert f"]({name})" in md
 
 
+@pytest.mark.slow
 def test_write_study_report_drift_plot_uses_the_steps_every_seed_logged(tmp_path, monkeypatch):
     import matplotlib
 
@@ -1714,6 +1725,7 @@ def test_analyse_with_no_common_seed_between_sam_and_dpo(tmp_path):
     assert {c["verdict"] for c in res["claims"]} == {"not measured"}
 
 
+@pytest.mark.slow
 def test_write_study_report_with_no_common_seed_for_the_half_step_control(tmp_path):
     from logitsam.experiments.study.study_report import write_study_report
 
@@ -1815,6 +1827,7 @@ def _confirm_record(label, seed, base, vs_sft):
     return rec
 
 
+@pytest.mark.slow
 def test_analyse_keeps_confirmation_runs_apart(tmp_path):
     """Confirmation records (config.confirm) do not enter the plan's rows or comparisons; with the saved
     pick they form the confirmation comparison (the pick against DPO on fresh seeds) and its table rows;
@@ -1855,6 +1868,7 @@ def test_analyse_keeps_confirmation_runs_apart(tmp_path):
     assert md.splitlines()[2].startswith("**Status: 14 of 51 planned runs finished**")  # 8 + 6 confirmation
 
 
+@pytest.mark.slow
 def test_confirmation_without_a_common_seed_and_part_done(tmp_path):
     """An interrupted confirmation (DPO on seed 5, the pick only on seed 6) reports its runs, no crash."""
     from logitsam.experiments.study.study_report import write_study_report

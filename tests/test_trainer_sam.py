@@ -74,6 +74,7 @@ def rel_all(a, b):
     return (num / sum(v.norm() ** 2 for v in b.values()) ** 0.5).item()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(LOSSES))
 @pytest.mark.parametrize("method", ["auto", "weight", "gram", "chunked"])
 def test_trainer_step_is_the_sam_gradient(name, method, tmp_path):
