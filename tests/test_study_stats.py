@@ -1138,6 +1138,25 @@ def test_claims_hessian_traces():
     assert out[6]["evidence"] == "Hessian traces missing from some runs"
 
 
+def test_claims_hessian_verdict_needs_traces_known_to_5_percent():
+    """Each trace's Hutchinson standard error must be ≤ 5% of it (issue 16): stated, and a decided verdict on
+    traces known less precisely becomes inconclusive."""
+
+    def traces(rel):  # the two arms' per-seed traces, standard error = rel × trace
+        by_seed = {s: {"trace": 100.0 + s, "stderr": rel * (100.0 + s), "probes": 32} for s in (2, 3, 4)}
+        return {"dpo": {"chosen_drift_final": _e(-2.0, -3.0, -1.0), "parameter_hessian": {"by_seed": by_seed}},
+                "dpo+lsam(1e-1)": {"parameter_hessian": {"by_seed": by_seed}}}  # fmt: skip
+
+    for rel, verdict_, words in ((0.04, "reproduced", "4–4% of the trace (32 probes), within the 5% target"),
+                                 (0.2, "inconclusive", "20–20% of the trace (32 probes), above the 5% target: too "
+                                  "imprecise to decide either way")):  # fmt: skip
+        res = _res({"dpo+lsam(1e-1)": _pair()})
+        res["configs"] = traces(rel)
+        v, out = _verdicts(res)
+        assert v[5] == verdict_ and out[5]["evidence"].endswith(words)
+        assert "% of the trace" not in out[6]["evidence"]  # no logit-Hessian traces given: nothing said
+
+
 def test_claims_matched_movement_downgraded_by_a_contradicting_control():
     mm = {
         "seeds": [2, 3, 4],
@@ -1493,9 +1512,11 @@ def test_analyse_claims(study):
     for name in ("SLiC-HF", "CPO"):
         c = find(f"logits-SAM raises {name}'s win rate")
         assert c["verdict"] == "not measured" and c["evidence"].startswith("runs missing")
-    for kind in ("parameter", "logit"):
-        c = find(f"logits-SAM finds flatter solutions (§4.3: lower {kind}")
-        assert c["verdict"] == "reproduced" and "Hutchinson estimate on 4 held-out pairs" in c["evidence"]
+    for kind, verdict_, rel in (("parameter", "reproduced", "1–1% of the trace (8 probes), within the 5% target"),
+                                ("logit", "inconclusive", "3–5% of the trace (8 probes), above the 5% target")):
+        c = find(f"logits-SAM finds flatter solutions (§4.3: lower {kind}")  # logit traces ≈ 1.9 ± 0.1: 5.3%
+        assert c["verdict"] == verdict_ and "Hutchinson estimate on 4 held-out pairs" in c["evidence"]
+        assert rel in c["evidence"]
     matched = find("the squeezing reduction is not just a smaller step")
     assert matched["verdict"] == "reproduced"
     assert "3 of 3 seeds" in matched["evidence"] and "1 of 2 seeds inside the two DPO runs" in matched["evidence"]
