@@ -34,7 +34,9 @@ def run_dir(finished, tmp_path):
 
 
 def snapshot(out):
-    return {name: (out / name).read_bytes() for name in ("metrics.jsonl", "config.yaml")}
+    """Every file under the run directory, by relative path, with its bytes (a refused or failed start must
+    change none of them, add none and remove none)."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
 
 
 def steps(out):
@@ -55,6 +57,25 @@ def test_a_resume_that_fails_trims_and_overwrites_nothing(run_dir, overrides, er
     with pytest.raises(error, match=message.replace(".", r"\.")):
         train(cfg_for(run_dir, f"--train.resume_from_checkpoint={ckpt}", "--train.resume_allow_changes=true", *overrides))
     assert snapshot(run_dir) == before  # metrics.jsonl not trimmed to step 3, config.yaml not rewritten
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ([], "previous run"),  # a new run into a finished run's directory
+        (["--loss.name=nope"], "loss.name"),
+        (["--train.overwrite_output_dir=true", "--data.train_files=[/nonexistent/d.jsonl]"], "file not found"),
+        (["--train.overwrite_output_dir=true", "--model.lora_r=2", "--model.lora_target_modules=[nope]"], "lora"),
+        (["--train.resume_from_checkpoint=last", "--train.learning_rate=0.5"], "learning_rate"),
+    ],
+)
+def test_a_refused_start_changes_no_byte_of_the_directory(run_dir, overrides, match):
+    """Every refused start — a new run over an old one, a bad setting, overwrite with bad data or a bad
+    model, a resume with other settings — leaves every file of output_dir as it was (README's promise)."""
+    before = snapshot(run_dir)
+    with pytest.raises((ConfigError, DataError), match=match):
+        train(cfg_for(run_dir, *overrides))
+    assert snapshot(run_dir) == before
 
 
 def test_resume_with_other_settings_is_refused_and_lists_them(run_dir):
@@ -88,9 +109,11 @@ def test_last_skips_checkpoints_with_broken_weights_or_state(run_dir):
     before = snapshot(run_dir)
     with pytest.raises(ConfigError, match=r"checkpoint-6' is incomplete: missing readable weights"):
         train(cfg_for(run_dir, f"--train.resume_from_checkpoint={run_dir / 'checkpoint-6'}"))
+    assert snapshot(run_dir) == before
     state = run_dir / "checkpoint-3" / "trainer_state.json"
     state.write_text('{"global_step": 3}')
     (run_dir / "checkpoint-3" / ".logitsam-complete-0-of-1").unlink()
+    before = snapshot(run_dir)
     with pytest.raises(ConfigError, match=r"checkpoint-3' is incomplete: missing a trainer_state\.json with the fields"):
         train(cfg_for(run_dir, f"--train.resume_from_checkpoint={run_dir / 'checkpoint-3'}"))
     with pytest.raises(ConfigError, match=r"every checkpoint in .* is incomplete"):

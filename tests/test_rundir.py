@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from logitsam.errors import ConfigError
-from logitsam.training.rundir import LOCK_NAME, RunLock, check_output_dir, claim, is_main_process
+from logitsam.training.rundir import LOCK_NAME, RunLock, check_output_dir, claim, clear_previous_run, is_main_process
 
 
 def write_lock(directory, pid, host=None):
@@ -76,7 +76,10 @@ def test_previous_run_is_refused_unless_resuming_or_overwriting(tmp_path, caplog
     with claim(str(out), resuming=True, overwrite=False):
         assert (out / "metrics.jsonl").exists()  # resuming keeps the records (trimmed elsewhere)
     with caplog.at_level(logging.WARNING), claim(str(out), resuming=False, overwrite=True):
+        assert (out / "metrics.jsonl").exists()  # nothing removed while the new run is still being checked
+        clear_previous_run(str(out))  # the run has checked everything and starts writing
         assert not (out / "metrics.jsonl").exists() and not (out / "checkpoint-5").exists()
+        clear_previous_run(str(out))  # once only (a no-op now)
     assert (out / "notes.txt").read_text() == "mine"  # files that are not a run's stay
     assert "removed the previous run's metrics.jsonl, checkpoint-5" in caplog.text
     with claim(str(tmp_path / "fresh"), resuming=False, overwrite=False):
@@ -166,6 +169,13 @@ def test_overwrite_removes_checkpoint_folders_only(tmp_path):
     (tmp_path / "checkpoint-3" / "model.safetensors").write_text("x")
     (tmp_path / "checkpoint-notes.txt").write_text("mine")
     (tmp_path / "metrics.jsonl").write_text("{}")
+    (tmp_path / "model.safetensors").write_text("old weights")  # with save_model: false they would be stale
     with claim(str(tmp_path), resuming=False, overwrite=True):
-        pass
+        clear_previous_run(str(tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-notes.txt"]
+    (tmp_path / "metrics.jsonl").write_text("{}")
+    with claim(str(tmp_path), resuming=False, overwrite=True):
+        pass  # the start failed before writing: clear_previous_run never called
+    assert (tmp_path / "metrics.jsonl").exists()
+    clear_previous_run(str(tmp_path))  # outside a claim: nothing is pending
+    assert (tmp_path / "metrics.jsonl").exists()

@@ -34,7 +34,7 @@ from logitsam.training.resume import (
     data_fingerprint,
     save_data_fingerprint,
 )
-from logitsam.training.rundir import claim, is_main_process
+from logitsam.training.rundir import claim, clear_previous_run, is_main_process
 from logitsam.training.trainer import PreferenceTrainer
 
 __all__ = ["build_training_args", "check_config", "loss_setup", "prepare_data", "resolved_config", "train"]
@@ -267,6 +267,7 @@ def train_and_save(
     the final metrics with ``counts``. Shared by ``train`` and ``sft``."""
     out = cfg.train.output_dir
     if is_main_process():
+        clear_previous_run(out)  # overwrite_output_dir: only now, with everything checked
         step = checkpoint_step(resume) if resume else None
         if step is not None:  # the interrupted run logged steps the resumed one logs again
             trim_metrics(out, step)

@@ -8,8 +8,9 @@
   cannot see), is an error that says how to remove it.
 - Inside the lock, a directory that already holds a previous run (config.yaml, metrics.jsonl,
   checkpoints, a saved model) is refused unless the run resumes or ``train.overwrite_output_dir``
-  is set; overwriting removes the old run's metrics.jsonl and checkpoint-* directories, so its
-  records and checkpoints cannot mix with the new run's.
+  is set. Overwriting removes the old run's metrics.jsonl, weights and checkpoint-* directories, so
+  its records and checkpoints cannot mix with the new run's — only once the new run has checked
+  everything and starts writing (``clear_previous_run``): a start that fails keeps the old run whole.
 
 Only the main process (``RANK`` 0 or unset) claims the directory; other ranks write into it under
 the main process's lock.
@@ -203,19 +204,35 @@ def claim(output_dir: str, *, resuming: bool, overwrite: bool) -> Iterator[None]
                     f"{', ...' if len(old) > 4 else ''}); resume it with --train.resume_from_checkpoint=last, "
                     "overwrite it with --train.overwrite_output_dir=true, or choose another output_dir"
                 )
-            _clear(output_dir)
+            _PENDING_CLEAR.add(os.path.abspath(output_dir))  # cleared once the run has checked everything
         yield
     finally:
+        _PENDING_CLEAR.discard(os.path.abspath(output_dir))
         lock.release()
 
 
+_PENDING_CLEAR: set[str] = set()  # output dirs claimed with overwrite whose previous run is not removed yet
+
+
+def clear_previous_run(output_dir: str) -> None:
+    """Remove the previous run of an ``output_dir`` claimed with ``overwrite_output_dir`` — called when the
+    new run has loaded and checked everything and starts changing the directory, so a start that fails
+    before (bad data, bad model or settings) leaves the old run whole. A no-op otherwise."""
+    key = os.path.abspath(output_dir)
+    if key in _PENDING_CLEAR:
+        _PENDING_CLEAR.discard(key)
+        _clear(output_dir)
+
+
 def _clear(output_dir: str) -> None:
-    """Remove what would mix with a new run: the old metrics records and checkpoints."""
+    """Remove what would mix with a new run: the old metrics records, trainer files, saved weights and
+    checkpoints (config.yaml is rewritten by the new run)."""
     removed = []
-    metrics = os.path.join(output_dir, "metrics.jsonl")
-    if os.path.exists(metrics):
-        os.remove(metrics)
-        removed.append("metrics.jsonl")
+    for name in (n for n in RUN_FILES if n != "config.yaml"):
+        path = os.path.join(output_dir, name)
+        if os.path.isfile(path):
+            os.remove(path)
+            removed.append(name)
     for ckpt in list_checkpoints(output_dir):  # checkpoint-N folders only: a user's checkpoint-notes.txt stays
         shutil.rmtree(ckpt)
         removed.append(os.path.basename(ckpt))
