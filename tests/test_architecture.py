@@ -117,6 +117,21 @@ def test_the_library_never_imports_the_experiments():
     assert bad == []
 
 
+def test_an_experiment_never_imports_another():
+    """study/ and squeeze/ share only experiments/{stats, verdicts, records}, never each other's modules."""
+    graph, _ = _graph()
+    kinds = ("logitsam.experiments.study", "logitsam.experiments.squeeze")
+    bad = [
+        f"{m} -> {t}"
+        for m, ts in graph.items()
+        for t in ts
+        for a in kinds
+        for b in kinds
+        if a != b and (m == a or m.startswith(a + ".")) and (t == b or t.startswith(b + "."))
+    ]
+    assert bad == []
+
+
 def test_no_imports_inside_functions():
     _, inner = _graph()
     assert inner == []

@@ -21,11 +21,7 @@ import mpmath
 import numpy as np
 import pytest
 
-from logitsam.experiments.study import analysis
-from logitsam.experiments.study.analysis import _fmt, paired, verdict
-from logitsam.experiments.study.claims import SMALLEST_GAIN, claims, effect_of_interest, mde, noop, paper_gains
-from logitsam.experiments.study.plan import TUNING_NOTE
-from logitsam.experiments.study.stats import (
+from logitsam.experiments.stats import (
     Estimate,
     _betainc,
     at_level,
@@ -38,7 +34,12 @@ from logitsam.experiments.study.stats import (
     t_quantile,
     t_quantile_at,
 )
+from logitsam.experiments.study import analysis
+from logitsam.experiments.study.analysis import paired
+from logitsam.experiments.study.claims import claims
+from logitsam.experiments.study.plan import TUNING_NOTE
 from logitsam.experiments.study.summary import analyse
+from logitsam.experiments.verdicts import SMALLEST_GAIN, _fmt, effect_of_interest, mde, noop, paper_gains, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,7 +3,7 @@
 Win rates, KL: seeds × prompts grids with crossed random-effects intervals, paired cell by cell
 against plain DPO (same prompt, same seed, same sampling seed). Held-out and training Δ±, top-token
 and entropy changes: per run the mean over its probed pairs, then a t interval over seeds. Verdict
-rules are the study's corrected ones (``study/claims.py``: effect of interest, no-op, MDE); when
+rules are the study's corrected ones (``experiments/verdicts.py``: effect of interest, no-op, MDE); when
 the setting did not meet the gate, every verdict carries the gate's shortfall.
 """
 
@@ -18,9 +18,8 @@ from logitsam.experiments.records import verify_record
 from logitsam.experiments.squeeze.experiment import _read_json
 from logitsam.experiments.squeeze.gate import change, shortfall, trajectory
 from logitsam.experiments.squeeze.plan import CONTROL_ARMS, MAIN_ARMS, sam_scale
-from logitsam.experiments.study.analysis import _fmt, verdict
-from logitsam.experiments.study.claims import NOT_TESTABLE, effect_for, noop, sweep_verdict, win_verdict
-from logitsam.experiments.study.stats import clip, crossed_interval, head_to_head, seed_interval
+from logitsam.experiments.stats import clip, crossed_interval, head_to_head, seed_interval
+from logitsam.experiments.verdicts import NOT_TESTABLE, _fmt, effect_for, noop, sweep_verdict, verdict, win_verdict
 
 Runs = dict[str, dict[int, dict[str, Any]]]
 
@@ -74,7 +73,7 @@ def _diff(a: list[list[float]], b: list[list[float]]) -> list[list[float]]:
 
 
 def paired(a: dict[int, dict], b: dict[int, dict], start: dict[str, Any], level: float = 0.95) -> dict[str, Any]:
-    """``a`` against plain DPO ``b`` on their common seeds, in the study's shape (``study/claims.py`` reads it)."""
+    """``a`` against plain DPO ``b`` on their common seeds, in the shape ``experiments/verdicts.py`` reads."""
     common = sorted(set(a) & set(b))
     if not common:
         return {"seeds": []}

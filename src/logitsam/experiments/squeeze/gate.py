@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from logitsam.experiments.study.stats import Estimate, seed_interval
+from logitsam.experiments.stats import Estimate, seed_interval
 
 DELTA_PLUS = -5.0  # nats per response (≈ −0.16 nats per token at 32 tokens)
 WIN = 0.60

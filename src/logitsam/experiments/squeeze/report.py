@@ -11,7 +11,7 @@ from logitsam.experiments.squeeze.analysis import analyse, load
 from logitsam.experiments.squeeze.experiment import _read_json
 from logitsam.experiments.squeeze.gate import trajectory
 from logitsam.experiments.squeeze.pilot import GRID, rows
-from logitsam.experiments.study.analysis import _fmt
+from logitsam.experiments.verdicts import _fmt
 
 
 def _axes(n: int) -> Any:

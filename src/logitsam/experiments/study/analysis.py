@@ -16,9 +16,7 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
-from logitsam.experiments.study.plan import ARMS, GROUPS
-from logitsam.experiments.study.records import read_record, read_shared
-from logitsam.experiments.study.stats import (
+from logitsam.experiments.stats import (
     Estimate,
     at_level,
     clip,
@@ -27,6 +25,8 @@ from logitsam.experiments.study.stats import (
     on_line,
     seed_interval,
 )
+from logitsam.experiments.study.plan import ARMS, GROUPS
+from logitsam.experiments.study.records import read_record, read_shared
 
 log = logging.getLogger(__name__)
 ORDER = [c.label for g in GROUPS.values() for c in g]
@@ -137,7 +137,7 @@ def config_row(label: str, seeds: dict[int, dict[str, Any]]) -> dict[str, Any]:
         row[key.split("/")[1] + "_final"] = seed_interval([final(r, key) for r in recs]).to_dict()
     row["chosen_drift_min"] = seed_interval([_min(trajectory(r, HELD[0])[1]) for r in recs]).to_dict()
     finals = [x for x in (final(r, HELD[0]) for r in recs) if x == x]
-    # seed noise of the final held-out Δ+ (the yardstick of a no-op: claims.noop)
+    # seed noise of the final held-out Δ+ (the yardstick of a no-op: verdicts.noop)
     row["chosen_drift_sd"] = statistics.stdev(finals) if len(finals) >= 2 else float("nan")
     if all("hessian" in r for r in recs):
         for kind in ("parameter_hessian", "logit_hessian"):
@@ -271,34 +271,3 @@ def matched(sam: dict[int, dict], plain: dict[int, dict], small: dict[int, dict]
     return out
 
 
-def _fmt(e: dict[str, float], pct: bool = False, digits: int = 2, signed: bool = False) -> str:
-    """ "mean [low, high]" (percent for rates); three significant digits where ``digits`` would show 0."""
-    if not e or e.get("n", 0) == 0 or e["mean"] != e["mean"]:
-        return "–"
-    k = 100 if pct else 1
-    vals = [k * e["mean"], k * e["low"], k * e["high"]]
-    if pct:
-        f = "{:+.1f}" if signed else "{:.1f}"
-    elif 0 < max(abs(v) for v in vals if v == v) < 10**-digits:
-        f = "{:+.3g}"
-    else:
-        f = "{:+." + str(digits) + "f}"
-    if vals[1] != vals[1]:
-        return f"{f.format(vals[0])} (1 seed)"
-    return f"{f.format(vals[0])} [{f.format(vals[1])}, {f.format(vals[2])}]"
-
-
-def verdict(e: dict[str, float], null: float, direction: int, smallest: float | None = None) -> str:
-    """reproduced: the interval excludes ``null`` on the claimed side; not reproduced: it excludes it on
-    the other side, or lies entirely short of ``smallest`` (the smallest effect the claim is about);
-    otherwise inconclusive."""
-    if not e or e.get("n", 0) < 2 or e["low"] != e["low"]:
-        return "not measured"  # fewer than 2 seeds: no interval over seeds
-    side = Estimate(**e).excludes(null)
-    if side == direction:
-        return "reproduced"
-    if side == -direction:
-        return "not reproduced"
-    if smallest is not None and (e["high"] < smallest if direction > 0 else e["low"] > smallest):
-        return "not reproduced"
-    return "inconclusive"

@@ -6,8 +6,9 @@ import json
 import os
 from typing import Any
 
-from logitsam.experiments.study.analysis import _fmt, load, rho_of, trajectory
+from logitsam.experiments.study.analysis import load, rho_of, trajectory
 from logitsam.experiments.study.summary import analyse
+from logitsam.experiments.verdicts import _fmt
 
 PNG = {
     "drift": "drift_curves.png",

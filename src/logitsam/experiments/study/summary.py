@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from logitsam.experiments.stats import clip, crossed_interval
 from logitsam.experiments.study.analysis import (
     PLAIN,
     config_row,
@@ -15,7 +16,6 @@ from logitsam.experiments.study.analysis import (
 from logitsam.experiments.study.claims import claims
 from logitsam.experiments.study.confirm import confirmation
 from logitsam.experiments.study.plan import CONFIRM, GROUPS, TUNING_NOTE
-from logitsam.experiments.study.stats import clip, crossed_interval
 
 
 def analyse(out: str) -> dict[str, Any]:
