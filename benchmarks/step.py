@@ -145,12 +145,13 @@ def run_shape(name: str, args, dev: str, dtype: torch.dtype) -> list[dict]:
     mem, times = {}, {v: [] for v in variants}
     for v in variants:
         t0 = time.perf_counter()
-        step(v)  # warm-up
+        if not args.memory_only:
+            step(v)  # warm-up
         t1 = time.perf_counter()
         mem[v] = measure_memory(dev, lambda v=v: step(v, set_to_none=dev == "cuda"))
         print(f"  [{v}: warm-up {t1 - t0:.1f} s, memory pass {time.perf_counter() - t1:.1f} s]", flush=True)
     order = list(variants)
-    for _ in range(args.rounds):
+    for _ in range(0 if args.memory_only else args.rounds):
         random.shuffle(order)
         for v in order:
             sync(dev)
@@ -158,7 +159,7 @@ def run_shape(name: str, args, dev: str, dtype: torch.dtype) -> list[dict]:
             step(v)
             sync(dev)
             times[v].append(time.perf_counter() - t0)
-    med = {v: statistics.median(t) for v, t in times.items()}
+    med = {v: statistics.median(t) if t else float("nan") for v, t in times.items()}
     out = []
     print(f"\n{name} ({args.layers or 'all'} layers) {pairs} pairs × {seq} tokens, {dtype}"
           f"{' + bf16 autocast' if args.autocast else ''}, {dev}, "
@@ -186,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seq", type=int, default=None, help="tokens per sequence (default: the shape's, 128 on cpu)")
     ap.add_argument("--autocast", action="store_true", help="float32 weights, the forward under bf16 autocast "
                     "as accelerate's mixed_precision bf16 wraps it (Trainer / TRL bf16=True)")
+    ap.add_argument("--memory-only", action="store_true", help="one measured step per variant, no timing (bytes "
+                    "are exact and device-independent; CPU bf16 without native support is very slow)")
     ap.add_argument("--out", default="benchmarks/results/step.json")
     args = ap.parse_args(argv)
     dev = args.device

@@ -177,17 +177,19 @@ def _check_head(model: Any, hidden: Tensor, last_logits: Tensor, amp: torch.dtyp
         low = amp is not None or head.weight.dtype not in (torch.float32, torch.float64)
         tol = 2e-2 if low else 1e-4
         ok = (mine - theirs).abs().max() <= tol * (theirs.abs().max() + 1.0)
-    ok = _agreed(ok)
+    ok = _agreed(ok, model)
     if not ok:
         log.warning("the model's logits are not a plain linear head of its last hidden state; using full logits")
     m._logitsam_fused_ok = ok
     return ok
 
 
-def _agreed(ok: Tensor) -> bool:
-    """The verdict every rank takes: all fused or none (a rank taking full logits alone would run a second
-    forward, whose collectives under DDP / FSDP the other ranks never join)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+def _agreed(ok: Tensor, model: Any) -> bool:
+    """The verdict every rank takes when the model's forward is collective (DDP, FSDP2): all fused or none
+    (a rank taking full logits alone would run a second forward whose collectives the others never join).
+    A model that is not wrapped for distributed training is decided locally (it may run on one rank)."""
+    collective = isinstance(model, nn.parallel.DistributedDataParallel) or head_owner(model) is not None
+    if collective and torch.distributed.is_available() and torch.distributed.is_initialized():
         t = ok.to(torch.int32).reshape(1)
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
         ok = t[0]
