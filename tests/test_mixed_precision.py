@@ -90,3 +90,24 @@ def test_soft_capped_logits_still_fall_back_under_autocast(tmp_path):
     tr = _trainer(tmp_path, model)
     tr.compute_loss(tr.model, _batch())
     assert unwrap(tr.model)._logitsam_fused_ok is False
+
+
+@pytest.mark.parametrize("amp", [torch.bfloat16, torch.float16])
+def test_head_gradient_in_vocabulary_blocks_equals_one_product(monkeypatch, amp):
+    """fp32 weights under autocast: dW is accumulated in vocabulary blocks (no whole (V, d) product in two
+    more dtypes); with blocks of 7 rows it equals the one-block result."""
+    from logitsam.core import fused_head
+
+    grads = []
+    for entries in (fused_head.W_BLOCK_ENTRIES, 7 * 32):  # tiny_model's d = 32: 7 rows per block
+        monkeypatch.setattr(fused_head, "W_BLOCK_ENTRIES", entries)
+        model = tiny_model(V, seed=1)
+        with torch.autocast("cpu", dtype=amp):
+            out = Objective(LOSSES["dpo"], resolve_hparams(LOSSES["dpo"], {}), rho=1e-2)(
+                model, _batch(), _batch()["ref_logps"]
+            )
+        out.loss.backward()
+        assert out.path == "fused"
+        grads.append(model.lm_head.weight.grad.clone())
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-7)

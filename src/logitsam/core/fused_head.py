@@ -99,6 +99,9 @@ def plan_rows(labels: Tensor, chunk_rows: int) -> RowPlan:
     return RowPlan(rows, flat[rows], seq, groups, s)
 
 
+W_BLOCK_ENTRIES = 1 << 22  # entries of one dW block product when dW's dtype is not the compute dtype
+
+
 def compute_dtype(weight: Tensor) -> torch.dtype:
     """The matmul dtype: autocast's when it is on for this device, else the head's own."""
     dev = weight.device.type
@@ -264,6 +267,7 @@ def _run(job, h, weight, bias, cdt, *, gout=None, u_clean=None):
     d_w = torch.zeros(weight.shape, dtype=weight.dtype, device=weight.device) if weight.requires_grad else None
     d_b = torch.zeros(bias.shape, dtype=acc, device=bias.device) if bias is not None and bias.requires_grad else None
     same = d_w is not None and d_w.dtype == cdt
+    w_block = max(1, W_BLOCK_ENTRIES // max(1, weight.shape[1]))  # rows of dW per block product
 
     def grads(s: int, e: int, dz: Tensor | _Scaled) -> None:
         k = dz.k if isinstance(dz, _Scaled) else None
@@ -273,11 +277,14 @@ def _run(job, h, weight, bias, cdt, *, gout=None, u_clean=None):
             dh += pert.shift_back(dz, acc) if k is None else pert.shift_back(dz.to(acc), acc)  # dz'·ε
         d_h[s:e] = (dh if k is None else dh.div_(k)).to(h.dtype)
         if d_w is not None:
+            hc = h[s:e].to(cdt)
             if same and k is None:
-                d_w.addmm_(dzc.T, h[s:e].to(cdt))
-            else:
-                part = (dzc.T @ h[s:e].to(cdt)).to(acc)
-                d_w.add_((part if k is None else part.div_(k)).to(d_w.dtype))
+                d_w.addmm_(dzc.T, hc)
+            else:  # dW in another dtype (fp32 weights under autocast): in vocabulary blocks, so the
+                # (V, d) product never exists whole in two more dtypes beside dW
+                for a in range(0, v, w_block):
+                    part = (dzc[:, a : a + w_block].T @ hc).to(acc)
+                    d_w[a : a + w_block].add_((part if k is None else part.div_(k)).to(d_w.dtype))
         if d_b is not None:
             db = dzc.sum(0, dtype=acc)
             d_b.add_(db if k is None else db.div_(k))
