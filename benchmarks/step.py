@@ -4,7 +4,7 @@ Variants, all on the same weights and the same token batch, interleaved, medians
   trl            TRL DPOTrainer.compute_loss (sigmoid) + backward
   plain          ours, ρ = 0 (fused head)            plain_logits  ours, ρ = 0, full logits path
   sam_auto       ours, logits-SAM ρ = 1e-4, auto     sam_weight / sam_gram  fused, that method
-  sam_chunked    logits-SAM on the full-logits path (chunked method)
+  sam_chunked    fused, chunked: ε's ingredient kept in dW's own buffer (no second (V, d) tensor)
   sam_full       full-model SAM (two forward/backward passes)
 Time per step and activation memory (peak allocated during the step minus allocated before it:
 ``torch.cuda.max_memory_allocated`` on a GPU, exact tensor bytes by benchmarks/memtrack.py on a

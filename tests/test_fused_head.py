@@ -92,7 +92,10 @@ def check(got, want, tol=1e-10):
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
-@pytest.mark.parametrize(("rho", "method"), [(0.0, "-"), (0.5, "weight"), (-0.5, "weight"), (0.5, "gram"), (-0.5, "gram")])
+@pytest.mark.parametrize(
+    ("rho", "method"),
+    [(0.0, "-"), (0.5, "weight"), (-0.5, "weight"), (0.5, "gram"), (-0.5, "gram"), (0.5, "chunked"), (-0.5, "chunked")],
+)
 @pytest.mark.parametrize("chunk_rows", [1, 4, 13, 10_000])
 def test_every_loss_every_method_every_chunking_matches_brute_force(name, rho, method, chunk_rows):
     spec = LOSSES[name]
@@ -107,9 +110,9 @@ def test_every_loss_every_method_every_chunking_matches_brute_force(name, rho, m
         assert rel(clean, brute(spec, params, h, w, b, labels, ref, scores, 0.0)[0]) <= 1e-12
 
 
-@pytest.mark.parametrize("rho", [0.0, 0.3])
+@pytest.mark.parametrize(("rho", "method"), [(0.0, "weight"), (0.3, "weight"), (0.3, "chunked")])
 @pytest.mark.parametrize("chunk_rows", [2, 10_000])
-def test_sums_used_by_another_loss_fall_back_to_the_exact_gradient(rho, chunk_rows):
+def test_sums_used_by_another_loss_fall_back_to_the_exact_gradient(rho, method, chunk_rows):
     """Backward gets a gradient that is not the one predicted in forward: it recomputes, still exact."""
     spec = LOSSES["dpo"]
     params = resolve_hparams(spec, {})
@@ -119,7 +122,7 @@ def test_sums_used_by_another_loss_fall_back_to_the_exact_gradient(rho, chunk_ro
         return loss + 0.05 * (sums * torch.arange(1.0, 1 + sums.shape[0], dtype=D)).sin().sum()
 
     want = brute(spec, params, h, w, b, labels, ref, scores, rho, extra)
-    got = fused(spec, params, h, w, b, labels, ref, scores, rho, "weight", chunk_rows, extra)
+    got = fused(spec, params, h, w, b, labels, ref, scores, rho, method, chunk_rows, extra)
     check(got[:4], list(want))
 
 
@@ -195,7 +198,7 @@ def brute_adaptive(spec, params, h, w, b, labels, ref, scores, rho):
 
 @pytest.mark.parametrize("name", ["dpo", "cpo", "spo_target"])
 @pytest.mark.parametrize("rho", [0.4, -0.4])
-@pytest.mark.parametrize("path", ["fused", "weight", "chunked"])
+@pytest.mark.parametrize("path", ["fused", "fused_chunked", "weight", "chunked"])
 def test_adaptive_matches_brute_force(name, rho, path):
     from logitsam.sam.logits import logits_sam_loss
 
@@ -205,16 +208,17 @@ def test_adaptive_matches_brute_force(name, rho, path):
     want = brute_adaptive(spec, params, h, w, b, labels, ref, scores, rho)
     plain = brute(spec, params, h, w, b, labels, ref, scores, rho)
     assert rel(plain[2], want[2]) > 1e-4  # adaptive really differs from the plain perturbation
-    if path == "fused":
+    if path.startswith("fused"):
         lengths = (labels != IGNORE_INDEX).sum(-1)
         hc, wc = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
         bc = b.detach().clone().requires_grad_()
         plan = plan_rows(labels, 5)
         pl = lambda p, c, r: spec.fn(subset_logps(p, c, r, lengths, ref, scores), **params).losses  # noqa: E731
-        job = FusedJob(plan, labels.shape[0] // 2, pl, rho, "auto", adaptive=True)
+        method = "chunked" if path == "fused_chunked" else "auto"
+        job = FusedJob(plan, labels.shape[0] // 2, pl, rho, method, adaptive=True)
         sums = fused_sequence_sums(hc.reshape(-1, hc.shape[-1])[plan.rows], wc, bc, job)
         loss = loss_of_sums(spec, params, sums, lengths, ref, scores)
-        assert job.method_used == "weight"
+        assert job.method_used == ("chunked" if path == "fused_chunked" else "weight")
     else:
         hc, wc = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
         bc = b.detach().clone().requires_grad_()

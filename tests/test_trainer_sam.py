@@ -118,7 +118,7 @@ def test_adaptive_trainer_step_is_the_adaptive_sam_gradient(method, tmp_path):
     assert rel_all(grads_of(model), want) <= 1e-10
 
 
-@pytest.mark.parametrize("method", ["weight", "gram", "auto"])
+@pytest.mark.parametrize("method", ["weight", "gram", "chunked", "auto"])
 def test_logits_path_equals_fused_path(method):
     """Objective(fused=False) (full logits: sharded heads, soft-capped logits) agrees with the fused path."""
     spec = LOSSES["dpo"]

@@ -116,8 +116,8 @@ class SamConfig:
         "logits", "logits (perturb the output head only: logits-SAM) or full (every parameter: SAM, two passes)"
     )
     method: str = opt(
-        "auto", "logits-SAM's computation: auto, weight (the paper's), gram (logit space; forced under FSDP / "
-        "ZeRO-3) or chunked; all exact",
+        "auto", "logits-SAM's computation: auto, weight (the paper's), gram (logit space; forced under FSDP1 / "
+        "ZeRO-3) or chunked (no second V×d buffer, two more head products); all exact",
     )
     adaptive: bool = opt(False, "ε ∝ |W|⊙g as the paper code's sam_adaptive (weight/chunked/auto, not gram)")
 

@@ -30,9 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from logitsam.core.fused_vocab import perturbed_sweep_by_vocab
 from logitsam.core.logprobs import IGNORE_INDEX
+from logitsam.core.products import rows_at_vocab
 from logitsam.sam.common import FUSED_METHODS, check_adaptive, check_method
-from logitsam.sam.fused import GramEps, WeightEps, choose_fused_method, held_dtype
+from logitsam.sam.fused import GramEps, WeightEps, adapt_, choose_fused_method, held_dtype, norm_sq_blocks
 from logitsam.sam.logits import eps_scale
 
 PairLosses = Callable[[Tensor, Tensor, Tensor], Tensor]  # (pairs J, sums chosen (|J|,), rejected) -> losses (|J|,)
@@ -55,6 +57,7 @@ class RowPlan:
     seq: Tensor  # (N_r,) sequence index in [0, S)
     groups: list[Group]
     n_seqs: int
+    chunk_rows: int = 1  # the budget the chunks were cut to (a tile of chunk_rows × V logits)
 
 
 def plan_rows(labels: Tensor, chunk_rows: int) -> RowPlan:
@@ -96,7 +99,7 @@ def plan_rows(labels: Tensor, chunk_rows: int) -> RowPlan:
         cur.append(j)
         cur_rows += c
     flush()
-    return RowPlan(rows, flat[rows], seq, groups, s)
+    return RowPlan(rows, flat[rows], seq, groups, s, chunk_rows)
 
 
 W_BLOCK_ENTRIES = 1 << 22  # entries of one dW block product when dW's dtype is not the compute dtype
@@ -229,14 +232,18 @@ class _Scaled:
         return self.raw.to(torch.float32).div_(self.k).to(dtype)
 
 
-def _make_pert(job: FusedJob, h: Tensor, v: int, cdt: torch.dtype):
+def _make_pert(job: FusedJob, h: Tensor, v: int, cdt: torch.dtype, has_dw: bool):
     method = check_method(job.method, FUSED_METHODS)
     check_adaptive(method, job.adaptive)
     if method == "auto" and job.adaptive:
         method = "weight"
     elif method == "auto":
         method = choose_fused_method(h.shape[0], h.shape[1], v, torch.finfo(held_dtype(cdt)).bits // 8)
+    if method == "chunked" and not has_dw:  # a frozen head has no gradient buffer to hold g in
+        method = "weight"
     job.method_used = method
+    if method == "chunked":
+        return None
     if method == "weight":
         return WeightEps(h, v, cdt)
     if method == "gram":
@@ -244,47 +251,58 @@ def _make_pert(job: FusedJob, h: Tensor, v: int, cdt: torch.dtype):
     raise AssertionError(method)  # checked above
 
 
+def _add_dw(d_w: Tensor, dz: Tensor | _Scaled, hc: Tensor, acc: torch.dtype) -> None:
+    """d_w += dzᵀ hc. When d_w's dtype is not the compute dtype (fp32 weights under autocast) or dz is
+    fp16-scaled: in vocabulary blocks, so the (V, d) product never exists whole in two more dtypes."""
+    k = dz.k if isinstance(dz, _Scaled) else None
+    dzc = dz.raw if k is not None else dz
+    if d_w.dtype == dzc.dtype and k is None:
+        d_w.addmm_(dzc.T, hc)
+        return
+    step = max(1, W_BLOCK_ENTRIES // max(1, d_w.shape[1]))  # rows of dW per block product
+    for a in range(0, d_w.shape[0], step):
+        part = (dzc[:, a : a + step].T @ hc).to(acc)
+        d_w[a : a + step].add_((part if k is None else part.div_(k)).to(d_w.dtype))
+
+
 def _run(job, h, weight, bias, cdt, *, gout=None, u_clean=None):
     """Forward (gout None) or fallback backward (gout given): sums, u and the gradients."""
     v, acc = weight.shape[0], _acc(cdt)
     w = weight.to(cdt)
     b = None if bias is None else bias.to(cdt)
-    pert = None
-    if job.rho != 0 and job.need_grads:
-        pert = _make_pert(job, h, v, cdt)
-        clean, u0 = _sweep(job, h, w, b, cdt, None, pert.accumulate, top=gout is None, fixed_gout=u_clean)
-        if job.adaptive:
-            pert.make_adaptive(weight)
-        norm_sq = pert.norm_sq(acc)
-        pert.scale = eps_scale(job.rho, norm_sq)
-        job.clean_sums, job.grad_norm = clean, norm_sq.sqrt()
-        job.stats["u_clean"] = u0
     if not job.need_grads:
         sums, _ = _sweep(job, h, w, b, cdt, None, None, top=True)
         job.clean_sums = sums
         return sums, None, None, None, None
-    d_h = torch.zeros(h.shape, dtype=h.dtype, device=h.device)
     d_w = torch.zeros(weight.shape, dtype=weight.dtype, device=weight.device) if weight.requires_grad else None
     d_b = torch.zeros(bias.shape, dtype=acc, device=bias.device) if bias is not None and bias.requires_grad else None
-    same = d_w is not None and d_w.dtype == cdt
-    w_block = max(1, W_BLOCK_ENTRIES // max(1, weight.shape[1]))  # rows of dW per block product
+    pert = None
+    if job.rho != 0:
+        pert = _make_pert(job, h, v, cdt, d_w is not None)
+        # chunked: g accumulates in dW's own buffer (core/fused_vocab.py), else in the perturbation
+        acc_g = pert.accumulate if pert is not None else lambda s, e, dz: _add_dw(d_w, dz, h[s:e].to(cdt), acc)
+        clean, u0 = _sweep(job, h, w, b, cdt, None, acc_g, top=gout is None, fixed_gout=u_clean)
+        g = d_w if pert is None else getattr(pert, "g", None)  # (V, d) for weight / chunked
+        if job.adaptive:
+            adapt_(g, weight)
+        norm_sq = pert.norm_sq(acc) if isinstance(pert, GramEps) else norm_sq_blocks(g, acc)
+        scale = eps_scale(job.rho, norm_sq)
+        job.clean_sums, job.grad_norm = clean, norm_sq.sqrt()
+        job.stats["u_clean"] = u0
+        if pert is None:
+            return _run_by_vocab(job, h, w, b, cdt, d_w, d_b, scale, gout, bias)
+        pert.scale = scale
+    d_h = torch.zeros(h.shape, dtype=h.dtype, device=h.device)
 
     def grads(s: int, e: int, dz: Tensor | _Scaled) -> None:
         k = dz.k if isinstance(dz, _Scaled) else None
         dzc = dz.raw if k is not None else dz  # compute dtype (fp16: scaled by k)
-        dh = (dzc @ w).to(acc)
+        dh = rows_at_vocab(dzc, w, acc)
         if pert is not None:
             dh += pert.shift_back(dz, acc) if k is None else pert.shift_back(dz.to(acc), acc)  # dz'·ε
         d_h[s:e] = (dh if k is None else dh.div_(k)).to(h.dtype)
         if d_w is not None:
-            hc = h[s:e].to(cdt)
-            if same and k is None:
-                d_w.addmm_(dzc.T, hc)
-            else:  # dW in another dtype (fp32 weights under autocast): in vocabulary blocks, so the
-                # (V, d) product never exists whole in two more dtypes beside dW
-                for a in range(0, v, w_block):
-                    part = (dzc[:, a : a + w_block].T @ hc).to(acc)
-                    d_w[a : a + w_block].add_((part if k is None else part.div_(k)).to(d_w.dtype))
+            _add_dw(d_w, dz, h[s:e].to(cdt), acc)
         if d_b is not None:
             db = dzc.sum(0, dtype=acc)
             d_b.add_(db if k is None else db.div_(k))
@@ -293,6 +311,21 @@ def _run(job, h, weight, bias, cdt, *, gout=None, u_clean=None):
     if pert is None:
         job.clean_sums = sums
     return sums, u, d_h, d_w, (None if d_b is None else d_b.to(bias.dtype))
+
+
+def _run_by_vocab(job, h, w, b, cdt, d_w, d_b, scale, gout, bias):
+    """The perturbed sweep of ``chunked``: g is in d_w, which leaves holding dW' (core/fused_vocab.py)."""
+    plan, acc = job.plan, _acc(cdt)
+    pairs = torch.arange(job.n_pairs, device=h.device)
+
+    def coef_of(sums: Tensor) -> Tensor:
+        return _pair_grad(job, pairs, sums) if gout is None else gout.to(acc)
+
+    sums, u, d_h = perturbed_sweep_by_vocab(
+        h, w, b, plan.labels, plan.seq, plan.n_seqs, d_w, scale, coef_of, cdt=cdt, acc=acc,
+        tile_elements=plan.chunk_rows * w.shape[0], block_entries=W_BLOCK_ENTRIES, d_b=d_b,
+    )
+    return sums, u, d_h.to(h.dtype), d_w, (None if d_b is None else d_b.to(bias.dtype))
 
 
 class _FusedSums(torch.autograd.Function):

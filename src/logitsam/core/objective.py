@@ -8,7 +8,7 @@ Two paths, one result:
 - fused (default): the model returns its last hidden state only; the head runs on scored rows
   in chunks with the gradient (and logits-SAM) made in the same passes (:mod:`.fused_head`);
 - logits: the model's full logits, for sharded heads (FSDP / ZeRO-3: logits-SAM by ``gram``, the
-  head never gathered), heads that are not a plain linear layer, and ``method: chunked``.
+  head never gathered) and heads that are not a plain linear layer.
 
 Perturbation scope: ε is computed per micro-batch from that micro-batch's gradient, on each rank
 separately (DDP ranks do not all-reduce the head gradient before perturbing; like SAM's
@@ -120,7 +120,7 @@ class Objective:
         scores = (batch.get("score_chosen"), batch.get("score_rejected"))
         sam_on = sam and self.rho != 0 and torch.is_grad_enabled()
         # sharded heads fuse under FSDP2 (full_head gathers the owning unit); ZeRO-3 / FSDP1 do not
-        fused = self.fused and self.method != "chunked" and fusable(model)
+        fused = self.fused and fusable(model)
         fused = fused and (not sharded or head_owner(model) is not None)
         hidden, logits, amp = body_forward(model, batch["input_ids"], batch["attention_mask"], fused=fused)
         vocab = output_head(model).weight.shape[0] if logits is None else logits.shape[-1]

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-METHODS = ("weight", "gram", "chunked", "auto")  # sam.method; the fused sweep runs weight / gram / auto
-FUSED_METHODS = ("weight", "gram", "auto")
+METHODS = ("weight", "gram", "chunked", "auto")  # sam.method; both engines run all of them
+FUSED_METHODS = METHODS  # the fused sweep runs every method (chunked: core/fused_vocab.py)
 
 
 def check_rho(rho: Any) -> float:

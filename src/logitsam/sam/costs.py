@@ -35,10 +35,12 @@ def method_costs(n: int, n_r: int, d: int, v: int, elem_bytes: int = 4) -> dict[
 
 def fused_method_costs(n_r: int, d: int, v: int, elem_bytes: int) -> dict[str, Cost]:
     """Fused engine (scored rows only): weight = g, recomputed z, H εᵀ and dz'ε, four products of
-    2·N_r·V·d, ε held; gram = recomputed z plus six N_r²(d + V) products (norm, shift, its backward),
-    G_r and H_r held."""
+    2·N_r·V·d, ε held; chunked = the same plus pass A's z and H εᵀ (six products), g kept in the head
+    gradient's own buffer (one vocabulary block of it held, ~4M entries); gram = recomputed z plus six
+    N_r²(d + V) products (norm, shift, its backward), G_r and H_r held."""
     return {
         "weight": Cost(8.0 * n_r * v * d, float(v * d * elem_bytes)),
+        "chunked": Cost(12.0 * n_r * v * d, float(min(v * d, 1 << 22) * elem_bytes)),
         "gram": Cost(2.0 * n_r * v * d + 6.0 * n_r * n_r * (d + v), float(n_r * (v + d) * elem_bytes)),
     }
 

@@ -2,7 +2,9 @@
 and its products with hidden rows and with dz, all in the compute dtype.
 
 - :class:`WeightEps` holds g = Σ_c G_cᵀ H_c (V, d) (optionally |W|⊙g, the adaptive form);
-- :class:`GramEps` holds the rows G_r (N_r, V) and never forms ε (products through H H_rᵀ).
+- :class:`GramEps` holds the rows G_r (N_r, V) and never forms ε (products through H H_rᵀ);
+- ``chunked`` holds g in the head gradient's own buffer (core/fused_vocab.py; :func:`adapt_`,
+  :func:`norm_sq_blocks` serve it and ``weight``).
 Both add scale·(H εᵀ) to float32 logits as a separate product, so bf16 never rounds ε away.
 """
 
@@ -12,12 +14,32 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from logitsam.core.products import rows_at_vocab
 from logitsam.sam.costs import cheapest, fused_method_costs
 
 
 def held_dtype(dtype: torch.dtype) -> torch.dtype:
     """dtype for ε's ingredients: the compute dtype, except fp16 whose range underflows them."""
     return torch.float32 if dtype == torch.float16 else dtype
+
+
+BLOCK_ENTRIES = 1 << 22  # entries of the row blocks below: their temporaries stay ≤ 16 MiB in float32
+
+
+def adapt_(g: Tensor, weight: Tensor) -> None:
+    """g ← |W|⊙g in place (the paper's code's ``sam_adaptive``), in row blocks (no V×d temporary)."""
+    step = max(1, BLOCK_ENTRIES // max(1, g.shape[1]))
+    for a in range(0, g.shape[0], step):
+        g[a : a + step].mul_(weight[a : a + step].detach().abs().to(g.dtype))
+
+
+def norm_sq_blocks(g: Tensor, acc: torch.dtype) -> Tensor:
+    """‖g‖²_F of a (V, d) tensor in ``acc``, in row blocks (a reduction: no V×d temporary in ``acc``)."""
+    step = max(1, BLOCK_ENTRIES // max(1, g.shape[1]))
+    total = torch.zeros((), dtype=acc, device=g.device)
+    for a in range(0, g.shape[0], step):
+        total += torch.linalg.vector_norm(g[a : a + step].to(acc)).square()
+    return total
 
 
 class WeightEps:
@@ -31,15 +53,8 @@ class WeightEps:
     def accumulate(self, s: int, e: int, dz: Tensor) -> None:
         self.g.addmm_(dz.to(self.g.dtype).T, self.h[s:e].to(self.g.dtype))
 
-    def make_adaptive(self, weight: Tensor) -> None:
-        """g ← |W|⊙g (the paper's code's ``sam_adaptive``), in row blocks (no V×d temporary)."""
-        step = max(1, (1 << 24) // max(1, self.g.shape[1]))
-        for a in range(0, self.g.shape[0], step):
-            self.g[a : a + step].mul_(weight[a : a + step].detach().abs().to(self.g.dtype))
-
     def norm_sq(self, acc: torch.dtype) -> Tensor:
-        step = max(1, (1 << 24) // max(1, self.g.shape[1]))
-        return sum((self.g[a : a + step].to(acc).square().sum() for a in range(0, self.g.shape[0], step)), start=0.0)
+        return norm_sq_blocks(self.g, acc)
 
     def add_shift(self, z: Tensor, s: int, e: int, h: Tensor) -> Tensor:
         """z += scale·H_c gᵀ: in place when dtypes agree, else through one held-dtype product."""
@@ -49,7 +64,7 @@ class WeightEps:
         return z.addcmul_(F.linear(hc, self.g), self.scale)
 
     def shift_back(self, dz: Tensor, acc: torch.dtype) -> Tensor:
-        return (dz.to(self.g.dtype) @ self.g).to(acc).mul_(self.scale)
+        return rows_at_vocab(dz.to(self.g.dtype), self.g, acc).mul_(self.scale)
 
 
 class GramEps:
