@@ -36,7 +36,7 @@ def fake_checkpoint(root, step, skip=()):
     path.mkdir(parents=True)
     for name in FILES:
         if name not in skip:
-            (path / name).write_bytes(b"x" * 16)
+            torch.save({"name": name, "state": torch.arange(4.0)}, path / name)
     if "model.safetensors" not in skip:
         save_file({"w": torch.ones(4, 4)}, str(path / "model.safetensors"))
     if "trainer_state.json" not in skip:
@@ -111,7 +111,7 @@ def test_marker_protocol(tmp_path):
     state = SimpleNamespace(global_step=3)
     cb.on_save(args, state, SimpleNamespace(should_save=False))
     marker = path / f"{MARKER}-0-of-1"
-    assert json.loads(marker.read_text())["files"]["optimizer.pt"] == 16
+    assert json.loads(marker.read_text())["files"]["optimizer.pt"] == (path / "optimizer.pt").stat().st_size
     assert checkpoint_problems(str(path)) == []
     cb.on_step_end(args, state, SimpleNamespace(should_save=False))
     assert marker.exists()
@@ -125,13 +125,14 @@ def test_marker_protocol(tmp_path):
 def test_markers_of_every_rank_are_needed(tmp_path):
     path = fake_checkpoint(tmp_path, 3)
     (path / "rng_state.pth").rename(path / "rng_state_0.pth")
-    (path / "rng_state_1.pth").write_bytes(b"r")
+    torch.save({"rank": 1}, path / "rng_state_1.pth")
     cb, state = AtomicCheckpoints(), SimpleNamespace(global_step=3)
     cb.on_save(SimpleNamespace(output_dir=str(tmp_path), process_index=0, world_size=2), state, None)
     assert checkpoint_problems(str(path)) == ["completion markers of ranks [1] (save interrupted on those ranks)"]
     cb.on_save(SimpleNamespace(output_dir=str(tmp_path), process_index=1, world_size=2), state, None)
     assert checkpoint_problems(str(path)) == []
-    assert json.loads((path / f"{MARKER}-1-of-2").read_text())["files"] == {"rng_state_1.pth": 1}
+    size = (path / "rng_state_1.pth").stat().st_size
+    assert json.loads((path / f"{MARKER}-1-of-2").read_text())["files"] == {"rng_state_1.pth": size}
 
 
 def test_trim_metrics(tmp_path):
@@ -201,7 +202,7 @@ def test_same_size_garbage_after_completion_is_noticed(tmp_path, name, where):
     file (at its start, middle or end) makes the checkpoint incomplete, before anything is touched."""
     path = fake_checkpoint(tmp_path, 3)
     big = path / "optimizer.pt"
-    big.write_bytes(bytes(range(256)) * 20000)  # 5 MB: sampled, not read whole
+    torch.save(torch.arange(1_250_000, dtype=torch.float32), big)  # 5 MB: sampled, not read whole
     AtomicCheckpoints().on_save(
         SimpleNamespace(output_dir=str(tmp_path), process_index=0, world_size=1), SimpleNamespace(global_step=3), None
     )

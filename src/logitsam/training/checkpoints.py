@@ -7,16 +7,19 @@ Renaming a finished temporary directory would need an override of ``_save_checkp
 subclass); a callback cannot redirect the write. So completion is recorded instead — a commit
 protocol, subclass-free:
 
-- :class:`AtomicCheckpoints` (a ``TrainerCallback``): before a save it removes the completion
-  marker of the directory about to be (re)written; in ``on_save``, which HF calls only after
+- :class:`AtomicCheckpoints` (a ``TrainerCallback``): before a save it puts a ``.logitsam-saving-*``
+  sentinel in the directory about to be (re)written and removes its completion marker (a rewrite
+  killed half-way mixes old and new files: never complete); in ``on_save``, which HF calls only after
   ``_save_checkpoint`` returned, it fsyncs the files and writes ``.logitsam-complete-<rank>-of-<world>``
-  (atomically: temporary file + rename) holding the step, every file's size and a sampled digest of
-  its content (SHA-256 of 16 evenly spaced 64 KiB blocks, first and last included: same-size garbage
-  written over a file is noticed without reading a multi-GB optimizer state whole);
+  (atomically: temporary file + rename), then removes the sentinel; the marker holds the step, every
+  file's size and a sampled digest of its content (SHA-256 of 16 evenly spaced 64 KiB blocks, first
+  and last included; whole files up to 1 MiB): same-size garbage written over a file is noticed
+  without reading a multi-GB state whole at every save;
 - :func:`verify_checkpoint` lists what a checkpoint lacks: model weights (every ``*.safetensors``
   file's header is read and must cover the whole file: a truncated or corrupt file does not
   count), optimizer and scheduler state, a ``trainer_state.json`` that transformers' ``TrainerState``
-  loads with the fields the Trainer reads on resume, RNG state, and — where markers exist — every
+  loads with the fields the Trainer reads on resume, RNG state, optimizer / scheduler / RNG files that
+  are intact torch zip archives (every entry's CRC-32 checked), and — where markers exist — every
   rank's marker and unchanged file sizes and digests; ``global_step`` equal to the N of ``checkpoint-N``.
   Checkpoints from plain HF (no markers) are judged by their files;
 - :func:`resolve_resume` turns ``train.resume_from_checkpoint`` (a path, ``last`` or true) into a
@@ -34,16 +37,20 @@ import json
 import logging
 import os
 import re
+import zipfile
 from typing import Any
 
+import torch
 from transformers import TrainerCallback, TrainerState
+from transformers.trainer_pt_utils import safe_globals
 
-from logitsam.errors import ConfigError
+from logitsam.errors import ConfigError, one_line
 from logitsam.training.models import broken_safetensors
 
 log = logging.getLogger(__name__)
 KEY = "train.resume_from_checkpoint"
 MARKER = ".logitsam-complete"
+SAVING = ".logitsam-saving"  # left in a checkpoint folder while a save into it runs
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
 _MARKER = re.compile(re.escape(MARKER) + r"-(\d+)-of-(\d+)$")
 WEIGHTS = (
@@ -85,6 +92,9 @@ def checkpoint_problems(path: str) -> list[str]:
     broken = broken_safetensors(path)  # a truncated or corrupt weights file
     if broken:
         problems.append(f"readable weights ({broken})")
+    broken = broken_torch_files(path)
+    if broken:
+        problems.append(f"readable training state ({broken})")
     state = _trainer_state_problem(path)
     if state:
         problems.append(state)
@@ -95,7 +105,17 @@ def checkpoint_problems(path: str) -> list[str]:
     if not _any(path, "rng_state.pth", "rng_state_*.pth"):
         problems.append("RNG state (rng_state.pth)")
     problems += _marker_problems(path)
+    saving = sorted(n for n in _listdir(path) if n.startswith(SAVING))
+    if saving:
+        problems.append(f"a finished save ({saving[0]}: a save into it started and did not finish)")
     return problems
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
 
 
 # What transformers.Trainer reads from trainer_state.json when it resumes (TrainerState fields).
@@ -162,6 +182,29 @@ def _marker_problems(path: str) -> list[str]:
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return [f"a readable completion marker ({os.path.basename(marker)})"]
     return [f"files as completed ({', '.join(sorted(changed)[:3])} changed or vanished since)"] if changed else []
+
+
+TORCH_FILES = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "rng_state_*.pth")
+
+
+def broken_torch_files(path: str) -> str | None:
+    """The first of ``path``'s optimizer / scheduler / RNG files that is not an intact torch.save zip
+    archive (structure and every entry's CRC-32: any changed byte of the data), or None.
+
+    Reads them whole, once per resume (the Trainer reads them right after); what a resume would
+    otherwise find only inside ``trainer.train()``, after metrics were trimmed."""
+    for pattern in TORCH_FILES:
+        for full in sorted(glob.glob(os.path.join(path, pattern))):
+            try:
+                with zipfile.ZipFile(full) as zf:
+                    bad = zf.testzip()
+                if bad is not None:
+                    return f"{full} is corrupt (entry {bad} fails its CRC)"
+                with safe_globals():  # as the Trainer loads it; mmap: the tensor data is not read again
+                    torch.load(full, map_location="cpu", weights_only=True, mmap=True)
+            except Exception as e:
+                return f"{full} is truncated or corrupt ({type(e).__name__}: {one_line(e, 200)})"
+    return None
 
 
 def _digest(path: str) -> str | None:
@@ -321,10 +364,19 @@ class AtomicCheckpoints(TrainerCallback):
         return os.path.join(folder, f"{MARKER}-{args.process_index}-of-{args.world_size}")
 
     def _unmark(self, args: Any, state: Any, control: Any) -> None:
-        if control.should_save:  # the directory is about to be (re)written: it is not complete meanwhile
+        """Before a save: the folder gets this rank's SAVING sentinel, then loses its marker, so a save
+        killed half-way (a rewrite mixing old and new files included) never counts as complete."""
+        if control.should_save:
             marker = self._marker(args, state)
+            os.makedirs(os.path.dirname(marker), exist_ok=True)
+            with open(self._sentinel(marker), "w", encoding="utf-8"):
+                pass
             if os.path.exists(marker):
                 os.remove(marker)
+
+    @staticmethod
+    def _sentinel(marker: str) -> str:
+        return os.path.join(os.path.dirname(marker), SAVING + os.path.basename(marker)[len(MARKER) :])
 
     def on_step_end(self, args, state, control, **kwargs):
         self._unmark(args, state, control)
@@ -344,7 +396,7 @@ class AtomicCheckpoints(TrainerCallback):
             for name in names:
                 full = os.path.join(root, name)
                 rel = os.path.relpath(full, folder)
-                if name.startswith(MARKER):
+                if name.startswith((MARKER, SAVING)):
                     continue
                 if rel == own_rng or (args.process_index == 0 and not rng.fullmatch(rel)):
                     _fsync(full)
@@ -356,4 +408,7 @@ class AtomicCheckpoints(TrainerCallback):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, marker)
+        sentinel = self._sentinel(marker)
+        if os.path.exists(sentinel):
+            os.remove(sentinel)
         _fsync(folder)
