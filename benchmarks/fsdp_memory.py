@@ -35,6 +35,7 @@ VARIANTS = {  # name: (fused, rho, method)
     "fused": (True, 0.0, "auto"),
     "logits_sam_gram": (False, 1e-3, "gram"),
     "fused_sam_auto": (True, 1e-3, "auto"),
+    "fused_sam_chunked": (True, 1e-3, "chunked"),
 }
 
 

@@ -13,6 +13,9 @@ export PYTHONPATH=$PWD/src:${PYTHONPATH:-} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$out/gpu.txt"
 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_bf16.py 2>&1 | tee "$out/gpu_tests.txt"
 python3 benchmarks/step.py --device cuda --out "$out/step_cuda.json" 2>&1 | grep -v -i warn | tee "$out/step_cuda.txt"
+# fp32 weights under bf16 autocast (accelerate mixed_precision bf16): the fused path must stay on
+python3 benchmarks/step.py --device cuda --shapes llama3.2-1b --autocast --variants trl,plain,sam_auto,sam_chunked \
+  --out "$out/step_cuda_autocast.json" 2>&1 | grep -v -i warn | tee "$out/step_cuda_autocast.txt"
 # FSDP2 on one GPU (the module tree still sharded into units and gathered): fused vs full logits, bf16
 # weights and fp32 weights under bf16 autocast
 python3 -m torch.distributed.run --standalone --nproc_per_node 1 benchmarks/fsdp_memory.py --device cuda \

@@ -54,6 +54,7 @@ def _snapshot(root):
     return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(
     previous=st.booleans(),
@@ -111,6 +112,7 @@ def _same(a, b):
 TORCH_FILES = ("optimizer.pt", "scheduler.pt", "rng_state.pth")
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(where=st.floats(0, 1, exclude_max=True), flip=st.integers(1, 255), data=st.data())
 def test_any_changed_byte_is_noticed_or_harmless(tmp_path_factory, where, flip, data):

@@ -62,6 +62,8 @@ def perturbed_sweep_by_vocab(
     def logits(s: int, e: int, a: int, a2: int, g_blk: Tensor) -> Tensor:
         hc = h[s:e].to(cdt)
         z = F.linear(hc, w[a:a2], None if b is None else b[a:a2]).to(acc)
+        if z.dtype == held:  # float32 products: the shift is added in place (no second tile)
+            return z.addmm_(hc.to(held) * scale, g_blk.T)
         # ε's product stays in the held dtype until it meets the float32 logits, so bf16 never rounds ε away
         return z.addcmul_(F.linear(hc.to(held), g_blk), scale)
 
@@ -94,25 +96,35 @@ def perturbed_sweep_by_vocab(
     # pass B: dz' block by block; block b of the buffer is overwritten once g_b has been used
     for a in range(0, v, v_b):
         a2 = min(a + v_b, v)
-        g_blk = g_buffer[a:a2].to(held, copy=True)
+        # one row tile: g_b is read before the block is overwritten, so no copy of it is needed
+        single = len(tiles) == 1 and g_buffer.dtype == held
+        g_blk = g_buffer[a:a2] if single else g_buffer[a:a2].to(held, copy=True)
         for i, (s, e) in enumerate(tiles):
             z = logits(s, e, a, a2, g_blk)
             p = z.sub_(lse[s:e, None]).exp_()
-            dz = torch.mul(p, -g_rows[s:e, None], out=p.new_empty(p.shape, dtype=cdt))
+            if cdt == acc:  # dz in place, as the row-ordered sweep does
+                dz = p.mul_(-g_rows[s:e, None])
+            else:
+                dz = torch.mul(p, -g_rows[s:e, None], out=p.new_empty(p.shape, dtype=cdt))
             del z, p
             hit = (labels[s:e] >= a) & (labels[s:e] < a2)
             idx = (labels[s:e] - a).clamp(0, a2 - a - 1)[:, None]
             dz.scatter_add_(1, idx, torch.where(hit, g_rows[s:e], 0.0)[:, None].to(cdt))
             dh = rows_at_vocab(dz, w[a:a2], acc).add_(rows_at_vocab(dz.to(held), g_blk, acc).mul_(scale))
             d_h[s:e] += dh if k is None else dh.div_(k)
-            part = dz.T @ h[s:e].to(cdt)
-            part = part if k is None else part.to(acc).div_(k)
-            if i == 0:
-                g_buffer[a:a2].copy_(part)
+            hc = h[s:e].to(cdt)
+            if single and k is None and g_buffer.dtype == cdt:  # straight into the buffer, no temporary
+                torch.mm(dz.T, hc, out=g_buffer[a:a2])
             else:
-                g_buffer[a:a2].add_(part.to(g_buffer.dtype))
+                part = dz.T @ hc
+                part = part if k is None else part.to(acc).div_(k)
+                if i == 0:
+                    g_buffer[a:a2].copy_(part)
+                else:
+                    g_buffer[a:a2].add_(part.to(g_buffer.dtype))
+                del part
             if d_b is not None:
                 db = dz.sum(0, dtype=acc)
                 d_b[a:a2] += db if k is None else db.div_(k)
-            del dz, part
+            del dz
     return sums, u, d_h
