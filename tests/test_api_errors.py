@@ -26,6 +26,8 @@ G = torch.randn(6, 10)
         (dict(rho=0.1, method="gram", block=-5), "block"),
         (dict(rho=0.1, bias=torch.randn(12)), "bias"),
         (dict(rho=0.1, method="gram", logits=torch.randn(6, 11)), "logits"),
+        (dict(rho=0.1, bias=torch.randn(10).double()), "bias is torch.float64: give both in one dtype"),
+        (dict(rho=0.1, method="gram", logits=torch.randn(6, 10).double()), "logits is torch.float64"),
     ],
 )
 def test_perturbed_logits_rejects_bad_arguments(kwargs, match):

@@ -162,6 +162,14 @@ def test_overrides_without_a_value_or_key(capsys):
         assert rc == 2 and message in one_error_line(err)
 
 
+@pytest.mark.parametrize("command", ["train", "sft"])
+def test_config_given_twice_is_refused(capsys, command):
+    """A second --config used to replace the first silently (the last one trained)."""
+    with pytest.raises(SystemExit) as e:
+        cli.main([command, "--config", "configs/tiny-cpu.yaml", "--config", "configs/pythia-hh-dpo.yaml"])
+    assert e.value.code == 2 and "--config given twice" in capsys.readouterr().err
+
+
 def test_other_commands_refuse_stray_arguments(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["toy", "--sam.rho=1"])

@@ -428,3 +428,11 @@ def test_an_uncached_hub_id_with_no_network_fails_at_once(monkeypatch):
     with pytest.raises(ConfigError, match=r"model.name_or_path: 'someone/not-cached-model' is not a local path, not in the Hugging Face cache, and the hub"):
         check_model_source("someone/not-cached-model")
     assert time.time() - t < 5
+
+
+def test_a_named_pipe_as_the_config_is_refused_not_read(tmp_path):
+    """Opening a FIFO blocks until a writer comes: `train --config fifo` used to hang forever."""
+    fifo = tmp_path / "recipe.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="not a regular file"):
+        C.load(str(fifo))

@@ -175,7 +175,10 @@ def test_plan_keeps_pairs_whole_when_they_fit():
 def test_auto_picks_gram_for_few_rows_and_weight_for_many():
     assert choose_fused_method(256, 4096, 128256, 2) == "gram"
     assert choose_fused_method(8192, 2048, 128256, 2) == "weight"
-    assert choose_fused_method(8192, 2048, 128256, 2, max_extra_bytes=1e6) == "gram"
+    # a memory budget (auto passes one chunk of float32 logits): weight's V×d no longer fits
+    assert choose_fused_method(8192, 2048, 128256, 2, max_extra_bytes=500e6) == "chunked"
+    assert choose_fused_method(1024, 2048, 128256, 2, max_extra_bytes=500e6) == "gram"  # N_r(V + d) fits
+    assert choose_fused_method(8192, 2048, 128256, 2, max_extra_bytes=1e6) == "chunked"  # nothing fits: least
 
 
 def brute_adaptive(spec, params, h, w, b, labels, ref, scores, rho):
@@ -198,7 +201,7 @@ def brute_adaptive(spec, params, h, w, b, labels, ref, scores, rho):
 
 @pytest.mark.parametrize("name", ["dpo", "cpo", "spo_target"])
 @pytest.mark.parametrize("rho", [0.4, -0.4])
-@pytest.mark.parametrize("path", ["fused", "fused_chunked", "weight", "chunked"])
+@pytest.mark.parametrize("path", ["fused", "fused_small_chunks", "weight", "chunked"])
 def test_adaptive_matches_brute_force(name, rho, path):
     from logitsam.sam.logits import logits_sam_loss
 
@@ -212,13 +215,14 @@ def test_adaptive_matches_brute_force(name, rho, path):
         lengths = (labels != IGNORE_INDEX).sum(-1)
         hc, wc = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
         bc = b.detach().clone().requires_grad_()
-        plan = plan_rows(labels, 5)
+        # auto keeps weight's V×d within one chunk of float32 logits: large chunks -> weight, 1-row chunks -> chunked
+        plan = plan_rows(labels, 10_000 if path == "fused" else 1)
         pl = lambda p, c, r: spec.fn(subset_logps(p, c, r, lengths, ref, scores), **params).losses  # noqa: E731
-        method = "chunked" if path == "fused_chunked" else "auto"
+        method = "auto"
         job = FusedJob(plan, labels.shape[0] // 2, pl, rho, method, adaptive=True)
         sums = fused_sequence_sums(hc.reshape(-1, hc.shape[-1])[plan.rows], wc, bc, job)
         loss = loss_of_sums(spec, params, sums, lengths, ref, scores)
-        assert job.method_used == ("chunked" if path == "fused_chunked" else "weight")
+        assert job.method_used == ("weight" if path == "fused" else "chunked")
     else:
         hc, wc = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
         bc = b.detach().clone().requires_grad_()

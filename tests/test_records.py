@@ -6,7 +6,7 @@ import math
 import pytest
 
 from logitsam.errors import UserError
-from logitsam.experiments.records import record_problem, verify_record, write_record
+from logitsam.experiments.records import checksum, record_problem, verify_record, write_record
 
 
 def record():
@@ -45,9 +45,19 @@ def test_written_records_verify_and_any_edit_is_noticed(tmp_path):
         ("log", [], "training log is empty"),
     ],
 )
-def test_out_of_range_values_are_refused_even_without_a_checksum(key, value, problem):
+def test_out_of_range_values_are_refused_even_with_a_valid_checksum(key, value, problem):
+    """Nonsense written by the code itself (a judge bug, a NaN reward) carries a valid checksum."""
     rec = {**record(), key: value}
+    rec["checksum"] = checksum(rec)
     assert problem in record_problem(rec)
+
+
+def test_a_record_without_a_checksum_is_refused(tmp_path):
+    """Deleting the checksum key must not turn the check off (a hand-edited record would pass)."""
+    rec = {k: v for k, v in write_record(str(tmp_path / "record.json"), record()).items() if k != "checksum"}
+    assert "no checksum" in record_problem(rec)
+    with pytest.raises(UserError, match=r"record.json: it has no checksum.*delete it"):
+        verify_record(str(tmp_path / "record.json"), rec)
 
 
 def test_the_committed_records_verify():

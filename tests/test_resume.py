@@ -155,3 +155,17 @@ def test_resume_that_would_train_other_parameters_is_refused_even_with_allow_cha
         train(cfg_for(run_dir, "--model.lora_r=4", "--train.resume_allow_changes=true",
                       f"--train.resume_from_checkpoint={run_dir / 'checkpoint-3'}"))  # fmt: skip
     assert snapshot(run_dir) == before
+
+
+def test_an_edited_config_yaml_is_not_a_reference_for_the_resume_check(run_dir):
+    """The resume check compares against the run's config.yaml; editing it (dpo -> ipo) and resuming with it
+    used to continue the run as IPO while config.yaml claimed IPO for the whole run. The checkpoint's marker
+    holds the digest config.yaml had when the state was saved."""
+    saved = run_dir / "config.yaml"
+    saved.write_text(saved.read_text().replace("name: dpo", "name: ipo"))
+    before = snapshot(run_dir)
+    ckpt = run_dir / "checkpoint-3"
+    edited = C.apply_overrides(C.load(str(saved)), [f"--train.output_dir={run_dir}", f"--train.resume_from_checkpoint={ckpt}"])
+    with pytest.raises(ConfigError, match=r"config\.yaml changed since checkpoint-3 was saved.*resume_allow_changes"):
+        train(edited)
+    assert snapshot(run_dir) == before

@@ -179,3 +179,11 @@ def test_overwrite_removes_checkpoint_folders_only(tmp_path):
     assert (tmp_path / "metrics.jsonl").exists()
     clear_previous_run(str(tmp_path))  # outside a claim: nothing is pending
     assert (tmp_path / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("name", ["metrics.jsonl", "config.yaml"])
+def test_a_folder_where_a_run_writes_a_file_is_one_line(tmp_path, name):
+    """A directory (or pipe) named metrics.jsonl / config.yaml used to be a traceback after config.yaml was rewritten."""
+    (tmp_path / "run" / name).mkdir(parents=True)
+    with pytest.raises(ConfigError, match=rf"{name}' is not a regular file"):
+        check_output_dir(str(tmp_path / "run"))

@@ -194,6 +194,7 @@ def test_experiment_end_to_end_on_the_tiny_model(tmp_path, monkeypatch):
 def _synthetic_main(tmp_path, n=40, pairs=6):
     """A hand-made main comparison: DPO, a no-op ρ (samples identical to DPO's) and a ρ that helps on
     every seed (+15 pp win rate, +1 nat held-out Δ+), three seeds each."""
+    from logitsam.experiments.records import write_record
     from logitsam.experiments.squeeze.experiment import _write_json
 
     out, setting = tmp_path / "main", "toy"
@@ -214,7 +215,7 @@ def _synthetic_main(tmp_path, n=40, pairs=6):
             rec = {"arm": {"label": label, "rho": rho}, "seed": seed, "outcomes_vs_sft": outcomes,
                    "rewards": [o + 0.01 * seed for o in outcomes], "samples": samples,
                    "kl_values": [1.0 + 0.1 * seed + lift] * n, "probes": {"6": final}, "log": log}  # fmt: skip
-            _write_json(str(out / "runs" / setting / f"{label}_s{seed}" / "record.json"), rec)
+            write_record(str(out / "runs" / setting / f"{label}_s{seed}" / "record.json"), rec)
     return str(out), setting
 
 

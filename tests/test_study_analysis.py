@@ -9,6 +9,7 @@ import math
 
 import pytest
 
+from logitsam.experiments.records import write_record
 from logitsam.experiments.study import analysis
 from logitsam.experiments.study.analysis import paired
 from logitsam.experiments.study.plan import TUNING_NOTE
@@ -284,8 +285,12 @@ def _record(label, seed, key=KEY, reward_shift=None, **extra):
 
 
 def _write(path, obj):
+    """JSON to ``path``; a run record is written as the study writes it (with its checksum)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj), encoding="utf-8")
+    if path.name == "record.json":
+        write_record(str(path), {k: v for k, v in obj.items() if k != "checksum"})
+    else:
+        path.write_text(json.dumps(obj), encoding="utf-8")
 
 
 def _shared(seeds=SEEDS):

@@ -18,6 +18,15 @@ from typing import Any
 from logitsam.errors import ConfigError, UserError, one_line
 
 
+class _Once(argparse.Action):
+    """An option that may be given once: a second --config would silently replace the first (the same key
+    twice among the overrides is refused too)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest, None) is not None:
+            parser.error(f"{option_string} given twice ({getattr(namespace, self.dest)} and {values}); give it once")
+        setattr(namespace, self.dest, values)
+
 def _out_dir(path: str, option: str) -> None:
     """Create ``path`` (a directory) and check a file can be written in it, before any work:
     ConfigError naming ``option`` otherwise (a file in the way, no permission, /proc, ...)."""
@@ -310,7 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog_fn=_train_epilog,
     )
-    tr.add_argument("--config", metavar="FILE", help="YAML recipe (configs/*.yaml); without it every key's default")
+    tr.add_argument(
+        "--config", metavar="FILE", action=_Once, help="YAML recipe (configs/*.yaml); without it every key's default"
+    )
     tr.set_defaults(func=_train)
 
     sf = sub.add_parser(
@@ -324,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog_fn=_train_epilog,
     )
-    sf.add_argument("--config", metavar="FILE", help="YAML recipe; without it every key's default")
+    sf.add_argument("--config", metavar="FILE", action=_Once, help="YAML recipe; without it every key's default")
     sf.set_defaults(func=_train)
 
     sh = sub.add_parser("sharpness", help="Hessian traces (parameters and logits) of the preference loss")

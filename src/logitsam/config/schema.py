@@ -317,6 +317,8 @@ def load(path: str) -> Config:
         raise ConfigError(f"{path}: config file not found")
     if os.path.isdir(path):
         raise ConfigError(f"{path}: is a directory, not a YAML config file")
+    if not os.path.isfile(path):  # a named pipe or a device would block or never end
+        raise ConfigError(f"{path}: is not a regular file (a pipe or device?), not a YAML config file")
     try:
         with open(path, "rb") as f:
             raw = f.read()

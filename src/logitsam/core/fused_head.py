@@ -235,10 +235,12 @@ class _Scaled:
 def _make_pert(job: FusedJob, h: Tensor, v: int, cdt: torch.dtype, has_dw: bool):
     method = check_method(job.method, FUSED_METHODS)
     check_adaptive(method, job.adaptive)
-    if method == "auto" and job.adaptive:
-        method = "weight"
-    elif method == "auto":
-        method = choose_fused_method(h.shape[0], h.shape[1], v, torch.finfo(held_dtype(cdt)).bits // 8)
+    if method == "auto":  # fewest flops whose extra memory stays within one chunk of float32 logits
+        budget, nbytes = 4.0 * job.plan.chunk_rows * v, torch.finfo(held_dtype(cdt)).bits // 8
+        if job.adaptive:  # needs W elementwise: never gram
+            method = "weight" if v * h.shape[1] * nbytes <= budget else "chunked"
+        else:
+            method = choose_fused_method(h.shape[0], h.shape[1], v, nbytes, budget)
     if method == "chunked" and not has_dw:  # a frozen head has no gradient buffer to hold g in
         method = "weight"
     job.method_used = method

@@ -5,7 +5,8 @@ blindly: :func:`write_record` adds ``checksum`` (SHA-256 of the record's canonic
 and :func:`verify_record` refuses — with one line naming the file and the remedy — a record whose
 checksum does not match (edited or corrupted since it was written), or whose per-prompt values are
 out of range: win outcomes must be probabilities in [0, 1] (NaN: a judge failure), rewards and KL values finite.
-Records from before checksums existed (no ``checksum`` key) get the range checks only.
+A record without a checksum is refused too (the records committed before checksums existed were
+signed once, after checking they were unchanged since committed).
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ def _flat(values: Any) -> list[Any]:
 
 def record_problem(record: dict[str, Any]) -> str | None:
     """Why a record cannot be used (None: it can)."""
-    if "checksum" in record and record["checksum"] != checksum(record):
+    if "checksum" not in record:
+        return "it has no checksum (every record is written with one; a missing one was removed)"
+    if record["checksum"] != checksum(record):
         return "its checksum does not match: edited or corrupted since it was written"
     for key in OUTCOME_KEYS:
         if key in record:

@@ -99,5 +99,6 @@ class GramEps:
 
 
 def choose_fused_method(n_r: int, d: int, v: int, elem_bytes: int, max_extra_bytes: float | None = None) -> str:
-    """Fewer tensor-core flops wins (the fused engine's cost model: sam/costs.py)."""
-    return cheapest(fused_method_costs(n_r, d, v, elem_bytes), max_extra_bytes, "gram")
+    """Fewer tensor-core flops wins among the methods whose extra bytes fit ``max_extra_bytes`` (the fused
+    engine's cost model: sam/costs.py); ``chunked`` (one vocabulary block) when none fits."""
+    return cheapest(fused_method_costs(n_r, d, v, elem_bytes), max_extra_bytes, "chunked")

@@ -55,6 +55,9 @@ def _check_inputs(hidden: Any, weight: Any, bias: Any, logits: Any, block: Any) 
         raise ValueError(f"bias must have shape ({v},), got {tuple(getattr(bias, 'shape', ()))}")
     if logits is not None and tuple(logits.shape) != (*hidden.shape[:-1], v):
         raise ValueError(f"logits have shape {tuple(logits.shape)}, expected {(*hidden.shape[:-1], v)}")
+    for name, x in (("bias", bias), ("logits", logits)):
+        if x is not None and x.dtype != hidden.dtype:
+            raise ValueError(f"hidden is {hidden.dtype} but {name} is {x.dtype}: give both in one dtype")
     return v
 
 

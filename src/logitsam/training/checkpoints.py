@@ -207,6 +207,20 @@ def broken_torch_files(path: str) -> str | None:
     return None
 
 
+def saved_config_digest(checkpoint: str) -> str | None:
+    """The digest of the run's config.yaml when ``checkpoint`` was completed (None: not recorded)."""
+    for name in _listdir(checkpoint):
+        if _MARKER.match(name):
+            try:
+                with open(os.path.join(checkpoint, name), encoding="utf-8") as f:
+                    digest = json.load(f).get("config_digest")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if isinstance(digest, str):
+                return digest
+    return None
+
+
 def _digest(path: str) -> str | None:
     try:
         return sampled_digest(path)
@@ -270,7 +284,7 @@ def resolve_resume(output_dir: str, value: str | bool | None, *, allow_incomplet
                 f"{'; '.join(checkpoint_problems(newest))}); {way_out} with train.overwrite_output_dir=true "
                 "(it removes the old metrics.jsonl and checkpoint-N directories) and no resume_from_checkpoint"
             )
-        return _incomplete(newest)
+        return resolve_resume(output_dir, newest, allow_incomplete=True)
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"{KEY}: expected a checkpoint directory, 'last' or true, got {value!r}")
     if not os.path.exists(value):
@@ -283,6 +297,10 @@ def resolve_resume(output_dir: str, value: str | bool | None, *, allow_incomplet
     if not _loadable(value):
         why = "no readable model weights and trainer state"
         raise ConfigError(f"{KEY}: {value!r} cannot be resumed even incomplete: {why}")
+    broken = broken_torch_files(value)
+    if broken:  # a missing file can be done without; a corrupt one fails inside trainer.train(), too late
+        raise ConfigError(f"{KEY}: {value!r} cannot be resumed even incomplete: {broken}; remove that file to "
+                          "resume without it, or start over with train.overwrite_output_dir=true")  # fmt: skip
     return _incomplete(value) if checkpoint_problems(value) else value
 
 
@@ -402,9 +420,13 @@ class AtomicCheckpoints(TrainerCallback):
                     _fsync(full)
                     sizes[rel] = os.path.getsize(full)
                     digests[rel] = sampled_digest(full)
+        record = {"step": state.global_step, "files": sizes, "digests": digests}
+        config = os.path.join(args.output_dir, "config.yaml")
+        if os.path.isfile(config):  # the settings this state was trained with (a resume compares against them)
+            record["config_digest"] = sampled_digest(config)
         tmp = marker + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"step": state.global_step, "files": sizes, "digests": digests}, f)
+            json.dump(record, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, marker)

@@ -26,6 +26,7 @@ from typing import Any
 from logitsam.config import schema as config_mod
 from logitsam.config.schema import Config
 from logitsam.errors import ConfigError, UserError
+from logitsam.training.checkpoints import sampled_digest, saved_config_digest
 
 # What a resumed run may change without train.resume_allow_changes: where and how often it writes,
 # logs and evaluates, and how it resumes — never what it optimises (loss, data, batches, schedule, SAM).
@@ -87,6 +88,13 @@ def check_resume_settings(resolved: Config, checkpoint: str) -> None:
     if path is None:
         return  # a checkpoint of a plain HF run: nothing to compare with
     allow = "set train.resume_allow_changes=true to resume with them anyway"
+    recorded = saved_config_digest(checkpoint)
+    if recorded is not None and _digest(path) != recorded:  # the reference itself was edited since the save
+        raise ConfigError(
+            f"train.resume_from_checkpoint: {path} changed since {os.path.basename(os.path.normpath(checkpoint))} "
+            "was saved, so it no longer says how that state was trained; restore it, or "
+            "set train.resume_allow_changes=true to resume with the settings given now"
+        )
     try:
         saved = config_mod.load(path)
     except UserError as e:
@@ -98,6 +106,14 @@ def check_resume_settings(resolved: Config, checkpoint: str) -> None:
             f"train.resume_from_checkpoint: these settings differ from the resumed run's {path}: "
             f"{'; '.join(changed)}; {allow}"
         )
+
+
+
+def _digest(path: str) -> str | None:
+    try:
+        return sampled_digest(path)
+    except OSError:
+        return None
 
 
 DATA_FINGERPRINT = "data_fingerprint.json"

@@ -70,6 +70,10 @@ def check_output_dir(path: str, key: str = KEY) -> None:
         raise ConfigError(f"{key}: {path!r} is under {parent!r}, which is a file")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"{key}: {parent!r} is not writable")
+    for name in ("config.yaml", "metrics.jsonl"):  # the files a run writes: a folder or pipe in their place
+        full = os.path.join(path, name)
+        if os.path.lexists(full) and not os.path.isfile(full):
+            raise ConfigError(f"{key}: {full!r} is not a regular file (a run writes it); move it away")
 
 
 def previous_run(path: str) -> list[str]:
