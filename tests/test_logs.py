@@ -122,3 +122,13 @@ def test_loss_is_the_clean_loss_for_sam_runs(tmp_path, mode):
     plain = [r for r in records(tmp_path / "plain") if "loss" in r and "step" in r and "train_loss" not in r]
     assert all(r["loss"] == r["sam/loss_pre"] != r["sam/loss_post"] for r in sam)
     assert sam[0]["loss"] == pytest.approx(plain[0]["loss"], rel=1e-6)
+
+
+def test_whole_run_loss_weights_intervals_and_needs_every_step():
+    from logitsam.training.logs import whole_run_loss
+
+    hist = [{"step": 2, "loss": 1.0}, {"step": 2, "eval_loss": 9.0}, {"step": 5, "loss": 0.5}, {"step": 6, "loss": 0.2}]
+    assert whole_run_loss(hist, 6) == pytest.approx((2 * 1.0 + 3 * 0.5 + 1 * 0.2) / 6)
+    assert whole_run_loss(hist, 7) is None  # step 7 was never logged (a last partial interval)
+    assert whole_run_loss([{"step": 1, "loss": float("nan")}], 1) is None
+    assert whole_run_loss([], 3) is None

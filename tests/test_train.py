@@ -207,4 +207,8 @@ def test_kill_mid_save_resumes_from_the_previous_checkpoint(tmp_path):
     assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6]
     for r in resumed[3:]:
         assert abs(r["loss"] - straight[r["step"]]) <= 1e-6
+    # the summary's mean covers all 6 steps (HF's own averaged only the 3 resumed ones)
+    summary = [r for r in records(out) if "train_loss" in r]
+    assert len(summary) == 1
+    assert abs(summary[0]["train_loss"] - sum(straight.values()) / 6) <= 1e-6
     assert not (out / ".logitsam.lock").exists()

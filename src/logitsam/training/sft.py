@@ -26,7 +26,7 @@ from logitsam.data.examples import PreferenceExample, load_examples
 from logitsam.data.files import read_rows
 from logitsam.errors import ConfigError, DataError
 from logitsam.training.checkpoints import AtomicCheckpoints, resolve_resume
-from logitsam.training.logs import JsonlMetrics, install_console
+from logitsam.training.logs import JsonlMetrics, WholeRunLoss, install_console
 from logitsam.training.models import apply_lora, check_lora_targets, load_model, load_tokenizer
 from logitsam.training.preflight import build_training_args, check_config, check_optimizer
 from logitsam.training.resume import check_resume_data, check_resume_parameters, check_resume_settings, data_fingerprint
@@ -36,6 +36,11 @@ from logitsam.training.rundir import claim
 log = logging.getLogger(__name__)
 RESPONSE_KEYS = ("completion", "response")
 
+
+
+
+class SftTrainer(WholeRunLoss, Trainer):
+    """transformers.Trainer whose summary ``train_loss`` covers the whole run, also after a resume."""
 
 def load_sft_examples(paths: list[str], fmt: str = "auto") -> list[PreferenceExample]:
     """Examples whose ``chosen`` is the SFT target: prompt/completion rows, or any preference format."""
@@ -131,7 +136,7 @@ def _sft(cfg: Config, resume: str | None, callbacks: Sequence[Any]) -> dict[str,
         finished = already_finished(cfg, resume, args, len(train_rows))
         if finished is not None:
             return finished
-    trainer = Trainer(
+    trainer = SftTrainer(
         model=apply_lora(model, cfg.model),
         args=args,
         train_dataset=train_rows,

@@ -26,7 +26,7 @@ from logitsam.core.registry import LossSpec
 from logitsam.sam.common import check_adaptive, check_method, check_rho
 from logitsam.sam.full import full_sam_backward
 from logitsam.training.checkpoints import list_checkpoints
-from logitsam.training.logs import JsonlMetrics, install_console
+from logitsam.training.logs import JsonlMetrics, WholeRunLoss, install_console
 from logitsam.training.reference import batch_reference_logps
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def head_is_sharded(trainer: Trainer) -> bool:
     )
 
 
-class PreferenceTrainer(Trainer):
+class PreferenceTrainer(WholeRunLoss, Trainer):
     """Trainer for any registered preference loss, with logits-SAM or full SAM.
 
     loss_spec / loss_params: from :mod:`logitsam.core.losses`. sam: rho, mode (logits | full), method.
