@@ -170,9 +170,16 @@ def test_overwrite_removes_checkpoint_folders_only(tmp_path):
     (tmp_path / "checkpoint-notes.txt").write_text("mine")
     (tmp_path / "metrics.jsonl").write_text("{}")
     (tmp_path / "model.safetensors").write_text("old weights")  # with save_model: false they would be stale
+    for name in ("config.json", "tokenizer.json", "model-00001-of-00002.safetensors"):
+        (tmp_path / name).write_text("old model")  # save_model's other files: stale too
+    (tmp_path / "README.md").write_text("---\nlibrary_name: transformers\ntags: [logitsam]\n---\n")  # our card
     with claim(str(tmp_path), resuming=False, overwrite=True):
         clear_previous_run(str(tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-notes.txt"]
+    (tmp_path / "README.md").write_text("# my notes about this folder")  # not our card: kept
+    with claim(str(tmp_path), resuming=False, overwrite=True):
+        clear_previous_run(str(tmp_path))
+    assert (tmp_path / "README.md").exists()
     (tmp_path / "metrics.jsonl").write_text("{}")
     with claim(str(tmp_path), resuming=False, overwrite=True):
         pass  # the start failed before writing: clear_previous_run never called

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import time
@@ -218,6 +219,23 @@ def claim(output_dir: str, *, resuming: bool, overwrite: bool) -> Iterator[None]
 _PENDING_CLEAR: set[str] = set()  # output dirs claimed with overwrite whose previous run is not removed yet
 
 
+# What save_model writes beside the weights: with save_model false a new run would leave them stale.
+MODEL_FILES = (
+    "config.json", "generation_config.json", "adapter_config.json", "tokenizer.json", "tokenizer_config.json",
+    "special_tokens_map.json", "chat_template.jinja", "vocab.json", "merges.txt", "tokenizer.model",
+    "added_tokens.json",
+)  # fmt: skip
+_SHARD = re.compile(r"^(model|pytorch_model)-\d+-of-\d+\.(safetensors|bin)$")
+
+
+def _is_our_card(path: str) -> bool:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return "logitsam" in f.read(4096)
+    except OSError:
+        return False
+
+
 def clear_previous_run(output_dir: str) -> None:
     """Remove the previous run of an ``output_dir`` claimed with ``overwrite_output_dir`` — called when the
     new run has loaded and checked everything and starts changing the directory, so a start that fails
@@ -232,11 +250,19 @@ def _clear(output_dir: str) -> None:
     """Remove what would mix with a new run: the old metrics records, trainer files, saved weights and
     checkpoints (config.yaml is rewritten by the new run)."""
     removed = []
-    for name in (n for n in RUN_FILES if n != "config.yaml"):
+    for name in (n for n in (*RUN_FILES, *MODEL_FILES) if n != "config.yaml"):
         path = os.path.join(output_dir, name)
         if os.path.isfile(path):
             os.remove(path)
             removed.append(name)
+    for name in sorted(os.listdir(output_dir)):  # sharded weights
+        if _SHARD.match(name) and os.path.isfile(os.path.join(output_dir, name)):
+            os.remove(os.path.join(output_dir, name))
+            removed.append(name)
+    card = os.path.join(output_dir, "README.md")
+    if os.path.isfile(card) and _is_our_card(card):  # the old run's model card (a user's README stays)
+        os.remove(card)
+        removed.append("README.md")
     for ckpt in list_checkpoints(output_dir):  # checkpoint-N folders only: a user's checkpoint-notes.txt stays
         shutil.rmtree(ckpt)
         removed.append(os.path.basename(ckpt))
