@@ -113,8 +113,10 @@ def _stale(path: str, info: dict[str, Any] | None) -> bool:
             return time.time() - os.path.getmtime(path) > 30
         except OSError:
             return True
-    # a pid ≤ 0 names no process (kill(0/-1) would signal groups): nobody holds such a lock
-    return info.get("host") == socket.gethostname() and (info["pid"] <= 0 or not _alive(info["pid"]))
+    if info["pid"] <= 0:  # names no process on any host (kill(0/-1) would signal groups): nobody holds it
+        return True
+    host = info.get("host")  # a lock without a host was not written by logitsam: judged as this host's
+    return (not isinstance(host, str) or host == socket.gethostname()) and not _alive(info["pid"])
 
 
 class RunLock:
