@@ -674,6 +674,19 @@ def test_study_report_into_a_read_only_directory_is_one_line(tmp_path, monkeypat
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
+def test_study_report_where_a_directory_stands_is_one_line(tmp_path, capsys):
+    """A folder named report.md used to end in IsADirectoryError's traceback; the records stay untouched."""
+    from logitsam import cli
+
+    out = build_study(tmp_path)
+    (tmp_path / "report.md").mkdir()
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert cli.main(["study", "--out", out, "--report-only"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "report.md" in err[0] and "a directory is in its place" in err[0], err
+    assert all(p.read_bytes() == b for p, b in before.items())  # the records and everything else kept
+
+
 @pytest.mark.slow
 def test_write_study_report_on_the_synthetic_study(tmp_path):
     from logitsam.experiments.study.study_report import PNG, write_study_report

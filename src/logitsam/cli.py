@@ -462,6 +462,9 @@ def _storage_error(e: BaseException) -> str | None:
             )
         if isinstance(seen, PermissionError) and seen.filename:  # e.g. a report into a read-only directory
             return f"cannot write {seen.filename!r}: {seen.strerror}; make it writable or choose another --out"
+        if isinstance(seen, IsADirectoryError) and seen.filename:  # e.g. a folder named report.md
+            target = getattr(seen, "filename2", None) or seen.filename
+            return f"cannot write {target!r}: a directory is in its place; move it away or choose another --out"
         seen = seen.__cause__ or seen.__context__
     text = str(e).lower()
     if type(e).__name__ == "SafetensorError" and ("no space" in text or "read-only" in text):
