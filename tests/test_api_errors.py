@@ -157,3 +157,19 @@ def test_collators_need_a_pad_token_id(pad):
     for collator in (PreferenceCollator, SFTCollator):
         with pytest.raises(ValueError, match="needs the tokenizer's pad token id"):
             collator(pad)
+
+
+@pytest.mark.parametrize(
+    ("rows", "match"),
+    [
+        ([], "got no rows"),
+        ([{"prompt_ids": [1], "chosen_ids": [2], "rejected_ids": [3]}], "rows lack index"),
+        ([{"prompt": "x", "chosen": "y", "rejected": "z"}], "rows lack prompt_ids, chosen_ids, rejected_ids, index"),
+    ],
+)
+def test_preference_collator_names_what_its_rows_lack(rows, match):
+    """An empty batch or untokenized rows used to be `max() arg is an empty sequence` / `KeyError: 'index'`."""
+    from logitsam.data.batching import PreferenceCollator
+
+    with pytest.raises(ValueError, match=match):
+        PreferenceCollator(0)(rows)

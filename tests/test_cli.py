@@ -290,7 +290,16 @@ def test_ctrl_c_during_train_prints_the_resume_command(capsys, monkeypatch, tmp_
         raise KeyboardInterrupt
 
     monkeypatch.setattr("logitsam.training.run.train", interrupted)
-    assert cli.main(["train", "--config", "configs/tiny-cpu.yaml", f"--train.output_dir={tmp_path}"]) == 130
+    argv = ["train", "--config", "configs/tiny-cpu.yaml", f"--train.output_dir={tmp_path}"]
+    # before its first checkpoint a resume cannot work: the line says how to start again instead
+    assert cli.main(argv) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"interrupted: checkpoints already saved in {tmp_path} are kept; no checkpoint was saved yet: start again "
+        "with the same command and --train.overwrite_output_dir=true"
+    )
+    (tmp_path / "checkpoint-2").mkdir()
+    assert cli.main(argv) == 130
     err = capsys.readouterr().err.strip()
     assert err == (
         f"interrupted: checkpoints already saved in {tmp_path} are kept; to resume: logitsam train --config "

@@ -146,6 +146,11 @@ def test_resume_on_edited_data_is_refused_and_changes_nothing(run_dir, tmp_path)
     with pytest.raises(ConfigError, match="training and evaluation rows differ from those the run started with"):
         train(cfg_for(first, f"--data.train_files=[{data}]", "--train.resume_from_checkpoint=last"))
     assert snapshot(first) == before
+    (first / "data_fingerprint.json").unlink()  # removing the fingerprint must not switch the check off
+    before = snapshot(first)
+    with pytest.raises(ConfigError, match=r"data_fingerprint\.json is missing or unreadable"):
+        train(cfg_for(first, f"--data.train_files=[{data}]", "--train.resume_from_checkpoint=last"))
+    assert snapshot(first) == before
 
 
 def test_resume_that_would_train_other_parameters_is_refused_even_with_allow_changes(run_dir):

@@ -105,12 +105,16 @@ def _train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         out = cfg.train.output_dir
         saved = os.path.join(out, "config.yaml")
-        how = (
-            f"logitsam {args.command} --config {shlex.quote(saved)} --train.resume_from_checkpoint=last"
-            if os.path.exists(saved)
-            else "run the same command again (nothing was trained yet)"
-        )
-        print(f"\ninterrupted: checkpoints already saved in {out} are kept; to resume: {how}", file=sys.stderr)
+        from logitsam.training.checkpoints import list_checkpoints
+
+        if os.path.exists(saved) and list_checkpoints(out):
+            how = f"to resume: logitsam {args.command} --config {shlex.quote(saved)} "
+            how += "--train.resume_from_checkpoint=last"
+        elif os.path.exists(saved):  # started, but no checkpoint to resume from yet
+            how = "no checkpoint was saved yet: start again with the same command and --train.overwrite_output_dir=true"
+        else:
+            how = "nothing was trained yet: run the same command again"
+        print(f"\ninterrupted: checkpoints already saved in {out} are kept; {how}", file=sys.stderr)
         return 130
     metrics = result["metrics"]
     shown = {k: metrics[k] for k in sorted(metrics) if not k.startswith("_")}

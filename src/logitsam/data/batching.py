@@ -158,6 +158,13 @@ class PreferenceCollator:
         self.pad_token_id = check_pad_id(pad_token_id)
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        if not rows:
+            raise ValueError("PreferenceCollator got no rows: a batch needs at least one preference pair")
+        keys = ("prompt_ids", "chosen_ids", "rejected_ids", "index")
+        missing = [k for k in keys if any(k not in r for r in rows)]
+        if missing:  # rows not made by tokenize_examples (or columns dropped by remove_unused_columns=True)
+            raise ValueError(f"PreferenceCollator: rows lack {', '.join(missing)} (tokenize them with "
+                             "logitsam.data.batching.tokenize_examples; keep remove_unused_columns=False)")  # fmt: skip
         seqs = [(r["prompt_ids"], r["chosen_ids"]) for r in rows] + [(r["prompt_ids"], r["rejected_ids"]) for r in rows]
         width = max(len(p) + len(c) for p, c in seqs)
         n = len(seqs)

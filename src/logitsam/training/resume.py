@@ -137,7 +137,8 @@ def save_data_fingerprint(output_dir: str, fingerprints: dict[str, str]) -> None
 
 def check_resume_data(resolved: Config, fingerprints: dict[str, str]) -> None:
     """ConfigError when the tokenized training (or evaluation) rows differ from those the resumed run
-    started with (its output_dir/data_fingerprint.json; runs from before it existed are not checked)."""
+    started with (its output_dir/data_fingerprint.json; missing or unreadable: refused too, since every run
+    writes it before its first step — resume_allow_changes skips the check)."""
     t = resolved.train
     if t.resume_allow_changes or t.overwrite_output_dir:
         return
@@ -145,8 +146,11 @@ def check_resume_data(resolved: Config, fingerprints: dict[str, str]) -> None:
     try:
         with open(path, encoding="utf-8") as f:
             saved = json.load(f)
-    except (OSError, ValueError):
-        return
+    except (OSError, ValueError):  # every run writes it before its first step: removed or damaged since
+        raise ConfigError(
+            f"train.resume_from_checkpoint: {path} is missing or unreadable, so the data cannot be checked "
+            "against the data the run started with; set train.resume_allow_changes=true to resume without the check"
+        ) from None
     changed = [k for k, v in fingerprints.items() if isinstance(saved, dict) and saved.get(k, v) != v]
     if changed:
         raise ConfigError(

@@ -117,7 +117,7 @@ def already_finished(cfg: Config, resume: str, args: Any, n_train: int) -> dict[
         return None
     log.warning(
         "%s: the run already finished (%s is at step %d of %d); nothing to do — to train longer, raise "
-        "train.max_steps or train.num_train_epochs",
+        "train.max_steps or train.num_train_epochs with train.resume_allow_changes=true",
         cfg.train.output_dir,
         os.path.basename(resume),
         done,
