@@ -320,3 +320,20 @@ def test_switching_the_loss_on_the_command_line_drops_the_files_foreign_keys(cap
     monkeypatch.setattr("logitsam.training.run.train", lambda cfg: __import__("logitsam.training.run").training.run.loss_setup(cfg))
     assert cli.main([*argv, "--loss.beta=0.2"]) == 2
     assert "loss.beta: loss 'slic' has no beta" in capsys.readouterr().err
+
+
+def test_resuming_a_copied_run_with_its_config_is_refused(capsys, monkeypatch, tmp_path):
+    """A run folder copied elsewhere keeps its config.yaml, whose train.output_dir names the original:
+    resuming the copy with it would have resumed and written into the original run."""
+    seen = []
+    monkeypatch.setattr("logitsam.training.run.train", lambda cfg: seen.append(cfg) or {"metrics": {}})
+    original, copy_dir = tmp_path / "orig", tmp_path / "copy"
+    copy_dir.mkdir()
+    (copy_dir / "metrics.jsonl").write_text("{}\n")
+    (copy_dir / "config.yaml").write_text(f"train:\n  output_dir: {original}\n")
+    cfg = str(copy_dir / "config.yaml")
+    rc, _, err = run(capsys, "train", "--config", cfg, "--train.resume_from_checkpoint=last")
+    assert rc == 2 and "a copied or moved run?" in one_error_line(err) and f"--train.output_dir={copy_dir}" in err
+    assert not seen
+    rc, _, _ = run(capsys, "train", "--config", cfg, "--train.resume_from_checkpoint=last", f"--train.output_dir={copy_dir}")
+    assert rc == 0 and seen and seen[0].train.output_dir == str(copy_dir)

@@ -87,6 +87,22 @@ def _toy(args: argparse.Namespace) -> int:
     return 0 if all(r["passed"] for r in s.get("checks", {}).values()) else 1
 
 
+def _check_copied_run(config_path: str | None, cfg: Any) -> None:
+    """Resuming with a run's own config.yaml whose train.output_dir names another directory (the run
+    folder was copied or moved) would resume and write *there*: refused, naming both."""
+    if not config_path or not cfg.train.resume_from_checkpoint or os.path.basename(config_path) != "config.yaml":
+        return
+    here = os.path.dirname(os.path.abspath(config_path))
+    if not os.path.exists(os.path.join(here, "metrics.jsonl")):
+        return  # not a run's saved config
+    if os.path.realpath(here) != os.path.realpath(cfg.train.output_dir):
+        raise ConfigError(
+            f"train.output_dir: {config_path} belongs to the run in {here!r} but names {cfg.train.output_dir!r} "
+            f"(a copied or moved run?); resuming would continue there — add --train.output_dir={here} to resume "
+            "this copy"
+        )
+
+
 def _train(args: argparse.Namespace) -> int:
     from logitsam.config import schema as config_mod
 
@@ -100,6 +116,7 @@ def _train(args: argparse.Namespace) -> int:
     from_file = copy.deepcopy(cfg.loss)
     config_mod.apply_overrides(cfg, args.overrides)
     _drop_foreign_loss_keys(cfg, from_file, args.overrides)
+    _check_copied_run(args.config, cfg)
     try:
         result = run(cfg)
     except KeyboardInterrupt:
