@@ -173,3 +173,12 @@ def test_preference_collator_names_what_its_rows_lack(rows, match):
 
     with pytest.raises(ValueError, match=match):
         PreferenceCollator(0)(rows)
+
+
+@pytest.mark.parametrize(("field", "value"), [("chosen", None), ("rejected", 3), ("prompt", None)])
+def test_a_preference_example_built_in_code_names_a_bad_field(field, value):
+    from logitsam.data.examples import PreferenceExample
+
+    row = {"prompt": "p", "chosen": "a", "rejected": "b", field: value}
+    with pytest.raises(ValueError, match=rf"PreferenceExample\.{field} must be"):
+        PreferenceExample(**row)

@@ -53,6 +53,15 @@ class PreferenceExample:
     score_rejected: float | None = None
     source: str = ""
 
+    def __post_init__(self) -> None:  # built in code, too: name the field instead of failing while tokenizing
+        if not isinstance(self.prompt, (str, list)):
+            got = type(self.prompt).__name__
+            raise ValueError(f"PreferenceExample.prompt must be text or a message list, got {got}")
+        for key in ("chosen", "rejected"):
+            value = getattr(self, key)
+            if not isinstance(value, (str, dict)):
+                raise ValueError(f"PreferenceExample.{key} must be text or one message, got {type(value).__name__}")
+
     @property
     def is_chat(self) -> bool:
         return isinstance(self.prompt, list)
