@@ -135,20 +135,27 @@ def save_data_fingerprint(output_dir: str, fingerprints: dict[str, str]) -> None
     os.replace(path + ".tmp", path)
 
 
-def check_resume_data(resolved: Config, fingerprints: dict[str, str]) -> None:
+def check_resume_data(resolved: Config, fingerprints: dict[str, str], checkpoint: str) -> None:
     """ConfigError when the tokenized training (or evaluation) rows differ from those the resumed run
-    started with (its output_dir/data_fingerprint.json; missing or unreadable: refused too, since every run
-    writes it before its first step — resume_allow_changes skips the check)."""
+    started with (its data_fingerprint.json: in output_dir, else beside the checkpoint). A logitsam run
+    (config.yaml there) without it is refused too, since every run writes it before its first step;
+    a plain HF checkpoint has nothing to compare with. resume_allow_changes skips the check."""
     t = resolved.train
     if t.resume_allow_changes or t.overwrite_output_dir:
         return
-    path = os.path.join(t.output_dir, DATA_FINGERPRINT)
+    folders = (t.output_dir, os.path.dirname(os.path.normpath(checkpoint)))
+    path = next((p for p in (os.path.join(f, DATA_FINGERPRINT) for f in folders) if os.path.lexists(p)), None)
+    if path is None and saved_config_path(t.output_dir, checkpoint) is None:
+        return  # a checkpoint of a plain HF run
     try:
+        if path is None:
+            raise OSError
         with open(path, encoding="utf-8") as f:
             saved = json.load(f)
-    except (OSError, ValueError):  # every run writes it before its first step: removed or damaged since
+    except (OSError, ValueError):  # removed or damaged since
+        where = path or os.path.join(t.output_dir, DATA_FINGERPRINT)
         raise ConfigError(
-            f"train.resume_from_checkpoint: {path} is missing or unreadable, so the data cannot be checked "
+            f"train.resume_from_checkpoint: {where} is missing or unreadable, so the data cannot be checked "
             "against the data the run started with; set train.resume_allow_changes=true to resume without the check"
         ) from None
     changed = [k for k, v in fingerprints.items() if isinstance(saved, dict) and saved.get(k, v) != v]

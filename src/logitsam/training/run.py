@@ -205,7 +205,7 @@ def _train(
     if resume:
         check_resume_settings(resolved, resume)
         check_resume_parameters(resolved, resume)
-        check_resume_data(resolved, fingerprints)
+        check_resume_data(resolved, fingerprints, resume)
         finished = already_finished(cfg, resume, args, len(data.train_rows))
         if finished is not None:
             return finished

@@ -132,7 +132,7 @@ def _sft(cfg: Config, resume: str | None, callbacks: Sequence[Any]) -> dict[str,
     if resume:
         check_resume_settings(resolved, resume)
         check_resume_parameters(resolved, resume)
-        check_resume_data(resolved, fingerprints)
+        check_resume_data(resolved, fingerprints, resume)
         finished = already_finished(cfg, resume, args, len(train_rows))
         if finished is not None:
             return finished
