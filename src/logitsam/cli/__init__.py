@@ -1,0 +1,40 @@
+"""Command line: parse, build a config, call the library. No logic lives here.
+
+parser.py builds the options, commands.py runs each command, checks.py checks option values and
+failures.py turns a full disk or a diverged run into one line."""
+
+from __future__ import annotations
+
+import sys
+
+from logitsam.cli.failures import is_training_diverged, storage_error
+from logitsam.cli.parser import build_parser
+from logitsam.errors import UserError, one_line
+
+__all__ = ["build_parser", "main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command not in ("train", "sft"):  # their overrides are checked (and named) by apply_overrides
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.overrides = rest
+    try:
+        return args.func(args)
+    except Exception as e:
+        if is_training_diverged(e):  # checked first: it may become a UserError subclass
+            print(f"logitsam: training diverged: {one_line(e)}", file=sys.stderr)
+            return 3
+        if isinstance(e, UserError):
+            print(f"logitsam: error: {one_line(e)}", file=sys.stderr)
+            return 2
+        storage = storage_error(e)
+        if storage is not None:
+            print(f"logitsam: error: {storage}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

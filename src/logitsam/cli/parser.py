@@ -1,0 +1,189 @@
+"""The argument parser: every command's options and help."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+from collections.abc import Callable
+from typing import Any
+
+from logitsam.cli import commands
+
+
+class _Once(argparse.Action):
+    """An option that may be given once: a second --config would silently replace the first (the same key
+    twice among the overrides is refused too)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest, None) is not None:
+            parser.error(f"{option_string} given twice ({getattr(namespace, self.dest)} and {values}); give it once")
+        setattr(namespace, self.dest, values)
+
+
+def _train_epilog() -> str:
+    """The config keys and loss names (computed when help is shown: the loss registry loads torch)."""
+    from logitsam.config.schema import describe_fields
+    from logitsam.core.registry import LOSSES
+
+    rows = describe_fields()
+    key_w, type_w = max(len(r.key) for r in rows), max(len(r.type) for r in rows)
+    default_w = min(14, max(len(r.default) for r in rows))
+    lines = [
+        "overrides: --section.key=value or --section.key value, after or instead of --config; values are read as",
+        "YAML (--sam.rho 1e-4, --data.train_files=[a.jsonl, b.jsonl]; one value where a list is expected is a",
+        "one-item list). Relative data and model paths in a config file are read against the file's directory,",
+        "those on the command line against the current directory. config.yaml in output_dir holds the resolved run.",
+        "",
+        "config keys (section.key  type  default  meaning):",
+    ]
+    section = ""
+    for r in rows:
+        if r.key.split(".")[0] != section:
+            section = r.key.split(".")[0]
+            lines.append("")
+        lines.append(f"  {r.key:{key_w}s}  {r.type:{type_w}s}  {r.default:{default_w}s}  {r.help}")
+    lines += ["", f"losses (loss.name; `logitsam losses` lists their hyperparameters): {', '.join(sorted(LOSSES))}"]
+    return "\n".join(lines)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose epilog may be computed only when its help is shown."""
+
+    def __init__(self, *args: Any, epilog_fn: Callable[[], str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.epilog_fn = epilog_fn
+
+    def format_help(self) -> str:
+        if self.epilog_fn is not None:
+            self.epilog = self.epilog_fn()
+        return super().format_help()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="logitsam", description="Preference optimization with logits-SAM.")
+    p.add_argument("--version", action="version", version=f"logitsam {_version()}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    toy = sub.add_parser("toy", help="the paper's logit-space toy dynamics and theorem checks")
+    toy.add_argument("--out", default="runs/toy")
+    toy.add_argument("--dim", type=int, default=1000)
+    toy.add_argument("--classes", type=int, default=3)
+    toy.add_argument("--lr", type=float, default=-0.1, help="phase-2 learning rate (negative: y− objective)")
+    toy.add_argument("--steps", type=int, default=30)
+    toy.add_argument("--rho", type=float, default=1.0, help="|ρ| of the SAM runs")
+    toy.add_argument("--seed", type=int, default=0)
+    toy.add_argument("--no-checks", action="store_true")
+    toy.set_defaults(func=commands.toy)
+
+    tr = sub.add_parser(
+        "train",
+        help="train a policy with a preference loss (and logits-SAM)",
+        usage="logitsam train [-h] [--config FILE] [--section.key=value | --section.key value ...]",
+        description="Train a policy with a preference loss and logits-SAM: a YAML recipe (configs/*.yaml) and/or "
+        "command-line overrides of any config key listed below.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog_fn=_train_epilog,
+    )
+    tr.add_argument(
+        "--config", metavar="FILE", action=_Once, help="YAML recipe (configs/*.yaml); without it every key's default"
+    )
+    tr.set_defaults(func=commands.train)
+
+    sf = sub.add_parser(
+        "sft",
+        help="supervised fine-tuning on prompt/completion rows or the chosen responses of preference data",
+        usage="logitsam sft [-h] [--config FILE] [--section.key=value | --section.key value ...]",
+        description="Supervised fine-tuning, the step before preference training: the same config keys, data "
+        "formats, run directory, resuming, LoRA and launchers as `logitsam train` (the loss and sam sections are "
+        "not used). Rows with prompt and completion (or response), or preference data whose chosen responses are "
+        "the targets. The saved model is ready for `logitsam train --model.name_or_path=OUTPUT_DIR`.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog_fn=_train_epilog,
+    )
+    sf.add_argument("--config", metavar="FILE", action=_Once, help="YAML recipe; without it every key's default")
+    sf.set_defaults(func=commands.train)
+
+    sh = sub.add_parser("sharpness", help="Hessian traces (parameters and logits) of the preference loss")
+    sh.add_argument("--model", required=True, help="checkpoint dir, HF name, or tiny-random")
+    sh.add_argument("--data", required=True, help="preference data file")
+    sh.add_argument("--ref", help="reference model (default: the checkpoint itself)")
+    sh.add_argument("--loss", default="dpo")
+    sh.add_argument("--beta", type=float, default=0.1)
+    sh.add_argument("--probes", type=int, default=16, help="Rademacher probes (the cap with --target-se)")
+    sh.add_argument("--target-se", type=float, default=None, metavar="FRACTION",
+                    help="probe until the standard error is at most this fraction of |trace| (e.g. 0.05)")  # fmt: skip
+    sh.add_argument("--pairs", type=int, default=8, help="preference pairs in the batch")
+    sh.add_argument("--max-length", type=int, default=256)
+    sh.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16"])
+    sh.add_argument("--seed", type=int, default=0)
+    sh.add_argument("--out", help="write the traces as JSON here")
+    sh.set_defaults(func=commands.sharpness)
+
+    ls = sub.add_parser("losses", help="the registered losses, their hyperparameters, defaults and valid ranges")
+    ls.set_defaults(func=commands.losses)
+
+    pl = sub.add_parser("plot", help="plot the metrics.jsonl of one or more run directories into a PNG")
+    pl.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a train.output_dir holding metrics.jsonl")
+    pl.add_argument("--out", required=True, metavar="FILE.png", help="the PNG to write")
+    pl.add_argument("--labels", help="comma-separated legend labels, one per RUN_DIR (default: the dir names)")
+    pl.set_defaults(func=commands.plot)
+
+    demo = sub.add_parser(
+        "demo",
+        help="a fast slice of the squeeze-regime study: DPO vs DPO + logits-SAM on SmolLM2-135M-Instruct, VADER judge",
+        description="Default: the first 48 on-policy preference pairs of the squeeze study's main setting (shipped "
+        "with the package; SmolLM2-135M-Instruct's samples judged by VADER sentiment), 3 epochs, plain DPO and DPO + "
+        "logits-SAM (rho 1e-3), held-out and training chosen/rejected log-prob drift along training (the paper's "
+        "Fig. 1c), win rate against the starting model and KL on 96 held-out prompts (about 6 min on 2 CPU cores). "
+        "--quick runs the same pipeline on a tiny random model with a letters-fraction reward: a check that the "
+        "pipeline works, not a result.",
+    )
+    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny random model, letters-fraction reward (not VADER), 16 pairs: a pipeline check in about a minute",
+    )
+    demo.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to train (default: cpu)")
+    demo.set_defaults(func=commands.demo)
+
+    st = sub.add_parser(
+        "study",
+        help="the paper's claims on the demo's task with statistics: Table 1/3 and §4.3 analogues (hours on a CPU)",
+        description="DPO, SLiC-HF and CPO with and without logits-SAM, a ρ sweep, remedies, full SAM and a "
+        "smaller-step DPO control, 3 seeds each, win rates on 308 held-out prompts with crossed seed × prompt "
+        "intervals, Hessian traces. Resumable: runs finished in --out are not run again; Ctrl-C keeps them.",
+        epilog="groups, in the order they run: dpo (DPO ± logits-SAM ρ=0.1, Hessian traces), dpo-small-step (DPO at "
+        "half the learning rate), slic-cpo, rho (DPO + logits-SAM at ρ 1e-3, 1e-2, 1, 1e-4), remedies (Gate-DPO, "
+        "dpo_abs, spo_target), full-sam, confirm (DPO and DPO + logits-SAM at the sweep's best ρ on fresh seeds, "
+        "once the sweep is finished)",
+    )
+    st.add_argument("--out", default="runs/study", metavar="DIR", help="the study directory (default: runs/study)")
+    st.add_argument("--device", default="auto", help="auto (CUDA if visible), cpu or cuda")
+    st.add_argument("--seeds", help="comma-separated training seeds (default 2,3,4; the demo tuned on 0)")
+    st.add_argument(
+        "--confirm-seeds", help="comma-separated fresh seeds re-running the sweep's best ρ against DPO (default 5,6,7)"
+    )
+    st.add_argument("--groups", help="comma-separated groups to run, in order (default: all, listed below)")
+    st.add_argument("--plan", action="store_true", help="list the planned runs: done / todo / foreign; run nothing")
+    st.add_argument("--report-only", action="store_true", help="write the report from the runs finished in --out")
+    st.add_argument("--quick", action="store_true", help="tiny random model, letters reward: a pipeline check")
+    st.set_defaults(func=commands.study)
+
+    from logitsam.evaluation.options import add_arguments  # argparse only: no torch
+
+    for name, judged, text in (
+        ("evaluate", True, "sample trained models on prompts; win rates against a baseline, KL, lengths"),
+        ("generate", False, "sample models on prompts to JSONL (judge them elsewhere)"),
+    ):
+        ev = sub.add_parser(name, help=text, description=text)
+        add_arguments(ev, judged)
+        ev.set_defaults(func=commands.evaluate)
+    return p
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("logitsam")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        return "(not installed)"
