@@ -11,14 +11,8 @@ import torch
 from safetensors.torch import save_file
 
 from logitsam.errors import ConfigError
-from logitsam.training.checkpoints import (
-    MARKER,
-    AtomicCheckpoints,
-    checkpoint_problems,
-    resolve_resume,
-    trim_metrics,
-    verify_checkpoint,
-)
+from logitsam.training.checkpoints import checkpoint_problems, resolve_resume, trim_metrics, verify_checkpoint
+from logitsam.training.commit import MARKER, AtomicCheckpoints
 
 FILES = ("optimizer.pt", "scheduler.pt", "rng_state.pth")
 

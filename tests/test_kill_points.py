@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from logitsam.errors import ConfigError
-from logitsam.training.checkpoints import MARKER, AtomicCheckpoints, checkpoint_problems, resolve_resume
+from logitsam.training.checkpoints import checkpoint_problems, resolve_resume
+from logitsam.training.commit import MARKER, AtomicCheckpoints
 from test_checkpoints import trainer_state
 
 ORDER = ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json")

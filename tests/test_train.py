@@ -186,7 +186,7 @@ def test_kill_mid_save_resumes_from_the_previous_checkpoint(tmp_path):
     after logging step 6: 'last' resumes from checkpoint-3, the log is trimmed so every step appears
     once, and the resumed steps reproduce the uninterrupted losses."""
     from logitsam.errors import ConfigError
-    from logitsam.training.checkpoints import MARKER
+    from logitsam.training.commit import MARKER
 
     out = tmp_path / "run"
     train(cfg_for(out))

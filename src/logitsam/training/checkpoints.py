@@ -7,14 +7,7 @@ Renaming a finished temporary directory would need an override of ``_save_checkp
 subclass); a callback cannot redirect the write. So completion is recorded instead — a commit
 protocol, subclass-free:
 
-- :class:`AtomicCheckpoints` (a ``TrainerCallback``): before a save it puts a ``.logitsam-saving-*``
-  sentinel in the directory about to be (re)written and removes its completion marker (a rewrite
-  killed half-way mixes old and new files: never complete); in ``on_save``, which HF calls only after
-  ``_save_checkpoint`` returned, it fsyncs the files and writes ``.logitsam-complete-<rank>-of-<world>``
-  (atomically: temporary file + rename), then removes the sentinel; the marker holds the step, every
-  file's size and a sampled digest of its content (SHA-256 of 16 evenly spaced 64 KiB blocks, first
-  and last included; whole files up to 1 MiB): same-size garbage written over a file is noticed
-  without reading a multi-GB state whole at every save;
+- the markers are written by :class:`~logitsam.training.commit.AtomicCheckpoints` (commit.py);
 - :func:`verify_checkpoint` lists what a checkpoint lacks: model weights (every ``*.safetensors``
   file's header is read and must cover the whole file: a truncated or corrupt file does not
   count), optimizer and scheduler state, a ``trainer_state.json`` that transformers' ``TrainerState``
@@ -32,7 +25,6 @@ protocol, subclass-free:
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import logging
 import os
@@ -41,16 +33,15 @@ import zipfile
 from typing import Any
 
 import torch
-from transformers import TrainerCallback, TrainerState
+from transformers import TrainerState
 from transformers.trainer_pt_utils import safe_globals
 
 from logitsam.errors import ConfigError, one_line
+from logitsam.training.commit import MARKER, SAVING, sampled_digest
 from logitsam.training.models import broken_safetensors
 
 log = logging.getLogger(__name__)
 KEY = "train.resume_from_checkpoint"
-MARKER = ".logitsam-complete"
-SAVING = ".logitsam-saving"  # left in a checkpoint folder while a save into it runs
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
 _MARKER = re.compile(re.escape(MARKER) + r"-(\d+)-of-(\d+)$")
 WEIGHTS = (
@@ -348,89 +339,3 @@ def trim_metrics(output_dir: str, step: int) -> int:
         os.replace(tmp, path)
         log.warning("metrics.jsonl: dropped %d records after step %d (logged by the interrupted run)", dropped, step)
     return dropped
-
-
-def sampled_digest(path: str, blocks: int = 16, block: int = 1 << 16) -> str:
-    """SHA-256 of the size and ``blocks`` evenly spaced ``block``-byte pieces of a file (all of a small one)."""
-    size = os.path.getsize(path)
-    h = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as f:
-        if size <= blocks * block:
-            h.update(f.read())
-        else:
-            for i in range(blocks):
-                f.seek((size - block) * i // (blocks - 1))
-                h.update(f.read(block))
-    return h.hexdigest()
-
-
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems refuse fsync on directories
-        pass
-    finally:
-        os.close(fd)
-
-
-class AtomicCheckpoints(TrainerCallback):
-    """Marks a ``checkpoint-N`` complete after HF finished writing it (see the module docstring)."""
-
-    def _marker(self, args: Any, state: Any) -> str:
-        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-        return os.path.join(folder, f"{MARKER}-{args.process_index}-of-{args.world_size}")
-
-    def _unmark(self, args: Any, state: Any, control: Any) -> None:
-        """Before a save: the folder gets this rank's SAVING sentinel, then loses its marker, so a save
-        killed half-way (a rewrite mixing old and new files included) never counts as complete."""
-        if control.should_save:
-            marker = self._marker(args, state)
-            os.makedirs(os.path.dirname(marker), exist_ok=True)
-            with open(self._sentinel(marker), "w", encoding="utf-8"):
-                pass
-            if os.path.exists(marker):
-                os.remove(marker)
-
-    @staticmethod
-    def _sentinel(marker: str) -> str:
-        return os.path.join(os.path.dirname(marker), SAVING + os.path.basename(marker)[len(MARKER) :])
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self._unmark(args, state, control)
-
-    def on_epoch_end(self, args, state, control, **kwargs):
-        self._unmark(args, state, control)
-
-    def on_save(self, args, state, control, **kwargs):
-        marker = self._marker(args, state)
-        folder = os.path.dirname(marker)
-        if not os.path.isdir(folder):
-            return
-        # rank 0 vouches for everything but the other ranks' RNG files; each rank for its own RNG file
-        own_rng, rng = f"rng_state_{args.process_index}.pth", re.compile(r"rng_state_\d+\.pth")
-        sizes, digests = {}, {}
-        for root, _, names in os.walk(folder):
-            for name in names:
-                full = os.path.join(root, name)
-                rel = os.path.relpath(full, folder)
-                if name.startswith((MARKER, SAVING)):
-                    continue
-                if rel == own_rng or (args.process_index == 0 and not rng.fullmatch(rel)):
-                    _fsync(full)
-                    sizes[rel] = os.path.getsize(full)
-                    digests[rel] = sampled_digest(full)
-        record = {"step": state.global_step, "files": sizes, "digests": digests}
-        config = os.path.join(args.output_dir, "config.yaml")
-        if os.path.isfile(config):  # the settings this state was trained with (a resume compares against them)
-            record["config_digest"] = sampled_digest(config)
-        tmp = marker + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(record, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, marker)
-        sentinel = self._sentinel(marker)
-        if os.path.exists(sentinel):
-            os.remove(sentinel)
-        _fsync(folder)

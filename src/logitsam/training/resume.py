@@ -26,7 +26,8 @@ from typing import Any
 from logitsam.config import schema as config_mod
 from logitsam.config.schema import Config
 from logitsam.errors import ConfigError, UserError
-from logitsam.training.checkpoints import sampled_digest, saved_config_digest
+from logitsam.training.checkpoints import saved_config_digest
+from logitsam.training.commit import sampled_digest
 
 # What a resumed run may change without train.resume_allow_changes: where and how often it writes,
 # logs and evaluates, and how it resumes — never what it optimises (loss, data, batches, schedule, SAM).

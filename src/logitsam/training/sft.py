@@ -25,7 +25,8 @@ from logitsam.data.batching import DropCounts, check_pad_id, tokenize_example
 from logitsam.data.examples import PreferenceExample, load_examples
 from logitsam.data.files import read_rows
 from logitsam.errors import ConfigError, DataError
-from logitsam.training.checkpoints import AtomicCheckpoints, resolve_resume
+from logitsam.training.checkpoints import resolve_resume
+from logitsam.training.commit import AtomicCheckpoints
 from logitsam.training.logs import JsonlMetrics, WholeRunLoss, install_console
 from logitsam.training.models import apply_lora, check_lora_targets, load_model, load_tokenizer
 from logitsam.training.preflight import build_training_args, check_config, check_optimizer
