@@ -216,6 +216,11 @@ def _synthetic_main(tmp_path, n=40, pairs=6):
                    "rewards": [o + 0.01 * seed for o in outcomes], "samples": samples,
                    "kl_values": [1.0 + 0.1 * seed + lift] * n, "probes": {"6": final}, "log": log}  # fmt: skip
             write_record(str(out / "runs" / setting / f"{label}_s{seed}" / "record.json"), rec)
+            if seed == 1 and label == "dpo":  # controls as a stopped study leaves them: one seed each
+                for ctrl, c_rho in (("gate_dpo", 0.0), ("dpo+fullsam(1e-2)", 1e-2)):
+                    c_log = log + ([{"sam/grad_norm": 40.0, "sam/loss_pre": 0.69, "sam/loss_post": 0.75}] if c_rho else [])
+                    c_rec = rec | {"arm": {"label": ctrl, "rho": c_rho}, "log": c_log}
+                    write_record(str(out / "runs" / setting / f"{ctrl}_s{seed}" / "record.json"), c_rec)
     return str(out), setting
 
 
@@ -244,5 +249,13 @@ def test_main_analysis_on_a_hand_made_comparison(tmp_path):
     res = analyse(out, setting, row)
     assert all(c["verdict"].endswith("(the setting did not meet the gate)") for c in res["claims"] if "control" not in c["claim"])
     assert "held-out Δ+ -3.00 nats" in res["gate_shortfall"]
+    # the controls are measured against DPO on the seeds they share, and one seed says so
+    gate = by["control: gate_dpo against DPO"]
+    assert gate["verdict"] == "measured" and "+0.00 (1 seed) nats" in gate["evidence"]
+    assert "1 seed(s) shared with DPO, 100% identical samples" in gate["evidence"]
+    assert "(1 seed: over prompts only)" in gate["evidence"]
+    assert res["configs"]["dpo+fullsam(1e-2)"]["sam_first_order"] == pytest.approx(1e-2 * 40.0 / 0.69)
+    assert list(res["configs"]) == ["dpo", "dpo+lsam(1e-3)", "dpo+lsam(1e-2)", "gate_dpo", "dpo+fullsam(1e-2)"]
     text = write_main_report(out, setting)
+    assert "| gate_dpo | 1 |" in text and "(1 seed: over prompts only)" in text
     assert "| dpo+lsam(1e-2) | 3 |" in text and (tmp_path / "main" / "drift_toy.png").exists()

@@ -66,6 +66,8 @@ def test_fmt_rules():
     assert _fmt(est(1.234, NAN, NAN, 1)) == "+1.23 (1 seed)"
     assert _fmt(est(0.5234, NAN, NAN, 1), pct=True) == "52.3 (1 seed)"
     assert _fmt(est(0.001, NAN, NAN, 1)) == "+0.001 (1 seed)"
+    # one seed with an interval over its prompts: labelled, it leaves the seed variance out
+    assert _fmt(est(0.5234, 0.4, 0.6, 1), pct=True) == "52.3 [40.0, 60.0] (1 seed: over prompts only)"
 
 
 def test_cluster_bootstrap_and_crossed_interval_agree_with_many_seeds():

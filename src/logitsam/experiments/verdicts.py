@@ -70,7 +70,8 @@ HESSIAN_REL_SE = 0.05  # a Hutchinson trace must be known to this standard error
 
 
 def _fmt(e: dict[str, float], pct: bool = False, digits: int = 2, signed: bool = False) -> str:
-    """ "mean [low, high]" (percent for rates); three significant digits where ``digits`` would show 0."""
+    """ "mean [low, high]" (percent for rates); three significant digits where ``digits`` would show 0; a
+    one-seed interval (over prompts) is labelled as such."""
     if not e or e.get("n", 0) == 0 or e["mean"] != e["mean"]:
         return "–"
     k = 100 if pct else 1
@@ -83,7 +84,9 @@ def _fmt(e: dict[str, float], pct: bool = False, digits: int = 2, signed: bool =
         f = "{:+." + str(digits) + "f}"
     if vals[1] != vals[1]:
         return f"{f.format(vals[0])} (1 seed)"
-    return f"{f.format(vals[0])} [{f.format(vals[1])}, {f.format(vals[2])}]"
+    # one seed's interval is over prompts alone: it leaves the seed-to-seed variance out, so it says so
+    alone = " (1 seed: over prompts only)" if e.get("n") == 1 else ""
+    return f"{f.format(vals[0])} [{f.format(vals[1])}, {f.format(vals[2])}]{alone}"
 
 
 def verdict(e: dict[str, float], null: float, direction: int, smallest: float | None = None) -> str:

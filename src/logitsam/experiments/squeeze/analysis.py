@@ -152,7 +152,8 @@ def analyse(out: str, setting: str, pilot_row: dict[str, Any] | None = None) -> 
                 "claim": f"control: {lb} against DPO",
                 "verdict": "measured",
                 "evidence": f"held-out Δ+ difference {_fmt(p['dplus_diff'])} nats; win-rate gain "
-                f"{_fmt(p['win_vs_sft_diff'], pct=True, signed=True)} pp; KL difference {_fmt(p['kl_diff'])}",
+                f"{_fmt(p['win_vs_sft_diff'], pct=True, signed=True)} pp; KL difference {_fmt(p['kl_diff'])}; "
+                f"{len(p['seeds'])} seed(s) shared with DPO, {p['identical_samples']:.0%} identical samples",
             })  # fmt: skip
     res["claims"] = claims
     return res
