@@ -59,6 +59,22 @@ class _Parser(argparse.ArgumentParser):
         return super().format_help()
 
 
+def _config_command(sub: Any, name: str, help_: str, description: str) -> None:
+    """A command driven by a YAML recipe and --section.key overrides (train, sft): the config keys in its help."""
+    cmd = sub.add_parser(
+        name,
+        help=help_,
+        usage=f"logitsam {name} [-h] [--config FILE] [--section.key=value | --section.key value ...]",
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog_fn=_train_epilog,
+    )
+    cmd.add_argument(
+        "--config", metavar="FILE", action=_Once, help="YAML recipe (configs/*.yaml); without it every key's default"
+    )
+    cmd.set_defaults(func=commands.train)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="logitsam", description="Preference optimization with logits-SAM.")
     p.add_argument("--version", action="version", version=f"logitsam {_version()}")
@@ -75,33 +91,22 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("--no-checks", action="store_true")
     toy.set_defaults(func=commands.toy)
 
-    tr = sub.add_parser(
+    _config_command(
+        sub,
         "train",
-        help="train a policy with a preference loss (and logits-SAM)",
-        usage="logitsam train [-h] [--config FILE] [--section.key=value | --section.key value ...]",
-        description="Train a policy with a preference loss and logits-SAM: a YAML recipe (configs/*.yaml) and/or "
-        "command-line overrides of any config key listed below.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog_fn=_train_epilog,
+        "train a policy with a preference loss (and logits-SAM)",
+        "Train a policy with a preference loss and logits-SAM: a YAML recipe (configs/*.yaml) and/or command-line "
+        "overrides of any config key listed below.",
     )
-    tr.add_argument(
-        "--config", metavar="FILE", action=_Once, help="YAML recipe (configs/*.yaml); without it every key's default"
-    )
-    tr.set_defaults(func=commands.train)
-
-    sf = sub.add_parser(
+    _config_command(
+        sub,
         "sft",
-        help="supervised fine-tuning on prompt/completion rows or the chosen responses of preference data",
-        usage="logitsam sft [-h] [--config FILE] [--section.key=value | --section.key value ...]",
-        description="Supervised fine-tuning, the step before preference training: the same config keys, data "
-        "formats, run directory, resuming, LoRA and launchers as `logitsam train` (the loss and sam sections are "
-        "not used). Rows with prompt and completion (or response), or preference data whose chosen responses are "
-        "the targets. The saved model is ready for `logitsam train --model.name_or_path=OUTPUT_DIR`.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog_fn=_train_epilog,
+        "supervised fine-tuning on prompt/completion rows or the chosen responses of preference data",
+        "Supervised fine-tuning, the step before preference training: the same config keys, data formats, run "
+        "directory, resuming, LoRA and launchers as `logitsam train` (the loss and sam sections are not used). Rows "
+        "with prompt and completion (or response), or preference data whose chosen responses are the targets. The "
+        "saved model is ready for `logitsam train --model.name_or_path=OUTPUT_DIR`.",
     )
-    sf.add_argument("--config", metavar="FILE", action=_Once, help="YAML recipe; without it every key's default")
-    sf.set_defaults(func=commands.train)
 
     sh = sub.add_parser("sharpness", help="Hessian traces (parameters and logits) of the preference loss")
     sh.add_argument("--model", required=True, help="checkpoint dir, HF name, or tiny-random")
