@@ -258,4 +258,12 @@ def test_main_analysis_on_a_hand_made_comparison(tmp_path):
     assert list(res["configs"]) == ["dpo", "dpo+lsam(1e-3)", "dpo+lsam(1e-2)", "gate_dpo", "dpo+fullsam(1e-2)"]
     text = write_main_report(out, setting)
     assert "| gate_dpo | 1 |" in text and "(1 seed: over prompts only)" in text
+    # which runs finished (29 planned: 4 main arms × 5 seeds, 3 controls × 3) and the Table 3 analogue
+    assert "11 of the 29 planned runs finished." in text
+    assert "- controls: gate_dpo 1/3 (seeds [1]); dpo(lr×0.5) 0/3; dpo+fullsam(1e-2) 1/3 (seeds [1])" in text
+    assert "SLiC-HF and CPO ± logits-SAM (Table 6 proportions): not run" in text
+    rows = [line for line in text.splitlines() if line.startswith("| 0.0")]
+    assert rows[0].startswith("| 0.001 | 0.00725 | 3 |") and rows[0].endswith("| 100% | yes |")
+    assert rows[1].startswith("| 0.01 | 0.0725 | 3 | 67.5 [61.2, 73.8] |") and rows[1].endswith("| 0% | no |")
+    assert "(97.50%)" in rows[1]
     assert "| dpo+lsam(1e-2) | 3 |" in text and (tmp_path / "main" / "drift_toy.png").exists()

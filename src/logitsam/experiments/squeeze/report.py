@@ -11,7 +11,8 @@ from logitsam.experiments.squeeze.analysis import analyse, load
 from logitsam.experiments.squeeze.experiment import _read_json
 from logitsam.experiments.squeeze.gate import trajectory
 from logitsam.experiments.squeeze.pilot import GRID, rows
-from logitsam.experiments.verdicts import _fmt
+from logitsam.experiments.squeeze.plan import CONTROL_ARMS, MAIN_ARMS, plan
+from logitsam.experiments.verdicts import _fmt, noop
 
 
 def _axes(n: int) -> Any:
@@ -93,6 +94,42 @@ def arms_table(res: dict[str, Any]) -> list[str]:
     return lines
 
 
+def stages(runs: dict[str, dict[int, Any]]) -> list[str]:
+    """Markdown: which of the planned runs finished, by stage and arm (a stopped study says how far it got)."""
+    planned: dict[str, list[int]] = {}
+    for arm, seed in plan():
+        planned.setdefault(arm.label, []).append(seed)
+    done = sum(len(set(runs.get(lb, {})) & set(ss)) for lb, ss in planned.items())
+    total = sum(len(ss) for ss in planned.values())
+    lines = [f"{done} of the {total} planned runs finished."]
+    for stage, arms in (("main comparison", MAIN_ARMS), ("controls", CONTROL_ARMS)):
+        parts = []
+        for a in arms:
+            have = sorted(set(runs.get(a.label, {})) & set(planned[a.label]))
+            parts.append(f"{a.label} {len(have)}/{len(planned[a.label])}" + (f" (seeds {have})" if have else ""))
+        lines.append(f"- {stage}: " + "; ".join(parts))
+    lines.append("- second stage, SLiC-HF and CPO ± logits-SAM (Table 6 proportions): not run (the main comparison "
+                 "and controls take this machine's time first)")  # fmt: skip
+    return lines
+
+
+def sweep_table(res: dict[str, Any]) -> list[str]:
+    """Markdown: the Table 3 analogue, one row per ρ with KL beside the win rate and the no-op test."""
+    lines = ["| ρ | ρ‖g‖/L at step 1 | seeds | win vs SFT % | KL | gain over DPO, pp (95%) | family-wise | "
+             "KL − DPO's | identical samples | no-op |", "|---" * 10 + "|"]  # fmt: skip
+    for a in sorted((a for a in MAIN_ARMS if a.rho and a.label in res["paired"]), key=lambda a: a.rho):
+        r, p, adj = res["configs"][a.label], res["paired"][a.label], res["rho_sweep_adjusted"].get(a.label, {})
+        idle = noop(p, res["configs"].get("dpo"))
+        scale = f"{r['sam_first_order']:.3g}" if "sam_first_order" in r else "–"
+        fw = _fmt(adj.get("win_vs_sft_diff", {}), pct=True, signed=True)
+        lines.append(
+            f"| {a.rho:g} | {scale} | {len(p['seeds'])} | {_fmt(r['win_vs_sft'], pct=True)} | {_fmt(r['kl'])} | "
+            f"{_fmt(p['win_vs_sft_diff'], pct=True, signed=True)} | {fw} ({100 * adj.get('level', 0.95):.2f}%) | "
+            f"{_fmt(p['kl_diff'])} | {100 * p['identical_samples']:.0f}% | {'yes' if idle else 'no'} |"
+        )
+    return lines
+
+
 def write_main_report(out: str, setting: str, pilot_dir: str | None = None) -> str:
     """report.md + results.json (+ the drift figure) of the main comparison in ``out``; returns the text."""
     pilot_row = None
@@ -102,10 +139,17 @@ def write_main_report(out: str, setting: str, pilot_dir: str | None = None) -> s
     lines = [f"# Squeeze regime: main comparison in `{setting}`", ""]
     if res["gate_shortfall"]:
         lines += [f"**The setting did not meet the gate**: {res['gate_shortfall']}. Every verdict is labelled.", ""]
+    if pilot_dir is not None and os.path.exists(os.path.join(pilot_dir, "pilot.md")):
+        link = os.path.relpath(os.path.join(pilot_dir, "pilot.md"), out)
+        lines += [f"The pilot's grid, its numbers and the gate: [{link}]({link}).", ""]
     lines += [f"Effect of interest: {res['effect_text']}.", "", "## Claims", ""]
     lines += [f"- **{c['verdict']}** — {c['claim']}: {c['evidence']}" for c in res["claims"]]
-    lines += ["", "## Arms", "", *arms_table(res)]
     _, runs = load(out, setting)
+    lines += ["", "## What ran", "", *stages(runs)]
+    lines += ["", "## Table 1 analogue: every arm (95% intervals; win rates and KL over seeds × prompts)", ""]
+    lines += [*arms_table(res)]
+    if any(a.rho and a.label in res["paired"] for a in MAIN_ARMS):
+        lines += ["", "## Table 3 analogue: the ρ sweep against DPO on shared seeds", "", *sweep_table(res)]
     shown = [lb for lb in runs if lb == "dpo" or lb.startswith("dpo+lsam")]
     if shown:
         lines += ["", f"![drift]({os.path.basename(drift_figure(out, setting, shown))})"]
