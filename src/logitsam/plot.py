@@ -130,15 +130,20 @@ def runs_figure(run_dirs: list[str], labels: list[str] | None = None) -> Any:
 
 
 def plot_runs(run_dirs: list[str], out: str, labels: list[str] | None = None) -> str:
-    """Draw the runs' ``metrics.jsonl`` curves into one PNG at ``out``; returns ``out``.
+    """Draw the runs' ``metrics.jsonl`` curves into one figure at ``out`` (PNG; PDF, SVG, ... by its
+    extension); returns ``out``.
 
     run_dirs: run output directories; labels: legend names (default: the directory names).
     Raises UserError for a directory without metrics.jsonl or a malformed record.
     """
+    fmt = os.path.splitext(out)[1].lstrip(".").lower() or "png"
     fig = runs_figure(run_dirs, labels)
+    if fmt not in fig.canvas.get_supported_filetypes():  # the name says which format: never PNG bytes in x.pdf
+        known = ", ".join(sorted(fig.canvas.get_supported_filetypes()))
+        raise UserError(f"{out}: matplotlib cannot write .{fmt} files (it writes {known})")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     try:
-        fig.savefig(out, format="png", dpi=100)
+        fig.savefig(out, format=fmt, dpi=100)
     except OSError as e:
         raise UserError(f"{out}: cannot write the plot: {e.strerror or e}") from None
     return out

@@ -23,9 +23,18 @@ def out_dir(path: str, option: str) -> None:
         raise ConfigError(f"{option}: cannot write into {path!r}: {e.strerror or e}") from None
 
 
-def out_file(path: str, option: str) -> None:
+def out_file(path: str, option: str, inputs: tuple[str, ...] = ()) -> None:
+    """``path`` can be written as a file and is none of the command's ``inputs``: an input file, or an
+    existing file inside an input directory (a model's config.json), is never written over."""
     if os.path.isdir(path):
         raise ConfigError(f"{option}: {path!r} is a directory, not a file")
+    out = os.path.realpath(path)
+    for source in inputs:
+        src = os.path.realpath(source)
+        inside = os.path.isdir(src) and os.path.isfile(out) and out.startswith(src + os.sep)
+        if out == src or inside:
+            raise ConfigError(f"{option}: {path!r} is an input of this command ({source}); writing there would "
+                              "replace it — choose another file")  # fmt: skip
     out_dir(os.path.dirname(os.path.abspath(path)), option)
 
 

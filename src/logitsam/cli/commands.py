@@ -152,7 +152,7 @@ def sharpness(args: argparse.Namespace) -> int:
     if args.ref:
         check_model_source(args.ref, "--ref")
     if args.out:
-        out_file(args.out, "--out")
+        out_file(args.out, "--out", tuple(x for x in (args.data, args.model, args.ref) if x and os.path.exists(x)))
     mcfg = ModelConfig(name_or_path=args.model, dtype=args.dtype)
     tok = load_tokenizer(mcfg)
     examples, rows = load_examples([args.data]), []
@@ -209,14 +209,17 @@ def plot(args: argparse.Namespace) -> int:
     labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
     if labels is not None and len(labels) != len(args.run_dirs):
         raise ConfigError(f"--labels: {len(labels)} labels for {len(args.run_dirs)} run directories")
-    out_file(args.out, "--out")
+    read = [os.path.join(d, name) for d in args.run_dirs for name in ("metrics.jsonl", "config.yaml")]
+    out_file(args.out, "--out", tuple(read))
     print(f"wrote {plot_runs(args.run_dirs, args.out, labels)}")
     return 0
 
 
 def demo(args: argparse.Namespace) -> int:
     from logitsam.experiments.squeeze.demo import run_demo
+    from logitsam.training.models import check_device
 
+    check_device(args.device)
     out_dir(args.out, "--out")
     print(f"report: {run_demo(args.out, quick=args.quick, device=args.device)} (the Fig. 1c figure beside it)")
     return 0

@@ -81,8 +81,10 @@ def _found(row: dict) -> str:
 
 
 def _text(row: dict, key: str, path: str, line: int) -> str:
-    if key not in row or row[key] is None:
+    if key not in row:
         raise DataError(path, line, key, f"missing ({_found(row)})")
+    if row[key] is None:  # a JSON null, an empty Parquet or datasets cell
+        raise DataError(path, line, key, "is null; expected a string")
     value = row[key]
     if not isinstance(value, str):
         raise DataError(path, line, key, f"expected a string, got {type(value).__name__}")
@@ -176,6 +178,8 @@ def parse_row(row: Any, fmt: str, path: str, line: int) -> PreferenceExample:
         raise DataError(path, line, None, f"expected an object, got {type(row).__name__}")
     if fmt == "auto":
         detected = detect_format(row)
+        if detected is None and "prompt" in row and row["prompt"] is None:
+            raise DataError(path, line, "prompt", "is null; expected a string")
         if detected is None:  # most likely an explicit row without its prompt
             msg = (
                 f"missing (and 'chosen' is neither a message list nor an HH transcript with {HH_MARKER!r}; "

@@ -48,7 +48,8 @@ def _utf8_error(path: str, raw: bytes, err: UnicodeDecodeError) -> DataError:
     return DataError(path, line, None, f"not valid UTF-8 (byte 0x{raw[err.start]:02x})")
 
 
-def _read_text(path: str) -> str:
+def read_text(path: str) -> str:
+    """A text file's content as UTF-8 (a leading BOM dropped); DataError naming the line of a bad byte."""
     try:
         with open(path, "rb") as f:
             raw = f.read()
@@ -74,7 +75,7 @@ def _loads(text: str, path: str, line: int) -> Any:
 
 def _jsonl(path: str) -> Iterator[tuple[int, Any]]:
     # split on \n only: str.splitlines also splits at U+2028/U+2029/NEL, which JSON strings may hold
-    for i, line in enumerate(_read_text(path).split("\n"), start=1):
+    for i, line in enumerate(read_text(path).split("\n"), start=1):
         if line.strip():
             yield i, _loads(line, path, i)
 
@@ -88,7 +89,7 @@ def _looks_like_jsonl(text: str) -> bool:
 
 
 def _json(path: str) -> Iterator[tuple[int, Any]]:
-    text = _read_text(path)
+    text = read_text(path)
     try:
         data = _loads(text, path, 1)
     except DataError as e:
@@ -144,7 +145,7 @@ def _locate_duplicate(text: str, path: str) -> None:
 def _csv(path: str) -> Iterator[tuple[int, Any]]:
     # newline="": quoted fields keep their line breaks, and only \r/\n end a record (not U+2028).
     # strict: a quote that is never closed is an error, not the rest of the file read as one field
-    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""), strict=True)
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""), strict=True)
     rows, start = [], 1
     limit = csv.field_size_limit()
     csv.field_size_limit(2**31 - 1)  # long responses exceed the default 128 KiB per field
@@ -164,7 +165,8 @@ def _csv(path: str) -> Iterator[tuple[int, Any]]:
     except csv.Error as e:
         if "unexpected end of data" in str(e):
             raise DataError(path, start, None, 'unterminated quote: a field opened with " is never closed') from None
-        raise DataError(path, reader.line_num or 1, None, f"malformed CSV: {e}") from None
+        # line_num has not counted the line being parsed when the csv module raises
+        raise DataError(path, reader.line_num + 1, None, f"malformed CSV: {e}") from None
     finally:
         csv.field_size_limit(limit)
     yield from rows

@@ -6,12 +6,14 @@ import argparse
 import math
 from typing import Any
 
+from transformers import AutoConfig
+
 from logitsam.errors import ConfigError
 from logitsam.evaluation.evaluate import EvalSettings, evaluate_models, read_prompts, write_eval_report
 from logitsam.evaluation.generation import DecodeSettings
-from logitsam.evaluation.judges import GoldRewardJudge, LLMJudge, RewardModelJudge, vader_reward
+from logitsam.evaluation.judges import GoldRewardJudge, JudgeError, LLMJudge, RewardModelJudge, vader_reward
 from logitsam.evaluation.options import JUDGES
-from logitsam.training.models import check_model_source
+from logitsam.training.models import check_device, check_model_source
 
 
 def _judge(args: argparse.Namespace) -> tuple[Any, str]:
@@ -24,14 +26,33 @@ def _judge(args: argparse.Namespace) -> tuple[Any, str]:
         return GoldRewardJudge(vader_reward()), "VADER compound sentiment (gold reward)"
     if kind == "reward_model" and value:
         check_model_source(value, "--judge reward_model:PATH")
+        _check_reward_head(value)
         return RewardModelJudge(value, device=args.device), f"reward model `{value}`"
     if kind == "llm" and value:
         try:
             judge = LLMJudge(value, args.judge_model, task=args.judge_task, seed=args.seed)
         except ValueError as e:
             raise ConfigError(f"--judge: {e}") from None
+        try:
+            judge.check_reachable()
+        except JudgeError as e:
+            raise ConfigError(f"--judge: {e}; start the server or fix the URL (nothing was sampled)") from None
         return judge, f"LLM judge `{judge.model}` at {judge.base_url} ({args.judge_task})"
     raise ConfigError(f"--judge: one of {JUDGES}, got {spec!r}")
+
+
+def _check_reward_head(path: str) -> None:
+    """A reward model must have a trained score head: a causal LM loads into AutoModelForSequenceClassification
+    with a freshly initialised one, and would judge at random without a word."""
+    try:
+        archs = AutoConfig.from_pretrained(path).architectures or []
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--judge reward_model:{path}: cannot read its config ({e})") from None
+    if archs and not any(a.endswith(("ForSequenceClassification", "RewardModel")) for a in archs):
+        raise ConfigError(
+            f"--judge reward_model:{path}: a {', '.join(archs)}, not a reward model (a *ForSequenceClassification "
+            "head); its score head would be random — give a trained reward model"
+        )
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
@@ -51,6 +72,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     """Check everything, then sample (and judge); prints the report's path."""
     _check_numbers(args)
+    check_device(args.device)
     prompts, chosen = read_prompts(args.prompts)
     if args.limit:
         prompts, chosen = prompts[: args.limit], chosen[: args.limit]

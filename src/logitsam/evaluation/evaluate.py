@@ -20,7 +20,7 @@ from typing import Any
 
 from logitsam.config.schema import ModelConfig
 from logitsam.data.examples import load_examples
-from logitsam.data.files import read_rows
+from logitsam.data.files import read_rows, read_text
 from logitsam.errors import DataError
 from logitsam.evaluation.generation import DecodeSettings, generate
 from logitsam.evaluation.winrate import bootstrap, sequence_kl_values
@@ -44,11 +44,12 @@ def read_prompts(path: str) -> tuple[list[str], list[str | None]]:
     Parquet, ...): rows with a ``prompt`` string and optionally ``chosen`` (other keys ignored), or
     any preference format (HH transcripts, message lists with one user turn).
     """
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise DataError(path, None, None, "no such prompt file")
+    if not os.path.isfile(path) and not os.path.isdir(path):
+        raise DataError(path, None, None, "not a regular file (a pipe or a device?); give a prompt file")
     if path.endswith(".txt"):
-        with open(path, encoding="utf-8") as f:
-            prompts = [line.rstrip("\n") for line in f if line.strip()]
+        prompts = [line.rstrip("\r") for line in read_text(path).split("\n") if line.strip()]
         if not prompts:
             raise DataError(path, None, None, "no prompts (one per line)")
         return prompts, [None] * len(prompts)

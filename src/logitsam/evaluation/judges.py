@@ -22,7 +22,9 @@ import math
 import os
 import random
 import re
+import socket
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -30,6 +32,7 @@ from typing import Protocol
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from logitsam.errors import UserError
 from logitsam.evaluation.http import HTTPStatusError, RedirectRefused, post_json
 
 
@@ -119,8 +122,9 @@ PAIRWISE_PROMPTS = {
 }
 
 
-class JudgeError(RuntimeError):
-    """The judge API failed after all retries, or too many verdicts could not be parsed."""
+class JudgeError(UserError):
+    """The judge API failed after all retries, or too many verdicts could not be parsed (the CLI prints
+    it as one line: a wrong URL, a server that is down or a judge that answers nonsense is the user's to fix)."""
 
 
 # "More helpful: A", "**Preferred:** 'b'.", "more helpful - Response A" ... : the label, then the letter.
@@ -181,6 +185,17 @@ class LLMJudge:
         self.max_failure_rate = float(max_failure_rate)
         self.rng = random.Random(seed)
         self.last = JudgeReport()
+
+    def check_reachable(self, timeout: float = 5.0) -> None:
+        """Connect to the judge's host and port (no request): JudgeError naming the URL when nothing
+        listens there, so a wrong URL fails before minutes of sampling rather than after."""
+        parts = urllib.parse.urlsplit(self.base_url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            with socket.create_connection((parts.hostname or "", port), timeout=timeout):
+                pass
+        except OSError as e:
+            raise JudgeError(f"cannot reach the judge at {self.base_url}: {e.strerror or e}") from None
 
     def _ask(self, content: str) -> str | None:
         """The judge's answer text; None when the API keeps answering without text (null content)."""

@@ -313,29 +313,41 @@ def _incomplete(path: str) -> str:
 
 
 def trim_metrics(output_dir: str, step: int) -> int:
-    """Drop ``metrics.jsonl`` records with step > ``step`` (and torn lines); returns how many went."""
+    """Drop ``metrics.jsonl`` records with step > ``step`` and lines that are not JSON records; returns
+    how many went. They are appended to ``metrics.jsonl.dropped`` (nothing written is lost) and the
+    warning names the damaged lines, which a kill cannot explain unless it is the last one."""
     path = os.path.join(output_dir, "metrics.jsonl")
     if not os.path.isfile(path):
         return 0
     with open(path, encoding="utf-8", errors="replace") as f:
         lines = f.read().split("\n")
-    kept, dropped = [], 0
-    for line in lines:
+    kept, dropped, damaged = [], [], []
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
             after = isinstance(rec, dict) and isinstance(rec.get("step"), (int, float)) and rec["step"] > step
-        except ValueError:  # a line torn by the kill
+            if not isinstance(rec, dict):
+                raise ValueError("not a record")
+        except ValueError:  # a line torn by the kill (the last one), or damage
             after = True
+            damaged.append(number)
         if after:
-            dropped += 1
+            dropped.append(line)
         else:
             kept.append(line)
     if dropped:
+        with open(path + ".dropped", "a", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for line in dropped))
         tmp = path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
             f.write("".join(line + "\n" for line in kept))
         os.replace(tmp, path)
-        log.warning("metrics.jsonl: dropped %d records after step %d (logged by the interrupted run)", dropped, step)
-    return dropped
+        log.warning("metrics.jsonl: dropped %d records after step %d (logged by the interrupted run); kept in "
+                    "metrics.jsonl.dropped", len(dropped) - len(damaged), step)  # fmt: skip
+        inner = [n for n in damaged if n < len(lines) - (lines[-1] == "")]
+        if inner:
+            log.warning("metrics.jsonl:%s: not a JSON record (damaged, not torn by a kill); moved to "
+                        "metrics.jsonl.dropped", ",".join(map(str, inner)))  # fmt: skip
+    return len(dropped)

@@ -166,6 +166,13 @@ def resolve_path(cfg: ModelConfig, name: str | None = None) -> str:
 
 
 
+def check_device(name: str, option: str = "--device") -> None:
+    """ConfigError naming ``option`` when ``name`` asks for CUDA and torch sees none (before any model loads)."""
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        why = "torch was built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+        raise ConfigError(f"{option} {name}: {why}; use --device cpu")
+
+
 def check_model_source(name: str, key: str = "model.name_or_path", gguf_file: str | None = None) -> None:
     """ConfigError (naming ``key``) when ``name`` visibly is no model: a missing path, a directory
     without config.json, a file that is not .gguf, an impossible hub id, an uncached id offline."""

@@ -34,7 +34,7 @@ from logitsam.config.schema import Config, TrainConfig, validate
 from logitsam.errors import ConfigError, one_line
 from logitsam.sam.common import METHODS
 from logitsam.training.models import check_model_source
-from logitsam.training.rundir import check_output_dir
+from logitsam.training.rundir import check_not_an_input, check_output_dir
 
 # What a refused training setting raises inside transformers / torch (PackageNotFoundError is an ImportError).
 TRIAL_ERRORS = (TypeError, ValueError, ImportError)
@@ -262,6 +262,8 @@ def check_config(cfg: Config) -> None:
     if m.ref_name_or_path:
         check_model_source(m.ref_name_or_path, "model.ref_name_or_path", m.gguf_file)
     check_output_dir(t.output_dir)
+    models = [("model.name_or_path", m.name_or_path), ("model.ref_name_or_path", m.ref_name_or_path)]
+    check_not_an_input(t.output_dir, models)
     resume = t.resume_from_checkpoint
     if isinstance(resume, str) and resume.strip().lower() != "last" and not os.path.exists(resume):
         raise ConfigError(f"train.resume_from_checkpoint: {resume!r} not found")

@@ -5,7 +5,8 @@ checkpoint; running the rest with another loss, batch size, schedule or SAM sett
 that is neither the old one nor a new one. :func:`check_resume_settings` compares the resolved
 settings of the resumed run with the ``config.yaml`` saved by the run (in ``output_dir``, or beside
 the checkpoint when ``output_dir`` has none) and refuses differences — listing them — unless
-``train.resume_allow_changes`` or ``train.overwrite_output_dir`` is set. Keys in
+``train.resume_allow_changes`` is set (``train.overwrite_output_dir`` does not switch the checks off: a
+resume continues the run and overwrites nothing). Keys in
 :data:`RESUME_FREE` (where and how often the run writes, logs and evaluates, how it resumes) may
 differ freely.
 
@@ -83,13 +84,20 @@ def saved_config_path(output_dir: str, checkpoint: str) -> str | None:
 def check_resume_settings(resolved: Config, checkpoint: str) -> None:
     """ConfigError listing the settings that differ from the resumed run's config.yaml (see module doc)."""
     t = resolved.train
-    if t.resume_allow_changes or t.overwrite_output_dir:
+    if t.resume_allow_changes:
         return
     path = saved_config_path(t.output_dir, checkpoint)
+    recorded = saved_config_digest(checkpoint)
+    if path is None and recorded is not None:  # the checkpoint was saved with a config.yaml that is gone now
+        raise ConfigError(
+            f"train.resume_from_checkpoint: {os.path.join(t.output_dir, 'config.yaml')} is missing, but "
+            f"{os.path.basename(os.path.normpath(checkpoint))} was saved by a run that had one, so the settings "
+            "cannot be checked against how that state was trained; restore it, or set "
+            "train.resume_allow_changes=true to resume with the settings given now"
+        )
     if path is None:
         return  # a checkpoint of a plain HF run: nothing to compare with
     allow = "set train.resume_allow_changes=true to resume with them anyway"
-    recorded = saved_config_digest(checkpoint)
     if recorded is not None and _digest(path) != recorded:  # the reference itself was edited since the save
         raise ConfigError(
             f"train.resume_from_checkpoint: {path} changed since {os.path.basename(os.path.normpath(checkpoint))} "
@@ -142,24 +150,28 @@ def check_resume_data(resolved: Config, fingerprints: dict[str, str], checkpoint
     (config.yaml there) without it is refused too, since every run writes it before its first step;
     a plain HF checkpoint has nothing to compare with. resume_allow_changes skips the check."""
     t = resolved.train
-    if t.resume_allow_changes or t.overwrite_output_dir:
+    if t.resume_allow_changes:
         return
     folders = (t.output_dir, os.path.dirname(os.path.normpath(checkpoint)))
     path = next((p for p in (os.path.join(f, DATA_FINGERPRINT) for f in folders) if os.path.lexists(p)), None)
-    if path is None and saved_config_path(t.output_dir, checkpoint) is None:
+    config = saved_config_path(t.output_dir, checkpoint)
+    logitsam_run = config is not None or saved_config_digest(checkpoint) is not None
+    if path is None and not logitsam_run:
         return  # a checkpoint of a plain HF run
     try:
         if path is None:
             raise OSError
         with open(path, encoding="utf-8") as f:
             saved = json.load(f)
+        if not isinstance(saved, dict) or not isinstance(saved.get("training"), str):
+            raise ValueError("no training-rows fingerprint")  # e.g. blanked to {} since
     except (OSError, ValueError):  # removed or damaged since
         where = path or os.path.join(t.output_dir, DATA_FINGERPRINT)
         raise ConfigError(
             f"train.resume_from_checkpoint: {where} is missing or unreadable, so the data cannot be checked "
             "against the data the run started with; set train.resume_allow_changes=true to resume without the check"
         ) from None
-    changed = [k for k, v in fingerprints.items() if isinstance(saved, dict) and saved.get(k, v) != v]
+    changed = [k for k, v in fingerprints.items() if saved.get(k, v) != v]
     if changed:
         raise ConfigError(
             f"train.resume_from_checkpoint: the {' and '.join(changed)} rows differ from those the run started with "

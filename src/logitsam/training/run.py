@@ -38,7 +38,9 @@ from logitsam.training.resume import (
 from logitsam.training.rundir import claim, clear_previous_run, is_main_process
 from logitsam.training.trainer import PreferenceTrainer
 
-__all__ = ["build_training_args", "check_config", "loss_setup", "prepare_data", "resolved_config", "train"]
+__all__ = [
+    "build_training_args", "check_config", "check_eval_rows", "loss_setup", "prepare_data", "resolved_config", "train"
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +95,26 @@ def prepare_data(cfg: Config, tokenizer: Any) -> Prepared:
     drops.identical_responses += eval_drops.identical_responses
     if not train_rows:
         raise ConfigError(f"data.train_files: no usable rows after tokenization ({drops.total} dropped)")
+    check_eval_rows(cfg, len(evals), len(eval_rows))
     return Prepared(tokenizer, train_rows, eval_rows, drops)
+
+
+def check_eval_rows(cfg: Config, examples: int, rows: int) -> None:
+    """Evaluation asked for must run: ConfigError when every evaluation example was dropped by
+    tokenization (it would silently never evaluate); a warning when eval_steps is set without any
+    evaluation data."""
+    d = cfg.data
+    if examples and not rows:
+        key = "data.eval_files" if d.eval_files else "data.eval_fraction"
+        raise ConfigError(
+            f"{key}: none of the {examples} evaluation rows is usable after tokenization (prompt longer than "
+            f"data.max_prompt_length={d.max_prompt_length}, or identical responses), so evaluation would never run"
+        )
+    if not examples and cfg.train.eval_steps:
+        log.warning(
+            "train.eval_steps=%s, but there is no evaluation data (data.eval_files empty, data.eval_fraction 0): "
+            "no evaluation runs", cfg.train.eval_steps,
+        )  # fmt: skip
 
 
 def split_eval(train: list, evals: list, fraction: float, seed: int) -> tuple[list, list]:

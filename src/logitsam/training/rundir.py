@@ -77,6 +77,23 @@ def check_output_dir(path: str, key: str = KEY) -> None:
             raise ConfigError(f"{key}: {full!r} is not a regular file (a run writes it); move it away")
 
 
+def check_not_an_input(path: str, inputs: list[tuple[str, str | None]], key: str = KEY) -> None:
+    """ConfigError when the output directory is, or holds, a model the run starts from (``inputs``:
+    (config key, path)): the run's saved weights and an overwrite would replace the weights it
+    reads, and its config.yaml would name itself as the start."""
+    out = os.path.realpath(path)
+    for name, source in inputs:
+        if not source or not os.path.isdir(source):
+            continue  # hub names and built-in models live elsewhere
+        src = os.path.realpath(source)
+        if src == out or src.startswith(out + os.sep):
+            where = "is" if src == out else "holds"
+            raise ConfigError(
+                f"{key}: {path!r} {where} {name} ({source!r}); training there would write over the weights it "
+                "starts from — choose another output_dir"
+            )
+
+
 def previous_run(path: str) -> list[str]:
     """Names in ``path`` that a previous run left (empty when there are none)."""
     found = [n for n in RUN_FILES if os.path.exists(os.path.join(path, n))]
@@ -204,6 +221,9 @@ def claim(output_dir: str, *, resuming: bool, overwrite: bool) -> Iterator[None]
     lock.acquire()
     try:
         old = previous_run(output_dir)
+        if resuming and overwrite:  # a run's own config.yaml may carry overwrite_output_dir: true
+            log.warning("train.overwrite_output_dir is ignored: train.resume_from_checkpoint continues the run "
+                        "in %s and removes nothing", output_dir)  # fmt: skip
         if old and not resuming:
             if not overwrite:
                 raise ConfigError(

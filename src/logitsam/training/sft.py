@@ -31,8 +31,17 @@ from logitsam.training.logs import JsonlMetrics, WholeRunLoss, install_console
 from logitsam.training.models import apply_lora, check_lora_targets, load_model, load_tokenizer
 from logitsam.training.preflight import build_training_args, check_config, check_optimizer
 from logitsam.training.resume import check_resume_data, check_resume_parameters, check_resume_settings, data_fingerprint
-from logitsam.training.run import already_finished, resolved_config, split_eval, teardown, total_steps, train_and_save
+from logitsam.training.run import (
+    already_finished,
+    check_eval_rows,
+    resolved_config,
+    split_eval,
+    teardown,
+    total_steps,
+    train_and_save,
+)
 from logitsam.training.rundir import claim
+from logitsam.training.trainer import StopOnDivergence
 
 log = logging.getLogger(__name__)
 RESPONSE_KEYS = ("completion", "response")
@@ -40,7 +49,7 @@ RESPONSE_KEYS = ("completion", "response")
 
 
 
-class SftTrainer(WholeRunLoss, Trainer):
+class SftTrainer(StopOnDivergence, WholeRunLoss, Trainer):
     """transformers.Trainer whose summary ``train_loss`` covers the whole run, also after a resume."""
 
 def load_sft_examples(paths: list[str], fmt: str = "auto") -> list[PreferenceExample]:
@@ -52,6 +61,8 @@ def load_sft_examples(paths: list[str], fmt: str = "auto") -> list[PreferenceExa
         if isinstance(first, dict) and "prompt" in first and any(k in first for k in RESPONSE_KEYS):
             for line, row in rows:
                 key = next((k for k in RESPONSE_KEYS if k in row), RESPONSE_KEYS[0])
+                if all(isinstance(row.get(k), str) for k in RESPONSE_KEYS) and row["completion"] != row["response"]:
+                    raise DataError(path, line, "response", "differs from 'completion' in this row: keep one target")
                 for name in ("prompt", key):
                     if not isinstance(row.get(name), str):
                         raise DataError(path, line, name, f"expected a string, got {type(row.get(name)).__name__}")
@@ -121,6 +132,7 @@ def _sft(cfg: Config, resume: str | None, callbacks: Sequence[Any]) -> dict[str,
     eval_rows, _ = tokenize_sft(tokenizer, eval_ex, d.max_length, d.max_prompt_length)
     if not train_rows:
         raise ConfigError(f"data.train_files: no usable rows after tokenization ({drops.total} dropped)")
+    check_eval_rows(cfg, len(eval_ex), len(eval_rows))
     checkpointing = bool(cfg.model.gradient_checkpointing or cfg.train.gradient_checkpointing)
     args = build_training_args(cfg.train, has_eval=bool(eval_rows), checkpointing=checkpointing)
     args.remove_unused_columns = False

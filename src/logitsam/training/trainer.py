@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from collections import defaultdict
 from contextlib import nullcontext
@@ -43,7 +44,25 @@ def head_is_sharded(trainer: Trainer) -> bool:
     )
 
 
-class PreferenceTrainer(WholeRunLoss, Trainer):
+class StopOnDivergence:
+    """Trainer mixin: a logged non-finite gradient norm stops the run (TrainingDiverged), as a non-finite
+    loss does. Clipping scales such a gradient to zero or NaN, so the run would go on without learning
+    (e.g. a huge sam.rho overflowing ‖g‖²) and report success. fp16 with a loss scaler is exempt: there
+    an overflow only skips the step while the scale is being found."""
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        norm = logs.get("grad_norm")
+        bad = isinstance(norm, (int, float)) and not math.isfinite(norm) and not self.args.fp16
+        super().log(logs, start_time)  # logged first: metrics.jsonl shows the step
+        if bad:
+            where = last_good_state(self.args.output_dir)
+            raise TrainingDiverged(
+                f"non-finite gradient norm ({norm}) at step {self.state.global_step}: the update was lost to "
+                f"overflow (a learning rate or sam.rho far too large?); {where}"
+            )
+
+
+class PreferenceTrainer(StopOnDivergence, WholeRunLoss, Trainer):
     """Trainer for any registered preference loss, with logits-SAM or full SAM.
 
     loss_spec / loss_params: from :mod:`logitsam.core.losses`. sam: rho, mode (logits | full), method.

@@ -6,14 +6,13 @@ import argparse
 import os
 from typing import Any
 
-import torch
-
-from logitsam.errors import ConfigError, UserError
+from logitsam.errors import ConfigError
 from logitsam.experiments.study.confirm import confirmation_plan
 from logitsam.experiments.study.plan import CONFIRM, GROUPS, StudySettings, quick_study
 from logitsam.experiments.study.records import read_record, read_shared, record_path
 from logitsam.experiments.study.runner import run_study
 from logitsam.experiments.study.study_report import write_study_report
+from logitsam.training.models import check_device
 
 
 def _items(value: str, option: str) -> list[str]:
@@ -107,8 +106,7 @@ def study_command(args: argparse.Namespace, check_out_dir: Any) -> int:
     else:
         if args.device == "cpu":  # before CUDA is initialised: every model and the Trainer stay on the CPU
             os.environ["CUDA_VISIBLE_DEVICES"] = ""
-        if args.device == "cuda" and not torch.cuda.is_available():
-            raise UserError("--device cuda: no CUDA device is visible")
+        check_device(args.device)
         check_out_dir(args.out, "--out")
         try:
             run_study(args.out, s)

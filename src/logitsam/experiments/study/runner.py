@@ -39,7 +39,7 @@ from logitsam.experiments.study.plan import CONFIRM, TUNING_NOTE, StudySettings
 from logitsam.experiments.study.records import read_json, read_record, read_shared, record_path, write_json
 from logitsam.experiments.study.setup import RunSpec, StudyArm, _run_config, _start_records, describe
 from logitsam.experiments.study.study_report import write_study_report
-from logitsam.training.models import cache_dir, load_model, load_tokenizer
+from logitsam.training.models import cache_dir, check_device, load_model, load_tokenizer
 from logitsam.training.run import train
 
 HELDOUT = "data/heldout_prompts.txt"
@@ -51,8 +51,7 @@ def heldout_prompts(n: int) -> list[str]:
 
 
 def _device(name: str) -> str:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is visible")
+    check_device(name)
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return name
