@@ -16,7 +16,7 @@ from logitsam.config import schema as C
 from logitsam.data.examples import load_examples
 from logitsam.data.files import read_rows
 from logitsam.errors import ConfigError, DataError, UserError
-from logitsam.evaluation.command import _check_reward_head
+from logitsam.evaluation.command import _check_reward_head, _claim_out
 from logitsam.evaluation.evaluate import read_prompts
 from logitsam.evaluation.judges import JudgeError, LLMJudge
 from logitsam.plot import plot_runs
@@ -257,3 +257,18 @@ def test_a_huge_rho_stops_with_training_diverged(tmp_path):
                                   "--sam.rho=1e30"])  # fmt: skip
     with pytest.raises(TrainingDiverged, match="non-finite gradient norm"):
         train(cfg)
+
+
+def test_a_previous_evaluation_is_replaced_only_when_asked(tmp_path):
+    (tmp_path / "samples").mkdir()
+    (tmp_path / "samples" / "m.jsonl").write_text("{}\n")
+    (tmp_path / "report.md").write_text("# old")
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(
+        ConfigError, match=r"--out: .* holds a previous evaluation \(report\.md, samples\); add --overwrite"
+    ):
+        _claim_out(str(tmp_path), overwrite=False)
+    assert (tmp_path / "report.md").exists() and (tmp_path / "samples" / "m.jsonl").exists()
+    _claim_out(str(tmp_path), overwrite=True)  # the old report cannot sit beside new samples
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    _claim_out(str(tmp_path / "new"), overwrite=False)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import shutil
 from typing import Any
 
 from transformers import AutoConfig
@@ -55,6 +57,24 @@ def _check_reward_head(path: str) -> None:
         )
 
 
+PREVIOUS = ("report.md", "results.json", "win_rates.png", "samples")  # what an evaluation writes into --out
+
+
+def _claim_out(out: str, overwrite: bool) -> None:
+    """A previous evaluation in ``out`` is refused (its results would be replaced, or a failed run would leave
+    new samples beside the old report); with ``overwrite`` it is removed now, all checks having passed."""
+    old = [name for name in PREVIOUS if os.path.lexists(os.path.join(out, name))]
+    if old and not overwrite:
+        raise ConfigError(f"--out: {out!r} holds a previous evaluation ({', '.join(old)}); add --overwrite to "
+                          "replace it, or choose another --out")  # fmt: skip
+    for name in old:
+        path = os.path.join(out, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+
+
 def _check_numbers(args: argparse.Namespace) -> None:
     checks = [
         ("--max-new-tokens", args.max_new_tokens, args.max_new_tokens >= 1, "≥ 1"),
@@ -86,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
     judge, judge_name = _judge(args)
     if judge is not None and baseline == "chosen" and any(c is None for c in chosen):
         raise ConfigError(f"--baseline chosen: {args.prompts} has no 'chosen' response for every prompt")
+    _claim_out(args.out, args.overwrite)
     greedy = args.temperature == 0
     decode = DecodeSettings(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature if not greedy else 1.0,

@@ -25,6 +25,9 @@ def add_arguments(p: argparse.ArgumentParser, judged: bool) -> None:
         "preference data file logitsam trains on",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="samples/*.jsonl, results.json and report.md go here")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a previous evaluation in --out (refused without it)"
+    )
     if judged:
         p.add_argument("--judge", default="vader", help=f"{JUDGES} (default: vader)")
         p.add_argument("--judge-model", default=None, help="the LLM judge's model name (llm:...)")
