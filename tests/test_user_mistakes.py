@@ -272,3 +272,22 @@ def test_a_previous_evaluation_is_replaced_only_when_asked(tmp_path):
     _claim_out(str(tmp_path), overwrite=True)  # the old report cannot sit beside new samples
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
     _claim_out(str(tmp_path / "new"), overwrite=False)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"step": 1, "loss": "abc"}', r"metrics\.jsonl:2: field 'loss': expected a number, got 'abc'"),
+        ('{"loss": 0.5}', r"metrics\.jsonl:2: field 'step': missing"),
+        ('{"step": null, "loss": 0.5}', r"metrics\.jsonl:2: field 'step': expected a number"),
+    ],
+)
+def test_plot_refuses_records_logitsam_never_writes(tmp_path, line, message):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 0, "loss": 0.7, "epoch": None}) + "\n" + line + "\n")
+    with pytest.raises(UserError, match=message):
+        plot_runs([str(run)], str(tmp_path / "p.png"))
+    (run / "metrics.jsonl").write_text("")
+    with pytest.raises(UserError, match="no records"):
+        plot_runs([str(run)], str(tmp_path / "p.png"))

@@ -67,7 +67,14 @@ def read_metrics(run_dir: str) -> list[Record]:
             raise UserError(f"{path}:{i + 1}: not valid JSON ({e.msg})") from None
         if not isinstance(rec, dict):
             raise UserError(f"{path}:{i + 1}: expected a JSON object per line")
+        for key, value in rec.items():  # logitsam writes numbers only: anything else is not a metrics record
+            if (value is not None and not isinstance(value, (int, float))) or (key == "step" and value is None):
+                raise UserError(f"{path}:{i + 1}: field {key!r}: expected a number, got {value!r:.40}")
+        if "step" not in rec:
+            raise UserError(f"{path}:{i + 1}: field 'step': missing (every metrics record has its step)")
         records.append(rec)
+    if not records:
+        raise UserError(f"{path}: no records (the run logged nothing yet)")
     return records
 
 
