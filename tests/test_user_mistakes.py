@@ -291,3 +291,20 @@ def test_plot_refuses_records_logitsam_never_writes(tmp_path, line, message):
     (run / "metrics.jsonl").write_text("")
     with pytest.raises(UserError, match="no records"):
         plot_runs([str(run)], str(tmp_path / "p.png"))
+
+
+def test_sft_reads_conversational_messages_rows(tmp_path):
+    path = tmp_path / "m.jsonl"
+    turns = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"},
+             {"role": "user", "content": "Q2"}, {"role": "assistant", "content": "A2"}]  # fmt: skip
+    path.write_text(json.dumps({"messages": turns}) + "\n", encoding="utf-8")
+    (e,) = load_sft_examples([str(path)])
+    assert e.prompt == turns[:3] and e.chosen == turns[3]  # the last assistant turn is the target
+    for bad, message in (
+        (turns[:3], r"m\.jsonl:1: field 'messages\[2\]\.role': the last message must be the assistant's"),
+        ([{"role": "user", "content": "Q"}, {"role": "bot", "content": "A"}], r"'messages\[1\]\.role': 'bot' is not"),
+        ([*turns[:3], {"role": "assistant", "content": "  "}], r"'messages\[3\]\.content': empty"),
+    ):
+        path.write_text(json.dumps({"messages": bad}) + "\n", encoding="utf-8")
+        with pytest.raises(DataError, match=message):
+            load_sft_examples([str(path)])

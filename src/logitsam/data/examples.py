@@ -91,7 +91,8 @@ def _text(row: dict, key: str, path: str, line: int) -> str:
     return _unicode(value, key, path, line)
 
 
-def _messages(value: Any, key: str, path: str, line: int) -> list[Message]:
+def check_messages(value: Any, key: str, path: str, line: int) -> list[Message]:
+    """``value`` as a non-empty message list with known roles and text content; DataError naming the entry."""
     if not isinstance(value, list) or not value:
         raise DataError(path, line, key, "expected a non-empty list of messages")
     for i, m in enumerate(value):
@@ -208,10 +209,10 @@ def parse_row(row: Any, fmt: str, path: str, line: int) -> PreferenceExample:
             source=src,
         )
     if fmt == "conversational":
-        chosen_m = _messages(row.get("chosen"), "chosen", path, line)
-        rejected_m = _messages(row.get("rejected"), "rejected", path, line)
+        chosen_m = check_messages(row.get("chosen"), "chosen", path, line)
+        rejected_m = check_messages(row.get("rejected"), "rejected", path, line)
         if isinstance(row.get("prompt"), list):
-            prompt = _messages(row["prompt"], "prompt", path, line)
+            prompt = check_messages(row["prompt"], "prompt", path, line)
             if len(chosen_m) == len(prompt) + 1 and chosen_m[:-1] == prompt:
                 chosen_m = chosen_m[-1:]
             if len(rejected_m) == len(prompt) + 1 and rejected_m[:-1] == prompt:

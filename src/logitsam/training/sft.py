@@ -22,7 +22,7 @@ from transformers import Trainer
 from logitsam.config.schema import Config
 from logitsam.core.logprobs import IGNORE_INDEX
 from logitsam.data.batching import DropCounts, check_pad_id, tokenize_example
-from logitsam.data.examples import PreferenceExample, load_examples
+from logitsam.data.examples import PreferenceExample, check_messages, load_examples
 from logitsam.data.files import read_rows
 from logitsam.errors import ConfigError, DataError
 from logitsam.training.checkpoints import resolve_resume
@@ -53,12 +53,15 @@ class SftTrainer(StopOnDivergence, WholeRunLoss, Trainer):
     """transformers.Trainer whose summary ``train_loss`` covers the whole run, also after a resume."""
 
 def load_sft_examples(paths: list[str], fmt: str = "auto") -> list[PreferenceExample]:
-    """Examples whose ``chosen`` is the SFT target: prompt/completion rows, or any preference format."""
+    """Examples whose ``chosen`` is the SFT target: prompt/completion rows, conversational ``messages`` rows
+    (the last, assistant, message is the target), or any preference format."""
     out: list[PreferenceExample] = []
     for path in paths:
         rows = list(read_rows(path))
         first = rows[0][1] if rows else None
-        if isinstance(first, dict) and "prompt" in first and any(k in first for k in RESPONSE_KEYS):
+        if isinstance(first, dict) and "messages" in first and "chosen" not in first:
+            out += [_from_messages(row, path, line) for line, row in rows]
+        elif isinstance(first, dict) and "prompt" in first and any(k in first for k in RESPONSE_KEYS):
             for line, row in rows:
                 key = next((k for k in RESPONSE_KEYS if k in row), RESPONSE_KEYS[0])
                 if all(isinstance(row.get(k), str) for k in RESPONSE_KEYS) and row["completion"] != row["response"]:
@@ -72,6 +75,20 @@ def load_sft_examples(paths: list[str], fmt: str = "auto") -> list[PreferenceExa
         else:
             out += load_examples([path], fmt)
     return out
+
+
+def _from_messages(row: Any, path: str, line: int) -> PreferenceExample:
+    """A conversational SFT row (TRL's ``{"messages": [...]}``): the last message, an assistant turn, is
+    the target; the turns before it are the prompt (rendered by the chat template)."""
+    if not isinstance(row, dict):
+        raise DataError(path, line, None, f"expected an object, got {type(row).__name__}")
+    messages = check_messages(row.get("messages"), "messages", path, line)
+    if messages[-1]["role"] != "assistant" or len(messages) < 2:
+        raise DataError(path, line, f"messages[{len(messages) - 1}].role",
+                        "the last message must be the assistant's answer after at least one turn")  # fmt: skip
+    if not messages[-1]["content"].strip():
+        raise DataError(path, line, f"messages[{len(messages) - 1}].content", "empty: nothing to learn")
+    return PreferenceExample(messages[:-1], messages[-1], "", source=f"{path}:{line}")
 
 
 def tokenize_sft(tokenizer: Any, examples: Sequence[PreferenceExample], max_length: int, max_prompt_length: int):
