@@ -44,7 +44,8 @@ def _imports(path: Path, mods: dict[str, Path]) -> list[tuple[str, bool, int]]:
             level = id(node) in top or (isinstance(parent, (ast.If, ast.Try)) and id(parent) in top)
             if isinstance(node, ast.ImportFrom):
                 assert node.level == 0, f"{path}:{node.lineno}: relative import (the package uses absolute ones)"
-                names = [f"{node.module}.{a.name}" for a in node.names]
+                # `from pkg import sub` runs pkg/__init__.py too: an edge to the package as well
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
             else:
                 names = [a.name for a in node.names]
             for n in names:
@@ -59,7 +60,7 @@ def _graph() -> tuple[dict[str, set[str]], list[str]]:
     for m, path in mods.items():
         for name, level, line in _imports(path, mods):
             t = _target(name, mods) if name.startswith("logitsam") else None
-            if t and t != m and not (m.startswith(t + ".") and mods[t].name == "__init__.py"):
+            if t and t != m:
                 graph[m].add(t)
             if not level and m not in LAZY_FRONTS and name.split(".")[0] not in OPTIONAL:
                 inner.append(f"{path.relative_to(SRC)}:{line} imports {name} inside a function")
@@ -144,4 +145,14 @@ def test_the_checker_sees_a_circle_and_an_inner_import(tmp_path):
     assert _cycles({"a": {"b"}, "b": set()}) == []
     f = tmp_path / "m.py"
     f.write_text("import os\n\ndef f():\n    import json\n    from logitsam.core import losses\n")
-    assert [(n, lv) for n, lv, _ in _imports(f, {})] == [("os", True), ("json", False), ("logitsam.core.losses", False)]
+    got = [(n, lv) for n, lv, _ in _imports(f, {})]
+    assert got == [("os", True), ("json", False), ("logitsam.core", False), ("logitsam.core.losses", False)]
+    # `from pkg import sub` inside pkg/sub2.py, with pkg/__init__.py importing sub2: a circle through the package
+    pkg = tmp_path / "src" / "pkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("from pkg.sub2 import g\n")
+    (pkg / "sub.py").write_text("x = 1\n")
+    (pkg / "sub2.py").write_text("from pkg import sub\n\ndef g():\n    return sub.x\n")
+    mods = {"pkg": pkg / "__init__.py", "pkg.sub": pkg / "sub.py", "pkg.sub2": pkg / "sub2.py"}
+    graph = {m: {t for n, _, _ in _imports(p, mods) if (t := _target(n, mods)) and t != m} for m, p in mods.items()}
+    assert _cycles(graph) == [["pkg", "pkg.sub2"]]

@@ -7,7 +7,7 @@ import importlib.metadata
 from collections.abc import Callable
 from typing import Any
 
-from logitsam.cli import commands
+import logitsam.cli.commands as commands
 
 
 class _Once(argparse.Action):
