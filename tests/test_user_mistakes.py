@@ -204,6 +204,17 @@ def test_a_blanked_data_fingerprint_does_not_switch_the_data_check_off(tmp_path,
         check_resume_data(cfg, {"training": "abc", "evaluation": "def"}, str(ckpt))
 
 
+@pytest.mark.parametrize(("was", "now"), [("train", "sft"), ("sft", "train")])
+def test_resuming_the_other_commands_run_names_the_command_not_the_data(tmp_path, was, now):
+    cfg, out, ckpt = _resumable(tmp_path)
+    (out / "data_fingerprint.json").write_text(json.dumps({"kind": was, "training": "abc", "evaluation": "d"}))
+    with pytest.raises(ConfigError, match=f"holds a `logitsam {was}` run .*`logitsam {now}` cannot continue it"):
+        check_resume_data(cfg, {"kind": now, "training": "xyz", "evaluation": "d"}, str(ckpt))
+    check_resume_data(cfg, {"kind": was, "training": "abc", "evaluation": "d"}, str(ckpt))  # same command: fine
+    (out / "data_fingerprint.json").write_text(json.dumps({"training": "abc", "evaluation": "d"}))  # older run
+    check_resume_data(cfg, {"kind": now, "training": "abc", "evaluation": "d"}, str(ckpt))
+
+
 def test_overwrite_output_dir_does_not_switch_the_resume_checks_off(tmp_path):
     cfg, _, ckpt = _resumable(tmp_path)
     changed = C.apply_overrides(cfg, ["--loss.name=ipo", "--train.overwrite_output_dir=true"])

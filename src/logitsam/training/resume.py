@@ -146,7 +146,8 @@ def save_data_fingerprint(output_dir: str, fingerprints: dict[str, str]) -> None
 
 def check_resume_data(resolved: Config, fingerprints: dict[str, str], checkpoint: str) -> None:
     """ConfigError when the tokenized training (or evaluation) rows differ from those the resumed run
-    started with (its data_fingerprint.json: in output_dir, else beside the checkpoint). A logitsam run
+    started with (its data_fingerprint.json: in output_dir, else beside the checkpoint), or were trained by
+    the other command (``kind``: "train" or "sft" — their rows mean different things). A logitsam run
     (config.yaml there) without it is refused too, since every run writes it before its first step;
     a plain HF checkpoint has nothing to compare with. resume_allow_changes skips the check."""
     t = resolved.train
@@ -171,7 +172,14 @@ def check_resume_data(resolved: Config, fingerprints: dict[str, str], checkpoint
             f"train.resume_from_checkpoint: {where} is missing or unreadable, so the data cannot be checked "
             "against the data the run started with; set train.resume_allow_changes=true to resume without the check"
         ) from None
-    changed = [k for k, v in fingerprints.items() if saved.get(k, v) != v]
+    was, now = saved.get("kind"), fingerprints.get("kind")
+    if was is not None and now is not None and was != now:  # older runs wrote no kind: nothing to compare
+        raise ConfigError(
+            f"train.resume_from_checkpoint: {t.output_dir} holds a `logitsam {was}` run ({path}); "
+            f"`logitsam {now}` cannot continue it — resume it with `logitsam {was}`, or give this run another "
+            "train.output_dir"
+        )
+    changed = [k for k, v in fingerprints.items() if k != "kind" and saved.get(k, v) != v]
     if changed:
         raise ConfigError(
             f"train.resume_from_checkpoint: the {' and '.join(changed)} rows differ from those the run started with "

@@ -223,7 +223,8 @@ def _train(
     if checkpointing:
         model.config.use_cache = False
     resolved = resolved_config(cfg, args, model, len(data.train_rows))
-    fingerprints = {"training": data_fingerprint(data.train_rows), "evaluation": data_fingerprint(data.eval_rows)}
+    fingerprints = {"kind": "train", "training": data_fingerprint(data.train_rows)}
+    fingerprints["evaluation"] = data_fingerprint(data.eval_rows)
     if resume:
         check_resume_settings(resolved, resume)
         check_resume_parameters(resolved, resume)

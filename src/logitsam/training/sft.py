@@ -158,7 +158,8 @@ def _sft(cfg: Config, resume: str | None, callbacks: Sequence[Any]) -> dict[str,
     if checkpointing:
         model.config.use_cache = False
     resolved = resolved_config(cfg, args, model, len(train_rows))
-    fingerprints = {"training": data_fingerprint(train_rows), "evaluation": data_fingerprint(eval_rows)}
+    fingerprints = {"kind": "sft", "training": data_fingerprint(train_rows)}
+    fingerprints["evaluation"] = data_fingerprint(eval_rows)
     if resume:
         check_resume_settings(resolved, resume)
         check_resume_parameters(resolved, resume)
