@@ -267,3 +267,4 @@ def test_main_analysis_on_a_hand_made_comparison(tmp_path):
     assert rows[1].startswith("| 0.01 | 0.0725 | 3 | 67.5 [61.2, 73.8] |") and rows[1].endswith("| 0% | no |")
     assert "(97.50%)" in rows[1]
     assert "| dpo+lsam(1e-2) | 3 |" in text and (tmp_path / "main" / "drift_toy.png").exists()
+    assert "![drift of the controls](drift_toy_controls.png)" in text and (tmp_path / "main" / "drift_toy_controls.png").exists()

@@ -48,8 +48,9 @@ def pilot_figure(out: str) -> str | None:
     return path
 
 
-def drift_figure(out: str, setting: str, labels: list[str]) -> str:
-    """Fig. 1c analogue: mean ± SD over seeds of the per-run mean Δ± (held-out and training) by arm."""
+def drift_figure(out: str, setting: str, labels: list[str], suffix: str = "") -> str:
+    """Fig. 1c analogue: mean ± SD over seeds of the per-run mean Δ± (held-out and training) by arm;
+    written to ``drift_<setting><suffix>.png``."""
     start, runs = load(out, setting)
     plt, fig, axes = _axes(2)
     for ax, part in zip(axes, ("heldout", "train"), strict=True):
@@ -73,7 +74,7 @@ def drift_figure(out: str, setting: str, labels: list[str]) -> str:
         ax.axhline(0, color="gray", lw=0.5)
         ax.set(title=f"{part} pairs", xlabel="step", ylabel="log π − log π_ref (nats, mean over pairs)")
     axes[0].legend(fontsize=6)
-    path = os.path.join(out, f"drift_{setting}.png")
+    path = os.path.join(out, f"drift_{setting}{suffix}.png")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -153,6 +154,11 @@ def write_main_report(out: str, setting: str, pilot_dir: str | None = None) -> s
     shown = [lb for lb in runs if lb == "dpo" or lb.startswith("dpo+lsam")]
     if shown:
         lines += ["", f"![drift]({os.path.basename(drift_figure(out, setting, shown))})"]
+    controls = [a.label for a in CONTROL_ARMS if a.label in runs]
+    if controls and "dpo" in runs:  # the controls beside DPO: does any of them keep Δ+ up?
+        path = drift_figure(out, setting, ["dpo", *controls], "_controls")
+        lines += ["", "Controls beside DPO (bands: SD over seeds; none with one seed):", "",
+                  f"![drift of the controls]({os.path.basename(path)})"]  # fmt: skip
     text = "\n".join(lines) + "\n"
     with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as f:
         f.write(text)
