@@ -121,10 +121,12 @@ def test_gate_criteria_on_hand_made_records():
     # each criterion fails on its own
     m = G.measures(*_record(-4.0, -9.0, 0.05, -0.2, -2.0, win))
     assert G.gate(m)["heldout_dplus"] is False and G.gate(m)["passed"] is False
-    assert "held-out Δ+ -4.00 nats" in G.shortfall(m)
+    assert "held-out Δ+ -4.00 [-4.07, -3.93] nats (gate ≤ -5, interval < 0)" in G.shortfall(m)
     assert G.gate(G.measures(*_record(-6.0, -9.0, -0.05, 0.2, -2.0, win)))["collapse"] is False
     assert G.gate(G.measures(*_record(-6.0, -9.0, 0.0, -0.2, -2.0, win)))["collapse"] is True  # entropy alone
-    assert G.gate(G.measures(*_record(-6.0, -9.0, 0.05, -0.2, 1.0, win)))["train_chosen_falls"] is False
+    m = G.measures(*_record(-6.0, -9.0, 0.05, -0.2, 1.0, win))
+    assert G.gate(m)["train_chosen_falls"] is False
+    assert G.shortfall(m) == "training Δ+ +1.00 [+0.93, +1.07] nats (gate: interval below 0)"
     m = G.measures(*_record(-6.0, -9.0, 0.05, -0.2, -2.0, [1.0] * 5 + [0.0] * 5))
     assert G.gate(m)["dpo_beats_sft"] is False and "DPO vs SFT 50.0% (gate ≥ 60%)" in G.shortfall(m)
     traj = G.trajectory(rec, start, "heldout", 0)
@@ -248,7 +250,7 @@ def test_main_analysis_on_a_hand_made_comparison(tmp_path):
            "win_vs_sft": {"mean": 0.7, "low": 0.6, "high": 0.8}}}  # fmt: skip
     res = analyse(out, setting, row)
     assert all(c["verdict"].endswith("(the setting did not meet the gate)") for c in res["claims"] if "control" not in c["claim"])
-    assert "held-out Δ+ -3.00 nats" in res["gate_shortfall"]
+    assert "held-out Δ+ -3.00 [-4.00, -2.00] nats" in res["gate_shortfall"]
     # the controls are measured against DPO on the seeds they share, and one seed says so
     gate = by["control: gate_dpo against DPO"]
     assert gate["verdict"] == "measured" and "+0.00 (1 seed) nats" in gate["evidence"]
@@ -257,6 +259,8 @@ def test_main_analysis_on_a_hand_made_comparison(tmp_path):
     assert res["configs"]["dpo+fullsam(1e-2)"]["sam_first_order"] == pytest.approx(1e-2 * 40.0 / 0.69)
     assert list(res["configs"]) == ["dpo", "dpo+lsam(1e-3)", "dpo+lsam(1e-2)", "gate_dpo", "dpo+fullsam(1e-2)"]
     text = write_main_report(out, setting)
+    assert "Plain DPO on the main comparison's 3 seeds (t over seeds): held-out Δ+ " in text
+    assert "minimal detectable effect at 80% power" in by["dpo+lsam(1e-2) reduces DPO's held-out squeezing (Fig. 1c: Δ+ above DPO's)"]["evidence"]
     assert "| gate_dpo | 1 |" in text and "(1 seed: over prompts only)" in text
     # which runs finished (29 planned: 4 main arms × 5 seeds, 3 controls × 3) and the Table 3 analogue
     assert "11 of the 29 planned runs finished." in text

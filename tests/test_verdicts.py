@@ -13,7 +13,16 @@ from logitsam.experiments.stats import (
 from logitsam.experiments.study import analysis
 from logitsam.experiments.study.claims import claims
 from logitsam.experiments.study.summary import analyse
-from logitsam.experiments.verdicts import SMALLEST_GAIN, _fmt, effect_of_interest, mde, noop, paper_gains, verdict
+from logitsam.experiments.verdicts import (
+    SMALLEST_GAIN,
+    _fmt,
+    effect_of_interest,
+    mde,
+    noop,
+    paper_gains,
+    verdict,
+    win_verdict,
+)
 from stats_reference import CLAIMS, NAN, ROOT, est
 
 # ---------------------------------------------------------------------------------------------------
@@ -402,3 +411,15 @@ def test_best_of_sweep_rule():
     assert analysis.best_of_sweep(runs) == "dpo+lsam(1e-1)"
     assert analysis.best_of_sweep(runs, seeds=[2]) == "dpo+lsam(1e-2)"  # +0.5 on seed 2 alone
     assert analysis.best_of_sweep({"dpo": dpo}) is None
+
+
+def test_a_narrow_not_reproduced_says_it_is_underpowered():
+    """An interval that excludes the effect of interest by a hair, with a minimal detectable effect above
+    that effect, is still "not reproduced" under the rule fixed in advance, and the evidence says how narrowly."""
+    res = {"configs": {"dpo": {"win_vs_sft": est(0.76, 0.74, 0.78)}}}  # relative effect 8.6% × 26 pp > 1.76 pp
+    wide = _pair(gain=(0.001, -0.015, 0.0174))  # MDE ≈ 2.3 pp > 1.76 pp
+    v, ev = win_verdict(wide, "x − dpo", res, "dpo")
+    assert v == "not reproduced" and "narrowly: its upper end +1.74 pp" in ev
+    tight = _pair(gain=(0.001, -0.002, 0.004))  # MDE ≈ 0.4 pp: a clear exclusion
+    v, ev = win_verdict(tight, "x − dpo", res, "dpo")
+    assert v == "not reproduced" and "narrowly" not in ev and "excludes the effect of interest" in ev

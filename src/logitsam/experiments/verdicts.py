@@ -130,7 +130,13 @@ def win_verdict(p: dict[str, Any], what: str, res: dict[str, Any], loss: str) ->
     if idle and v != "not measured":
         v, why = NOT_TESTABLE, f" ({idle})"
     elif v == "not reproduced" and g["low"] <= 0:
-        why = f" (the interval excludes the effect of interest, {effect_text})"
+        narrow = ""
+        if mde(g) > effect:  # underpowered: the exclusion rests on the interval's upper end alone
+            narrow = (
+                f"; narrowly: its upper end {100 * g['high']:+.2f} pp, and the minimal detectable effect is above "
+                "the effect of interest"
+            )
+        why = f" (the interval excludes the effect of interest, {effect_text}{narrow})"
     elif v == "inconclusive":
         why = f" (the interval reaches the effect of interest, {effect_text})"
     elif v == "not measured":

@@ -19,7 +19,16 @@ from logitsam.experiments.squeeze.experiment import _read_json
 from logitsam.experiments.squeeze.gate import change, shortfall, trajectory
 from logitsam.experiments.squeeze.plan import CONTROL_ARMS, MAIN_ARMS, sam_scale
 from logitsam.experiments.stats import clip, crossed_interval, head_to_head, seed_interval
-from logitsam.experiments.verdicts import NOT_TESTABLE, _fmt, effect_for, noop, sweep_verdict, verdict, win_verdict
+from logitsam.experiments.verdicts import (
+    NOT_TESTABLE,
+    _fmt,
+    effect_for,
+    mde,
+    noop,
+    sweep_verdict,
+    verdict,
+    win_verdict,
+)
 
 Runs = dict[str, dict[int, dict[str, Any]]]
 
@@ -137,7 +146,8 @@ def analyse(out: str, setting: str, pilot_row: dict[str, Any] | None = None) -> 
         add(
             f"{lb} reduces DPO's held-out squeezing (Fig. 1c: Δ+ above DPO's)",
             NOT_TESTABLE if idle else verdict(p["dplus_diff"], 0.0, +1),
-            f"held-out Δ+ difference {_fmt(p['dplus_diff'])} nats (t over {len(p['seeds'])} seeds); training Δ+ "
+            f"held-out Δ+ difference {_fmt(p['dplus_diff'])} nats (t over {len(p['seeds'])} seeds; minimal "
+            f"detectable effect at 80% power {mde(p['dplus_diff']):.2g} nats); training Δ+ "
             f"difference {_fmt(p['train_dplus_diff'])}; DPO's own held-out Δ+ {_fmt(rows['dpo']['dplus'])}"
             + (f"; {idle}" if idle else ""),
         )

@@ -84,10 +84,13 @@ def gate(m: dict[str, Any]) -> dict[str, bool]:
 def shortfall(m: dict[str, Any]) -> str:
     """The failed criteria in words ('' when the gate is met): every verdict in a failing setting carries it."""
     g = gate(m)
+    def nats(e: dict[str, float]) -> str:
+        return f"{e['mean']:+.2f} [{e['low']:+.2f}, {e['high']:+.2f}] nats"
+
     words = {
-        "heldout_dplus": f"held-out Δ+ {m['heldout_dplus']['mean']:+.2f} nats (gate ≤ {DELTA_PLUS:g}, interval < 0)",
+        "heldout_dplus": f"held-out Δ+ {nats(m['heldout_dplus'])} (gate ≤ {DELTA_PLUS:g}, interval < 0)",
         "collapse": "no collapse of held-out next-token distributions",
-        "train_chosen_falls": f"training Δ+ {m['train_dplus']['mean']:+.2f} nats (gate: below 0)",
+        "train_chosen_falls": f"training Δ+ {nats(m['train_dplus'])} (gate: interval below 0)",
         "dpo_beats_sft": f"DPO vs SFT {100 * m['win_vs_sft']['mean']:.1f}% (gate ≥ {100 * WIN:.0f}%)",
     }
     return "; ".join(v for k, v in words.items() if not g[k])

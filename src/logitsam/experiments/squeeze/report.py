@@ -139,7 +139,20 @@ def write_main_report(out: str, setting: str, pilot_dir: str | None = None) -> s
     res = analyse(out, setting, pilot_row)
     lines = [f"# Squeeze regime: main comparison in `{setting}`", ""]
     if res["gate_shortfall"]:
-        lines += [f"**The setting did not meet the gate**: {res['gate_shortfall']}. Every verdict is labelled.", ""]
+        lines += [
+            f"**The setting did not meet the gate** (plain DPO in the pilot, seed 0, intervals over pairs): "
+            f"{res['gate_shortfall']}. Every verdict is labelled.",
+            "",
+        ]
+    dpo = res["configs"].get("dpo")
+    if dpo:  # the gate was judged on the pilot's one seed; the main comparison's DPO seeds say it again
+        lines += [
+            f"Plain DPO on the main comparison's {len(dpo['seeds'])} seeds (t over seeds): held-out Δ+ "
+            f"{_fmt(dpo['dplus'])} nats, training Δ+ {_fmt(dpo['train_dplus'])} nats, held-out top-token mass "
+            f"{_fmt(dpo['top'], digits=3)}, entropy {_fmt(dpo['entropy'])} nats, win rate against SFT "
+            f"{_fmt(dpo['win_vs_sft'], pct=True)}%.",
+            "",
+        ]
     if pilot_dir is not None and os.path.exists(os.path.join(pilot_dir, "pilot.md")):
         link = os.path.relpath(os.path.join(pilot_dir, "pilot.md"), out)
         lines += [f"The pilot's grid, its numbers and the gate: [{link}]({link}).", ""]
