@@ -266,6 +266,7 @@ def test_main_analysis_on_a_hand_made_comparison(tmp_path):
     assert "11 of the 29 planned runs finished." in text
     assert "- controls: gate_dpo 1/3 (seeds [1]); dpo(lr×0.5) 0/3; dpo+fullsam(1e-2) 1/3 (seeds [1])" in text
     assert "SLiC-HF and CPO ± logits-SAM (Table 6 proportions): not run" in text
+    assert "- Hessian traces (§4.3): not measured in this setting" in text
     rows = [line for line in text.splitlines() if line.startswith("| 0.0")]
     assert rows[0].startswith("| 0.001 | 0.00725 | 3 |") and rows[0].endswith("| 100% | yes |")
     assert rows[1].startswith("| 0.01 | 0.0725 | 3 | 67.5 [61.2, 73.8] |") and rows[1].endswith("| 0% | no |")

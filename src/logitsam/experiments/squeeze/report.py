@@ -111,6 +111,8 @@ def stages(runs: dict[str, dict[int, Any]]) -> list[str]:
         lines.append(f"- {stage}: " + "; ".join(parts))
     lines.append("- second stage, SLiC-HF and CPO ± logits-SAM (Table 6 proportions): not run (the main comparison "
                  "and controls take this machine's time first)")  # fmt: skip
+    lines.append("- Hessian traces (§4.3): not measured in this setting (no final models are kept; the short "
+                 "on-policy study measures them, `logitsam study`)")  # fmt: skip
     return lines
 
 
