@@ -16,7 +16,7 @@ from logitsam.errors import ConfigError
 from logitsam.experiments.squeeze import gate as G
 from logitsam.experiments.squeeze.experiment import Arm, Experiment, Setting, Shared
 from logitsam.experiments.squeeze.pilot import GRID, choose, cost
-from logitsam.experiments.squeeze.plan import MAIN_ARMS, plan, sam_scale
+from logitsam.experiments.squeeze.plan import CONTROL_ARMS, MAIN_ARMS, plan, sam_scale
 from logitsam.experiments.squeeze.probe import response_stats
 from logitsam.experiments.squeeze.prompts import _lines, prompt_split
 from logitsam.training.models import load_tokenizer, tiny_model
@@ -157,6 +157,8 @@ def test_main_plan_and_sam_scale():
     p = plan()
     assert [(a.label, s) for a, s in p[:4]] == [(a.label, 1) for a in MAIN_ARMS]
     assert sum(1 for a, _ in p if a in MAIN_ARMS) == 5 * 4 and len(p) == 20 + 9
+    assert len(set(p)) == len(p) and {(a, s) for a, s in p if a in CONTROL_ARMS} == {(a, s) for a in CONTROL_ARMS for s in (1, 2, 3)}
+    assert [(a.label, s) for a, s in p[20:24]] == [("gate_dpo", 1), ("dpo(lr×0.5)", 1), ("dpo+fullsam(1e-2)", 1), ("dpo+fullsam(1e-2)", 2)]
     assert {a.rho for a in MAIN_ARMS} == {0.0, 1e-4, 1e-3, 1e-2}
     rec = {"arm": {"rho": 1e-3}, "log": [{"loss": 0.7}, {"sam/grad_norm": 5.0, "sam/loss_pre": 0.5, "sam/loss_post": 0.6}]}
     sc = sam_scale(rec)

@@ -6,7 +6,8 @@ resumably (finished runs are kept). Fixed before running (issue 16):
 - arms and seeds: DPO and DPO + logits-SAM at ρ = 1e-3, 1e-2, 1e-4 on 5 fresh seeds (1–5; the pilot
   used seed 0), then the controls on seeds 1–3: Gate-DPO (squeeze-targeting), DPO at half the
   learning rate ("it just moves less"), full-model SAM (ρ = 1e-2);
-- order: seed by seed within the main arms, so a stopped run has balanced comparisons;
+- order: seed by seed within the main arms, so a stopped run has balanced comparisons; the controls
+  seed by seed too, full SAM first from seed 2 on (plan.py);
 - measurements: Δ± per pair on the held-out pairs and the probed training pairs at 1/3, 2/3 and the
   end; win rate against SFT and KL on the ≥ 1,000 held-out prompts (held-out subjects); the
   first-order loss increase ρ‖g‖/L of each ρ at step 1 (from the logged ``sam/*``).
