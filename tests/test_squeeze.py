@@ -16,7 +16,7 @@ from logitsam.errors import ConfigError
 from logitsam.experiments.squeeze import gate as G
 from logitsam.experiments.squeeze.experiment import Arm, Experiment, Setting, Shared
 from logitsam.experiments.squeeze.pilot import GRID, choose, cost
-from logitsam.experiments.squeeze.plan import CONTROL_ARMS, MAIN_ARMS, plan, sam_scale
+from logitsam.experiments.squeeze.plan import CONTROL_ARMS, MAIN_ARMS, plain_of, plan, sam_scale, stage2_plan
 from logitsam.experiments.squeeze.probe import response_stats
 from logitsam.experiments.squeeze.prompts import _lines, prompt_split
 from logitsam.training.models import load_tokenizer, tiny_model
@@ -154,6 +154,11 @@ def test_pilot_pick_rule():
 
 
 def test_main_plan_and_sam_scale():
+    p2 = stage2_plan()
+    assert [(a.label, s) for a, s in p2[:4]] == [("slic", 1), ("slic+lsam(1e-1)", 1), ("cpo", 1), ("cpo+lsam(1e-2)", 1)]
+    assert len(p2) == 12 and {a.rho for a, _ in p2} == {0.0, 1e-1, 1e-2}  # Table 6: SLiC-HF 10×, CPO 1× DPO's 1e-2
+    assert [plain_of(lb) for lb in ("slic+lsam(1e-1)", "cpo+lsam(1e-2)", "cpo", "dpo+lsam(1e-2)", "gate_dpo", "dpo")] == [
+        "slic", "cpo", "cpo", "dpo", "dpo", "dpo"]  # fmt: skip
     p = plan()
     assert [(a.label, s) for a, s in p[:4]] == [(a.label, 1) for a in MAIN_ARMS]
     assert sum(1 for a, _ in p if a in MAIN_ARMS) == 5 * 4 and len(p) == 20 + 9
@@ -265,9 +270,9 @@ def test_main_analysis_on_a_hand_made_comparison(tmp_path):
     assert "minimal detectable effect at 80% power" in by["dpo+lsam(1e-2) reduces DPO's held-out squeezing (Fig. 1c: Δ+ above DPO's)"]["evidence"]
     assert "| gate_dpo | 1 |" in text and "(1 seed: over prompts only)" in text
     # which runs finished (29 planned: 4 main arms × 5 seeds, 3 controls × 3) and the Table 3 analogue
-    assert "11 of the 29 planned runs finished." in text
+    assert "11 of the 29 planned runs of the main comparison and controls finished." in text
     assert "- controls: gate_dpo 1/3 (seeds [1]); dpo(lr×0.5) 0/3; dpo+fullsam(1e-2) 1/3 (seeds [1])" in text
-    assert "SLiC-HF and CPO ± logits-SAM (Table 6 proportions): not run" in text
+    assert "SLiC-HF and CPO ± logits-SAM (Table 6 proportions to DPO's ρ = 1e-2, after the first stage): not run" in text
     assert "- Hessian traces (§4.3): not measured in this setting" in text
     rows = [line for line in text.splitlines() if line.startswith("| 0.0")]
     assert rows[0].startswith("| 0.001 | 0.00725 | 3 |") and rows[0].endswith("| 100% | yes |")
@@ -275,3 +280,41 @@ def test_main_analysis_on_a_hand_made_comparison(tmp_path):
     assert "(97.50%)" in rows[1]
     assert "| dpo+lsam(1e-2) | 3 |" in text and (tmp_path / "main" / "drift_toy.png").exists()
     assert "![drift of the controls](drift_toy_controls.png)" in text and (tmp_path / "main" / "drift_toy_controls.png").exists()
+
+
+@pytest.mark.slow
+def test_second_stage_is_paired_with_its_own_loss(tmp_path):
+    """SLiC-HF + logits-SAM is judged against SLiC-HF (same seeds), with SLiC-HF's effect of interest; an
+    arm whose plain loss has not run is left out of the claims; the report counts the stage's runs."""
+    from logitsam.experiments.records import write_record
+    from logitsam.experiments.squeeze.analysis import analyse
+    from logitsam.experiments.squeeze.report import write_main_report
+
+    out, setting = _synthetic_main(tmp_path)
+    runs = tmp_path / "main" / "runs" / setting
+    dpo = json.loads((runs / "dpo_s1" / "record.json").read_text())
+    for seed in (1, 2):
+        base = json.loads((runs / f"dpo_s{seed}" / "record.json").read_text())
+        for label, rho, shift in (("slic", 0.0, 2.0), ("slic+lsam(1e-1)", 0.1, 2.5 + 0.1 * seed)):
+            probes = json.loads(json.dumps(base["probes"]))
+            for part in probes["6"].values():
+                part["logp"] = [[c + shift, r] for c, r in part["logp"]]
+            rec = base | {"arm": {"label": label, "rho": rho, "loss": "slic"}, "probes": probes,
+                          "samples": [f"{label}-{seed}-{i}" for i in range(len(base["samples"]))]}  # fmt: skip
+            write_record(str(runs / f"{label}_s{seed}" / "record.json"), rec)
+    write_record(str(runs / "cpo+lsam(1e-2)_s1" / "record.json"), dpo | {"arm": {"label": "cpo+lsam(1e-2)", "rho": 1e-2}})
+    res = analyse(out, setting)
+    p = res["paired"]["slic+lsam(1e-1)"]
+    assert p["against"] == "slic" and p["seeds"] == [1, 2]
+    assert p["dplus_diff"]["mean"] == pytest.approx(0.65)  # against SLiC-HF's +2, not DPO's
+    assert "cpo+lsam(1e-2)" not in res["paired"] and "slic" not in res["paired"]
+    by = {c["claim"]: c for c in res["claims"]}
+    sq = by["slic+lsam(1e-1) reduces SLiC-HF's held-out squeezing (Fig. 1c: Δ+ above SLiC-HF's)"]
+    assert "SLiC-HF's own held-out Δ+ -3.82 [" in sq["evidence"]
+    win = by["slic+lsam(1e-1) raises SLiC-HF's win rate against SFT (Table 1)"]
+    assert "slic+lsam(1e-1) − slic" in win["evidence"]
+    assert not any("cpo" in c for c in by)
+    text = write_main_report(out, setting)
+    assert ("after the first stage): 5 of 12 runs: slic 2/3 (seeds [1, 2]); slic+lsam(1e-1) 2/3 (seeds [1, 2]); "
+            "cpo 0/3; cpo+lsam(1e-2) 1/3 (seeds [1])") in text
+    assert "![drift of the second stage](drift_toy_stage2.png)" in text and (tmp_path / "main" / "drift_toy_stage2.png").exists()

@@ -17,7 +17,7 @@ from typing import Any
 from logitsam.experiments.records import verify_record
 from logitsam.experiments.squeeze.experiment import _read_json
 from logitsam.experiments.squeeze.gate import change, shortfall, trajectory
-from logitsam.experiments.squeeze.plan import CONTROL_ARMS, MAIN_ARMS, sam_scale
+from logitsam.experiments.squeeze.plan import ALL_ARMS, CONTROL_ARMS, MAIN_ARMS, STAGE2_ARMS, plain_of, sam_scale
 from logitsam.experiments.stats import clip, crossed_interval, head_to_head, seed_interval
 from logitsam.experiments.verdicts import (
     NOT_TESTABLE,
@@ -31,6 +31,7 @@ from logitsam.experiments.verdicts import (
 )
 
 Runs = dict[str, dict[int, dict[str, Any]]]
+NAMES = {"dpo": "DPO", "slic": "SLiC-HF", "cpo": "CPO"}
 
 
 def load(out: str, setting: str) -> tuple[dict[str, Any], Runs]:
@@ -40,7 +41,7 @@ def load(out: str, setting: str) -> tuple[dict[str, Any], Runs]:
     for path in sorted(glob.glob(os.path.join(out, "runs", setting, "*", "record.json"))):
         rec = verify_record(path, _read_json(path))
         runs.setdefault(rec["arm"]["label"], {})[rec["seed"]] = rec
-    order = {a.label: i for i, a in enumerate((*MAIN_ARMS, *CONTROL_ARMS))}
+    order = {a.label: i for i, a in enumerate(ALL_ARMS)}
     return start, dict(sorted(runs.items(), key=lambda kv: order.get(kv[0], len(order))))
 
 
@@ -81,8 +82,11 @@ def _diff(a: list[list[float]], b: list[list[float]]) -> list[list[float]]:
     return [[x - y for x, y in zip(ra, rb, strict=True)] for ra, rb in zip(a, b, strict=True)]
 
 
-def paired(a: dict[int, dict], b: dict[int, dict], start: dict[str, Any], level: float = 0.95) -> dict[str, Any]:
-    """``a`` against plain DPO ``b`` on their common seeds, in the shape ``experiments/verdicts.py`` reads."""
+def paired(
+    a: dict[int, dict], b: dict[int, dict], start: dict[str, Any], level: float = 0.95, against: str = "dpo"
+) -> dict[str, Any]:
+    """``a`` against its plain run ``b`` (label ``against``) on their common seeds, in the shape
+    ``experiments/verdicts.py`` reads."""
     common = sorted(set(a) & set(b))
     if not common:
         return {"seeds": []}
@@ -99,7 +103,7 @@ def paired(a: dict[int, dict], b: dict[int, dict], start: dict[str, Any], level:
         gaps += [abs(ta[k] - tb[k]) for k in set(ta) & set(tb)]
     ra, rb = [per_run(a[s], start) for s in common], [per_run(b[s], start) for s in common]
     out = {
-        "against": "dpo",
+        "against": against,
         "seeds": common,
         "level": level,
         "win": clip(crossed_interval(h2h, level=level), 0.0, 1.0).to_dict(),
@@ -121,7 +125,11 @@ def analyse(out: str, setting: str, pilot_row: dict[str, Any] | None = None) -> 
     start, runs = load(out, setting)
     rows = {label: arm_row(seeds, start) for label, seeds in runs.items()}
     dpo = runs.get("dpo", {})
-    pairs = {lb: paired(seeds, dpo, start) for lb, seeds in runs.items() if lb != "dpo" and set(seeds) & set(dpo)}
+    pairs = {
+        lb: paired(seeds, runs[plain_of(lb)], start, against=plain_of(lb))
+        for lb, seeds in runs.items()
+        if plain_of(lb) != lb and set(seeds) & set(runs.get(plain_of(lb), {}))
+    }
     rhos = {a.label: a.rho for a in MAIN_ARMS if a.rho and a.label in pairs}
     level = 1 - 0.05 / max(1, len(rhos))
     res: dict[str, Any] = {
@@ -139,23 +147,26 @@ def analyse(out: str, setting: str, pilot_row: dict[str, Any] | None = None) -> 
             verdict_ += " (the setting did not meet the gate)"
         claims.append({"claim": claim, "verdict": verdict_, "evidence": evidence})
 
-    sd = rows.get("dpo")
-    for lb in rhos:
-        p = pairs[lb]
-        idle = noop(p, sd)
+    def sam_claims(lb: str) -> None:  # logits-SAM against its plain loss: Fig. 1c and Table 1
+        p, plain = pairs[lb], plain_of(lb)
+        name = NAMES.get(plain, plain)
+        idle = noop(p, rows.get(plain))
         add(
-            f"{lb} reduces DPO's held-out squeezing (Fig. 1c: Δ+ above DPO's)",
+            f"{lb} reduces {name}'s held-out squeezing (Fig. 1c: Δ+ above {name}'s)",
             NOT_TESTABLE if idle else verdict(p["dplus_diff"], 0.0, +1),
             f"held-out Δ+ difference {_fmt(p['dplus_diff'])} nats (t over {len(p['seeds'])} seeds; minimal "
             f"detectable effect at 80% power {mde(p['dplus_diff']):.2g} nats); training Δ+ "
-            f"difference {_fmt(p['train_dplus_diff'])}; DPO's own held-out Δ+ {_fmt(rows['dpo']['dplus'])}"
+            f"difference {_fmt(p['train_dplus_diff'])}; {name}'s own held-out Δ+ {_fmt(rows[plain]['dplus'])}"
             + (f"; {idle}" if idle else ""),
         )
-        add(f"{lb} raises DPO's win rate against SFT (Table 1)", *win_verdict(p, f"{lb} − dpo", res, "dpo"))
+        add(f"{lb} raises {name}'s win rate against SFT (Table 1)", *win_verdict(p, f"{lb} − {plain}", res, plain))
+
+    for lb in rhos:
+        sam_claims(lb)
     if len(rhos) >= 2:
         sweep = sorted((r, lb) for lb, r in rhos.items())
         add("some ρ raises DPO's win rate against SFT (Table 3)", *sweep_verdict(res, sweep))
-    for lb in ("gate_dpo", "dpo(lr×0.5)", "dpo+fullsam(1e-2)"):
+    for lb in (a.label for a in CONTROL_ARMS):
         if lb in pairs:
             p = pairs[lb]
             claims.append({
@@ -165,5 +176,7 @@ def analyse(out: str, setting: str, pilot_row: dict[str, Any] | None = None) -> 
                 f"{_fmt(p['win_vs_sft_diff'], pct=True, signed=True)} pp; KL difference {_fmt(p['kl_diff'])}; "
                 f"{len(p['seeds'])} seed(s) shared with DPO, {p['identical_samples']:.0%} identical samples",
             })  # fmt: skip
+    for lb in (a.label for a in STAGE2_ARMS if a.rho and a.label in pairs):  # the second stage
+        sam_claims(lb)
     res["claims"] = claims
     return res

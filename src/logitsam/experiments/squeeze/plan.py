@@ -23,6 +23,27 @@ CONTROL_ARMS = (
 )
 
 
+# The second stage (issue 16: "if time allows"), fixed before any of its runs: SLiC-HF and CPO with their
+# registry defaults (SLiC-HF δ = 1, λ = 0.1; CPO λ = 1, β the setting's), each ± logits-SAM at the paper's
+# Table 6 proportions to DPO's ρ (SLiC-HF 10×, CPO 1×). DPO's ρ is 1e-2, the only ρ of the sweep that is
+# not a no-op here (1e-4 and 1e-3 leave ≥ 93% of samples identical to DPO's); untuned, like the paper's
+# Table 6 transfer. Seed by seed, each plain loss beside its logits-SAM arm, after the first stage.
+STAGE2_SEEDS = (1, 2, 3)
+STAGE2_ARMS = (
+    Arm("slic", loss="slic"),
+    Arm("slic+lsam(1e-1)", loss="slic", rho=1e-1),
+    Arm("cpo", loss="cpo"),
+    Arm("cpo+lsam(1e-2)", loss="cpo", rho=1e-2),
+)
+ALL_ARMS = (*MAIN_ARMS, *CONTROL_ARMS, *STAGE2_ARMS)
+
+
+def plain_of(label: str) -> str:
+    """The plain run an arm is paired against: its own loss without SAM for the second stage, else DPO."""
+    arm = next((a for a in STAGE2_ARMS if a.label == label), None)
+    return arm.loss if arm is not None else "dpo"
+
+
 def main_shared() -> Shared:
     """The main comparison's measurement sizes (the pilot's are smaller)."""
     return Shared(n_heldout_pairs=200, n_train_probe=32, n_win_prompts=1080, probe_mid_pairs=64)
@@ -37,6 +58,11 @@ def plan(main_seeds: tuple[int, ...] = MAIN_SEEDS, control_seeds: tuple[int, ...
     first = [a for a in CONTROL_ARMS if a.mode == "full"]
     order = first + [a for a in CONTROL_ARMS if a not in first]
     return out + [(a, s) for s in control_seeds for a in (CONTROL_ARMS if s == control_seeds[0] else order)]
+
+
+def stage2_plan(seeds: tuple[int, ...] = STAGE2_SEEDS) -> list:
+    """[(arm, seed)] of the second stage, in execution order (after :func:`plan`)."""
+    return [(a, s) for s in seeds for a in STAGE2_ARMS]
 
 
 def sam_scale(rec: dict[str, Any]) -> dict[str, float] | None:

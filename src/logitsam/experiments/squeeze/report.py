@@ -11,7 +11,7 @@ from logitsam.experiments.squeeze.analysis import analyse, load
 from logitsam.experiments.squeeze.experiment import _read_json
 from logitsam.experiments.squeeze.gate import trajectory
 from logitsam.experiments.squeeze.pilot import GRID, rows
-from logitsam.experiments.squeeze.plan import CONTROL_ARMS, MAIN_ARMS, plan
+from logitsam.experiments.squeeze.plan import CONTROL_ARMS, MAIN_ARMS, STAGE2_ARMS, plain_of, plan, stage2_plan
 from logitsam.experiments.verdicts import _fmt, noop
 
 
@@ -97,20 +97,27 @@ def arms_table(res: dict[str, Any]) -> list[str]:
 
 def stages(runs: dict[str, dict[int, Any]]) -> list[str]:
     """Markdown: which of the planned runs finished, by stage and arm (a stopped study says how far it got)."""
-    planned: dict[str, list[int]] = {}
-    for arm, seed in plan():
-        planned.setdefault(arm.label, []).append(seed)
-    done = sum(len(set(runs.get(lb, {})) & set(ss)) for lb, ss in planned.items())
-    total = sum(len(ss) for ss in planned.values())
-    lines = [f"{done} of the {total} planned runs finished."]
-    for stage, arms in (("main comparison", MAIN_ARMS), ("controls", CONTROL_ARMS)):
+
+    def counts(pl: list) -> tuple[dict[str, list[int]], int, int]:
+        planned: dict[str, list[int]] = {}
+        for arm, seed in pl:
+            planned.setdefault(arm.label, []).append(seed)
+        done = sum(len(set(runs.get(lb, {})) & set(ss)) for lb, ss in planned.items())
+        return planned, done, sum(len(ss) for ss in planned.values())
+
+    def line(arms: tuple, planned: dict[str, list[int]]) -> str:
         parts = []
         for a in arms:
             have = sorted(set(runs.get(a.label, {})) & set(planned[a.label]))
             parts.append(f"{a.label} {len(have)}/{len(planned[a.label])}" + (f" (seeds {have})" if have else ""))
-        lines.append(f"- {stage}: " + "; ".join(parts))
-    lines.append("- second stage, SLiC-HF and CPO ± logits-SAM (Table 6 proportions): not run (the main comparison "
-                 "and controls take this machine's time first)")  # fmt: skip
+        return "; ".join(parts)
+
+    planned, done, total = counts(plan())
+    lines = [f"{done} of the {total} planned runs of the main comparison and controls finished."]
+    lines += [f"- main comparison: {line(MAIN_ARMS, planned)}", f"- controls: {line(CONTROL_ARMS, planned)}"]
+    planned2, done2, total2 = counts(stage2_plan())
+    head = "- second stage, SLiC-HF and CPO ± logits-SAM (Table 6 proportions to DPO's ρ = 1e-2, after the first stage)"
+    lines.append(f"{head}: {done2} of {total2} runs: {line(STAGE2_ARMS, planned2)}" if done2 else f"{head}: not run")
     lines.append("- Hessian traces (§4.3): not measured in this setting (no final models are kept; the short "
                  "on-policy study measures them, `logitsam study`)")  # fmt: skip
     return lines
@@ -174,6 +181,12 @@ def write_main_report(out: str, setting: str, pilot_dir: str | None = None) -> s
         path = drift_figure(out, setting, ["dpo", *controls], "_controls")
         lines += ["", "Controls beside DPO (bands: SD over seeds; none with one seed):", "",
                   f"![drift of the controls]({os.path.basename(path)})"]  # fmt: skip
+    second = [a.label for a in STAGE2_ARMS if a.label in runs]
+    if second:  # the second stage: each loss beside its logits-SAM arm
+        shown2 = [lb for lb in second if plain_of(lb) in runs]
+        path = drift_figure(out, setting, shown2, "_stage2")
+        lines += ["", "Second stage, SLiC-HF and CPO ± logits-SAM (bands: SD over seeds; none with one seed):", "",
+                  f"![drift of the second stage]({os.path.basename(path)})"]  # fmt: skip
     text = "\n".join(lines) + "\n"
     with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as f:
         f.write(text)
