@@ -284,37 +284,51 @@ def test_main_analysis_on_a_hand_made_comparison(tmp_path):
 
 @pytest.mark.slow
 def test_second_stage_is_paired_with_its_own_loss(tmp_path):
-    """SLiC-HF + logits-SAM is judged against SLiC-HF (same seeds), with SLiC-HF's effect of interest; an
-    arm whose plain loss has not run is left out of the claims; the report counts the stage's runs."""
+    """SLiC-HF + logits-SAM is judged against SLiC-HF (same seeds), with SLiC-HF's effect of interest; a
+    one-seed pair is "not measured"; an arm whose plain loss has not run is left out of the claims; the
+    second stage stays out of the ρ sweep; the report counts the stage's runs."""
     from logitsam.experiments.records import write_record
     from logitsam.experiments.squeeze.analysis import analyse
     from logitsam.experiments.squeeze.report import write_main_report
 
     out, setting = _synthetic_main(tmp_path)
     runs = tmp_path / "main" / "runs" / setting
-    dpo = json.loads((runs / "dpo_s1" / "record.json").read_text())
-    for seed in (1, 2):
+
+    def write(label, seed, rho, shift, lift, loss):
         base = json.loads((runs / f"dpo_s{seed}" / "record.json").read_text())
-        for label, rho, shift in (("slic", 0.0, 2.0), ("slic+lsam(1e-1)", 0.1, 2.5 + 0.1 * seed)):
-            probes = json.loads(json.dumps(base["probes"]))
-            for part in probes["6"].values():
-                part["logp"] = [[c + shift, r] for c, r in part["logp"]]
-            rec = base | {"arm": {"label": label, "rho": rho, "loss": "slic"}, "probes": probes,
-                          "samples": [f"{label}-{seed}-{i}" for i in range(len(base["samples"]))]}  # fmt: skip
-            write_record(str(runs / f"{label}_s{seed}" / "record.json"), rec)
-    write_record(str(runs / "cpo+lsam(1e-2)_s1" / "record.json"), dpo | {"arm": {"label": "cpo+lsam(1e-2)", "rho": 1e-2}})
+        probes = json.loads(json.dumps(base["probes"]))
+        for part in probes["6"].values():
+            part["logp"] = [[c + shift, r] for c, r in part["logp"]]
+        outcomes = [min(1.0, x + lift) for x in base["outcomes_vs_sft"]]  # not DPO's: SLiC-HF's own gain over SFT
+        rec = base | {"arm": {"label": label, "rho": rho, "loss": loss}, "probes": probes, "outcomes_vs_sft": outcomes,
+                      "samples": [f"{label}-{seed}-{i}" for i in range(len(base["samples"]))]}  # fmt: skip
+        write_record(str(runs / f"{label}_s{seed}" / "record.json"), rec)
+
+    for seed in (1, 2):
+        write("slic", seed, 0.0, 2.0, 0.25, "slic")
+        write("slic+lsam(1e-1)", seed, 0.1, 2.5 + 0.1 * seed, 0.25, "slic")
+    write("cpo", 1, 0.0, 1.0, 0.0, "cpo")
+    write("cpo+lsam(1e-2)", 1, 1e-2, 1.5, 0.0, "cpo")  # one seed only
     res = analyse(out, setting)
     p = res["paired"]["slic+lsam(1e-1)"]
     assert p["against"] == "slic" and p["seeds"] == [1, 2]
     assert p["dplus_diff"]["mean"] == pytest.approx(0.65)  # against SLiC-HF's +2, not DPO's
-    assert "cpo+lsam(1e-2)" not in res["paired"] and "slic" not in res["paired"]
+    assert p["win_vs_sft_diff"]["mean"] == pytest.approx(0.0)  # against SLiC-HF's outcomes, not DPO's
+    assert "slic" not in res["paired"] and res["paired"]["cpo+lsam(1e-2)"]["against"] == "cpo"
+    assert not any("slic" in lb or "cpo" in lb for lb in res["rho_sweep_adjusted"])
     by = {c["claim"]: c for c in res["claims"]}
     sq = by["slic+lsam(1e-1) reduces SLiC-HF's held-out squeezing (Fig. 1c: Δ+ above SLiC-HF's)"]
-    assert "SLiC-HF's own held-out Δ+ -3.82 [" in sq["evidence"]
+    assert "SLiC-HF's own held-out Δ+ -3.82 [" in sq["evidence"] and sq["verdict"] == "reproduced"
     win = by["slic+lsam(1e-1) raises SLiC-HF's win rate against SFT (Table 1)"]
-    assert "slic+lsam(1e-1) − slic" in win["evidence"]
-    assert not any("cpo" in c for c in by)
+    assert "slic+lsam(1e-1) − slic" in win["evidence"] and "the paper's smallest slic gain" in win["evidence"]
+    assert "the paper's smallest slic gain" in res["effects"]["slic"] and "slic" not in res["effect_text"]
+    one = [by[f"cpo+lsam(1e-2) {c}"] for c in ("reduces CPO's held-out squeezing (Fig. 1c: Δ+ above CPO's)",
+                                              "raises CPO's win rate against SFT (Table 1)")]  # fmt: skip
+    assert [c["verdict"] for c in one] == ["not measured", "not measured"] and "nan" not in one[0]["evidence"]
+    assert "some ρ raises DPO's win rate against SFT (Table 3)" in by
     text = write_main_report(out, setting)
-    assert ("after the first stage): 5 of 12 runs: slic 2/3 (seeds [1, 2]); slic+lsam(1e-1) 2/3 (seeds [1, 2]); "
-            "cpo 0/3; cpo+lsam(1e-2) 1/3 (seeds [1])") in text
+    assert ("after the first stage): 6 of 12 runs: slic 2/3 (seeds [1, 2]); slic+lsam(1e-1) 2/3 (seeds [1, 2]); "
+            "cpo 1/3 (seeds [1]); cpo+lsam(1e-2) 1/3 (seeds [1])") in text
+    assert "Effect of interest, per plain loss:" in text and "- SLiC-HF: " in text
     assert "![drift of the second stage](drift_toy_stage2.png)" in text and (tmp_path / "main" / "drift_toy_stage2.png").exists()
+    assert not any(line.startswith(("| 0.1 |", "| 0.01 | 0.0725 | 1 |")) for line in text.splitlines())  # Table 3: DPO's ρ only

@@ -1,7 +1,8 @@
 """The main comparison's estimates and claims, from the finished records alone (main.py runs them).
 
 Win rates, KL: seeds × prompts grids with crossed random-effects intervals, paired cell by cell
-against plain DPO (same prompt, same seed, same sampling seed). Held-out and training Δ±, top-token
+against the arm's plain run (plan.plain_of: DPO, or SLiC-HF / CPO in the second stage; same prompt,
+same seed, same sampling seed). Held-out and training Δ±, top-token
 and entropy changes: per run the mean over its probed pairs, then a t interval over seeds. Verdict
 rules are the study's corrected ones (``experiments/verdicts.py``: effect of interest, no-op, MDE); when
 the setting did not meet the gate, every verdict carries the gate's shortfall.
@@ -83,7 +84,7 @@ def _diff(a: list[list[float]], b: list[list[float]]) -> list[list[float]]:
 
 
 def paired(
-    a: dict[int, dict], b: dict[int, dict], start: dict[str, Any], level: float = 0.95, against: str = "dpo"
+    a: dict[int, dict], b: dict[int, dict], start: dict[str, Any], against: str, level: float = 0.95
 ) -> dict[str, Any]:
     """``a`` against its plain run ``b`` (label ``against``) on their common seeds, in the shape
     ``experiments/verdicts.py`` reads."""
@@ -121,14 +122,15 @@ def paired(
 
 
 def analyse(out: str, setting: str, pilot_row: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Rows, paired comparisons against DPO and one line per claim (the study's verdict rules)."""
+    """Rows, paired comparisons against each arm's plain run and one line per claim (the study's verdict rules)."""
     start, runs = load(out, setting)
     rows = {label: arm_row(seeds, start) for label, seeds in runs.items()}
     dpo = runs.get("dpo", {})
+    plains = {lb: plain_of(lb) for lb in runs}
     pairs = {
-        lb: paired(seeds, runs[plain_of(lb)], start, against=plain_of(lb))
+        lb: paired(seeds, runs[pl], start, against=pl)
         for lb, seeds in runs.items()
-        if plain_of(lb) != lb and set(seeds) & set(runs.get(plain_of(lb), {}))
+        if (pl := plains[lb]) is not None and pl != lb and set(seeds) & set(runs.get(pl, {}))
     }
     rhos = {a.label: a.rho for a in MAIN_ARMS if a.rho and a.label in pairs}
     level = 1 - 0.05 / max(1, len(rhos))
@@ -136,10 +138,11 @@ def analyse(out: str, setting: str, pilot_row: dict[str, Any] | None = None) -> 
         "setting": setting,
         "configs": rows,
         "paired": pairs,
-        "rho_sweep_adjusted": {lb: paired(runs[lb], dpo, start, level=level) for lb in rhos},
+        "rho_sweep_adjusted": {lb: paired(runs[lb], dpo, start, "dpo", level=level) for lb in rhos},
         "gate_shortfall": shortfall(pilot_row["measures"]) if pilot_row else "",
     }
     res["effect"], res["effect_text"] = effect_for(res, "dpo")
+    res["effects"] = {pl: effect_for(res, pl)[1] for pl in NAMES if pl in rows}  # one per plain loss
     claims: list[dict[str, str]] = []
 
     def add(claim: str, verdict_: str, evidence: str) -> None:
@@ -150,12 +153,14 @@ def analyse(out: str, setting: str, pilot_row: dict[str, Any] | None = None) -> 
     def sam_claims(lb: str) -> None:  # logits-SAM against its plain loss: Fig. 1c and Table 1
         p, plain = pairs[lb], plain_of(lb)
         name = NAMES.get(plain, plain)
-        idle = noop(p, rows.get(plain))
+        v = verdict(p["dplus_diff"], 0.0, +1)
+        m = mde(p["dplus_diff"])
+        power = f"; minimal detectable effect at 80% power {m:.2g} nats" if m == m else ""
+        idle = noop(p, rows.get(plain)) if v != "not measured" else None  # one seed: no interval to judge
         add(
             f"{lb} reduces {name}'s held-out squeezing (Fig. 1c: Δ+ above {name}'s)",
-            NOT_TESTABLE if idle else verdict(p["dplus_diff"], 0.0, +1),
-            f"held-out Δ+ difference {_fmt(p['dplus_diff'])} nats (t over {len(p['seeds'])} seeds; minimal "
-            f"detectable effect at 80% power {mde(p['dplus_diff']):.2g} nats); training Δ+ "
+            NOT_TESTABLE if idle else v,
+            f"held-out Δ+ difference {_fmt(p['dplus_diff'])} nats (t over {len(p['seeds'])} seeds{power}); training Δ+ "
             f"difference {_fmt(p['train_dplus_diff'])}; {name}'s own held-out Δ+ {_fmt(rows[plain]['dplus'])}"
             + (f"; {idle}" if idle else ""),
         )

@@ -38,10 +38,13 @@ STAGE2_ARMS = (
 ALL_ARMS = (*MAIN_ARMS, *CONTROL_ARMS, *STAGE2_ARMS)
 
 
-def plain_of(label: str) -> str:
-    """The plain run an arm is paired against: its own loss without SAM for the second stage, else DPO."""
-    arm = next((a for a in STAGE2_ARMS if a.label == label), None)
-    return arm.loss if arm is not None else "dpo"
+def plain_of(label: str) -> str | None:
+    """The plain run a planned arm is paired against: its own loss without SAM for the second stage, DPO
+    for the main arms and controls; None for a label the plan does not know (left unpaired)."""
+    arm = next((a for a in ALL_ARMS if a.label == label), None)
+    if arm is None:
+        return None
+    return arm.loss if arm in STAGE2_ARMS else "dpo"
 
 
 def main_shared() -> Shared:

@@ -7,11 +7,11 @@ import json
 import os
 from typing import Any
 
-from logitsam.experiments.squeeze.analysis import analyse, load
+from logitsam.experiments.squeeze.analysis import NAMES, analyse, load
 from logitsam.experiments.squeeze.experiment import _read_json
 from logitsam.experiments.squeeze.gate import trajectory
 from logitsam.experiments.squeeze.pilot import GRID, rows
-from logitsam.experiments.squeeze.plan import CONTROL_ARMS, MAIN_ARMS, STAGE2_ARMS, plain_of, plan, stage2_plan
+from logitsam.experiments.squeeze.plan import CONTROL_ARMS, MAIN_ARMS, STAGE2_ARMS, plan, stage2_plan
 from logitsam.experiments.verdicts import _fmt, noop
 
 
@@ -165,7 +165,12 @@ def write_main_report(out: str, setting: str, pilot_dir: str | None = None) -> s
     if pilot_dir is not None and os.path.exists(os.path.join(pilot_dir, "pilot.md")):
         link = os.path.relpath(os.path.join(pilot_dir, "pilot.md"), out)
         lines += [f"The pilot's grid, its numbers and the gate: [{link}]({link}).", ""]
-    lines += [f"Effect of interest: {res['effect_text']}.", "", "## Claims", ""]
+    effects = res.get("effects") or {"dpo": res["effect_text"]}
+    if len(effects) > 1:
+        lines += ["Effect of interest, per plain loss:", ""] + [f"- {NAMES.get(k, k)}: {t}" for k, t in effects.items()]
+        lines += ["", "## Claims", ""]
+    else:
+        lines += [f"Effect of interest: {next(iter(effects.values()))}.", "", "## Claims", ""]
     lines += [f"- **{c['verdict']}** — {c['claim']}: {c['evidence']}" for c in res["claims"]]
     _, runs = load(out, setting)
     lines += ["", "## What ran", "", *stages(runs)]
@@ -183,8 +188,7 @@ def write_main_report(out: str, setting: str, pilot_dir: str | None = None) -> s
                   f"![drift of the controls]({os.path.basename(path)})"]  # fmt: skip
     second = [a.label for a in STAGE2_ARMS if a.label in runs]
     if second:  # the second stage: each loss beside its logits-SAM arm
-        shown2 = [lb for lb in second if plain_of(lb) in runs]
-        path = drift_figure(out, setting, shown2, "_stage2")
+        path = drift_figure(out, setting, second, "_stage2")
         lines += ["", "Second stage, SLiC-HF and CPO ± logits-SAM (bands: SD over seeds; none with one seed):", "",
                   f"![drift of the second stage]({os.path.basename(path)})"]  # fmt: skip
     text = "\n".join(lines) + "\n"
