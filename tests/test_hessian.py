@@ -148,7 +148,12 @@ def test_sharpness_on_a_micro_transformer_matches_exact_trace():
     # (1e-6: LlamaRMSNorm computes in float32 even in a float64 model)
     assert est.mean == pytest.approx(sum(quad) / probes, rel=1e-6)
     assert abs(est.mean - exact) < 4 * est.stderr  # and the estimator is unbiased for the trace
-    assert res["logit_hessian"].mean > 0  # the logit Hessian of this loss has a positive trace here
+    # the logit-Hessian trace is exact: equal to the full Hessian's in the logits of the same model
+    with torch.no_grad():
+        z = model(input_ids=ids, attention_mask=batch["attention_mask"]).logits
+    brute = torch.autograd.functional.hessian(lambda x: loss_fn(x.reshape(z.shape)), z.reshape(-1))
+    assert res["logit_hessian"].mean == pytest.approx(brute.diagonal().sum().item(), rel=1e-9, abs=1e-12)
+    assert res["logit_hessian"].stderr == 0.0 and res["logit_hessian"].probes == 0
 
 
 @pytest.mark.slow
@@ -227,3 +232,32 @@ def test_probing_until_a_target_standard_error():
     assert 8 <= noisy.probes <= 400 and (noisy.stderr <= 0.05 * abs(noisy.mean) or noisy.probes == 400)
     capped = hutchinson([g], [x], probes=10, target_rel_se=1e-6, seed=1)
     assert capped.probes == 10
+
+
+@pytest.mark.parametrize("scores", [False, True])
+def test_exact_logit_trace_matches_brute_force_for_every_loss(scores):
+    """tr ∂²L/∂z² in closed form (no probes) equals the full float64 Hessian's trace for every registered
+    loss, with unscored positions, a reference and (for losses that read them) data-set scores."""
+    from logitsam.core.logprobs import shift_for_causal_lm
+    from logitsam.core.registry import LOSSES, resolve_hparams
+    from logitsam.diagnostics.hessian import exact_logit_hessian_trace
+    from logitsam.diagnostics.sharpness import preference_loss_of_logits, preference_loss_of_token_logps
+
+    gen = torch.Generator().manual_seed(3)
+    n, t, v = 6, 5, 7  # 3 pairs
+    labels = torch.randint(0, v, (n, t), generator=gen)
+    labels[:, :2] = -100  # the prompt
+    labels[1, 4] = labels[4, 3:] = -100  # padding: rows of different lengths
+    batch = {"labels": labels}
+    if scores:
+        batch["score_chosen"] = torch.tensor([3.0, 1.0, 2.0], dtype=D)
+        batch["score_rejected"] = torch.tensor([1.0, 1.5, 0.0], dtype=D)
+    z = 2.0 * torch.randn(n, t, v, generator=gen, dtype=D)
+    for name, spec in LOSSES.items():
+        ref = -5.0 * torch.rand(n, generator=gen, dtype=D) if spec.needs_reference else None
+        params = resolve_hparams(spec, {})
+        of_z = preference_loss_of_logits(batch, spec, params, ref)
+        brute = torch.autograd.functional.hessian(lambda x: of_z(x.reshape(z.shape)), z.reshape(-1))  # noqa: B023
+        exact = exact_logit_hessian_trace(preference_loss_of_token_logps(batch, spec, params, ref), z, shift_for_causal_lm(labels))
+        assert exact.mean == pytest.approx(brute.diagonal().sum().item(), rel=1e-9, abs=1e-12), name
+        assert exact.stderr == 0.0 and exact.probes == 0

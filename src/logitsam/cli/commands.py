@@ -174,7 +174,8 @@ def sharpness(args: argparse.Namespace) -> int:
     out = {k: v.to_dict() for k, v in res.items()}
     out.update(model=args.model, data=args.data, pairs=len(rows), loss=args.loss)
     for k, v in res.items():
-        print(f"{k:18s} trace = {v.mean:.6g} ± {v.stderr:.3g} (Hutchinson, {v.probes} Rademacher probes)")
+        how = f"± {v.stderr:.3g} (Hutchinson, {v.probes} Rademacher probes)" if v.probes else "(exact)"
+        print(f"{k:18s} trace = {v.mean:.6g} {how}")
     if args.out:
         try:
             with open(args.out, "w") as f:

@@ -114,9 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--ref", help="reference model (default: the checkpoint itself)")
     sh.add_argument("--loss", default="dpo")
     sh.add_argument("--beta", type=float, default=0.1)
-    sh.add_argument("--probes", type=int, default=16, help="Rademacher probes (the cap with --target-se)")
+    sh.add_argument("--probes", type=int, default=16,
+                    help="Rademacher probes of the parameter trace (the cap with --target-se; "
+                    "the logit trace is exact)")  # fmt: skip
     sh.add_argument("--target-se", type=float, default=None, metavar="FRACTION",
-                    help="probe until the standard error is at most this fraction of |trace| (e.g. 0.05)")  # fmt: skip
+                    help="probe the parameter trace until its standard error is at most this fraction of |trace| "
+                    "(e.g. 0.05)")  # fmt: skip
     sh.add_argument("--pairs", type=int, default=8, help="preference pairs in the batch")
     sh.add_argument("--max-length", type=int, default=256)
     sh.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16"])

@@ -12,7 +12,22 @@ from logitsam.core.logprobs import sequence_logps, shift_for_causal_lm, token_lo
 from logitsam.core.objective import pair_logps
 from logitsam.core.registry import LossSpec
 from logitsam.core.scoring import model_sequence_logps
-from logitsam.diagnostics.hessian import TraceEstimate, logit_hessian_trace, parameter_hessian_trace
+from logitsam.diagnostics.hessian import TraceEstimate, exact_logit_hessian_trace, parameter_hessian_trace
+
+
+def preference_loss_of_token_logps(
+    batch: dict[str, Tensor], spec: LossSpec, params: dict[str, Any], ref: Tensor | None
+) -> Callable[[Tensor], Tensor]:
+    """Label log-probs (2B, T) (causal-shifted labels; 0 where not scored) -> mean preference loss of the
+    batch (chosen rows first, then rejected)."""
+    labels = shift_for_causal_lm(batch["labels"])
+    scores = (batch.get("score_chosen"), batch.get("score_rejected"))
+
+    def fn(token_lp: Tensor) -> Tensor:
+        sums, lengths = sequence_logps(token_lp, labels)
+        return spec.fn(pair_logps(sums, lengths, ref, scores), **params).losses.mean()
+
+    return fn
 
 
 def preference_loss_of_logits(
@@ -20,13 +35,8 @@ def preference_loss_of_logits(
 ) -> Callable[[Tensor], Tensor]:
     """Logits (2B, T, V) -> mean preference loss of the batch (chosen rows first, then rejected)."""
     labels = shift_for_causal_lm(batch["labels"])
-    scores = (batch.get("score_chosen"), batch.get("score_rejected"))
-
-    def fn(logits: Tensor) -> Tensor:
-        sums, lengths = sequence_logps(token_logps_twice_differentiable(logits, labels), labels)
-        return spec.fn(pair_logps(sums, lengths, ref, scores), **params).losses.mean()
-
-    return fn
+    of_tokens = preference_loss_of_token_logps(batch, spec, params, ref)
+    return lambda logits: of_tokens(token_logps_twice_differentiable(logits, labels))
 
 
 def _eager_attention(model: Any) -> None:
@@ -48,11 +58,12 @@ def measure_sharpness(
     seed: int = 0,
     target_rel_se: float | None = None,
 ) -> dict[str, TraceEstimate]:
-    """Hutchinson traces of the loss Hessian in all trainable parameters and in the logits.
+    """Traces of the loss Hessian in all trainable parameters (Hutchinson) and in the logits (exact).
 
     ``ref_model`` gives the reference log-probs when the loss needs them (default: the model itself,
-    i.e. the checkpoint is its own reference, δ = 0). ``target_rel_se``: probe until the standard error
-    is at most this fraction of |trace| (``probes`` the cap), e.g. 0.05 for the study's 5%.
+    i.e. the checkpoint is its own reference, δ = 0). ``target_rel_se``: probe the parameter trace until
+    its standard error is at most this fraction of |trace| (``probes`` the cap), e.g. 0.05 for the study's
+    5%. The logit-Hessian trace is exact (:func:`exact_logit_hessian_trace`: standard error 0, 0 probes).
     """
     model.eval()  # no dropout: the Hessian of a deterministic loss
     _eager_attention(model)
@@ -74,5 +85,6 @@ def measure_sharpness(
     )
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=mask).logits
-    logit = logit_hessian_trace(loss_fn, logits, probes=probes, seed=seed, target_rel_se=target_rel_se)
+    labels = shift_for_causal_lm(batch["labels"])
+    logit = exact_logit_hessian_trace(preference_loss_of_token_logps(batch, spec, params, ref), logits, labels)
     return {"parameter_hessian": param, "logit_hessian": logit}

@@ -23,6 +23,8 @@ def _precision_note(p: tuple[float, float, int] | None) -> str:
     if p is None:
         return ""
     lo, hi, probes = p
+    if probes == 0 and hi == 0:
+        return "; the traces are exact (closed form, no probes)"
     ok = "within" if hi <= HESSIAN_REL_SE else "above"
     return (f"; the traces' standard errors are {100 * lo:.0f}–{100 * hi:.0f}% of the trace ({probes} probes), "
             f"{ok} the {100 * HESSIAN_REL_SE:.0f}% target"
