@@ -145,7 +145,8 @@ def win_verdict(p: dict[str, Any], what: str, res: dict[str, Any], loss: str) ->
         f"win rate against SFT, {what}: {_fmt(g, pct=True, signed=True)} pp{why}; minimal detectable effect at 80% "
         f"power {100 * mde(g):.1f} pp; head-to-head {_fmt(p['win'], pct=True)}% "
         f"({100 * p['ties']:.0f}% ties, {100 * p['identical_samples']:.0f}% identical samples); KL difference "
-        f"{_fmt(kl)} nats; {len(p['seeds'])} seeds × prompts, crossed random-effects intervals"
+        f"{_fmt(kl)} nats; {len(p['seeds'])} seed{'' if len(p['seeds']) == 1 else 's'} × prompts, crossed "
+        "random-effects intervals"
     )
     return v, ev
 

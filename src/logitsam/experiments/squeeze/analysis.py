@@ -156,11 +156,12 @@ def analyse(out: str, setting: str, pilot_row: dict[str, Any] | None = None) -> 
         v = verdict(p["dplus_diff"], 0.0, +1)
         m = mde(p["dplus_diff"])
         power = f"; minimal detectable effect at 80% power {m:.2g} nats" if m == m else ""
+        over = f"t over {len(p['seeds'])} seeds" if len(p["seeds"]) > 1 else "1 seed: no interval over seeds"
         idle = noop(p, rows.get(plain)) if v != "not measured" else None  # one seed: no interval to judge
         add(
             f"{lb} reduces {name}'s held-out squeezing (Fig. 1c: Δ+ above {name}'s)",
             NOT_TESTABLE if idle else v,
-            f"held-out Δ+ difference {_fmt(p['dplus_diff'])} nats (t over {len(p['seeds'])} seeds{power}); training Δ+ "
+            f"held-out Δ+ difference {_fmt(p['dplus_diff'])} nats ({over}{power}); training Δ+ "
             f"difference {_fmt(p['train_dplus_diff'])}; {name}'s own held-out Δ+ {_fmt(rows[plain]['dplus'])}"
             + (f"; {idle}" if idle else ""),
         )
