@@ -47,6 +47,10 @@ HAND = [
     ("gate_dpo", A, {}, 0.5981388693815918),  # value identical to DPO
     ("dpo_abs", A, {}, 0.5981388693815918),  # chosen above reference: no penalty
     ("dpo_abs", B, {}, math.log1p(math.exp(0.15)) + 0.2),  # + 0.1·max(0, 2)
+    ("dpop", A, {}, 0.5981388693815918),  # chosen above reference: DPO's value, log(1 + e^-0.2)
+    # B: Δ+ = −2, Δ− = −0.5; margin inside σ: β(−1.5 − 50·2) = −10.15 → log(1 + e^10.15)
+    ("dpop", B, {}, math.log1p(math.exp(10.15))),
+    ("dpop", B, {"lam": 1.0, "beta": 0.5}, math.log1p(math.exp(1.75))),  # 0.5·(−1.5 − 2) = −1.75
     ("spo_target", A, {}, 0.1559069707756651),  # 2 log cosh((0.2 − 1)/2)
     ("spo_target", pair(-10, -12, -11, -11, 5, 4, sc=3, sr=1), {"score_scale": 0.5}, 0.1559069707756651),
     ("spo_target", A, {"target": 0.2}, 0.0),  # at the target
@@ -133,6 +137,18 @@ def test_dpo_abs_equals_dpo_above_reference_and_pushes_chosen_below():
     gb, _ = grads("dpo_abs", pair(-20, -19.5, -18, -19, 10, 10, grad=True))
     db, _ = grads("dpo", pair(-20, -19.5, -18, -19, 10, 10, grad=True))
     assert gb == pytest.approx(db - 0.1, rel=1e-12)  # extra −λ on ∂/∂logp(y+)
+
+
+def test_dpop_gradient_on_a_squeezed_chosen_is_lambda_plus_one_times_dpo():
+    # below the reference, ∂/∂logp(y+) of the margin is 1 + λ: descent pulls the chosen up (1 + λ)× as hard
+    m = 0.1 * (-1.5 - 50 * 2)
+    g, gr = grads("dpop", pair(-20, -19.5, -18, -19, 10, 10, grad=True))
+    s = 1 / (1 + math.exp(m))  # σ(−m) = −∂ℓ/∂m
+    assert g == pytest.approx(-0.1 * 51 * s, rel=1e-12)
+    assert gr == pytest.approx(0.1 * s, rel=1e-12)
+    ga, _ = grads("dpop", pair(-10, -12, -11, -11, 5, 4, grad=True))
+    da, _ = grads("dpo", pair(-10, -12, -11, -11, 5, 4, grad=True))
+    assert ga == pytest.approx(da, rel=1e-12)
 
 
 def test_spo_target_gradient_is_bounded_and_vanishes_at_target():

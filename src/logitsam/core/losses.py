@@ -158,6 +158,19 @@ def dpo_abs(inp: PreferenceLogps, *, beta: float = 0.1, lam: float = 0.1) -> Los
     return LossOutput(losses, *_rewards(beta, d_pos, d_neg))
 
 
+def dpop(inp: PreferenceLogps, *, beta: float = 0.1, lam: float = 50.0) -> LossOutput:
+    """DPO-Positive (Pal et al. 2024, "Smaug", eq. 3): the penalty sits *inside* the sigmoid.
+
+    −log σ(β·(Δ+ − Δ− − λ·max(0, logp_ref(y+) − logp_θ(y+)))), log-probs summed over response tokens.
+    It is DPO while the chosen response stays above the reference; once it falls below, the
+    fall is paid λ times in the margin, which is the published fix for likelihood displacement on
+    small-edit pairs. λ = 50 is the paper's value for its MetaMath/ARC runs. Rewards are β·Δ± (TRL's).
+    """
+    d_pos, d_neg = inp.logratios()
+    losses = -F.logsigmoid(beta * (d_pos - d_neg - lam * torch.relu(-d_pos)))
+    return LossOutput(losses, *_rewards(beta, d_pos, d_neg))
+
+
 def spo_target(inp: PreferenceLogps, *, beta: float = 0.1, target: float = 1.0, score_scale: float = 1.0) -> LossOutput:
     """Finite-target loss; our *reconstruction* of seed paper 004 ("SPO, finite target").
 
