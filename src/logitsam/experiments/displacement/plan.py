@@ -1,0 +1,41 @@
+"""What the displacement main comparison runs (fixed before its runs; docs/design.md §10).
+
+Setting: the pilot's pick. Arms, run seed by seed (seeds 1–3, then 4–5 if time allows), in this order
+within a seed so that a stopped session has the arms that matter most on the most seeds:
+DPO; logits-SAM ρ = 1e-1; DPOP (λ 50, the positive control); DPO at half the learning rate; logits-SAM
+ρ = 3e-2; DPO at a quarter of the learning rate; logits-SAM ρ = 3e-1; logits-SAM ρ = 1e-2; full-model SAM
+ρ = 5e-2 (≈ logits-SAM 1e-1's first-order strength ρ‖g‖/L: full SAM's ‖g‖ was 2× logits-SAM's in the
+squeeze setting; its own strength is logged and reported). The three DPO learning rates (×0.25, ×0.5,
+×1) are the KL frontier against which every arm is also compared at matched KL.
+"""
+
+from __future__ import annotations
+
+from logitsam.experiments.squeeze.experiment import Arm, Shared
+from logitsam.experiments.squeeze.plan import rho_label
+
+SEEDS = (1, 2, 3, 4, 5)
+RHOS = (1e-2, 3e-2, 1e-1, 3e-1)
+
+
+def lsam(rho: float) -> Arm:
+    return Arm(f"dpo+lsam({rho_label(rho)})", rho=rho)
+
+
+DPO = Arm("dpo")
+DPOP = Arm("dpop", loss="dpop", params=(("lam", 50.0),))
+HALF_LR, QUARTER_LR = Arm("dpo(lr×0.5)", lr_scale=0.5), Arm("dpo(lr×0.25)", lr_scale=0.25)
+FULL_SAM = Arm("dpo+fullsam(5e-2)", rho=5e-2, mode="full")
+ORDER = (DPO, lsam(1e-1), DPOP, HALF_LR, lsam(3e-2), QUARTER_LR, lsam(3e-1), lsam(1e-2), FULL_SAM)
+FRONTIER = (QUARTER_LR, HALF_LR, DPO)  # plain DPO at lr × 0.25, 0.5, 1: the KL frontier
+
+
+def plan(seeds: tuple[int, ...] = SEEDS) -> list[tuple[Arm, int]]:
+    """[(arm, seed)] in execution order."""
+    return [(a, s) for s in seeds for a in ORDER]
+
+
+def main_shared() -> Shared:
+    """The main comparison's sizes: 64 trained pairs with control text, 64 held-out pairs, 512 held-out
+    prompts (paired arms: seeds buy power, prompts past a few hundred little; design.md §10)."""
+    return Shared(n_heldout_pairs=64, n_train_probe=64, n_win_prompts=512)
