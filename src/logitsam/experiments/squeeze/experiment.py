@@ -127,6 +127,11 @@ class Experiment:
         d = os.path.join(self.out, "data", s.name)
         return write_jsonl(tr, os.path.join(d, "train.jsonl")), write_jsonl(ho, os.path.join(d, "heldout.jsonl"))
 
+    def probe_sets(self, s: Setting) -> dict[str, list[dict[str, Any]]]:
+        """{name: tokenized pairs} measured at step 0 and at each probe step (a subclass may add sets)."""
+        train_file, held_file = self.files(s)
+        return {"train": self.rows(train_file, self.sh.n_train_probe), "heldout": self.rows(held_file)}
+
     def rows(self, path: str, n: int | None = None) -> list[dict[str, Any]]:
         examples = load_examples([path])[:n]
         return tokenize_examples(self.tok, examples, 2 * 48 + 2 * 64, 2 * 48)[0]
@@ -152,9 +157,8 @@ class Experiment:
         path = os.path.join(self.out, "shared", f"{s.name}.json")
         if os.path.exists(path):
             return _read_json(path)
-        train_file, held_file = self.files(s)
         samples, _ = self._samples(self.sft, s, f"{s.name}: SFT")
-        probe_sets = {"train": self.rows(train_file, self.sh.n_train_probe), "heldout": self.rows(held_file)}
+        probe_sets = self.probe_sets(s)
         st = {
             "setting": asdict(s),
             "shared": asdict(self.sh),
@@ -233,7 +237,7 @@ class Experiment:
         steps = round(-(-s.n_train // s.batch_size) * s.epochs)
         at = {max(1, round(f * steps)) for f in self.sh.probe_fractions}
         probe = Probe(
-            {"train": self.rows(train_file, self.sh.n_train_probe), "heldout": self.rows(held_file)},
+            self.probe_sets(s),
             self.tok.pad_token_id,
             at,
             self.sh.probe_mid_pairs,

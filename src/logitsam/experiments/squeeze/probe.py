@@ -1,7 +1,9 @@
 """Per-pair measurements of the responses during training (the Fig. 1c analogue, with intervals).
 
-For a fixed set of tokenized pairs: the summed log-prob of each response, its token count, and the
-mean over its tokens of the top-token probability and of the entropy of the next-token distribution.
+For a fixed set of tokenized pairs: the summed log-prob of each response, its token count, the
+mean over its tokens of the top-token probability and of the entropy of the next-token distribution,
+and the summed log-prob of three regions (shared prefix, differing tokens, shared suffix: where a
+fall sits on minimal-edit pairs).
 Δ± per pair = log π_t(y±) − log π_0(y±), with π_0 the model before its first step (the reference).
 A :class:`Probe` callback measures the training subset and the held-out pairs at fixed steps.
 """
@@ -18,6 +20,26 @@ from logitsam.core.logprobs import IGNORE_INDEX, shift_for_causal_lm
 from logitsam.data.batching import PreferenceCollator
 
 STATS = ("logp", "tokens", "top", "entropy")  # per sequence: sum, count, mean, mean
+# per sequence, the summed log-prob of three regions of the response, split where chosen and rejected differ:
+# the tokens both share at the start, the differing tokens, and the tokens both share at the end
+REGIONS = ("logp_prefix", "logp_differ", "logp_suffix")
+
+
+def split_regions(a: list[int], b: list[int]) -> tuple[int, int, int, int]:
+    """(shared prefix length, shared suffix length, len a, len b) of two token lists; prefix first, then the
+    longest common suffix of what is left (so the regions of each side add up to its length)."""
+    p = 0
+    while p < min(len(a), len(b)) and a[p] == b[p]:
+        p += 1
+    q = 0
+    while q < min(len(a), len(b)) - p and a[-1 - q] == b[-1 - q]:
+        q += 1
+    return p, q, len(a), len(b)
+
+
+def _region_sums(lp: list[float], p: int, q: int) -> list[float]:
+    n = len(lp)
+    return [sum(lp[:p]), sum(lp[p : n - q]), sum(lp[n - q :])]
 
 
 @torch.no_grad()
@@ -27,7 +49,7 @@ def response_stats(model: Any, rows: list[dict[str, Any]], pad_id: int, batch_pa
     device = next(model.parameters()).device
     was = model.training
     model.eval()
-    out: dict[str, list] = {k: [] for k in STATS}
+    out: dict[str, list] = {k: [] for k in STATS + REGIONS}
     try:
         for s in range(0, len(rows), batch_pairs):
             b = collate([{**r, "index": i} for i, r in enumerate(rows[s : s + batch_pairs])])
@@ -58,6 +80,18 @@ def response_stats(model: Any, rows: list[dict[str, Any]], pad_id: int, batch_pa
             for name, v in cols.items():
                 v = v.double().cpu()
                 out[name] += [[float(v[i]), float(v[k + i])] for i in range(k)]
+            tok_lp = logp.gather(-1, labels[scored][:, None]).squeeze(-1).double().cpu().tolist()
+            toks, rows_of = labels[scored].cpu().tolist(), per_row.cpu().tolist()
+            seq_lp: list[list[float]] = [[] for _ in range(ids.shape[0])]
+            seq_tok: list[list[int]] = [[] for _ in range(ids.shape[0])]
+            for r, t, v in zip(rows_of, toks, tok_lp, strict=True):
+                seq_lp[r].append(v)
+                seq_tok[r].append(t)
+            for i in range(k):
+                p, q, _, _ = split_regions(seq_tok[i], seq_tok[k + i])
+                a, b = _region_sums(seq_lp[i], p, q), _region_sums(seq_lp[k + i], p, q)
+                for j, name in enumerate(REGIONS):
+                    out[name].append([a[j], b[j]])
     finally:
         model.train(was)
     return out
