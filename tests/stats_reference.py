@@ -86,8 +86,11 @@ def ref_crossed(grid, level=0.95):
         v = ms_s + ms_p - ms_e
         df = v * v / (ms_s**2 / (S - 1) + ms_p**2 / (P - 1) + ms_e**2 / ((S - 1) * (P - 1)))
         df = max(df, min(S - 1, P - 1))
-    elif var_prompt > 0:  # the seed component truncated at 0: σ²_p/P + σ²_e/(SP) = MS_prompt/(SP)
-        v, df = ms_p, P - 1
+    elif var_prompt > 0:  # the seed component truncated at 0: σ²_p/P + σ²_e/(SP) = MS_prompt/(SP); its
+        # estimate still rests on S − 1 df: Satterthwaite over MS_e (seed df) + MS_p − MS_e (issue 30)
+        v = ms_p
+        df = v * v / (ms_e**2 / (S - 1) + ms_p**2 / (P - 1) + ms_e**2 / ((S - 1) * (P - 1)))
+        df = max(df, min(S - 1, P - 1))
     elif var_seed > 0:
         v, df = ms_s, S - 1
     else:  # both truncated: σ²_e/(SP) = MS_cell/(SP)

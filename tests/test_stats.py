@@ -79,9 +79,11 @@ def test_crossed_interval_fallback_when_the_seed_component_is_negative():
     # seed means equal (MS_seed = 0 < MS_cell): the seed component is estimated below zero
     grid = [[1.0, 5.0, 9.0], [2.0, 4.0, 9.0]]
     # prompt means 1.5, 4.5, 9: MS_prompt = 2·(3.5² + 0.5² + 4²)/2 = 28.5; residuals ±0.5 (four): MS_cell = 0.5
-    # unfallen: Var·6 = 0 + 28.5 − 0.5 = 28 < 28.5 → MS_prompt alone, 2 df
+    # unfallen: Var·6 = 0 + 28.5 − 0.5 = 28 < 28.5 → MS_prompt; the truncated seed term keeps its 1 df in
+    # Satterthwaite's sum: df = 28.5² / (0.5²/1 + 28.5²/2 + 0.5²/2) = 812.25 / 406.5 (issue 30: 3 seeds must
+    # not rest on the prompts' df alone)
     e = crossed_interval(grid)
-    half = T2 * math.sqrt(28.5 / 6)
+    half = ref_t(812.25 / 406.5) * math.sqrt(28.5 / 6)
     assert_estimate(e, 5.0, 5.0 - half, 5.0 + half, 2, abs_tol=1e-7)
     assert ref_crossed(grid)["fallback"]
     # (without the fallback: 28/6 with Satterthwaite's 1.93 df — a different interval)

@@ -4,6 +4,8 @@ committed records under the corrected rules.
 """
 
 import numpy as np
+import statistics
+
 import pytest
 
 from logitsam.experiments.stats import (
@@ -261,9 +263,33 @@ def test_effect_of_interest_and_noop_rules():
     # no-op: ≥ 95% identical samples, or the Δ+ trajectory never leaves the plain run's by a seed SD
     assert noop(_pair(identical_samples=0.95), None).startswith("95% of its samples")
     assert noop(_pair(identical_samples=0.94), None) is None
-    assert noop(_pair(chosen_drift_gap=0.05), {"chosen_drift_sd": 0.2}).startswith("its held-out Δ+ trajectory")
-    assert noop(_pair(chosen_drift_gap=0.25), {"chosen_drift_sd": 0.2}) is None
-    assert noop(_pair(chosen_drift_gap=0.05), {"chosen_drift_sd": NAN}) is None
+    assert noop(_pair(chosen_drift_gap=0.05, paired_drift_sd=0.2)).startswith("its mean held-out Δ+ trajectory")
+    assert noop(_pair(chosen_drift_gap=0.25, paired_drift_sd=0.2)) is None
+    assert noop(_pair(chosen_drift_gap=0.05, paired_drift_sd=NAN)) is None
+    # the plain runs' own (unpaired) seed SD is not the yardstick: a 0.25-nat shift above a 0.2 paired SD
+    # is measured even when the plain runs vary by 2 nats between seeds
+    assert noop(_pair(chosen_drift_gap=0.25, paired_drift_sd=0.2), {"chosen_drift_sd": 2.0}) is None
+
+
+def test_a_consistent_two_nat_shift_is_not_a_noop_whatever_the_plain_runs_seed_sd():
+    """Issue 30: synthetic paired records, the plain runs' final Δ+ spread with seed SD 2 nats, the arm
+    2 nats above its plain run on every seed (± 0.05): the paired rule must not call it a no-op, while an
+    arm that tracks the plain run within its paired noise is one."""
+    from logitsam.experiments.stats import paired_gap
+
+    plain_finals = [-18.0, -20.0, -16.0, -21.0, -17.0]  # seed SD ≈ 2.07
+    assert statistics.stdev(plain_finals) == pytest.approx(2.07, abs=0.01)
+    jit = [0.05, -0.03, 0.0, 0.04, -0.05]
+    traj = lambda f, d=0.0: {0: 0.0, 10: f / 2 + d / 2, 20: f + d}  # noqa: E731
+    shifted = [(traj(f, 2.0 + j), traj(f)) for f, j in zip(plain_finals, jit, strict=True)]
+    gap, sd = paired_gap(shifted)
+    assert gap == pytest.approx(2.002, abs=1e-3) and sd < 0.1
+    assert noop(_pair(chosen_drift_gap=gap, paired_drift_sd=sd), {"chosen_drift_sd": 2.07}) is None
+    # the old rule (gap against the plain runs' unpaired SD) would have called it a no-op
+    assert gap < statistics.stdev(plain_finals)
+    tracking = [(traj(f, 0.3 * (-1) ** i), traj(f)) for i, f in enumerate(plain_finals)]
+    gap, sd = paired_gap(tracking)
+    assert noop(_pair(chosen_drift_gap=gap, paired_drift_sd=sd)) is not None
 
 
 @pytest.mark.slow

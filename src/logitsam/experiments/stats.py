@@ -152,7 +152,9 @@ def crossed_interval(grid: Sequence[Sequence[float]], *, level: float = 0.95) ->
 
     Var(mean) = (MS_seed + MS_prompt − MS_cell)/(S·P) — unbiased for σ²_seed/S + σ²_prompt/P + σ²_cell/(SP)
     — with a variance component estimated below 0 set to 0 (MS_prompt/(S·P), MS_seed/(S·P) or
-    MS_cell/(S·P) then), and Satterthwaite degrees of freedom (floored at the smallest df of its terms).
+    MS_cell/(S·P) then), and Satterthwaite degrees of freedom (floored at the smallest df of its terms). A
+    seed component truncated to 0 keeps its S − 1 degrees of freedom in that sum: with 3 seeds it is
+    known only to 2 df, and dropping it would rest the interval on the prompts' P − 1.
     Prompts with a missing (NaN) cell are left out (the ANOVA needs a complete grid); seeds with no
     outcome too. One seed: the t interval over prompts.
     ``n`` = seeds used.
@@ -186,7 +188,10 @@ def crossed_interval(grid: Sequence[Sequence[float]], *, level: float = 0.95) ->
     elif seed_on:
         terms = [(ms_s, df_s)]
     elif prompt_on:
-        terms = [(ms_p, df_p)]
+        # the seed component estimated ≤ 0 is set to 0, but that estimate rests on S − 1 degrees of freedom:
+        # keep its MS_e-sized term and df in the Satterthwaite sum (it cancels in the variance), so 3 seeds
+        # widen the interval when the cell noise is comparable to the prompt term (issue 30)
+        terms = [(ms_e, df_s), (ms_p, df_p), (-ms_e, df_e)]
     else:
         terms = [(ms_e, df_e)]
     total = sum(t for t, _ in terms)
@@ -226,6 +231,26 @@ def at_level(xs: Sequence[float], ys: Sequence[float], x0: float) -> float:
     if len(pts) == 1 and pts[0][0] == x0:
         return pts[0][1]
     return float("nan")
+
+
+def paired_gap(trajectories: Sequence[tuple[dict[int, float], dict[int, float]]]) -> tuple[float, float]:
+    """(gap, paired SD) of an arm against its plain run over seeds, from per-seed trajectories {step: value}.
+
+    d_s(t) = arm_s(t) − plain_s(t) at the steps every seed logged; gap = max_t |mean_s d_s(t)| (how far the
+    arm's mean trajectory ever leaves the plain one's); paired SD = the seed-to-seed SD of d_s at the last
+    common step (NaN with fewer than 2 seeds). The paired SD is the noise of a *paired* comparison: a shift
+    common to every seed does not enter it, however much the plain runs themselves vary between seeds.
+    """
+    diffs = [{k: a[k] - b[k] for k in set(a) & set(b)} for a, b in trajectories]
+    steps = sorted(set.intersection(*(set(d) for d in diffs))) if diffs else []
+    if not steps:
+        return float("nan"), float("nan")
+    gap = max(abs(sum(d[k] for d in diffs) / len(diffs)) for k in steps)
+    last = [d[steps[-1]] for d in diffs]
+    if len(last) < 2:
+        return gap, float("nan")
+    m = sum(last) / len(last)
+    return gap, math.sqrt(sum((x - m) ** 2 for x in last) / (len(last) - 1))
 
 
 def on_line(x1: float, y1: float, x2: float, y2: float, x0: float) -> tuple[float, bool]:

@@ -50,17 +50,20 @@ def mde(e: dict[str, float]) -> float:
     return (e["high"] - e["low"]) / 2 / 1.959964 * (1.959964 + Z80)
 
 
-def noop(p: dict[str, Any], plain_row: dict[str, Any] | None) -> str | None:
+def noop(p: dict[str, Any], plain_row: dict[str, Any] | None = None) -> str | None:
     """Why a configuration is a no-op against its plain run here (None if it is not): its samples are
-    ≥ 95% identical to the plain run's, or its held-out Δ+ trajectory never moves from the plain run's
-    by as much as the seed-to-seed SD of the plain run's final Δ+."""
+    ≥ 95% identical to the plain run's, or its mean paired held-out Δ+ trajectory (arm − plain, same seed)
+    never leaves 0 by as much as the paired seed-to-seed SD of that difference (``paired_drift_sd``;
+    stats.paired_gap). The yardstick is the *paired* SD: the plain runs' own seed SD (``plain_row``, kept
+    for the reports) includes seed effects the pairing removes, so a consistent shift smaller than it is
+    still a measured effect, not a no-op. Fewer than 2 seeds: the trajectory rule does not apply."""
     if p.get("identical_samples", 0.0) >= NOOP_IDENTICAL:
         return f"{100 * p['identical_samples']:.0f}% of its samples are identical to the plain run's"
-    gap, sd = p.get("chosen_drift_gap"), (plain_row or {}).get("chosen_drift_sd")
-    if gap is not None and sd is not None and gap == gap and sd == sd and gap < sd:
+    gap, sd = p.get("chosen_drift_gap"), p.get("paired_drift_sd")
+    if gap is not None and sd is not None and gap == gap and sd == sd and (gap < sd or gap == 0.0):
         return (
-            f"its held-out Δ+ trajectory stays within {gap:.3g} nats of the plain run's, below seed noise "
-            f"(seed SD of the plain run's final Δ+ {sd:.3g})"
+            f"its mean held-out Δ+ trajectory stays within {gap:.3g} nats of the plain run's, below the paired "
+            f"seed noise (SD over seeds of arm − plain at the end: {sd:.3g})"
         )
     return None
 

@@ -19,7 +19,7 @@ from logitsam.experiments.records import verify_record
 from logitsam.experiments.squeeze.experiment import _read_json
 from logitsam.experiments.squeeze.gate import change, shortfall, trajectory
 from logitsam.experiments.squeeze.plan import ALL_ARMS, CONTROL_ARMS, MAIN_ARMS, STAGE2_ARMS, plain_of, sam_scale
-from logitsam.experiments.stats import clip, crossed_interval, head_to_head, seed_interval
+from logitsam.experiments.stats import clip, crossed_interval, head_to_head, paired_gap, seed_interval
 from logitsam.experiments.verdicts import (
     NOT_TESTABLE,
     _fmt,
@@ -98,10 +98,9 @@ def paired(
     h2h = head_to_head(grid(a, "rewards"), grid(b, "rewards"))
     cells = [x for row in h2h for x in row if x == x]
     same = sum(x == y for s in common for x, y in zip(a[s]["samples"], b[s]["samples"], strict=True))
-    gaps = []
-    for s in common:
-        ta, tb = trajectory(a[s], start, "heldout", 0), trajectory(b[s], start, "heldout", 0)
-        gaps += [abs(ta[k] - tb[k]) for k in set(ta) & set(tb)]
+    gap, paired_sd = paired_gap(
+        [(trajectory(a[s], start, "heldout", 0), trajectory(b[s], start, "heldout", 0)) for s in common]
+    )
     ra, rb = [per_run(a[s], start) for s in common], [per_run(b[s], start) for s in common]
     out = {
         "against": against,
@@ -114,7 +113,8 @@ def paired(
             crossed_interval(_diff(grid(a, "outcomes_vs_sft"), grid(b, "outcomes_vs_sft")), level=level), -1.0, 1.0
         ).to_dict(),
         "kl_diff": crossed_interval(_diff(grid(a, "kl_values"), grid(b, "kl_values")), level=level).to_dict(),
-        "chosen_drift_gap": max(gaps, default=float("nan")),
+        "chosen_drift_gap": gap,
+        "paired_drift_sd": paired_sd,
     }
     for k in ra[0]:
         out[k + "_diff"] = seed_interval([x[k] - y[k] for x, y in zip(ra, rb, strict=True)]).to_dict()

@@ -23,6 +23,7 @@ from logitsam.experiments.stats import (
     crossed_interval,
     head_to_head,
     on_line,
+    paired_gap,
     seed_interval,
 )
 from logitsam.experiments.study.plan import ARMS, GROUPS
@@ -183,7 +184,9 @@ def paired(a: dict[int, dict], b: dict[int, dict], level: float = 0.95) -> dict[
     out["kl_diff"] = crossed_interval(_diff(_grid(a, common, "kl_values"), _grid(b, common, "kl_values")), level=level)
     for key in HELD:
         out[key.split("/")[1] + "_diff"] = seed_interval([final(a[s], key) - final(b[s], key) for s in common])
-    out["chosen_drift_gap"] = max((_gap(a[s], b[s], HELD[0]) for s in common), default=float("nan"))
+    out["chosen_drift_gap"], out["paired_drift_sd"] = paired_gap(
+        [(_steps(a[s], HELD[0]), _steps(b[s], HELD[0])) for s in common]
+    )
     if all("hessian" in a[s] and "hessian" in b[s] for s in common):
         for kind in ("parameter_hessian", "logit_hessian"):
             out[kind + "_diff"] = _trace_diff(
@@ -193,10 +196,9 @@ def paired(a: dict[int, dict], b: dict[int, dict], level: float = 0.95) -> dict[
     return {k: v.to_dict() if isinstance(v, Estimate) else v for k, v in out.items()}
 
 
-def _gap(a: dict[str, Any], b: dict[str, Any], key: str) -> float:
-    """The largest |a − b| of a held-out metric over the steps both runs logged (NaN if none)."""
-    ta, tb = dict(zip(*trajectory(a, key), strict=True)), dict(zip(*trajectory(b, key), strict=True))
-    return max((abs(ta[k] - tb[k]) for k in set(ta) & set(tb)), default=float("nan"))
+def _steps(rec: dict[str, Any], key: str) -> dict[int, float]:
+    """{step: value} of a held-out metric along a run."""
+    return dict(zip(*trajectory(rec, key), strict=True))
 
 
 def _trace_diff(a: list[dict[str, float]], b: list[dict[str, float]]) -> Estimate:
