@@ -3,9 +3,9 @@ each rule, the effect of interest, the minimal detectable effect, the no-op rule
 committed records under the corrected rules.
 """
 
-import numpy as np
 import statistics
 
+import numpy as np
 import pytest
 
 from logitsam.experiments.stats import (
