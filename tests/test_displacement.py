@@ -196,3 +196,65 @@ def test_displacement_experiment_end_to_end_on_the_tiny_model(tmp_path, monkeypa
     )
     with pytest.raises(ValueError, match="n_train ≤ 8"):
         exp.swap(Setting("big", pairs="swap", n_train=9))
+
+
+def test_frontier_interpolates_in_kl_and_refuses_outside_it():
+    from logitsam.experiments.displacement.analysis import frontier_at
+
+    pts = [(4.0, -10.0), (1.0, 2.0), (2.0, -2.0)]  # unsorted on purpose
+    assert frontier_at(pts, 3.0) == pytest.approx(-6.0)
+    assert frontier_at(pts, 1.5) == pytest.approx(0.0) and frontier_at(pts, 4.0) == pytest.approx(-10.0)
+    assert math.isnan(frontier_at(pts, 5.0)) and math.isnan(frontier_at(pts, 0.5))
+
+
+def _write_main(tmp_path, shift, n_prompts=30, pairs=9):
+    """Synthetic main comparison, seeds 1–3: DPO at lr × 0.25 / 0.5 / 1 on a frontier Δ+ = 4 − 3·KL (seed noise
+    up to ±2 nats, the same for every arm of a seed), and a logits-SAM arm at KL 2.5 whose Δ+ sits ``shift``
+    nats above the frontier."""
+    from logitsam.experiments.records import write_record
+    from logitsam.experiments.squeeze.experiment import _write_json
+
+    out, setting = tmp_path / "main", "toy"
+    flat = [[-20.0, -21.0]] * pairs
+    _write_json(
+        str(out / "shared" / f"{setting}.json"), {"stats": {k: _stats(flat) for k in ("train", "control", "heldout")}}
+    )
+    arms = (("dpo(lr×0.25)", 0.0, 1.0), ("dpo(lr×0.5)", 0.0, 2.0), ("dpo", 0.0, 3.0), ("dpo+lsam(1e-1)", 0.1, 2.5))
+    for seed, noise in ((1, -2.0), (2, 0.0), (3, 2.0)):
+        for label, rho, kl in arms:
+            dplus = 4 - 3 * kl + noise + (shift + 0.01 * seed if rho else 0.0)
+            final = {
+                k: _stats([[-20.0 + dplus + 0.1 * (j % 3 - 1), -50.0] for j in range(pairs)])
+                for k in ("train", "heldout")
+            }
+            final["control"] = _stats([[-25.0, -26.0]] * pairs)
+            outcomes = [float((seed + i) % 2) for i in range(n_prompts)]
+            rec = {"arm": {"label": label, "rho": rho, "mode": "logits"}, "seed": seed, "outcomes_vs_sft": outcomes,
+                   "rewards": outcomes, "samples": [f"{label}{i}" for i in range(n_prompts)],
+                   "kl_values": [kl] * n_prompts, "probes": {"4": final, "2": {k: _stats(flat) for k in final}},
+                   "log": [{"step": 1, "loss": 0.6}] + ([{"sam/grad_norm": 5.0, "sam/loss_pre": 0.5, "sam/loss_post": 0.6}] if rho else [])}  # fmt: skip
+            write_record(str(out / "runs" / setting / f"{label}_s{seed}" / "record.json"), rec)
+    return str(out), setting
+
+
+def test_main_analysis_compares_at_matched_kl_and_recomputes_from_records(tmp_path):
+    from logitsam.experiments.displacement.analysis import analyse
+    from logitsam.experiments.displacement.report import write_report
+
+    out, setting = _write_main(tmp_path, shift=3.0)
+    res = analyse(out, setting)
+    p = res["paired"]["dpo+lsam(1e-1)"]
+    # at matched steps the arm moved less (KL 2.5 < 3): +1.5 nats of it is moving less, +3 is the effect
+    assert p["train_dplus_diff"]["mean"] == pytest.approx(4.5 + 0.02, abs=1e-9)
+    assert p["matched_kl"]["diff"]["mean"] == pytest.approx(3.0 + 0.02, abs=1e-9) and p["matched_kl"]["diff"]["n"] == 3
+    assert p["kl_diff"]["mean"] == pytest.approx(-0.5)
+    assert res["configs"]["dpo"]["train_dplus"]["mean"] == pytest.approx(-5.0)  # 4 − 9, seed noise averaging 0
+    assert res["displacement_effect"] == pytest.approx(2.5)  # half of DPO's 5-nat fall > 2 nats
+    claim = res["claims"][0]
+    assert claim["verdict"] == "reproduced" and "matched-KL difference +3.0" in claim["evidence"]
+    assert "| dpo+lsam(1e-1) | 3 | +4.5" in write_report(out, setting)
+    # the same arm on the frontier (no effect beyond moving less): not reproduced at matched KL
+    out, setting = _write_main(tmp_path / "b", shift=0.0)
+    res = analyse(out, setting)
+    assert res["paired"]["dpo+lsam(1e-1)"]["train_dplus_diff"]["mean"] == pytest.approx(1.52, abs=1e-9)
+    assert res["claims"][0]["verdict"] == "not reproduced"  # the interval lies short of 2.5 nats
