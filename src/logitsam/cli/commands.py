@@ -186,6 +186,32 @@ def sharpness(args: argparse.Namespace) -> int:
     return 0
 
 
+def displacement(args: argparse.Namespace) -> int:
+    from logitsam.evaluation.displacement import displacement_report, format_report, write_json
+    from logitsam.training.models import check_device, check_model_source
+
+    for v, name in ((args.pairs, "--pairs"), (args.controls, "--controls"), (args.top, "--top")):
+        at_least(v, 1, name)
+    check_seed(args.seed)
+    check_device(args.device)
+    if args.run_dir is not None and not os.path.isfile(os.path.join(args.run_dir, "config.yaml")):
+        raise ConfigError(f"{args.run_dir}: not a run directory (no config.yaml in it)")
+    for m, key in ((args.model, "--model"), (args.start, "--start")):
+        if m:
+            check_model_source(m, key)
+    if args.out:
+        out_file(args.out, "--out", tuple(x for x in (args.data or []) if os.path.exists(x)))
+    res = displacement_report(
+        run_dir=args.run_dir, model=args.model, start=args.start, data=args.data, pairs=args.pairs,
+        controls=args.controls, top=args.top, seed=args.seed, device=args.device,
+    )  # fmt: skip
+    print(format_report(res))
+    if args.out:
+        write_json(res, args.out)
+        print(f"wrote {args.out}")
+    return 0
+
+
 def losses(args: argparse.Namespace) -> int:
     from logitsam.core.registry import LOSSES, describe_losses
 

@@ -127,6 +127,26 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--out", help="write the traces as JSON here")
     sh.set_defaults(func=commands.sharpness)
 
+    dp = sub.add_parser(
+        "displacement",
+        help="likelihood displacement on a run's own trained pairs, drift apart, and CHES ranking of its pairs",
+        description="For a finished or running training run: the chosen/rejected log-prob change on a sample of "
+        "the pairs it trains on, beside the drift of control text (the starting model's own samples) and the KL "
+        "to the start, where on each response the change sits, and the pairs ranked by CHES (Razin et al. 2024) "
+        "— which also screens a dataset before training (--data and --model without RUN_DIR).",
+    )
+    dp.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="a train.output_dir (config.yaml inside)")
+    dp.add_argument("--model", help="the trained model (default: RUN_DIR's saved model or newest checkpoint)")
+    dp.add_argument("--start", help="the starting model (default: RUN_DIR's model.name_or_path)")
+    dp.add_argument("--data", action="append", help="preference data (default: RUN_DIR's data.train_files)")
+    dp.add_argument("--pairs", type=int, default=64, help="pairs measured (the first ones of the data)")
+    dp.add_argument("--controls", type=int, default=16, help="prompts sampled for control text and KL")
+    dp.add_argument("--top", type=int, default=10, help="pairs listed by CHES")
+    dp.add_argument("--seed", type=int, default=0)
+    dp.add_argument("--device", default="cpu")
+    dp.add_argument("--out", help="write the numbers as JSON here")
+    dp.set_defaults(func=commands.displacement)
+
     ls = sub.add_parser("losses", help="the registered losses, their hyperparameters, defaults and valid ranges")
     ls.set_defaults(func=commands.losses)
 

@@ -25,10 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from logitsam.evaluation.winrate import Interval
-
-# two-sided 95% Student-t quantiles by degrees of freedom (scipy is not a dependency)
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+from logitsam.evaluation.winrate import Interval, t_quantile
 
 
 @dataclass(frozen=True)
@@ -43,17 +40,6 @@ class Estimate(Interval):
 
 
 NAN = Estimate(float("nan"), float("nan"), float("nan"), 0)
-
-
-def t_quantile(df: int) -> float:
-    """Two-sided 95% Student-t quantile: the table to 10 degrees of freedom, then the Cornish-Fisher
-    expansion around z = 1.96 (error < 0.003 at df = 11, shrinking with df)."""
-    if df < 1:
-        return float("nan")
-    if df in _T975:
-        return _T975[df]
-    z = 1.959964
-    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
 
 
 def seed_interval(values: Sequence[float]) -> Estimate:
@@ -259,6 +245,7 @@ def on_line(x1: float, y1: float, x2: float, y2: float, x0: float) -> tuple[floa
         return (y1 + y2) / 2 if x0 == x1 else float("nan"), x0 == x1
     y = y1 + (y2 - y1) * (x0 - x1) / (x2 - x1)
     return y, min(x1, x2) <= x0 <= max(x1, x2)
+
 
 def clip(e: Estimate, low: float, high: float) -> Estimate:
     """An interval cut to the values the quantity can take (a t interval for a rate can leave [0, 1])."""
