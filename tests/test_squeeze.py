@@ -327,7 +327,8 @@ def test_second_stage_is_paired_with_its_own_loss(tmp_path):
     assert [c["verdict"] for c in one] == ["not measured", "not measured"] and "nan" not in one[0]["evidence"]
     assert "some ρ raises DPO's win rate against SFT (Table 3)" in by
     text = write_main_report(out, setting)
-    assert ("after the first stage): 6 of 12 runs: slic 2/3 (seeds [1, 2]); slic+lsam(1e-1) 2/3 (seeds [1, 2]); "
+    assert ("after the first stage): 6 of 12 runs — stopped (issue 30: a drift setting cannot test squeezing; "
+            "finished runs kept): slic 2/3 (seeds [1, 2]); slic+lsam(1e-1) 2/3 (seeds [1, 2]); "
             "cpo 1/3 (seeds [1]); cpo+lsam(1e-2) 1/3 (seeds [1])") in text
     assert "Effect of interest, per plain loss:" in text and "- SLiC-HF: " in text
     assert "![drift of the second stage](drift_toy_stage2.png)" in text and (tmp_path / "main" / "drift_toy_stage2.png").exists()

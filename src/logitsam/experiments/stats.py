@@ -222,19 +222,22 @@ def at_level(xs: Sequence[float], ys: Sequence[float], x0: float) -> float:
 def paired_gap(trajectories: Sequence[tuple[dict[int, float], dict[int, float]]]) -> tuple[float, float]:
     """(gap, paired SD) of an arm against its plain run over seeds, from per-seed trajectories {step: value}.
 
-    d_s(t) = arm_s(t) − plain_s(t) at the steps every seed logged; gap = max_t |mean_s d_s(t)| (how far the
-    arm's mean trajectory ever leaves the plain one's); paired SD = the seed-to-seed SD of d_s at the last
-    common step (NaN with fewer than 2 seeds). The paired SD is the noise of a *paired* comparison: a shift
-    common to every seed does not enter it, however much the plain runs themselves vary between seeds.
+    d_s(t) = arm_s(t) − plain_s(t) at the steps both runs of seed s logged; gap = max over seeds and steps of
+    |d_s(t)| (how far the arm ever leaves its own seed's plain run); paired SD = the seed-to-seed SD of d_s at
+    the last step they share (NaN with fewer than 2 seeds). The paired SD is the noise of a *paired*
+    comparison: a shift common to every seed does not enter it, however much the plain runs themselves vary
+    between seeds (their unpaired SD, the old yardstick, would call a consistent 2-nat shift with seed SD 2
+    a no-op).
     """
     diffs = [{k: a[k] - b[k] for k in set(a) & set(b)} for a, b in trajectories]
-    steps = sorted(set.intersection(*(set(d) for d in diffs))) if diffs else []
-    if not steps:
+    diffs = [d for d in diffs if d]
+    if not diffs:
         return float("nan"), float("nan")
-    gap = max(abs(sum(d[k] for d in diffs) / len(diffs)) for k in steps)
-    last = [d[steps[-1]] for d in diffs]
-    if len(last) < 2:
+    gap = max(abs(v) for d in diffs for v in d.values())
+    common = set.intersection(*(set(d) for d in diffs))
+    if len(diffs) < 2 or not common:
         return gap, float("nan")
+    last = [d[max(common)] for d in diffs]
     m = sum(last) / len(last)
     return gap, math.sqrt(sum((x - m) ** 2 for x in last) / (len(last) - 1))
 

@@ -52,8 +52,8 @@ def mde(e: dict[str, float]) -> float:
 
 def noop(p: dict[str, Any], plain_row: dict[str, Any] | None = None) -> str | None:
     """Why a configuration is a no-op against its plain run here (None if it is not): its samples are
-    ≥ 95% identical to the plain run's, or its mean paired held-out Δ+ trajectory (arm − plain, same seed)
-    never leaves 0 by as much as the paired seed-to-seed SD of that difference (``paired_drift_sd``;
+    ≥ 95% identical to the plain run's, or its paired held-out Δ+ trajectory (arm − plain, same seed) never
+    leaves 0, on any seed, by as much as the seed-to-seed SD of that paired difference (``paired_drift_sd``;
     stats.paired_gap). The yardstick is the *paired* SD: the plain runs' own seed SD (``plain_row``, kept
     for the reports) includes seed effects the pairing removes, so a consistent shift smaller than it is
     still a measured effect, not a no-op. Fewer than 2 seeds: the trajectory rule does not apply."""
@@ -62,8 +62,8 @@ def noop(p: dict[str, Any], plain_row: dict[str, Any] | None = None) -> str | No
     gap, sd = p.get("chosen_drift_gap"), p.get("paired_drift_sd")
     if gap is not None and sd is not None and gap == gap and sd == sd and (gap < sd or gap == 0.0):
         return (
-            f"its mean held-out Δ+ trajectory stays within {gap:.3g} nats of the plain run's, below the paired "
-            f"seed noise (SD over seeds of arm − plain at the end: {sd:.3g})"
+            f"its held-out Δ+ trajectory stays within {gap:.3g} nats of the same seed's plain run, below the "
+            f"paired seed noise (SD over seeds of arm − plain at the end: {sd:.3g})"
         )
     return None
 

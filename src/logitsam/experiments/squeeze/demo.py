@@ -4,7 +4,7 @@ The same pipeline as ``python -m logitsam.experiments.squeeze.main`` (experiment
 preset: the first 48 training pairs and the first 48 held-out pairs of the main comparison's
 ``onpolicy-3ep`` setting (shipped in ``data/demo_*.jsonl``, so nothing is sampled to make pairs),
 3 epochs (18 steps), one seed, plain DPO and DPO + logits-SAM at ρ = 1e-3 (the main comparison's
-first ρ: on SmolLM2 it is the paper's recommended 1e-4 on Pythia-2.8B, see docs/design.md §9),
+first ρ; ρ‖g‖/L ≈ 0.008 here, and no Pythia measurement maps it to the paper's ρ),
 held-out and training Δ± probed 4 times along training (the Fig. 1c analogue; the first three
 probes on half the held-out pairs, to fit the time), win rate against the starting model and KL on
 96 held-out prompts. One seed and 96 prompts cannot decide anything: the report points to the main
