@@ -9,15 +9,12 @@ seed). Effects of interest, power and the no-op rule: docs/design.md §10.
 
 from __future__ import annotations
 
-import glob
 import itertools
-import os
 from typing import Any
 
 from logitsam.experiments.displacement.gate import measures
 from logitsam.experiments.displacement.plan import DPO, FRONTIER, ORDER
-from logitsam.experiments.records import verify_record
-from logitsam.experiments.squeeze.experiment import _read_json
+from logitsam.experiments.squeeze.analysis import load as squeeze_load
 from logitsam.experiments.squeeze.gate import trajectory
 from logitsam.experiments.squeeze.plan import sam_scale
 from logitsam.experiments.stats import clip, crossed_interval, on_line, paired_gap, seed_interval
@@ -31,12 +28,8 @@ RELATIVE_EFFECT = 0.5  # … or this share of DPO's own fall, whichever is large
 
 
 def load(out: str, setting: str) -> tuple[dict[str, Any], Runs]:
-    """(the setting's start file, {arm label: {seed: record}}) in the plan's arm order."""
-    start = _read_json(os.path.join(out, "shared", f"{setting}.json"))
-    runs: Runs = {}
-    for path in sorted(glob.glob(os.path.join(out, "runs", setting, "*", "record.json"))):
-        rec = verify_record(path, _read_json(path))
-        runs.setdefault(rec["arm"]["label"], {})[rec["seed"]] = rec
+    """(the setting's start file, {arm label: {seed: record}}) in the plan's arm order (squeeze's reader)."""
+    start, runs = squeeze_load(out, setting)
     order = {a.label: i for i, a in enumerate(ORDER)}
     return start, dict(sorted(runs.items(), key=lambda kv: order.get(kv[0], len(order))))
 

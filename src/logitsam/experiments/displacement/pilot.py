@@ -18,6 +18,7 @@ from typing import Any
 from logitsam.experiments.displacement.experiment import DisplacementExperiment, displacement_shared
 from logitsam.experiments.displacement.gate import gate, measures, shortfall
 from logitsam.experiments.squeeze.experiment import Arm, Setting, _read_json, _write_json
+from logitsam.experiments.squeeze.pilot import _e
 
 GRID = (
     Setting("swap-128x3", pairs="swap", n_train=128, epochs=3),
@@ -52,13 +53,6 @@ def rows(out: str, grid: tuple[Setting, ...] = GRID) -> list[dict[str, Any]]:
             m = measures(_read_json(path), _read_json(start))
             found.append({"setting": _read_json(path)["setting"], "measures": m, "gate": gate(m)})
     return found
-
-
-def _e(d: dict[str, float], pct: bool = False) -> str:
-    f = 100.0 if pct else 1.0
-    if d["low"] != d["low"]:
-        return f"{f * d['mean']:+.2f}"
-    return f"{f * d['mean']:+.2f} [{f * d['low']:+.2f}, {f * d['high']:+.2f}]"
 
 
 def table(found: list[dict[str, Any]]) -> str:
