@@ -11,6 +11,8 @@ squeeze setting; its own strength is logged and reported). The three DPO learnin
 
 from __future__ import annotations
 
+from typing import Any
+
 from logitsam.experiments.squeeze.experiment import Arm, Shared
 from logitsam.experiments.squeeze.plan import rho_label
 
@@ -35,7 +37,7 @@ def plan(seeds: tuple[int, ...] = SEEDS) -> list[tuple[Arm, int]]:
     return [(a, s) for s in seeds for a in ORDER]
 
 
-def main_shared() -> Shared:
+def main_shared(**kw: Any) -> Shared:
     """The main comparison's sizes: 64 trained pairs with control text, 64 held-out pairs, 512 held-out
     prompts (paired arms: seeds buy power, prompts past a few hundred little; design.md §10)."""
-    return Shared(n_heldout_pairs=64, n_train_probe=64, n_win_prompts=512)
+    return Shared(**{"n_heldout_pairs": 64, "n_train_probe": 64, "n_win_prompts": 512, **kw})
