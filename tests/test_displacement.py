@@ -167,7 +167,11 @@ def test_pilot_pick_rule_and_main_plan():
     assert cost(Setting("a", n_train=256, epochs=2)) > cost(Setting("b", n_train=128, epochs=3))
     assert choose(rows)["setting"]["name"] == "swap-128x3-lr1e-4"  # cheapest; equal cost: the larger fall
     p = plan()
-    assert [a.label for a, _ in p[:3]] == ["dpo", "dpo+lsam(1e-1)", "dpop"] and {s for _, s in p[:9]} == {1}
+    # the headline pair on seeds 1–3 first, then the next block; every arm on seeds 1–3 before 4–5
+    assert [(a.label, s) for a, s in p[:7]] == [(lab, s) for s in (1, 2, 3) for lab in ("dpo", "dpo+lsam(1e-1)")] + [
+        ("dpop", 1)
+    ]
+    assert {(a.label, s) for a, s in p[: 3 * len(ORDER)]} == {(a.label, s) for a in ORDER for s in (1, 2, 3)}
     assert len(p) == 5 * len(ORDER) and len(set(p)) == len(p)
     assert dict(DPOP.params) == {"lam": 50.0} and [a.lr_scale for a in FRONTIER] == [0.25, 0.5, 1.0]
 
