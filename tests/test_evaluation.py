@@ -1,11 +1,9 @@
 """Evaluation: bootstrap intervals, judges (gold reward, reward model, LLM over a local HTTP server), KL."""
 
-import dataclasses
 import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from pathlib import Path
 from typing import ClassVar
 
 import pytest
@@ -135,58 +133,6 @@ def test_generation_is_seeded_and_kl_of_a_model_to_itself_is_zero():
     assert a == b and len(a) == 2
     assert ids[0][0] == tok("Hello")["input_ids"] and 1 <= len(ids[0][1]) <= 6
     assert sequence_kl(model, model, ids, tok.pad_token_id) == pytest.approx(0.0, abs=1e-6)
-
-
-@pytest.mark.slow
-def test_demo_quick_is_a_slice_of_the_squeeze_pipeline(tmp_path, monkeypatch):
-    """make demo's pipeline on the tiny model: the shipped pairs (never sampled), both arms, probes along
-    training, a report naming what it is; a second call trains nothing."""
-    from logitsam.experiments.squeeze import demo as D
-    from logitsam.training import run as run_mod
-
-    def no_second_model(*args, **kwargs):
-        raise AssertionError("the reference is the policy before its first step: nothing more to load")
-
-    def no_sampling(*args, **kwargs):
-        raise AssertionError("the demo's pairs ship with the package: nothing is sampled to make them")
-
-    monkeypatch.setattr(run_mod, "load_reference", no_second_model)
-    monkeypatch.setattr("logitsam.experiments.squeeze.experiment.make_pairs", no_sampling)
-    printed: list[str] = []
-    out = tmp_path / "demo"
-    path = D.run_demo(str(out), quick=True, log=printed.append)
-    assert printed[0].startswith("demo (quick: tiny random model, letters reward)")
-    s, sh = D.QUICK_SETTING, D.demo_shared(quick=True)
-    train_lines = (out / "data" / s.name / "train.jsonl").read_text().splitlines()
-    shipped = Path(D.shipped("demo_train.jsonl")).read_text(encoding="utf-8").splitlines()
-    assert train_lines == shipped[: s.n_train]
-    recs = {a.label: json.loads((out / "runs" / s.name / f"{a.label}_s1" / "record.json").read_text()) for a in D.ARMS}
-    assert set(recs) == {"dpo", "dpo+lsam(1e-3)"}
-    steps = (s.n_train // s.batch_size) * s.epochs
-    for label, rec in recs.items():
-        assert sorted(int(k) for k in rec["probes"]) == sorted({max(1, round(f * steps)) for f in D.PROBES})
-        assert len(rec["probes"][str(int(steps))]["heldout"]["logp"]) == sh.n_heldout_pairs
-        assert len(rec["outcomes_vs_sft"]) == len(rec["kl_values"]) == sh.n_win_prompts
-        assert any("sam/grad_norm" in r for r in rec["log"]) == (label != "dpo")
-    for row in D.analyse(str(out), s.name)["configs"].values():  # rates' intervals stay in [0, 1] (issue 19 bug 6)
-        assert 0.0 <= row["win_vs_sft"]["low"] <= row["win_vs_sft"]["high"] <= 1.0
-    report = Path(path).read_text(encoding="utf-8")
-    assert "Pipeline check on a tiny random model" in report and "| dpo | 1 |" in report
-    assert "| dpo+lsam(1e-3) | 1 |" in report and D.MAIN_REPORT in report
-    assert (out / f"drift_{s.name}.png").stat().st_size > 5000
-
-    def no_training(*args, **kwargs):
-        raise AssertionError("finished runs are kept")
-
-    monkeypatch.setattr("logitsam.experiments.squeeze.experiment.train", no_training)
-    assert D.run_demo(str(out), quick=True, log=printed.append) == path
-    # a demo directory made with other sizes (an older version of the demo) starts again instead of reusing it
-    smaller = dataclasses.replace(sh, n_win_prompts=sh.n_win_prompts - 1)
-    monkeypatch.setattr(D, "demo_shared", lambda *a, **k: smaller)
-    with pytest.raises(AssertionError, match="finished runs are kept"):  # i.e. it trains again
-        D.run_demo(str(out), quick=True, log=printed.append)
-    assert printed[-1].endswith("made by an older demo with other settings; starting again")
-    assert not (out / "runs" / s.name / "dpo_s1" / "record.json").exists()
 
 
 def test_shipped_pairs_are_used_when_their_key_matches(tmp_path, monkeypatch):

@@ -243,12 +243,12 @@ def plot(args: argparse.Namespace) -> int:
 
 
 def demo(args: argparse.Namespace) -> int:
-    from logitsam.experiments.squeeze.demo import run_demo
+    from logitsam.experiments.displacement.demo import run_demo
     from logitsam.training.models import check_device
 
     check_device(args.device)
     out_dir(args.out, "--out")
-    print(f"report: {run_demo(args.out, quick=args.quick, device=args.device)} (the Fig. 1c figure beside it)")
+    print(f"report: {run_demo(args.out, quick=args.quick, device=args.device)} (the drift figure beside it)")
     return 0
 
 

@@ -158,13 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="a fast slice of the squeeze-regime study: DPO vs DPO + logits-SAM on SmolLM2-135M-Instruct, VADER judge",
-        description="Default: the first 48 on-policy preference pairs of the squeeze study's main setting (shipped "
-        "with the package; SmolLM2-135M-Instruct's samples judged by VADER sentiment), 3 epochs, plain DPO and DPO + "
-        "logits-SAM (rho 1e-3), held-out and training chosen/rejected log-prob drift along training (the paper's "
-        "Fig. 1c), win rate against the starting model and KL on 96 held-out prompts (about 6 min on 2 CPU cores). "
-        "--quick runs the same pipeline on a tiny random model with a letters-fraction reward: a check that the "
-        "pipeline works, not a result.",
+        help="a fast slice of the displacement setting: DPO, DPO + logits-SAM and DPOP on SmolLM2-135M-Instruct",
+        description="Default: the first 48 swap pairs of the displacement setting (a SmolLM2-135M-Instruct sample "
+        "and the same sample with one sentiment word swapped, VADER preferring one; shipped with the package), "
+        "lr 1e-4, 2 epochs, plain DPO, DPO + logits-SAM (rho 1e-1) and DPOP (lambda 50); the trained pairs' "
+        "chosen/rejected log-prob change beside control text's drift along training, win rate against the "
+        "starting model and KL on 64 held-out prompts. --quick runs the same pipeline on a tiny random model with "
+        "a letters-fraction reward: a check that the pipeline works, not a result.",
     )
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument(
