@@ -5,6 +5,7 @@ import json
 import shutil
 
 import pytest
+from transformers import TrainerCallback
 
 from logitsam.config import schema as C
 from logitsam.errors import ConfigError, DataError
@@ -174,3 +175,37 @@ def test_an_edited_config_yaml_is_not_a_reference_for_the_resume_check(run_dir):
     with pytest.raises(ConfigError, match=r"config\.yaml changed since checkpoint-3 was saved.*resume_allow_changes"):
         train(edited)
     assert snapshot(run_dir) == before
+
+
+class Killed(Exception):
+    """Stands for the process being killed at a chosen point."""
+
+
+class KillAt(TrainerCallback):
+    """Kills the run at the end of ``step`` (before it logs or saves)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise Killed(f"killed at step {self.step}")
+
+
+def test_a_resume_killed_before_its_first_checkpoint_can_be_resumed_again(run_dir):
+    """A resume rewrites config.yaml (resume_from_checkpoint: last); killed before its first checkpoint, every
+    later resume was refused ('config.yaml changed since checkpoint-3 was saved') though nobody edited it."""
+    straight = {r["step"]: r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in r}
+    shutil.rmtree(run_dir / "checkpoint-6")
+    with pytest.raises(Killed):
+        train(cfg_for(run_dir, "--train.resume_from_checkpoint=last"), callbacks=[KillAt(4)])
+    assert C.load(str(run_dir / "config.yaml")).train.resume_from_checkpoint == "last"  # rewritten
+    train(cfg_for(run_dir, "--train.resume_from_checkpoint=last"))
+    resumed = {r["step"]: r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in r}
+    assert resumed == pytest.approx(straight, abs=1e-6)
+    saved = run_dir / "config.yaml"  # a hand edit is still refused
+    saved.write_text(saved.read_text().replace("name: dpo", "name: ipo"))
+    shutil.rmtree(run_dir / "checkpoint-6")
+    edited = C.apply_overrides(C.load(str(saved)), ["--train.resume_from_checkpoint=last"])
+    with pytest.raises(ConfigError, match=r"config\.yaml changed since checkpoint-3 was saved"):
+        train(edited)

@@ -36,6 +36,7 @@ from logitsam.training.resume import (
     save_data_fingerprint,
 )
 from logitsam.training.rundir import claim, clear_previous_run, is_main_process
+from logitsam.training.runstate import start_run
 from logitsam.training.trainer import PreferenceTrainer
 
 __all__ = [
@@ -294,7 +295,7 @@ def train_and_save(
         step = checkpoint_step(resume) if resume else None
         if step is not None:  # the interrupted run logged steps the resumed one logs again
             trim_metrics(out, step)
-        config_mod.save(resolved, os.path.join(out, "config.yaml"))
+        start_run(out, resolved, step)  # writes config.yaml
         save_data_fingerprint(out, fingerprints)
     result = trainer.train(resume_from_checkpoint=resume)
     if cfg.train.save_model:
