@@ -5,6 +5,8 @@ import json
 import shutil
 
 import pytest
+import torch
+from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from logitsam.config import schema as C
@@ -190,6 +192,44 @@ class KillAt(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step == self.step:
             raise Killed(f"killed at step {self.step}")
+
+
+def test_a_kill_in_the_final_save_is_finished_by_the_next_resume(tmp_path, monkeypatch):
+    """Killed after checkpoint-6 (the last step) but before the final save: the resume used to say 'already
+    finished' and point at a directory without a model, forever. Finished means the final files were saved
+    and still match what was recorded; the resume from the last checkpoint writes them."""
+    from logitsam.training.trainer import PreferenceTrainer
+
+    out = tmp_path / "run"
+    original = PreferenceTrainer.save_model
+
+    def killed(self, output_dir=None, _internal_call=False):
+        if not _internal_call:  # the final save, not a checkpoint's
+            raise Killed("killed in the final save")
+        return original(self, output_dir, _internal_call)
+
+    monkeypatch.setattr(PreferenceTrainer, "save_model", killed)
+    with pytest.raises(Killed):
+        train(cfg_for(out))
+    monkeypatch.undo()
+    assert (out / "checkpoint-6").is_dir() and not (out / "model.safetensors").exists()
+    result = train(cfg_for(out, "--train.resume_from_checkpoint=last"))["metrics"]
+    assert "already_finished" not in result and result["train_loss"] > 0
+    weights = load_file(str(out / "model.safetensors"))
+    saved = load_file(str(out / "checkpoint-6" / "model.safetensors"))
+    assert weights.keys() == saved.keys() and all(torch.equal(weights[k], saved[k]) for k in weights)
+    assert (out / "README.md").exists()
+    summaries = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "train_runtime" in r]
+    assert len(summaries) == 1  # the interrupted run's summary at step 6 gave way to the resumed one's
+    assert steps(out) == [1, 2, 3, 4, 5, 6]
+    again = train(cfg_for(out, "--train.resume_from_checkpoint=last"))["metrics"]
+    assert again["already_finished"] is True
+    good = (out / "model.safetensors").read_bytes()
+    raw = bytearray(good)
+    raw[-2] ^= 0x01  # a final model damaged since: not finished any more, saved again from the checkpoint
+    (out / "model.safetensors").write_bytes(bytes(raw))
+    assert "already_finished" not in train(cfg_for(out, "--train.resume_from_checkpoint=last"))["metrics"]
+    assert (out / "model.safetensors").read_bytes() == good
 
 
 def test_a_resume_killed_before_its_first_checkpoint_can_be_resumed_again(run_dir):

@@ -19,8 +19,8 @@ protocol, subclass-free:
 - :func:`resolve_resume` turns ``train.resume_from_checkpoint`` (a path, ``last`` or true) into a
   checkpoint directory: ``last`` is the newest *complete* ``checkpoint-N`` (partial ones are skipped
   with a warning), so a kill mid-save leaves the previous checkpoint as the one resumed from;
-- :func:`trim_metrics` drops ``metrics.jsonl`` records after the checkpoint's step: a killed run
-  logged steps that the resumed run logs again.
+- :func:`trim_metrics` drops ``metrics.jsonl`` records after the checkpoint's step (and those of its
+  step logged after it was saved): a killed run logged steps that the resumed run logs again.
 """
 
 from __future__ import annotations
@@ -327,9 +327,22 @@ def _incomplete(path: str, problems: list[str]) -> str:
     return path
 
 
-def trim_metrics(output_dir: str, step: int) -> int:
+def logged_at_step(checkpoint: str) -> int | None:
+    """How many log records of the checkpoint's own step its trainer state holds (None: unreadable)."""
+    step = checkpoint_step(checkpoint)
+    try:
+        with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as f:
+            history = json.load(f)["log_history"]
+        return sum(1 for r in history if isinstance(r, dict) and r.get("step") == step)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def trim_metrics(output_dir: str, step: int, kept_at_step: int | None = None) -> int:
     """Drop ``metrics.jsonl`` records with step > ``step`` and lines that are not JSON records; returns
-    how many went. They are appended to ``metrics.jsonl.dropped`` (nothing written is lost) and the
+    how many went. ``kept_at_step``: how many records of ``step`` itself the checkpoint holds; later ones
+    at that step were logged after it was saved (the summary and final evaluation of a run killed in its
+    final save) and go too. They are appended to ``metrics.jsonl.dropped`` (nothing written is lost) and the
     warning names the damaged lines, which a kill cannot explain unless it is the last one."""
     path = os.path.join(output_dir, "metrics.jsonl")
     if not os.path.isfile(path):
@@ -337,14 +350,19 @@ def trim_metrics(output_dir: str, step: int) -> int:
     with open(path, encoding="utf-8", errors="replace") as f:
         lines = f.read().split("\n")
     kept, dropped, damaged = [], [], []
+    at_step = 0
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
-            after = isinstance(rec, dict) and isinstance(rec.get("step"), (int, float)) and rec["step"] > step
             if not isinstance(rec, dict):
                 raise ValueError("not a record")
+            at = rec.get("step")
+            after = isinstance(at, (int, float)) and at > step
+            if at == step and not isinstance(at, bool):
+                at_step += 1
+                after = kept_at_step is not None and at_step > kept_at_step
         except ValueError:  # a line torn by the kill (the last one), or damage
             after = True
             damaged.append(number)
