@@ -194,10 +194,12 @@ class KillAt(TrainerCallback):
             raise Killed(f"killed at step {self.step}")
 
 
-def test_a_kill_in_the_final_save_is_finished_by_the_next_resume(tmp_path, monkeypatch):
+@pytest.mark.parametrize("last", [6, 5])
+def test_a_kill_in_the_final_save_is_finished_by_the_next_resume(tmp_path, monkeypatch, last):
     """Killed after checkpoint-6 (the last step) but before the final save: the resume used to say 'already
     finished' and point at a directory without a model, forever. Finished means the final files were saved
-    and still match what was recorded; the resume from the last checkpoint writes them."""
+    and still match what was recorded; the resume from the last checkpoint writes them, training no step
+    (at step 5, mid-epoch, the Trainer would have trained a step 6)."""
     from logitsam.training.trainer import PreferenceTrainer
 
     out = tmp_path / "run"
@@ -209,26 +211,27 @@ def test_a_kill_in_the_final_save_is_finished_by_the_next_resume(tmp_path, monke
         return original(self, output_dir, _internal_call)
 
     monkeypatch.setattr(PreferenceTrainer, "save_model", killed)
+    steps_option = f"--train.max_steps={last}"
     with pytest.raises(Killed):
-        train(cfg_for(out))
+        train(cfg_for(out, steps_option))
     monkeypatch.undo()
-    assert (out / "checkpoint-6").is_dir() and not (out / "model.safetensors").exists()
-    result = train(cfg_for(out, "--train.resume_from_checkpoint=last"))["metrics"]
+    assert (out / f"checkpoint-{last}").is_dir() and not (out / "model.safetensors").exists()
+    result = train(cfg_for(out, steps_option, "--train.resume_from_checkpoint=last"))["metrics"]
     assert "already_finished" not in result and result["train_loss"] > 0
     weights = load_file(str(out / "model.safetensors"))
-    saved = load_file(str(out / "checkpoint-6" / "model.safetensors"))
+    saved = load_file(str(out / f"checkpoint-{last}" / "model.safetensors"))
     assert weights.keys() == saved.keys() and all(torch.equal(weights[k], saved[k]) for k in weights)
     assert (out / "README.md").exists()
     summaries = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "train_runtime" in r]
     assert len(summaries) == 1  # the interrupted run's summary at step 6 gave way to the resumed one's
-    assert steps(out) == [1, 2, 3, 4, 5, 6]
-    again = train(cfg_for(out, "--train.resume_from_checkpoint=last"))["metrics"]
+    assert steps(out) == list(range(1, last + 1)) and not (out / f"checkpoint-{last + 1}").exists()
+    again = train(cfg_for(out, steps_option, "--train.resume_from_checkpoint=last"))["metrics"]
     assert again["already_finished"] is True
     good = (out / "model.safetensors").read_bytes()
     raw = bytearray(good)
     raw[-2] ^= 0x01  # a final model damaged since: not finished any more, saved again from the checkpoint
     (out / "model.safetensors").write_bytes(bytes(raw))
-    assert "already_finished" not in train(cfg_for(out, "--train.resume_from_checkpoint=last"))["metrics"]
+    assert "already_finished" not in train(cfg_for(out, steps_option, "--train.resume_from_checkpoint=last"))["metrics"]
     assert (out / "model.safetensors").read_bytes() == good
 
 

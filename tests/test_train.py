@@ -212,3 +212,23 @@ def test_kill_mid_save_resumes_from_the_previous_checkpoint(tmp_path):
     assert len(summary) == 1
     assert abs(summary[0]["train_loss"] - sum(straight.values()) / 6) <= 1e-6
     assert not (out / ".logitsam.lock").exists()
+
+
+@pytest.mark.parametrize("logging_steps", [2, 4])
+def test_a_resume_logs_the_intervals_of_an_uninterrupted_run(tmp_path, logging_steps):
+    """logging_steps 2, save_steps 3, killed after checkpoint-3: the resumed run's record at step 4 averaged
+    step 4 alone while claiming steps 3-4, and the summary's train_loss differed from the uninterrupted run's.
+    With logging_steps 4 the records do not cover step 6: the summary comes from the loss sum, carried too."""
+    from test_resume import KillAt, Killed
+
+    every = (f"--train.logging_steps={logging_steps}", "--train.save_steps=3")
+    train(cfg_for(tmp_path / "straight", *every))
+    with pytest.raises(Killed):
+        train(cfg_for(tmp_path / "cut", *every), callbacks=[KillAt(4)])
+    train(cfg_for(tmp_path / "cut", *every, "--train.resume_from_checkpoint=last"))
+    straight, cut = records(tmp_path / "straight"), records(tmp_path / "cut")
+    assert [sorted(r) for r in cut] == [sorted(r) for r in straight]
+    for a, b in zip(straight, cut, strict=True):
+        for key in (k for k in a if not k.endswith(("runtime", "per_second", "flos"))):  # clocks, not results
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), (a["step"], key)
+
