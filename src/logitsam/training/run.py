@@ -228,7 +228,7 @@ def _train(
     checkpointing = bool(cfg.model.gradient_checkpointing or cfg.train.gradient_checkpointing)
     has_eval = bool(data.eval_rows)
     args = build_training_args(cfg.train, has_eval=has_eval, checkpointing=checkpointing)
-    model = load_model(cfg.model, vocab_size=len(tokenizer))  # tiny-random: fixed init, the 'pretrained' model
+    model = load_model(cfg.model, vocab_size=len(tokenizer), merge_adapters=True)  # tiny-random: fixed init
     check_lora_targets(model, cfg.model)
     if checkpointing:
         model.config.use_cache = False

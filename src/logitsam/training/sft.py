@@ -155,7 +155,7 @@ def _sft(cfg: Config, resume: str | None, callbacks: Sequence[Any]) -> dict[str,
     checkpointing = bool(cfg.model.gradient_checkpointing or cfg.train.gradient_checkpointing)
     args = build_training_args(cfg.train, has_eval=bool(eval_rows), checkpointing=checkpointing)
     args.remove_unused_columns = False
-    model = load_model(cfg.model, vocab_size=len(tokenizer))
+    model = load_model(cfg.model, vocab_size=len(tokenizer), merge_adapters=True)
     check_lora_targets(model, cfg.model)
     if checkpointing:
         model.config.use_cache = False
