@@ -229,3 +229,53 @@ def test_a_first_checkpoint_killed_mid_save_points_to_overwrite(tmp_path, skip):
     for value in ("last", str(partial)):
         with pytest.raises(ConfigError, match=r"cannot be resumed|nothing in it can be resumed"):
             resolve_resume(str(tmp_path), value, allow_incomplete=True)
+
+
+def _mark(root, step):
+    AtomicCheckpoints().on_save(
+        SimpleNamespace(output_dir=str(root), process_index=0, world_size=1), SimpleNamespace(global_step=step), None
+    )
+
+
+def test_a_flipped_exponent_between_the_sampled_blocks_is_refused_naming_the_file(tmp_path, caplog):
+    """Weights over 1 MiB were checked by size, header and 16 sampled 64 KiB blocks: one flipped exponent
+    byte between them resumed silently from corrupted weights. The marker holds each file's full SHA-256."""
+    fake_checkpoint(tmp_path, 3)
+    path = fake_checkpoint(tmp_path, 6)
+    weights = path / "model.safetensors"
+    save_file({"w": torch.ones(1024, 1024)}, str(weights))  # 4 MiB of float32 1.0 (bytes 00 00 80 3f)
+    _mark(tmp_path, 6)
+    assert checkpoint_problems(str(path)) == []
+    raw = bytearray(weights.read_bytes())
+    header = 8 + int.from_bytes(raw[:8], "little")
+    block, gap = 1 << 16, (len(raw) - (1 << 16)) // 15  # the sampled blocks start every `gap` bytes
+    at = header + (block + gap // 2 - header) // 4 * 4 + 3  # the exponent byte of a float between blocks 0 and 1
+    assert raw[at] == 0x3F and block < at < gap
+    raw[at] ^= 0x01  # 1.0 -> 0.25
+    weights.write_bytes(bytes(raw))
+    assert any("model.safetensors" in p for p in checkpoint_problems(str(path)))
+    with pytest.raises(ConfigError, match=r"checkpoint-6' is incomplete: .*model\.safetensors"):
+        resolve_resume(str(tmp_path), str(path))
+    with caplog.at_level(logging.WARNING):
+        assert resolve_resume(str(tmp_path), "last") == str(tmp_path / "checkpoint-3")
+    assert "checkpoint-6" in caplog.text and "model.safetensors" in caplog.text
+
+
+def test_markers_without_full_digests_still_resume_with_their_own_checks(tmp_path):
+    """Checkpoints marked before full digests (sampled digests, or sizes only) stay resumable."""
+    from logitsam.training.commit import sampled_digest
+
+    path = fake_checkpoint(tmp_path, 3)
+    _mark(tmp_path, 3)
+    marker = path / f"{MARKER}-0-of-1"
+    record = json.loads(marker.read_text())
+    files = record["files"]
+    old = {"step": 3, "files": files, "digests": {n: sampled_digest(str(path / n)) for n in files}}
+    marker.write_text(json.dumps(old))
+    assert checkpoint_problems(str(path)) == []
+    state = (path / "trainer_state.json").read_bytes()
+    (path / "trainer_state.json").write_bytes(state.replace(b'"epoch": 1.0', b'"epoch": 2.0'))  # digested whole
+    assert "trainer_state.json changed" in " ".join(checkpoint_problems(str(path)))
+    (path / "trainer_state.json").write_bytes(state)
+    marker.write_text(json.dumps({"step": 3, "files": files}))  # the oldest markers: sizes only
+    assert checkpoint_problems(str(path)) == []

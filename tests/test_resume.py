@@ -5,6 +5,9 @@ import json
 import shutil
 
 import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
 
 from logitsam.config import schema as C
 from logitsam.errors import ConfigError, DataError
@@ -174,3 +177,78 @@ def test_an_edited_config_yaml_is_not_a_reference_for_the_resume_check(run_dir):
     with pytest.raises(ConfigError, match=r"config\.yaml changed since checkpoint-3 was saved.*resume_allow_changes"):
         train(edited)
     assert snapshot(run_dir) == before
+
+
+class Killed(Exception):
+    """Stands for the process being killed at a chosen point."""
+
+
+class KillAt(TrainerCallback):
+    """Kills the run at the end of ``step`` (before it logs or saves)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise Killed(f"killed at step {self.step}")
+
+
+@pytest.mark.parametrize("last", [6, 5])
+def test_a_kill_in_the_final_save_is_finished_by_the_next_resume(tmp_path, monkeypatch, last):
+    """Killed after checkpoint-6 (the last step) but before the final save: the resume used to say 'already
+    finished' and point at a directory without a model, forever. Finished means the final files were saved
+    and still match what was recorded; the resume from the last checkpoint writes them, training no step
+    (at step 5, mid-epoch, the Trainer would have trained a step 6)."""
+    from logitsam.training.trainer import PreferenceTrainer
+
+    out = tmp_path / "run"
+    original = PreferenceTrainer.save_model
+
+    def killed(self, output_dir=None, _internal_call=False):
+        if not _internal_call:  # the final save, not a checkpoint's
+            raise Killed("killed in the final save")
+        return original(self, output_dir, _internal_call)
+
+    monkeypatch.setattr(PreferenceTrainer, "save_model", killed)
+    steps_option = f"--train.max_steps={last}"
+    with pytest.raises(Killed):
+        train(cfg_for(out, steps_option))
+    monkeypatch.undo()
+    assert (out / f"checkpoint-{last}").is_dir() and not (out / "model.safetensors").exists()
+    result = train(cfg_for(out, steps_option, "--train.resume_from_checkpoint=last"))["metrics"]
+    assert "already_finished" not in result and result["train_loss"] > 0
+    weights = load_file(str(out / "model.safetensors"))
+    saved = load_file(str(out / f"checkpoint-{last}" / "model.safetensors"))
+    assert weights.keys() == saved.keys() and all(torch.equal(weights[k], saved[k]) for k in weights)
+    assert (out / "README.md").exists()
+    summaries = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "train_runtime" in r]
+    assert len(summaries) == 1  # the interrupted run's summary at step 6 gave way to the resumed one's
+    assert steps(out) == list(range(1, last + 1)) and not (out / f"checkpoint-{last + 1}").exists()
+    again = train(cfg_for(out, steps_option, "--train.resume_from_checkpoint=last"))["metrics"]
+    assert again["already_finished"] is True
+    good = (out / "model.safetensors").read_bytes()
+    raw = bytearray(good)
+    raw[-2] ^= 0x01  # a final model damaged since: not finished any more, saved again from the checkpoint
+    (out / "model.safetensors").write_bytes(bytes(raw))
+    assert "already_finished" not in train(cfg_for(out, steps_option, "--train.resume_from_checkpoint=last"))["metrics"]
+    assert (out / "model.safetensors").read_bytes() == good
+
+
+def test_a_resume_killed_before_its_first_checkpoint_can_be_resumed_again(run_dir):
+    """A resume rewrites config.yaml (resume_from_checkpoint: last); killed before its first checkpoint, every
+    later resume was refused ('config.yaml changed since checkpoint-3 was saved') though nobody edited it."""
+    straight = {r["step"]: r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in r}
+    shutil.rmtree(run_dir / "checkpoint-6")
+    with pytest.raises(Killed):
+        train(cfg_for(run_dir, "--train.resume_from_checkpoint=last"), callbacks=[KillAt(4)])
+    assert C.load(str(run_dir / "config.yaml")).train.resume_from_checkpoint == "last"  # rewritten
+    train(cfg_for(run_dir, "--train.resume_from_checkpoint=last"))
+    resumed = {r["step"]: r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in r}
+    assert resumed == pytest.approx(straight, abs=1e-6)
+    saved = run_dir / "config.yaml"  # a hand edit is still refused
+    saved.write_text(saved.read_text().replace("name: dpo", "name: ipo"))
+    shutil.rmtree(run_dir / "checkpoint-6")
+    edited = C.apply_overrides(C.load(str(saved)), ["--train.resume_from_checkpoint=last"])
+    with pytest.raises(ConfigError, match=r"config\.yaml changed since checkpoint-3 was saved"):
+        train(edited)

@@ -212,3 +212,51 @@ def test_kill_mid_save_resumes_from_the_previous_checkpoint(tmp_path):
     assert len(summary) == 1
     assert abs(summary[0]["train_loss"] - sum(straight.values()) / 6) <= 1e-6
     assert not (out / ".logitsam.lock").exists()
+
+
+@pytest.mark.parametrize("logging_steps", [2, 4])
+def test_a_resume_logs_the_intervals_of_an_uninterrupted_run(tmp_path, logging_steps):
+    """logging_steps 2, save_steps 3, killed after checkpoint-3: the resumed run's record at step 4 averaged
+    step 4 alone while claiming steps 3-4, and the summary's train_loss differed from the uninterrupted run's.
+    With logging_steps 4 the records do not cover step 6: the summary comes from the loss sum, carried too."""
+    from test_resume import KillAt, Killed
+
+    every = (f"--train.logging_steps={logging_steps}", "--train.save_steps=3")
+    train(cfg_for(tmp_path / "straight", *every))
+    with pytest.raises(Killed):
+        train(cfg_for(tmp_path / "cut", *every), callbacks=[KillAt(4)])
+    train(cfg_for(tmp_path / "cut", *every, "--train.resume_from_checkpoint=last"))
+    straight, cut = records(tmp_path / "straight"), records(tmp_path / "cut")
+    assert [sorted(r) for r in cut] == [sorted(r) for r in straight]
+    for a, b in zip(straight, cut, strict=True):
+        for key in (k for k in a if not k.endswith(("runtime", "per_second", "flos"))):  # clocks, not results
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), (a["step"], key)
+
+
+def test_lora_sft_then_full_training_trains_and_saves_a_full_model(tmp_path):
+    """A LoRA SFT directory as the base of a full fine-tune loaded as a PeftModel: only the SFT adapters
+    trained, adapters saved, the card said full fine-tuning. Its adapters are merged into a plain model
+    first; new LoRA adapters on it start from the merged model too (their reference is the SFT model)."""
+    from logitsam.training.sft import sft
+
+    sft_dir = tmp_path / "sft"
+    sft(cfg_for(sft_dir, "--model.lora_r=4", "--train.max_steps=2", "--train.learning_rate=0.05"))
+    assert (sft_dir / "adapter_config.json").exists()
+    seen = {}
+
+    def grab(trainer):
+        params = list(trainer.model.parameters())
+        seen.update(peft=hasattr(trainer.model, "peft_config"), all=sum(p.numel() for p in params))
+        seen["trainable"] = sum(p.numel() for p in params if p.requires_grad)
+
+    full = tmp_path / "full"
+    train(cfg_for(full, f"--model.name_or_path={sft_dir}", "--train.max_steps=2"), on_end=grab)
+    assert not seen["peft"] and seen["trainable"] == seen["all"]
+    assert (full / "model.safetensors").exists() and not (full / "adapter_config.json").exists()
+    assert "| LoRA rank | – (full fine-tuning) |" in (full / "README.md").read_text()
+    assert records(full)[0]["logps/chosen_drift"] == 0.0  # the reference is the same merged SFT model
+    lora = tmp_path / "lora"
+    train(cfg_for(lora, f"--model.name_or_path={sft_dir}", "--model.lora_r=4", "--train.max_steps=2"), on_end=grab)
+    assert seen["peft"] and seen["trainable"] < seen["all"]
+    assert records(lora)[0]["logps/chosen_drift"] == 0.0  # the SFT model, not the tiny base, is the reference
+    assert records(lora)[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)

@@ -13,13 +13,14 @@ protocol, subclass-free:
   count), optimizer and scheduler state, a ``trainer_state.json`` that transformers' ``TrainerState``
   loads with the fields the Trainer reads on resume, RNG state, optimizer / scheduler / RNG files that
   are intact torch zip archives (every entry's CRC-32 checked), and — where markers exist — every
-  rank's marker and unchanged file sizes and digests; ``global_step`` equal to the N of ``checkpoint-N``.
+  rank's marker and unchanged file sizes and SHA-256 digests of every file's whole content;
+  ``global_step`` equal to the N of ``checkpoint-N``.
   Checkpoints from plain HF (no markers) are judged by their files;
 - :func:`resolve_resume` turns ``train.resume_from_checkpoint`` (a path, ``last`` or true) into a
   checkpoint directory: ``last`` is the newest *complete* ``checkpoint-N`` (partial ones are skipped
   with a warning), so a kill mid-save leaves the previous checkpoint as the one resumed from;
-- :func:`trim_metrics` drops ``metrics.jsonl`` records after the checkpoint's step: a killed run
-  logged steps that the resumed run logs again.
+- :func:`trim_metrics` drops ``metrics.jsonl`` records after the checkpoint's step (and those of its
+  step logged after it was saved): a killed run logged steps that the resumed run logs again.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import logging
 import os
 import re
 import zipfile
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -37,7 +39,7 @@ from transformers import TrainerState
 from transformers.trainer_pt_utils import safe_globals
 
 from logitsam.errors import ConfigError, one_line
-from logitsam.training.commit import MARKER, SAVING, sampled_digest
+from logitsam.training.commit import MARKER, SAVING, file_sha256, sampled_digest
 from logitsam.training.models import broken_safetensors
 
 log = logging.getLogger(__name__)
@@ -160,19 +162,30 @@ def _marker_problems(path: str) -> list[str]:
     missing = [r for r in range(world) if r not in markers]
     if missing:
         return [f"completion markers of ranks {missing} (save interrupted on those ranks)"]
-    changed = []
+    changed, corrupt = [], []
     for _, marker in markers.values():
         try:
             with open(marker, encoding="utf-8") as f:
                 saved = json.load(f)
-            sizes, digests = saved["files"], saved.get("digests", {})  # markers before digests: sizes only
+            sizes = saved["files"]
+            # full SHA-256 since they exist; older markers: sampled digests, or sizes only
+            full_digests, sampled = saved.get("sha256", {}), saved.get("digests", {})
             for name, size in sizes.items():
-                full = os.path.join(path, name)
-                if _size(full) != size or (name in digests and _digest(full) != digests[name]):
+                file = os.path.join(path, name)
+                if _size(file) != size:
+                    changed.append(name)
+                elif name in full_digests:
+                    if _digest(file, file_sha256) != full_digests[name]:
+                        corrupt.append(name)
+                elif name in sampled and _digest(file, sampled_digest) != sampled[name]:
                     changed.append(name)
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return [f"a readable completion marker ({os.path.basename(marker)})"]
-    return [f"files as completed ({', '.join(sorted(changed)[:3])} changed or vanished since)"] if changed else []
+    problems = [f"files as completed ({', '.join(sorted(changed)[:3])} changed or vanished since)"] if changed else []
+    if corrupt:
+        problems.append(f"files as saved ({', '.join(sorted(corrupt)[:3])} changed: the content no longer matches "
+                        "the SHA-256 recorded when the checkpoint was saved)")  # fmt: skip
+    return problems
 
 
 TORCH_FILES = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "rng_state_*.pth")
@@ -212,9 +225,9 @@ def saved_config_digest(checkpoint: str) -> str | None:
     return None
 
 
-def _digest(path: str) -> str | None:
+def _digest(path: str, digest: Callable[[str], str]) -> str | None:
     try:
-        return sampled_digest(path)
+        return digest(path)
     except OSError:
         return None
 
@@ -258,11 +271,12 @@ def resolve_resume(output_dir: str, value: str | bool | None, *, allow_incomplet
         candidates = list_checkpoints(output_dir)
         if not candidates:
             raise ConfigError(f"{KEY}: no checkpoint-N directory in {output_dir!r} to resume from")
+        found = {}  # each judged once: judging reads every file whole
         for path in candidates:
-            problems = checkpoint_problems(path)
-            if not problems:
+            found[path] = checkpoint_problems(path)
+            if not found[path]:
                 return path
-            log.warning("skipping incomplete checkpoint %s (missing %s)", path, "; ".join(problems))
+            log.warning("skipping incomplete checkpoint %s (missing %s)", path, "; ".join(found[path]))
         newest = candidates[0]
         if not allow_incomplete or not _loadable(newest):
             way_out = (
@@ -272,7 +286,7 @@ def resolve_resume(output_dir: str, value: str | bool | None, *, allow_incomplet
             )
             raise ConfigError(
                 f"{KEY}: every checkpoint in {output_dir!r} is incomplete (newest: {newest}: missing "
-                f"{'; '.join(checkpoint_problems(newest))}); {way_out} with train.overwrite_output_dir=true "
+                f"{'; '.join(found[newest])}); {way_out} with train.overwrite_output_dir=true "
                 "(it removes the old metrics.jsonl and checkpoint-N directories) and no resume_from_checkpoint"
             )
         return resolve_resume(output_dir, newest, allow_incomplete=True)
@@ -292,7 +306,8 @@ def resolve_resume(output_dir: str, value: str | bool | None, *, allow_incomplet
     if broken:  # a missing file can be done without; a corrupt one fails inside trainer.train(), too late
         raise ConfigError(f"{KEY}: {value!r} cannot be resumed even incomplete: {broken}; remove that file to "
                           "resume without it, or start over with train.overwrite_output_dir=true")  # fmt: skip
-    return _incomplete(value) if checkpoint_problems(value) else value
+    problems = checkpoint_problems(value)
+    return _incomplete(value, problems) if problems else value
 
 
 def _loadable(path: str) -> bool:
@@ -302,19 +317,32 @@ def _loadable(path: str) -> bool:
     )
 
 
-def _incomplete(path: str) -> str:
+def _incomplete(path: str, problems: list[str]) -> str:
     log.warning(
         "!!! RESUMING FROM AN INCOMPLETE CHECKPOINT %s (missing %s): train.resume_allow_incomplete is set; "
         "the resumed run will not continue the original one exactly !!!",
         path,
-        "; ".join(checkpoint_problems(path)),
+        "; ".join(problems),
     )
     return path
 
 
-def trim_metrics(output_dir: str, step: int) -> int:
+def logged_at_step(checkpoint: str) -> int | None:
+    """How many log records of the checkpoint's own step its trainer state holds (None: unreadable)."""
+    step = checkpoint_step(checkpoint)
+    try:
+        with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as f:
+            history = json.load(f)["log_history"]
+        return sum(1 for r in history if isinstance(r, dict) and r.get("step") == step)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def trim_metrics(output_dir: str, step: int, kept_at_step: int | None = None) -> int:
     """Drop ``metrics.jsonl`` records with step > ``step`` and lines that are not JSON records; returns
-    how many went. They are appended to ``metrics.jsonl.dropped`` (nothing written is lost) and the
+    how many went. ``kept_at_step``: how many records of ``step`` itself the checkpoint holds; later ones
+    at that step were logged after it was saved (the summary and final evaluation of a run killed in its
+    final save) and go too. They are appended to ``metrics.jsonl.dropped`` (nothing written is lost) and the
     warning names the damaged lines, which a kill cannot explain unless it is the last one."""
     path = os.path.join(output_dir, "metrics.jsonl")
     if not os.path.isfile(path):
@@ -322,14 +350,19 @@ def trim_metrics(output_dir: str, step: int) -> int:
     with open(path, encoding="utf-8", errors="replace") as f:
         lines = f.read().split("\n")
     kept, dropped, damaged = [], [], []
+    at_step = 0
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
-            after = isinstance(rec, dict) and isinstance(rec.get("step"), (int, float)) and rec["step"] > step
             if not isinstance(rec, dict):
                 raise ValueError("not a record")
+            at = rec.get("step")
+            after = isinstance(at, (int, float)) and at > step
+            if at == step and not isinstance(at, bool):
+                at_step += 1
+                after = kept_at_step is not None and at_step > kept_at_step
         except ValueError:  # a line torn by the kill (the last one), or damage
             after = True
             damaged.append(number)

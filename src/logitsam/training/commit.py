@@ -10,9 +10,9 @@ completion is recorded instead (checkpoints.py reads and verifies it):
   killed half-way mixes old and new files: never complete); in ``on_save``, which HF calls only after
   ``_save_checkpoint`` returned, it fsyncs the files and writes ``.logitsam-complete-<rank>-of-<world>``
   (atomically: temporary file + rename), then removes the sentinel; the marker holds the step, every
-  file's size and a sampled digest of its content (SHA-256 of 16 evenly spaced 64 KiB blocks, first
-  and last included; whole files up to 1 MiB): same-size garbage written over a file is noticed
-  without reading a multi-GB state whole at every save;
+  file's size and the SHA-256 of its whole content (:func:`file_sha256`, streamed). Markers written
+  before held a sampled digest (16 evenly spaced 64 KiB blocks, :func:`sampled_digest`), which missed a
+  flipped byte between the blocks: a corrupted weight resumed silently; they are still read.
 """
 
 from __future__ import annotations
@@ -40,6 +40,15 @@ def sampled_digest(path: str, blocks: int = 16, block: int = 1 << 16) -> str:
             for i in range(blocks):
                 f.seek((size - block) * i // (blocks - 1))
                 h.update(f.read(block))
+    return h.hexdigest()
+
+
+def file_sha256(path: str, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's whole content, read in ``chunk``-byte pieces (memory stays flat for any size)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while piece := f.read(chunk):
+            h.update(piece)
     return h.hexdigest()
 
 
@@ -98,8 +107,8 @@ class AtomicCheckpoints(TrainerCallback):
                 if rel == own_rng or (args.process_index == 0 and not rng.fullmatch(rel)):
                     _fsync(full)
                     sizes[rel] = os.path.getsize(full)
-                    digests[rel] = sampled_digest(full)
-        record = {"step": state.global_step, "files": sizes, "digests": digests}
+                    digests[rel] = file_sha256(full)
+        record = {"step": state.global_step, "files": sizes, "sha256": digests}
         config = os.path.join(args.output_dir, "config.yaml")
         if os.path.isfile(config):  # the settings this state was trained with (a resume compares against them)
             record["config_digest"] = sampled_digest(config)

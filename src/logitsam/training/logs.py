@@ -91,19 +91,6 @@ def whole_run_loss(history: list[dict[str, Any]], global_step: int) -> float | N
     return weighted / total if total and total == global_step else None
 
 
-class WholeRunLoss:
-    """Trainer mixin: the summary's ``train_loss`` is the mean over the whole run, also after a resume
-    (HF averages only the steps the current process ran: 0.618 instead of 0.645 after a kill at step 2
-    of 4). The logged interval means come back with the checkpoint's trainer state."""
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "train_loss" in logs:
-            mean = whole_run_loss(self.state.log_history, self.state.global_step)
-            if mean is not None:
-                logs["train_loss"] = mean
-        super().log(logs, start_time)
-
-
 class JsonlMetrics(TrainerCallback):
     """Appends every log record (with its step and epoch) to ``<output_dir>/metrics.jsonl`` on the main
     process; values are numbers (non-numeric entries are left out)."""

@@ -8,6 +8,12 @@
 dtype ``auto`` is float32 on CPU and bfloat16 on GPUs that support it. The pad token falls back to
 EOS. LoRA (``lora_r > 0``) wraps the policy with peft; its reference is the same model with the
 adapters disabled, so no second copy is loaded.
+
+Training from a LoRA run directory (``sft`` with LoRA, then ``train``) starts from the model it is: its
+adapters merged into their base (``merge_and_unload``). A full fine-tune then trains and saves every
+weight (it used to load a PeftModel whose old adapters were the only trainable weights, and saved them
+alone), and new LoRA adapters sit on the merged model, whose adapters-disabled reference is the SFT model
+(not the base under the old adapters). Evaluation and analysis load the adapters unmerged.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import re
 import socket
 import urllib.parse
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -244,8 +252,18 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
     return tok
 
 
-def load_model(cfg: ModelConfig, *, name: str | None = None, vocab_size: int | None = None, seed: int = 0) -> Any:
-    """A causal LM in the configured dtype (not yet on a device; the Trainer places it)."""
+def load_model(
+    cfg: ModelConfig,
+    *,
+    name: str | None = None,
+    vocab_size: int | None = None,
+    seed: int = 0,
+    merge_adapters: bool = False,
+) -> Any:
+    """A causal LM in the configured dtype (not yet on a device; the Trainer places it).
+
+    A LoRA run directory loads as its adapters on their base (a PeftModel, adapters trainable), or, with
+    ``merge_adapters`` (training from it), as the plain model they merge into (see the module docstring)."""
     dtype = resolve_dtype(cfg.dtype)
     name = name or cfg.name_or_path
     if name == TINY:
@@ -254,14 +272,19 @@ def load_model(cfg: ModelConfig, *, name: str | None = None, vocab_size: int | N
     key = "model.name_or_path" if name == cfg.name_or_path else "model.ref_name_or_path"
     check_model_source(name, key, cfg.gguf_file)
     base = adapter_base(name)
-    if base is not None:  # a LoRA run directory: its adapters on their base model
+    if base is not None:  # a LoRA run directory: its adapters on their base model (merged, if LoRA too)
         from peft import PeftModel
 
-        model = load_model(cfg, name=base, vocab_size=vocab_size, seed=seed)
+        model = load_model(cfg, name=base, vocab_size=vocab_size, seed=seed, merge_adapters=True)
         try:
-            return PeftModel.from_pretrained(model, name, is_trainable=True)  # the adapters are what was trained
+            with _quiet_peft():
+                model = PeftModel.from_pretrained(model, name, is_trainable=not merge_adapters)
         except (OSError, ValueError, KeyError) as e:
             raise ConfigError(f"{key}: cannot load the LoRA adapters in {name!r}: {one_line(e, 300)}") from e
+        if not merge_adapters:
+            return model  # the adapters are what was trained
+        log.info("%s: %r holds LoRA adapters: merged into their base %r, the model trained from", key, name, base)
+        return model.merge_and_unload().requires_grad_(True)  # peft froze the base: trainable, as if loaded
     try:
         path = resolve_path(cfg, name)
         bad = broken_safetensors(path) if os.path.isdir(path) else None
@@ -329,6 +352,15 @@ def check_lora_targets(model: Any, cfg: ModelConfig) -> None:
         )
 
 
+@contextmanager
+def _quiet_peft() -> Iterator[None]:
+    """peft reads model.is_gradient_checkpointing, deprecated by transformers 5 (FutureWarning) in favour of
+    is_activation_checkpointing; the read is inside peft, so only this exact message is silenced, there."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def apply_lora(model: Any, cfg: ModelConfig) -> Any:
     """Wrap ``model`` with LoRA adapters when ``cfg.lora_r > 0``."""
     if cfg.lora_r <= 0:
@@ -343,10 +375,7 @@ def apply_lora(model: Any, cfg: ModelConfig) -> Any:
         task_type="CAUSAL_LM",
         target_modules=cfg.lora_target_modules or "all-linear",
     )
-    with warnings.catch_warnings():
-        # peft reads model.is_gradient_checkpointing, deprecated by transformers 5 (FutureWarning) in favour of
-        # is_activation_checkpointing; the read is inside peft, so only this exact message is silenced, here
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    with _quiet_peft():
         try:
             return get_peft_model(model, lora)
         except (ValueError, TypeError) as e:  # peft's NoMatchingPeftModuleError, unsupported module types
@@ -359,6 +388,7 @@ def load_reference(cfg: ModelConfig, policy: Any) -> Any | None:
         return None
     name = cfg.ref_name_or_path or cfg.name_or_path
     # random tiny weights: the reference must be the policy's own starting point
-    ref = copy.deepcopy(policy) if name == TINY else load_model(cfg, name=name, vocab_size=policy.config.vocab_size)
+    size = policy.config.vocab_size
+    ref = copy.deepcopy(policy) if name == TINY else load_model(cfg, name=name, vocab_size=size, merge_adapters=True)
     ref.eval().requires_grad_(False)
     return ref

@@ -6,7 +6,9 @@ that is neither the old one nor a new one. :func:`check_resume_settings` compare
 settings of the resumed run with the ``config.yaml`` saved by the run (in ``output_dir``, or beside
 the checkpoint when ``output_dir`` has none) and refuses differences — listing them — unless
 ``train.resume_allow_changes`` is set (``train.overwrite_output_dir`` does not switch the checks off: a
-resume continues the run and overwrites nothing). Keys in
+resume continues the run and overwrites nothing). config.yaml itself must be the one the checkpoint was
+saved under (its marker holds the digest) or one a resume from that checkpoint wrote (run_state.json):
+never edited by hand. Keys in
 :data:`RESUME_FREE` (where and how often the run writes, logs and evaluates, how it resumes) may
 differ freely.
 
@@ -27,8 +29,9 @@ from typing import Any
 from logitsam.config import schema as config_mod
 from logitsam.config.schema import Config
 from logitsam.errors import ConfigError, UserError
-from logitsam.training.checkpoints import saved_config_digest
+from logitsam.training.checkpoints import checkpoint_step, saved_config_digest
 from logitsam.training.commit import sampled_digest
+from logitsam.training.runstate import accepted_config_digests
 
 # What a resumed run may change without train.resume_allow_changes: where and how often it writes,
 # logs and evaluates, and how it resumes — never what it optimises (loss, data, batches, schedule, SAM).
@@ -98,7 +101,9 @@ def check_resume_settings(resolved: Config, checkpoint: str) -> None:
     if path is None:
         return  # a checkpoint of a plain HF run: nothing to compare with
     allow = "set train.resume_allow_changes=true to resume with them anyway"
-    if recorded is not None and _digest(path) != recorded:  # the reference itself was edited since the save
+    # the reference itself was edited since the save; a resume from this checkpoint rewriting it is no edit
+    accepted = (recorded, *accepted_config_digests(os.path.dirname(path), checkpoint_step(checkpoint)))
+    if recorded is not None and _digest(path) not in accepted:
         raise ConfigError(
             f"train.resume_from_checkpoint: {path} changed since {os.path.basename(os.path.normpath(checkpoint))} "
             "was saved, so it no longer says how that state was trained; restore it, or "

@@ -22,7 +22,7 @@ from logitsam.core.registry import HyperparameterError, LossSpec, get_loss, reso
 from logitsam.data.batching import DropCounts, PreferenceCollator, tokenize_examples
 from logitsam.data.examples import load_examples
 from logitsam.errors import ConfigError
-from logitsam.training.checkpoints import checkpoint_step, resolve_resume, trim_metrics
+from logitsam.training.checkpoints import checkpoint_step, logged_at_step, resolve_resume, trim_metrics
 from logitsam.training.commit import AtomicCheckpoints
 from logitsam.training.modelcard import write_model_card
 from logitsam.training.models import DTYPES, apply_lora, check_lora_targets, load_model, load_reference, load_tokenizer
@@ -36,6 +36,7 @@ from logitsam.training.resume import (
     save_data_fingerprint,
 )
 from logitsam.training.rundir import claim, clear_previous_run, is_main_process
+from logitsam.training.runstate import final_problem, record_final, start_run
 from logitsam.training.trainer import PreferenceTrainer
 
 __all__ = [
@@ -133,9 +134,18 @@ def split_eval(train: list, evals: list, fraction: float, seed: int) -> tuple[li
 
 
 def already_finished(cfg: Config, resume: str, args: Any, n_train: int) -> dict[str, Any] | None:
-    """The result of resuming a run that already reached its last step (touching nothing), else None."""
+    """The result of resuming a run that already finished (touching nothing), else None.
+
+    Finished: the checkpoint is at the last step *and* the run state records the final save at that step,
+    its files intact; otherwise the resume trains no step and makes the final save (runstate.py)."""
     done, steps = checkpoint_step(resume), total_steps(args, n_train)[0]
     if done is None or done < steps:
+        return None
+    problem = final_problem(cfg.train.output_dir, done, model=cfg.train.save_model)
+    if problem is not None:
+        name = os.path.basename(resume)
+        log.warning("%s: %s is at the last step (%d), but the run did not finish: %s; making its final save now "
+                    "(no step is trained)", cfg.train.output_dir, name, done, problem)  # fmt: skip
         return None
     log.warning(
         "%s: the run already finished (%s is at step %d of %d); nothing to do — to train longer, raise "
@@ -218,7 +228,7 @@ def _train(
     checkpointing = bool(cfg.model.gradient_checkpointing or cfg.train.gradient_checkpointing)
     has_eval = bool(data.eval_rows)
     args = build_training_args(cfg.train, has_eval=has_eval, checkpointing=checkpointing)
-    model = load_model(cfg.model, vocab_size=len(tokenizer))  # tiny-random: fixed init, the 'pretrained' model
+    model = load_model(cfg.model, vocab_size=len(tokenizer), merge_adapters=True)  # tiny-random: fixed init
     check_lora_targets(model, cfg.model)
     if checkpointing:
         model.config.use_cache = False
@@ -293,8 +303,8 @@ def train_and_save(
         clear_previous_run(out)  # overwrite_output_dir: only now, with everything checked
         step = checkpoint_step(resume) if resume else None
         if step is not None:  # the interrupted run logged steps the resumed one logs again
-            trim_metrics(out, step)
-        config_mod.save(resolved, os.path.join(out, "config.yaml"))
+            trim_metrics(out, step, logged_at_step(resume))
+        start_run(out, resolved, step)  # writes config.yaml; the old final save stops counting
         save_data_fingerprint(out, fingerprints)
     result = trainer.train(resume_from_checkpoint=resume)
     if cfg.train.save_model:
@@ -303,8 +313,11 @@ def train_and_save(
     if trainer.eval_dataset is not None:
         metrics.update(final_evaluation(trainer))
     metrics.update(counts)
-    if cfg.train.save_model and is_main_process():
-        write_model_card(resolved, {**metrics, "global_step": trainer.state.global_step}, kind=kind)
+    if is_main_process():
+        if cfg.train.save_model:
+            write_model_card(resolved, {**metrics, "global_step": trainer.state.global_step}, kind=kind)
+        save = cfg.train.save_model
+        record_final(out, trainer.state.global_step, model=save, card=save)  # last: now the run is finished
     return metrics
 
 

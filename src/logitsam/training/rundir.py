@@ -38,8 +38,9 @@ from logitsam.training.checkpoints import WEIGHTS, list_checkpoints
 log = logging.getLogger(__name__)
 LOCK_NAME = ".logitsam.lock"
 KEY = "train.output_dir"
+STATE = "run_state.json"  # what of the run is complete (runstate.py)
 # What a finished or interrupted run leaves behind (HF Trainer and run.train).
-RUN_FILES = ("config.yaml", "metrics.jsonl", "trainer_state.json", "training_args.bin", *WEIGHTS)
+RUN_FILES = ("config.yaml", "metrics.jsonl", "trainer_state.json", "training_args.bin", STATE, *WEIGHTS)
 
 
 def is_main_process() -> bool:

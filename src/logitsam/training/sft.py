@@ -27,7 +27,8 @@ from logitsam.data.files import read_rows
 from logitsam.errors import ConfigError, DataError
 from logitsam.training.checkpoints import resolve_resume
 from logitsam.training.commit import AtomicCheckpoints
-from logitsam.training.logs import JsonlMetrics, WholeRunLoss, install_console
+from logitsam.training.continuity import ContinuedRun
+from logitsam.training.logs import JsonlMetrics, install_console
 from logitsam.training.models import apply_lora, check_lora_targets, load_model, load_tokenizer
 from logitsam.training.preflight import build_training_args, check_config, check_optimizer
 from logitsam.training.resume import check_resume_data, check_resume_parameters, check_resume_settings, data_fingerprint
@@ -49,8 +50,9 @@ RESPONSE_KEYS = ("completion", "response")
 
 
 
-class SftTrainer(StopOnDivergence, WholeRunLoss, Trainer):
-    """transformers.Trainer whose summary ``train_loss`` covers the whole run, also after a resume."""
+class SftTrainer(StopOnDivergence, ContinuedRun, Trainer):
+    """transformers.Trainer whose logged intervals and summary ``train_loss`` are an uninterrupted run's,
+    also after a resume."""
 
 def load_sft_examples(paths: list[str], fmt: str = "auto") -> list[PreferenceExample]:
     """Examples whose ``chosen`` is the SFT target: prompt/completion rows, conversational ``messages`` rows
@@ -153,7 +155,7 @@ def _sft(cfg: Config, resume: str | None, callbacks: Sequence[Any]) -> dict[str,
     checkpointing = bool(cfg.model.gradient_checkpointing or cfg.train.gradient_checkpointing)
     args = build_training_args(cfg.train, has_eval=bool(eval_rows), checkpointing=checkpointing)
     args.remove_unused_columns = False
-    model = load_model(cfg.model, vocab_size=len(tokenizer))
+    model = load_model(cfg.model, vocab_size=len(tokenizer), merge_adapters=True)
     check_lora_targets(model, cfg.model)
     if checkpointing:
         model.config.use_cache = False

@@ -27,7 +27,8 @@ from logitsam.core.registry import LossSpec
 from logitsam.sam.common import check_adaptive, check_method, check_rho
 from logitsam.sam.full import full_sam_backward
 from logitsam.training.checkpoints import list_checkpoints
-from logitsam.training.logs import JsonlMetrics, WholeRunLoss, install_console
+from logitsam.training.continuity import ContinuedRun
+from logitsam.training.logs import JsonlMetrics, install_console
 from logitsam.training.reference import batch_reference_logps
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class StopOnDivergence:
             )
 
 
-class PreferenceTrainer(StopOnDivergence, WholeRunLoss, Trainer):
+class PreferenceTrainer(StopOnDivergence, ContinuedRun, Trainer):
     """Trainer for any registered preference loss, with logits-SAM or full SAM.
 
     loss_spec / loss_params: from :mod:`logitsam.core.losses`. sam: rho, mode (logits | full), method.
@@ -122,6 +123,23 @@ class PreferenceTrainer(StopOnDivergence, WholeRunLoss, Trainer):
     def _store(self, mode: str, metrics: dict[str, Tensor]) -> None:
         for k, v in metrics.items():
             self._stored[mode][k].append(v.detach().float().reshape(()))
+
+    def open_metrics(self) -> dict[str, list[float]]:
+        """The training metrics stored since the last log, averaged over ranks (a checkpoint carries them)."""
+        stored = self._stored["train"]
+        keys = sorted(stored)
+        if not keys:
+            return {}
+        flat = torch.cat([torch.stack([t.to(self.args.device) for t in stored[k]]) for k in keys])
+        flat = self.accelerator.reduce(flat, reduction="mean") if self.accelerator.num_processes > 1 else flat
+        values, out = flat.tolist(), {}
+        for k in keys:
+            out[k], values = values[: len(stored[k])], values[len(stored[k]) :]
+        return out
+
+    def reopen_metrics(self, values: dict[str, list[float]]) -> None:
+        for k, saved in values.items():
+            self._stored["train"][k][:0] = [torch.tensor(v, dtype=torch.float32) for v in saved]
 
     def _check_finite(self, loss: Tensor) -> None:
         if not torch.isfinite(loss.detach()):
