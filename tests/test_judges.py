@@ -106,6 +106,30 @@ def test_parse(answer, expected):
     assert LLMJudge.parse(answer) == expected
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        'More helpful: "A" or "B"',  # the format line echoed without its brackets
+        "Comparison: x\nMore helpful: A or B",
+        "Preferred: A/B",
+        "More helpful: A, B",
+        "More helpful: B\nYour response should use the format: More helpful: A or B",  # the last verdict line rules
+    ],
+)
+def test_only_the_format_asked_is_a_verdict(answer):
+    """Before: every one of these was read as a vote (for the first letter): ties in both orders, 0 failures."""
+    assert LLMJudge.parse(answer) is None
+
+
+def test_an_echoing_judge_fails_every_pair_instead_of_tying(serve):
+    s = serve(lambda h, body: reply(h, verdict('Comparison: both fine.\nMore helpful: "A" or "B"')))
+    j = judge(s.url, max_failure_rate=1.0)
+    out = j.compare(["q1", "q2"], ["good", "good"], ["bad", "bad"])
+    assert all(math.isnan(v) for v in out) and (j.last.pairs, j.last.failures) == (2, 2)
+    with pytest.raises(JudgeError, match="could not be parsed for 2 of 2 pairs"):
+        judge(s.url).compare(["q1", "q2"], ["good", "good"], ["bad", "bad"])
+
+
 def test_unparsed_verdicts_are_failures_not_ties(serve):
     def picky(handler, body):  # cannot decide about q3 and q7
         text = body["messages"][0]["content"]

@@ -7,12 +7,12 @@
   environment: LOGITSAM_JUDGE_BASE_URL / _MODEL / _API_KEY, falling back to OPENAI_*), asked the
   DPO paper's pairwise question in both orders to cancel position bias, with retries and timeouts.
 
-LLM verdicts: ``More helpful: A`` / ``Preferred: B`` in the usual variations (markdown bold, any
-case, quoted, trailing punctuation, on the comparison's line) parse; anything else ("C", empty,
-null content) is a *failure*. A pair counts only when both orders parse — one parsed and one
-failed order is a failed pair, not a win — and a failed pair's outcome is NaN (never a tie).
-``judge.last`` reports the failures; more than ``max_failure_rate`` of the pairs failing makes
-``compare`` raise :class:`JudgeError`.
+LLM verdicts: the last ``More helpful:`` / ``Preferred:`` line must hold one letter and nothing else
+(markdown bold, any case, quotes, "Response A" and end punctuation allowed); anything else ("C", an
+echoed 'More helpful: "A" or "B"', "A/B", empty, null content) is a *failure*. A pair counts only when
+both orders parse — one parsed and one failed order is a failed pair, not a win — and a failed pair's
+outcome is NaN (never a tie). ``judge.last`` reports the failures; more than ``max_failure_rate`` of
+the pairs failing makes ``compare`` raise :class:`JudgeError`.
 """
 
 from __future__ import annotations
@@ -127,11 +127,11 @@ class JudgeError(UserError):
     it as one line: a wrong URL, a server that is down or a judge that answers nonsense is the user's to fix)."""
 
 
-# "More helpful: A", "**Preferred:** 'b'.", "more helpful - Response A" ... : the label, then the letter.
-_VERDICT = re.compile(
-    r"(?:preferred|more\s+helpful)[\s*_`]*[:\-–][\s*_`\"'(\[]*(?:(?:response|summary)\s+)?[\"'*_`(\[]*([ab])(?![a-z0-9])(.*)",
-    re.IGNORECASE,
-)
+# The verdict line asked for: the label, then one letter and nothing else but wrappers and end punctuation
+# ("More helpful: A", "**Preferred:** 'b'.", "more helpful - Response A"). An echo of the format line
+# ('More helpful: "A" or "B"', "A/B") names both letters: a failure, never a vote for the first.
+_LABEL = re.compile(r"(?:preferred|more\s+helpful)[\s*_`]*[:\-–]", re.IGNORECASE)
+_ANSWER = re.compile(r"[\s*_`\"'(\[]*(?:(?:response|summary)\s+)?[\"'*_`(\[]*([ab])[\"'*_`)\]\s.!]*", re.IGNORECASE)
 
 
 @dataclass
@@ -226,18 +226,18 @@ class LLMJudge:
 
     @staticmethod
     def parse(answer: str | None) -> str | None:
-        """'A' or 'B' from the judge's last 'Preferred:' / 'More helpful:' verdict (None if absent).
+        """'A' or 'B' from the judge's last 'Preferred:' / 'More helpful:' line, only when the rest of that
+        line is the one letter (optionally quoted, bold, "Response X", end punctuation); else None.
 
-        A lowercase letter counts only when nothing but punctuation follows it on its line, so
-        "More helpful: a response that ..." is not read as A.
+        So "More helpful: a response that ..." and an echoed 'More helpful: "A" or "B"' are failures.
         """
         if not isinstance(answer, str):
             return None
-        for m in reversed(list(_VERDICT.finditer(answer))):
-            letter, rest = m.group(1), m.group(2).split("\n", 1)[0]
-            if letter.isupper() or not re.search(r"[a-z0-9]", rest, re.IGNORECASE):
-                return letter.upper()
-        return None
+        labels = list(_LABEL.finditer(answer))
+        if not labels:
+            return None
+        m = _ANSWER.fullmatch(answer[labels[-1].end() :].split("\n", 1)[0])
+        return m.group(1).upper() if m else None
 
     def _one(self, prompt: str, a: str, b: str) -> tuple[float | None, str]:
         """Mean vote of both orders, or (None, unparsed answer) when either order fails."""
