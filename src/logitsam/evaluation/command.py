@@ -6,6 +6,7 @@ import argparse
 import math
 import os
 import shutil
+import sys
 from typing import Any
 
 from transformers import AutoConfig
@@ -117,4 +118,6 @@ def run(args: argparse.Namespace) -> int:
         args.model, prompts, args.out, chosen=chosen, baseline=baseline, judge=judge, reference=reference, settings=s
     )
     print(f"report: {write_eval_report(args.out, res, judge_name)} (samples in {args.out}/samples)")
+    for warning in res.get("warnings", []):  # a judge that failed or tied on most pairs
+        print(f"WARNING: {warning}", file=sys.stderr)
     return 0
