@@ -5,6 +5,7 @@ import math
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -104,6 +105,65 @@ def judge(url, **kw):
 )
 def test_parse(answer, expected):
     assert LLMJudge.parse(answer) == expected
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        'More helpful: "A" or "B"',  # the format line echoed without its brackets
+        "Comparison: x\nMore helpful: A or B",
+        "Preferred: A/B",
+        "More helpful: A, B",
+        "More helpful: B\nYour response should use the format: More helpful: A or B",  # the last verdict line rules
+    ],
+)
+def test_only_the_format_asked_is_a_verdict(answer):
+    """Before: every one of these was read as a vote (for the first letter): ties in both orders, 0 failures."""
+    assert LLMJudge.parse(answer) is None
+
+
+def test_an_echoing_judge_fails_every_pair_instead_of_tying(serve):
+    s = serve(lambda h, body: reply(h, verdict('Comparison: both fine.\nMore helpful: "A" or "B"')))
+    j = judge(s.url, max_failure_rate=1.0)
+    out = j.compare(["q1", "q2"], ["good", "good"], ["bad", "bad"])
+    assert all(math.isnan(v) for v in out) and (j.last.pairs, j.last.failures) == (2, 2)
+    with pytest.raises(JudgeError, match="could not be parsed for 2 of 2 pairs"):
+        judge(s.url).compare(["q1", "q2"], ["good", "good"], ["bad", "bad"])
+
+
+def test_evaluate_reports_failures_and_ties_and_warns_when_they_are_most_pairs(serve, tmp_path, monkeypatch, capsys):
+    """A judge that always answers "A" (position bias) ties every pair: report.md and results.json say so."""
+    from logitsam.evaluation import evaluate as E
+
+    s = serve(lambda h, body: reply(h, verdict("More helpful: A")))
+    prompts = [f"q{i}" for i in range(4)]
+    samples = {"m": ["good"] * 4}
+    monkeypatch.setattr(E, "_load", lambda name, st: (name, None))
+    monkeypatch.setattr(E, "_sample", lambda m, tok, p, st, name: (samples[m], [([1], [1])] * len(p)))
+    out = tmp_path / "ev"
+    res = E.evaluate_models(["m"], prompts, str(out), chosen=["bad"] * 4, judge=judge(s.url))
+    row = json.loads((out / "results.json").read_text())["models"]["m"]
+    assert (row["failures"], row["ties"], row["identical"]) == (0, 4, 0)
+    assert row["warning"] == "m: the judge failed on 0 and tied on 4 of 4 pairs; its win rate rests on 0 decided pairs"
+    assert res["warnings"] == [row["warning"]]
+    report = Path(E.write_eval_report(str(out), res, "llm")).read_text()
+    assert f"**Warning:** {row['warning']}." in report
+    assert "| judge failures | ties |" in report and "| m | 50.0 [50.0, 50.0] | 0 | 4 |" in report
+
+
+def test_the_command_line_prints_the_warning(tmp_path, monkeypatch, capsys):
+    """Samples identical to the baseline's tie under any judge: said on stderr, naming the identical ones."""
+    from logitsam import cli
+    from logitsam.evaluation import evaluate as E
+
+    data = tmp_path / "p.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"q{i}", "chosen": "same text"}) + "\n" for i in range(3)))
+    monkeypatch.setattr(E, "_load", lambda name, st: (name, None))
+    monkeypatch.setattr(E, "_sample", lambda m, tok, p, st, name: (["same text"] * len(p), [([1], [1])] * len(p)))
+    argv = ["evaluate", "--model", "tiny-random", "--prompts", str(data), "--judge", "vader", "--out", str(tmp_path / "ev")]
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "WARNING: tiny-random: the judge failed on 0 and tied on 3 of 3 pairs (3 of the ties: identical" in err
 
 
 def test_unparsed_verdicts_are_failures_not_ties(serve):

@@ -129,6 +129,7 @@ class FusedJob:
     need_grads: bool = True
     adaptive: bool = False  # ε ∝ |W|⊙g (weight method only)
     regather: Callable[[], Any] | None = None  # makes the weight full again for a recomputing backward (FSDP2)
+    whole_batch: bool = False  # the loss couples pairs: dL/dsums from the whole batch, never per chunk
     # reported:
     clean_sums: Tensor | None = None
     top_token: Tensor | None = None
@@ -138,17 +139,33 @@ class FusedJob:
 
 
 def _pair_grad(job: FusedJob, pairs: Tensor, sums: Tensor) -> Tensor:
-    """(S,) dL/dsums for the sequences of ``pairs`` (zeros elsewhere), L = Σ_j losses_j / B."""
+    """(S,) dL/dsums for the sequences of ``pairs`` (zeros elsewhere), L = Σ_j losses_j / B.
+
+    A side the loss never reads (a chosen-only NLL term) gets a zero gradient, not an autograd error.
+    """
     b = job.n_pairs
     sc, sr = sums[pairs].detach(), sums[pairs + b].detach()
+    out = torch.zeros_like(sums)
     with torch.enable_grad():
         sc.requires_grad_()
         sr.requires_grad_()
         losses = job.pair_losses(pairs, sc, sr)
-        gc, gr = torch.autograd.grad(losses.sum() / b, (sc, sr))
-    out = torch.zeros_like(sums)
-    out[pairs], out[pairs + b] = gc.to(sums.dtype), gr.to(sums.dtype)
+        if not losses.requires_grad:
+            return out
+        gc, gr = torch.autograd.grad(losses.sum() / b, (sc, sr), allow_unused=True)
+    for idx, g in ((pairs, gc), (pairs + b, gr)):
+        if g is not None:
+            out[idx] = g.to(sums.dtype)
     return out
+
+
+def _whole_batch_grad(job: FusedJob, h, w, b, cdt, pert) -> Tensor | None:
+    """(S,) dL/dsums from every pair's sums at once (a log-probs-only sweep first) for a loss that couples
+    pairs (``job.whole_batch``); None otherwise. The sweep's dz and ε's ingredient are linear in it."""
+    if not job.whole_batch:
+        return None
+    sums, _ = _sweep(job, h, w, b, cdt, pert, None)
+    return _pair_grad(job, torch.arange(job.n_pairs, device=h.device), sums)
 
 
 def _sweep(job, h, w, b, cdt, pert, on_dz, *, top=False, fixed_gout=None):
@@ -283,6 +300,8 @@ def _run(job, h, weight, bias, cdt, *, gout=None, u_clean=None):
         pert = _make_pert(job, h, v, cdt, d_w is not None)
         # chunked: g accumulates in dW's own buffer (core/fused_vocab.py), else in the perturbation
         acc_g = pert.accumulate if pert is not None else lambda s, e, dz: _add_dw(d_w, dz, h[s:e].to(cdt), acc)
+        if u_clean is None:
+            u_clean = _whole_batch_grad(job, h, w, b, cdt, None)
         clean, u0 = _sweep(job, h, w, b, cdt, None, acc_g, top=gout is None, fixed_gout=u_clean)
         g = d_w if pert is None else getattr(pert, "g", None)  # (V, d) for weight / chunked
         if job.adaptive:
@@ -309,7 +328,10 @@ def _run(job, h, weight, bias, cdt, *, gout=None, u_clean=None):
             db = dzc.sum(0, dtype=acc)
             d_b.add_(db if k is None else db.div_(k))
 
-    sums, u = _sweep(job, h, w, b, cdt, pert, grads, top=pert is None and gout is None, fixed_gout=gout)
+    top = pert is None and gout is None
+    if gout is None:
+        gout = _whole_batch_grad(job, h, w, b, cdt, pert)
+    sums, u = _sweep(job, h, w, b, cdt, pert, grads, top=top, fixed_gout=gout)
     if pert is None:
         job.clean_sums = sums
     return sums, u, d_h, d_w, (None if d_b is None else d_b.to(bias.dtype))

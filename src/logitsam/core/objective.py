@@ -147,6 +147,7 @@ class Objective:
             need = torch.is_grad_enabled() and (h_r.requires_grad or head.weight.requires_grad)
             job = FusedJob(plan, labels.shape[0] // 2, pair_losses, self.rho if sam_on else 0.0, self.method, need)
             job.adaptive, job.regather = self.adaptive, regather(model)
+            job.whole_batch = self.spec.batch_coupled  # per-chunk dL/dsums would be another objective
             sums = fused_sequence_sums(h_r, head.weight, head.bias, job)
         out = self.losses(pair_logps(sums, lengths, ref, scores))
         loss = out.losses.mean()

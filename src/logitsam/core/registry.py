@@ -11,9 +11,11 @@ from __future__ import annotations
 import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from dataclasses import replace as replace_fields
 from typing import Any, NamedTuple
 
 import torch
+from torch import Tensor
 
 from logitsam.core.hparams import Range, check_like_default, nonnegative, one_of, positive
 from logitsam.core.losses import (
@@ -39,6 +41,10 @@ class LossSpec:
     """What a caller needs to know about a loss, so nobody matches on names.
 
     needs_reference: the trainer must supply ``ref_chosen``/``ref_rejected``.
+    batch_coupled: a pair's loss (value or gradient) depends on the other pairs of the batch (normalised
+        or sorted across it); found by the registration probe. The fused head then computes dL/dsums
+        from the whole batch before its gradient sweep instead of chunk by chunk (exact either way).
+    uses: which of the policy's chosen / rejected log-probs reach the losses (found by the probe).
     length_normalized: the preference term works on mean per-token log-probs (rewards are then
         β·mean log-prob) rather than sums; callers always pass sums and lengths.
     defaults: hyperparameters and their default values; any other keyword is an error.
@@ -53,6 +59,8 @@ class LossSpec:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     summary: str = ""
     ranges: Mapping[str, Range] = field(default_factory=dict)
+    batch_coupled: bool = False  # a pair's loss depends on other pairs: the fused head takes the whole batch
+    uses: tuple[str, ...] = ("chosen", "rejected")  # the policy log-probs the losses are differentiated through
 
 
 def _hyperparameters(name: str, fn: LossFn) -> dict[str, Any]:
@@ -187,19 +195,40 @@ class HyperparameterError(ValueError):
 BUILTIN = frozenset(LOSSES)
 
 
-def _probe(spec: LossSpec) -> None:
-    """Call a new loss once on 3 float64 pairs: it must return a LossOutput of finite (3,) tensors,
-    and its losses must reach the policy log-probs (else training would silently learn nothing)."""
-    g = torch.Generator().manual_seed(0)
-    c, r = (
-        (-(torch.rand(3, generator=g, dtype=torch.float64) * 20 + 1)).requires_grad_(),
-        -torch.full((3,), 15.0, dtype=torch.float64),
-    )
-    lengths = torch.tensor([4.0, 7.0, 10.0], dtype=torch.float64)
-    ref = (c.detach() + 0.5, r - 0.5) if spec.needs_reference else (None, None)
-    inp = PreferenceLogps(c, r.requires_grad_(), lengths, lengths, *ref)
+# The probe batch: chosen and rejected (and their log-ratios) are ranked differently and no subset has the
+# batch's mean, so a loss that sorts or normalises across the batch differs on subsets (the fused chunks).
+_PROBE = {
+    "chosen": (-7.0, -19.0, -3.0),
+    "rejected": (-15.0, -9.0, -18.0),
+    "chosen_lengths": (4.0, 7.0, 10.0),
+    "rejected_lengths": (6.0, 3.0, 9.0),
+    "ref_chosen": (-6.5, -20.5, -1.0),
+    "ref_rejected": (-15.5, -8.0, -20.5),
+}
+_SUBSETS = ((0,), (1, 2), (2,), (0, 1))  # contiguous runs of pairs, as the fused head's chunks hold them
+
+
+def _probe_call(spec: LossSpec, pairs: tuple[int, ...]) -> tuple[Any, Tensor | None, Tensor | None]:
+    """fn's output on ``pairs`` of the probe batch and the gradients of its summed losses w.r.t. the (|pairs|,)
+    chosen and rejected log-probs (None: not reached, or no LossOutput with differentiable losses)."""
+    t = {k: torch.tensor([v[i] for i in pairs], dtype=torch.float64) for k, v in _PROBE.items()}
+    c, r = t["chosen"].requires_grad_(), t["rejected"].requires_grad_()
+    ref = (t["ref_chosen"], t["ref_rejected"]) if spec.needs_reference else (None, None)
+    out = spec.fn(PreferenceLogps(c, r, t["chosen_lengths"], t["rejected_lengths"], *ref), **spec.defaults)
+    losses = getattr(out, "losses", None)
+    if not isinstance(out, LossOutput) or not isinstance(losses, Tensor) or not losses.requires_grad:
+        return out, None, None
+    gc, gr = torch.autograd.grad(losses.sum(), (c, r), allow_unused=True)
+    return out, gc, gr
+
+
+def _probe(spec: LossSpec) -> tuple[bool, tuple[str, ...]]:
+    """Call a new loss on 3 float64 pairs: it must return a LossOutput of finite (3,) tensors, and its losses
+    must reach the policy log-probs (else training would silently learn nothing). Returns (batch_coupled,
+    uses): whether losses or gradients of subsets of pairs differ from the whole batch's, and which of
+    chosen / rejected the losses are differentiated through."""
     try:
-        out = spec.fn(inp, **spec.defaults)
+        out, gc, gr = _probe_call(spec, (0, 1, 2))
     except Exception as e:
         raise TypeError(f"loss {spec.name!r}: calling it on a 3-pair test batch failed: {type(e).__name__}: {e}") from e
     if not isinstance(out, LossOutput):
@@ -211,8 +240,24 @@ def _probe(spec: LossSpec) -> None:
             raise TypeError(f"loss {spec.name!r}: LossOutput.{key} must have shape (B,) = (3,), got {shape}")
         if not torch.isfinite(v).all():
             raise TypeError(f"loss {spec.name!r}: LossOutput.{key} is not finite on the test batch")
-    if not out.losses.requires_grad:
+    if gc is None and gr is None:
         raise TypeError(f"loss {spec.name!r}: its losses do not depend on the policy log-probs (no gradient)")
+    uses = tuple(side for side, g in (("chosen", gc), ("rejected", gr)) if g is not None)
+    zeros = torch.zeros(3, dtype=torch.float64)
+    full = [out.losses.detach(), zeros if gc is None else gc, zeros if gr is None else gr]
+    for pairs in _SUBSETS:
+        try:
+            part, pc, pr = _probe_call(spec, pairs)
+        except Exception:  # a loss that cannot run on fewer pairs needs the whole batch anyway
+            return True, uses
+        idx = list(pairs)
+        got = [getattr(part, "losses", None), zeros[idx] if pc is None else pc, zeros[idx] if pr is None else pr]
+        for g, want in zip(got, full, strict=True):
+            if not isinstance(g, Tensor) or g.shape != (len(idx),):
+                return True, uses
+            if not torch.allclose(g.detach(), want[idx], rtol=1e-9, atol=1e-12):
+                return True, uses
+    return False, uses
 
 
 def register_loss(
@@ -224,6 +269,7 @@ def register_loss(
     ranges: Mapping[str, Range] | None = None,
     summary: str = "",
     replace: bool = False,
+    batch_coupled: bool = False,
 ) -> LossSpec:
     """Add a loss to the registry, usable by name everywhere a built-in is (config, trainer, TRL drop-in).
 
@@ -231,8 +277,11 @@ def register_loss(
     summed log-probs and lengths in ``inp`` (and ``ref_*`` when ``needs_reference``). Every
     hyperparameter is keyword-only with a default; ``ranges`` may give any of them a
     :class:`~logitsam.core.hparams.Range` (the others must keep their default's type and be finite).
-    The function is called once on a small batch to check what it returns. A built-in name can never be
-    replaced; a name registered before only with ``replace=True``. Returns the new spec.
+    The function is called on a small batch and its subsets to check what it returns, which log-probs it
+    uses, and whether a pair's loss depends on the other pairs (``batch_coupled``: e.g. normalised or
+    sorted across the batch; the fused head then takes dL/dsums from the whole batch, exact with
+    logits-SAM). ``batch_coupled=True`` declares a coupling the probe might not see. A built-in name
+    can never be replaced; a name registered before only with ``replace=True``. Returns the new spec.
     """
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"register_loss: name must be an identifier-like string, got {name!r}")
@@ -257,7 +306,8 @@ def register_loss(
                 f"loss {name!r}: the default {key} = {defaults[key]!r} is outside its range: {e}"
             ) from None
     spec = LossSpec(name, fn, bool(needs_reference), bool(length_normalized), defaults, summary, ranges)
-    _probe(spec)
+    coupled, uses = _probe(spec)
+    spec = replace_fields(spec, batch_coupled=coupled or bool(batch_coupled), uses=uses)
     LOSSES[name] = spec
     return spec
 
@@ -316,6 +366,8 @@ def describe_losses() -> list[LossParamRow]:
         kind = ("reference" if spec.needs_reference else "reference-free") + (
             ", length-normalised" if spec.length_normalized else ", summed log-probs"
         )
+        kind += "".join(f", {side} only" for side in spec.uses if len(spec.uses) == 1)
+        kind += ", couples the batch's pairs" if spec.batch_coupled else ""
         summary = f"{spec.summary} [{kind}]"
         for key, default in spec.defaults.items():
             rng = spec.ranges.get(key)

@@ -6,6 +6,7 @@ import argparse
 import math
 import os
 import shutil
+import sys
 from typing import Any
 
 from transformers import AutoConfig
@@ -13,7 +14,14 @@ from transformers import AutoConfig
 from logitsam.errors import ConfigError
 from logitsam.evaluation.evaluate import EvalSettings, evaluate_models, read_prompts, write_eval_report
 from logitsam.evaluation.generation import DecodeSettings
-from logitsam.evaluation.judges import GoldRewardJudge, JudgeError, LLMJudge, RewardModelJudge, vader_reward
+from logitsam.evaluation.judges import (
+    GoldRewardJudge,
+    JudgeError,
+    LLMJudge,
+    RewardModelJudge,
+    reward_model_spec,
+    vader_reward,
+)
 from logitsam.evaluation.options import JUDGES
 from logitsam.training.models import check_device, check_model_source
 
@@ -27,9 +35,10 @@ def _judge(args: argparse.Namespace) -> tuple[Any, str]:
     if kind == "vader":
         return GoldRewardJudge(vader_reward()), "VADER compound sentiment (gold reward)"
     if kind == "reward_model" and value:
-        check_model_source(value, "--judge reward_model:PATH")
-        _check_reward_head(value)
-        return RewardModelJudge(value, device=args.device), f"reward model `{value}`"
+        path, label = reward_model_spec(value)  # PATH@LABEL: the label of a classifier to score
+        check_model_source(path, "--judge reward_model:PATH")
+        _check_reward_head(path)
+        return RewardModelJudge(path, device=args.device, label=label), f"reward model `{value}`"
     if kind == "llm" and value:
         try:
             judge = LLMJudge(value, args.judge_model, task=args.judge_task, seed=args.seed)
@@ -117,4 +126,6 @@ def run(args: argparse.Namespace) -> int:
         args.model, prompts, args.out, chosen=chosen, baseline=baseline, judge=judge, reference=reference, settings=s
     )
     print(f"report: {write_eval_report(args.out, res, judge_name)} (samples in {args.out}/samples)")
+    for warning in res.get("warnings", []):  # a judge that failed or tied on most pairs
+        print(f"WARNING: {warning}", file=sys.stderr)
     return 0

@@ -23,7 +23,7 @@ from logitsam.data.examples import load_examples
 from logitsam.data.files import read_rows, read_text
 from logitsam.errors import DataError
 from logitsam.evaluation.generation import DecodeSettings, generate
-from logitsam.evaluation.winrate import bootstrap, sequence_kl_values
+from logitsam.evaluation.winrate import bootstrap, judge_counts, judge_warning, sequence_kl_values
 from logitsam.training.models import load_model, load_tokenizer
 
 
@@ -152,7 +152,11 @@ def evaluate_models(
         if judge is not None and base_texts is not None:
             row["outcomes"] = [float(x) for x in judge.compare(prompts, texts, base_texts)]
             row["win"] = bootstrap(row["outcomes"], seed=s.seed).to_dict()
-            row["failures"] = sum(x != x for x in row["outcomes"])
+            row.update(judge_counts(row["outcomes"], texts, base_texts, getattr(judge, "last", None)))
+            warning = judge_warning(label, row)
+            if warning:  # most pairs failed or tied: said beside the numbers, in results.json and report.md
+                row["warning"] = warning
+                res.setdefault("warnings", []).append(warning)
         if ref is not None:
             row["kl_values"] = sequence_kl_values(model, ref, ids, tok.pad_token_id, batch_size=s.batch_size)
             row["kl"] = sum(row["kl_values"]) / max(1, len(row["kl_values"]))
@@ -190,7 +194,8 @@ def report_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
     for label, r in res["models"].items():
         row = {"model": label, "words": _mean(r["words"]), "tokens": _mean(r["tokens"])}
         if "win" in r:
-            row.update(win=r["win"], failures=r["failures"])
+            row.update(win=r["win"], failures=r["failures"], ties=r.get("ties", "–"))
+            row.update({k: r[k] for k in ("truncated", "responses_cut", "warning") if k in r})
         if "kl" in r:
             row["kl"] = r["kl"]
         rows.append(row)
@@ -209,14 +214,17 @@ def write_eval_report(out: str, res: dict[str, Any], judge_name: str) -> str:
         ref = f"`{res['reference']}`" if res["reference"] else "none given"
         lines += [
             f"{n} prompts; judge: {judge_name}; baseline: {base}; win rate = P(model's response beats the baseline's), "
-            "ties ½, 95% percentile-bootstrap interval over prompts; judge failures left out. KL(π‖π_ref): mean "
+            "ties ½, 95% percentile-bootstrap interval over prompts; judge failures left out (both counted beside "
+            "it). KL(π‖π_ref): mean "
             f"of log π(y|x) − log π_ref(y|x) over the model's samples (reference: {ref}). Lengths beside win rates "
             f"because judges favour length (baseline: {_mean(res.get('baseline_words', [])):.1f} words).",
             "",
         ]
+    lines += [f"**Warning:** {r['warning']}." for r in rows if "warning" in r]
+    lines += [""] if any("warning" in r for r in rows) else []
     lines += [
-        "| model | win rate % [95% CI] | judge failures | KL | mean words | mean tokens |",
-        "|---|---|---|---|---|---|",
+        "| model | win rate % [95% CI] | judge failures | ties | KL | mean words | mean tokens |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         win = (
@@ -226,8 +234,16 @@ def write_eval_report(out: str, res: dict[str, Any], judge_name: str) -> str:
         )
         kl = f"{r['kl']:.3f}" if "kl" in r else "–"
         lines.append(
-            f"| {r['model']} | {win} | {r.get('failures', '–')} | {kl} | {r['words']:.1f} | {r['tokens']:.1f} |"
+            f"| {r['model']} | {win} | {r.get('failures', '–')} | {r.get('ties', '–')} | {kl} | {r['words']:.1f} "
+            f"| {r['tokens']:.1f} |"
         )
+    cut = [r for r in rows if r.get("truncated")]
+    lines += [""] if cut else []
+    lines += [
+        f"{r['model']}: {r['truncated']} of {n} comparisons longer than the reward model takes (the prompt's start "
+        f"dropped; {r.get('responses_cut', 0)} with a response that alone did not fit)."
+        for r in cut
+    ]
     if "win" in rows[0]:
         lines += ["", f"![win rates]({_plot(out, rows)})"]
     path = os.path.join(out, "report.md")

@@ -2,17 +2,18 @@
 
 - :class:`GoldRewardJudge`: any callable reward r(prompt, response) (e.g. VADER sentiment);
   a beats b when r(a) > r(b), ties count 1/2. Also ``score`` for mean-reward curves.
-- :class:`RewardModelJudge`: a local HF sequence-classification reward model (scalar head).
+- :class:`RewardModelJudge`: a local HF sequence-classification reward model (one score: a scalar head or
+  a named label; left-truncated so responses are never cut away, truncations counted in ``last``).
 - :class:`LLMJudge`: an OpenAI-compatible chat API (base URL, model, key from arguments or the
   environment: LOGITSAM_JUDGE_BASE_URL / _MODEL / _API_KEY, falling back to OPENAI_*), asked the
   DPO paper's pairwise question in both orders to cancel position bias, with retries and timeouts.
 
-LLM verdicts: ``More helpful: A`` / ``Preferred: B`` in the usual variations (markdown bold, any
-case, quoted, trailing punctuation, on the comparison's line) parse; anything else ("C", empty,
-null content) is a *failure*. A pair counts only when both orders parse — one parsed and one
-failed order is a failed pair, not a win — and a failed pair's outcome is NaN (never a tie).
-``judge.last`` reports the failures; more than ``max_failure_rate`` of the pairs failing makes
-``compare`` raise :class:`JudgeError`.
+LLM verdicts: the last ``More helpful:`` / ``Preferred:`` line must hold one letter and nothing else
+(markdown bold, any case, quotes, "Response A" and end punctuation allowed); anything else ("C", an
+echoed 'More helpful: "A" or "B"', "A/B", empty, null content) is a *failure*. A pair counts only when
+both orders parse — one parsed and one failed order is a failed pair, not a win — and a failed pair's
+outcome is NaN (never a tie). ``judge.last`` reports the failures; more than ``max_failure_rate`` of
+the pairs failing makes ``compare`` raise :class:`JudgeError`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -74,32 +75,101 @@ def letters_reward(prompt: str, response: str) -> float:
 
 
 class RewardModelJudge:
-    """Scores prompt+response with a local ``AutoModelForSequenceClassification`` (first logit)."""
+    """Scores prompt+response with a local ``AutoModelForSequenceClassification`` reward model.
 
-    def __init__(self, path: str, batch_size: int = 8, device: str | None = None) -> None:
+    The head must give one score: a single regression output (``num_labels == 1``), or the ``label`` to
+    score of a classifier (its log-probability; a multi-label head's logit). A model whose head the
+    checkpoint does not hold (a causal LM: the head would be freshly initialised) is refused. Texts
+    longer than ``max_length`` tokens (default: the tokenizer's / the model's limit) lose the start of the
+    prompt, never the response's end; ``last`` counts such comparisons (``truncated``) and those where a
+    response alone did not fit (``responses_cut``).
+    """
 
+    def __init__(
+        self,
+        path: str,
+        batch_size: int = 8,
+        device: str | None = None,
+        *,
+        label: str | None = None,
+        max_length: int | None = None,
+    ) -> None:
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+        self.tokenizer.truncation_side = "left"  # keep the response: a judge of cut-away responses sees ties
+        model, info = AutoModelForSequenceClassification.from_pretrained(path, output_loading_info=True)
+        missing = sorted(info.get("missing_keys") or [])
+        if missing:
+            raise JudgeError(
+                f"reward model {path}: the checkpoint lacks {', '.join(missing[:4])}"
+                f"{' …' if len(missing) > 4 else ''}: its score head would be freshly initialised and judge at "
+                "random (a causal LM, not a reward model?) — give a trained sequence-classification model"
+            )
+        self.model = model.eval()
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.index, self.log_softmax = _score_label(path, self.model.config, label)
+        limits = [self.tokenizer.model_max_length, getattr(self.model.config, "max_position_embeddings", None)]
+        limits = [n for n in limits if isinstance(n, int) and 0 < n < 10**8]  # the tokenizer's "no limit" is ~1e30
+        self.max_length = max_length or (min(limits) if limits else None)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device)
         self.batch_size = batch_size
+        self.last = JudgeReport()
+
+    def _lengths(self, texts: list[str]) -> list[int]:
+        return [len(ids) for ids in self.tokenizer(texts, verbose=False)["input_ids"]]
 
     @torch.no_grad()
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         texts = [p + r for p, r in zip(prompts, responses, strict=True)]
         out: list[float] = []
         for s in range(0, len(texts), self.batch_size):
-            enc = self.tokenizer(texts[s : s + self.batch_size], return_tensors="pt", padding=True, truncation=True)
-            logits = self.model(**enc.to(self.device)).logits
-            out.extend(logits[:, 0].float().cpu().tolist())
+            kw = {"truncation": True, "max_length": self.max_length} if self.max_length else {}
+            enc = self.tokenizer(texts[s : s + self.batch_size], return_tensors="pt", padding=True, **kw)
+            logits = self.model(**enc.to(self.device)).logits.float()
+            if self.log_softmax:
+                logits = logits.log_softmax(-1)
+            out.extend(logits[:, self.index].cpu().tolist())
         return out
 
     def compare(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> list[float]:
+        """P(a beats b) per prompt (ties ½); ``last`` counts the comparisons that were truncated."""
+        report = JudgeReport(pairs=len(prompts))
+        if self.max_length:
+            full = [self._lengths([p + x for p, x in zip(prompts, side, strict=True)]) for side in (a, b)]
+            alone = [self._lengths(list(side)) for side in (a, b)]
+            report.truncated = sum(max(n) > self.max_length for n in zip(*full, strict=True))
+            report.responses_cut = sum(max(n) > self.max_length for n in zip(*alone, strict=True))
+        self.last = report
         return _from_scores(self.score(prompts, a), self.score(prompts, b))
+
+
+def _score_label(path: str, config: Any, label: str | None) -> tuple[int, bool]:
+    """(output index, score by log-softmax) of the reward: the single output, or ``label`` of a classifier."""
+    n = int(config.num_labels)
+    names = {str(v): int(k) for k, v in (getattr(config, "id2label", None) or {}).items()}
+    if label is None:
+        if n != 1:
+            raise JudgeError(
+                f"reward model {path}: a {n}-label classifier ({', '.join(names) or n}), not one reward score; "
+                "name the label to score: reward_model:PATH@LABEL"
+            )
+        return 0, False
+    index = names.get(label, int(label) if label.isdigit() else -1)
+    if not 0 <= index < n:
+        raise JudgeError(f"reward model {path}: no label {label!r} (labels: {', '.join(names) or n})")
+    # a softmax head's logits move together per input: only log-probabilities compare across texts
+    return index, n > 1 and getattr(config, "problem_type", None) != "multi_label_classification"
+
+
+def reward_model_spec(value: str) -> tuple[str, str | None]:
+    """(path, label) of ``--judge reward_model:PATH[@LABEL]`` (a path that exists keeps any '@' it holds)."""
+    path, at, label = value.rpartition("@")
+    if not at or not label or not path or os.path.exists(value):
+        return value, None
+    return path, label
 
 
 # The DPO paper's GPT-4 judging prompts (Appendix C.2), with {prompt}/{a}/{b} slots.
@@ -127,21 +197,23 @@ class JudgeError(UserError):
     it as one line: a wrong URL, a server that is down or a judge that answers nonsense is the user's to fix)."""
 
 
-# "More helpful: A", "**Preferred:** 'b'.", "more helpful - Response A" ... : the label, then the letter.
-_VERDICT = re.compile(
-    r"(?:preferred|more\s+helpful)[\s*_`]*[:\-–][\s*_`\"'(\[]*(?:(?:response|summary)\s+)?[\"'*_`(\[]*([ab])(?![a-z0-9])(.*)",
-    re.IGNORECASE,
-)
+# The verdict line asked for: the label, then one letter and nothing else but wrappers and end punctuation
+# ("More helpful: A", "**Preferred:** 'b'.", "more helpful - Response A"). An echo of the format line
+# ('More helpful: "A" or "B"', "A/B") names both letters: a failure, never a vote for the first.
+_LABEL = re.compile(r"(?:preferred|more\s+helpful)[\s*_`]*[:\-–]", re.IGNORECASE)
+_ANSWER = re.compile(r"[\s*_`\"'(\[]*(?:(?:response|summary)\s+)?[\"'*_`(\[]*([ab])[\"'*_`)\]\s.!]*", re.IGNORECASE)
 
 
 @dataclass
 class JudgeReport:
-    """Outcome of the last :meth:`LLMJudge.compare`: how many pairs failed, which, and examples."""
+    """Outcome of a judge's last ``compare``: how many pairs failed, which, examples; truncations."""
 
     pairs: int = 0
     failures: int = 0
     failed: list[int] = field(default_factory=list)  # indices of the failed pairs
     examples: list[str] = field(default_factory=list)  # a few unparsed answers, shortened
+    truncated: int = 0  # reward model: comparisons whose text lost the start of the prompt
+    responses_cut: int = 0  # ... and those where a response alone was longer than the model takes
 
     @property
     def failure_rate(self) -> float:
@@ -226,18 +298,18 @@ class LLMJudge:
 
     @staticmethod
     def parse(answer: str | None) -> str | None:
-        """'A' or 'B' from the judge's last 'Preferred:' / 'More helpful:' verdict (None if absent).
+        """'A' or 'B' from the judge's last 'Preferred:' / 'More helpful:' line, only when the rest of that
+        line is the one letter (optionally quoted, bold, "Response X", end punctuation); else None.
 
-        A lowercase letter counts only when nothing but punctuation follows it on its line, so
-        "More helpful: a response that ..." is not read as A.
+        So "More helpful: a response that ..." and an echoed 'More helpful: "A" or "B"' are failures.
         """
         if not isinstance(answer, str):
             return None
-        for m in reversed(list(_VERDICT.finditer(answer))):
-            letter, rest = m.group(1), m.group(2).split("\n", 1)[0]
-            if letter.isupper() or not re.search(r"[a-z0-9]", rest, re.IGNORECASE):
-                return letter.upper()
-        return None
+        labels = list(_LABEL.finditer(answer))
+        if not labels:
+            return None
+        m = _ANSWER.fullmatch(answer[labels[-1].end() :].split("\n", 1)[0])
+        return m.group(1).upper() if m else None
 
     def _one(self, prompt: str, a: str, b: str) -> tuple[float | None, str]:
         """Mean vote of both orders, or (None, unparsed answer) when either order fails."""

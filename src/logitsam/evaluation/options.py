@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-JUDGES = "vader | reward_model:PATH | llm:BASE_URL | none"
+JUDGES = "vader | reward_model:PATH[@LABEL] | llm:BASE_URL | none"
 JUDGE_TASKS = ("dialogue", "summarization")  # judges.PAIRWISE_PROMPTS (tests check they agree)
 
 

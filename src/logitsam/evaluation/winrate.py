@@ -1,4 +1,5 @@
-"""Win rates with bootstrap confidence intervals, and the sequence-level KL to the reference."""
+"""Win rates with bootstrap confidence intervals, what they rest on (judge failures, ties, truncations), and the
+sequence-level KL."""
 
 from __future__ import annotations
 
@@ -57,6 +58,36 @@ def bootstrap(values: Sequence[float], *, resamples: int = 2000, seed: int = 0, 
     lo = means[int((1 - level) / 2 * resamples)]
     hi = means[min(resamples - 1, int((1 + level) / 2 * resamples))]
     return Interval(sum(vals) / n, lo, hi, n)
+
+
+def judge_counts(outcomes: Sequence[float], a: Sequence[str], b: Sequence[str], report: Any = None) -> dict[str, int]:
+    """What a win rate rests on: judge failures (NaN outcomes), ties (½; ``identical``: the two texts were
+    the same) and, when the judge's ``report`` (``judge.last``) counts them, truncated comparisons."""
+    ties = [i for i, x in enumerate(outcomes) if x == 0.5]
+    out = {
+        "pairs": len(outcomes),
+        "failures": sum(x != x for x in outcomes),
+        "ties": len(ties),
+        "identical": sum(a[i] == b[i] for i in ties),
+    }
+    for key in ("truncated", "responses_cut"):
+        n = getattr(report, key, 0)
+        if isinstance(n, int) and n:
+            out[key] = n
+    return out
+
+
+def judge_warning(label: str, counts: dict[str, int]) -> str | None:
+    """A warning when the judge failed or tied on most pairs: the win rate then says little (50% from ties
+    alone, or an interval over the few decided pairs)."""
+    n, bad = counts["pairs"], counts["failures"] + counts["ties"]
+    if n == 0 or 2 * bad <= n:
+        return None
+    same = f" ({counts['identical']} of the ties: identical responses)" if counts["identical"] else ""
+    return (
+        f"{label}: the judge failed on {counts['failures']} and tied on {counts['ties']} of {n} pairs{same}; "
+        f"its win rate rests on {n - bad} decided pairs"
+    )
 
 
 @torch.no_grad()
