@@ -337,3 +337,22 @@ def test_resuming_a_copied_run_with_its_config_is_refused(capsys, monkeypatch, t
     assert not seen
     rc, _, _ = run(capsys, "train", "--config", cfg, "--train.resume_from_checkpoint=last", f"--train.output_dir={copy_dir}")
     assert rc == 0 and seen and seen[0].train.output_dir == str(copy_dir)
+
+
+@pytest.mark.parametrize("command", ["train", "sft", "evaluate", "generate"])
+def test_ctrl_c_anywhere_in_a_command_is_one_line_and_exit_130(capsys, monkeypatch, tmp_path, command):
+    """Ctrl-C while train reads its config (before its own handler) or at any time in evaluate/generate
+    printed a KeyboardInterrupt traceback."""
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    if command in ("train", "sft"):
+        monkeypatch.setattr("logitsam.config.schema.load", interrupted)
+        argv = [command, "--config", "configs/tiny-cpu.yaml", f"--train.output_dir={tmp_path}"]
+    else:
+        monkeypatch.setattr("logitsam.evaluation.command.run", interrupted)
+        argv = [command, "--model", "tiny-random", "--prompts", "tests/fixtures/explicit.jsonl", "--out", str(tmp_path)]
+    rc, _, err = run(capsys, *argv)
+    assert rc == 130 and err.strip() == "logitsam: interrupted (Ctrl-C)"
+
