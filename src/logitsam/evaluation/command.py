@@ -10,12 +10,13 @@ from typing import Any
 
 from transformers import AutoConfig
 
+from logitsam.config.schema import ModelConfig
 from logitsam.errors import ConfigError
 from logitsam.evaluation.evaluate import EvalSettings, evaluate_models, read_prompts, write_eval_report
 from logitsam.evaluation.generation import DecodeSettings
 from logitsam.evaluation.judges import GoldRewardJudge, JudgeError, LLMJudge, RewardModelJudge, vader_reward
 from logitsam.evaluation.options import JUDGES
-from logitsam.training.models import check_device, check_model_source
+from logitsam.training.models import check_chat_template, check_device, check_model_source, load_tokenizer
 
 
 def _judge(args: argparse.Namespace) -> tuple[Any, str]:
@@ -103,6 +104,9 @@ def run(args: argparse.Namespace) -> int:
     for option, m in (("--baseline", baseline), ("--reference", reference)):
         if m not in (None, "chosen"):
             check_model_source(m, option)
+    if args.chat:  # before anything is sampled or written
+        for m in [*args.model, *([baseline] if baseline != "chosen" else [])]:
+            check_chat_template(load_tokenizer(ModelConfig(name_or_path=m, dtype=args.dtype)), m, "--chat")
     judge, judge_name = _judge(args)
     if judge is not None and baseline == "chosen" and any(c is None for c in chosen):
         raise ConfigError(f"--baseline chosen: {args.prompts} has no 'chosen' response for every prompt")
