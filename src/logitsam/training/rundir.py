@@ -179,7 +179,7 @@ class RunLock:
         who = "a run whose lock is being written" if info is None else f"pid {info['pid']} on {info.get('host')!r}"
         return (
             f"{self.key}: {os.path.dirname(self.path)!r} is in use by {who} (lock {self.path}); "
-            "use another output_dir, or delete the lock file if no run is using it"
+            "use another directory, or delete the lock file if no run is using it"
         )
 
     def _take_over(self, stale: dict[str, Any] | None) -> None:
