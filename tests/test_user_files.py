@@ -125,3 +125,16 @@ def test_a_second_evaluation_into_the_same_out_is_refused(tmp_path, capsys):
         finally:
             running.kill()
     assert cli.main(argv) == 0 and not (out / LOCK_NAME).exists()  # a lock left by a dead process is taken over
+
+
+def test_evaluate_overwrite_into_a_run_directory_keeps_the_run(tmp_path):
+    """A run and an evaluation keep separate manifests: --overwrite removes the evaluation's files only."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("run: mine")
+    manifest.record(str(run), files=["config.yaml", "README.md"])
+    (run / "README.md").write_text("our card")
+    argv = ["generate", "--model", "tiny-random", "--prompts", FIXTURE, "--out", str(run), *SMALL, "--overwrite"]
+    assert cli.main(argv) == 0 and cli.main(argv) == 0
+    assert (run / "config.yaml").read_text() == "run: mine" and (run / "README.md").read_text() == "our card"
+    assert manifest.owns(str(run), "config.yaml") and not manifest.owns(str(run), "report.md")

@@ -279,7 +279,7 @@ def test_a_previous_evaluation_is_replaced_only_when_asked(tmp_path):
     (tmp_path / "samples" / "prompts.jsonl").write_text("{}\n")  # the user's, beside our samples
     (tmp_path / "report.md").write_text("# old")
     (tmp_path / "notes.txt").write_text("mine")
-    manifest.record(str(tmp_path), files=planned)
+    manifest.record(str(tmp_path), files=planned, name=manifest.EVALUATION)
     prompts = str(tmp_path / "samples" / "prompts.jsonl")
     with pytest.raises(
         ConfigError, match=r"--out: .* holds a previous evaluation \(report\.md, samples/m\.jsonl\); add --overwrite"
@@ -290,12 +290,12 @@ def test_a_previous_evaluation_is_replaced_only_when_asked(tmp_path):
         _claim_out(str(tmp_path), True, planned, str(tmp_path / "samples" / "m.jsonl"))
     _claim_out(str(tmp_path), True, planned, prompts)  # the old report cannot sit beside new samples
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
-        manifest.MANIFEST, "notes.txt", "samples", "samples/prompts.jsonl"
+        manifest.EVALUATION, "notes.txt", "samples", "samples/prompts.jsonl"
     ]
-    assert sorted(manifest.read(str(tmp_path)).files) == sorted(planned)  # recorded before they are written
+    assert sorted(manifest.read(str(tmp_path), manifest.EVALUATION).files) == sorted(planned)  # recorded before they are written
     (tmp_path / "new").mkdir()
     _claim_out(str(tmp_path / "new"), False, planned, prompts)
-    assert manifest.read(str(tmp_path / "new")).folders == {"samples"}  # created by us: removed once empty
+    assert manifest.read(str(tmp_path / "new"), manifest.EVALUATION).folders == {"samples"}  # created by us: removed once empty
 
 
 @pytest.mark.parametrize(

@@ -67,7 +67,7 @@ def _claim_out(out: str, overwrite: bool, planned: list[str], prompts: str) -> N
     A previous evaluation (the files out's manifest lists) is refused, or with ``overwrite`` removed — only
     those files: the user's own (a prompt file in samples/, notes) stay. A file we would write over that
     we did not write is refused either way, and so is removing the prompt file being evaluated."""
-    previous = manifest.existing(out)
+    previous = manifest.existing(out, manifest.EVALUATION)
     if previous and not overwrite:
         raise ConfigError(f"--out: {out!r} holds a previous evaluation ({_names(previous)}); add --overwrite to "
                           "replace it, or choose another --out")  # fmt: skip
@@ -75,14 +75,15 @@ def _claim_out(out: str, overwrite: bool, planned: list[str], prompts: str) -> N
         raise ConfigError(f"--prompts: {prompts!r} was written by the previous evaluation in --out, which "
                           "--overwrite removes; copy it out of --out first")  # fmt: skip
     if previous:
-        manifest.remove_recorded(out)
+        manifest.remove_recorded(out, manifest.EVALUATION)
     clash = [p for p in planned if os.path.lexists(os.path.join(out, p))]
     if clash:
         raise ConfigError(f"--out: {out!r} holds {_names(clash)}, not written by logitsam (yours, or an older "
                           "version's without a record of its files), which this evaluation would replace; move "
                           "them away or choose another --out")  # fmt: skip
     folders = sorted({os.path.dirname(p) for p in planned} - {""})
-    manifest.record(out, files=planned, folders=[f for f in folders if not os.path.lexists(os.path.join(out, f))])
+    made = [f for f in folders if not os.path.lexists(os.path.join(out, f))]
+    manifest.record(out, files=planned, folders=made, name=manifest.EVALUATION)
 
 
 def _names(paths: list[str]) -> str:

@@ -1,4 +1,5 @@
-"""Which files of a directory logitsam wrote: ``<dir>/.logitsam-files.json``, the manifest.
+"""Which files of a directory logitsam wrote: ``<dir>/.logitsam-files.json`` (a run's) or
+``<dir>/.logitsam-evaluation.json`` (an evaluation's ``--out``), the manifest.
 
 A run directory (``train.output_dir``) or an evaluation's ``--out`` may hold the user's own files
 beside ours (notes, a README.md, the prompt file). What we wrote is known by this record, never by
@@ -8,7 +9,8 @@ artefacts its caller names), and a file we did not write is never replaced or de
 Entries are paths relative to the directory: ``files`` (removed), ``trees`` (folders wholly ours,
 removed with their content) and ``folders`` (folders we created that may also hold the user's
 files: removed only once empty). A name is recorded before the file is written, so an interrupted
-write still leaves it known as ours.
+write still leaves it known as ours. A run and an evaluation keep separate manifests, so an
+evaluation's ``--overwrite`` into a run directory can never remove the run's files.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 MANIFEST = ".logitsam-files.json"
+EVALUATION = ".logitsam-evaluation.json"
 KINDS = ("files", "trees", "folders")
 
 
@@ -46,14 +49,14 @@ def _safe(name: object) -> str | None:
     if not isinstance(name, str) or not name or os.path.isabs(name):
         return None
     norm = os.path.normpath(name)
-    if norm in (".", MANIFEST) or norm.split(os.sep)[0] == "..":
+    if norm == "." or norm.split(os.sep)[0] == ".." or norm.startswith(".logitsam"):  # never our bookkeeping
         return None
     return norm
 
 
-def read(directory: str) -> Manifest:
+def read(directory: str, name: str = MANIFEST) -> Manifest:
     """The directory's manifest; empty when there is none (nothing there is known as ours) or it is unreadable."""
-    path = os.path.join(directory, MANIFEST)
+    path = os.path.join(directory, name)
     if not os.path.isfile(path):
         return Manifest()
     try:
@@ -67,8 +70,8 @@ def read(directory: str) -> Manifest:
     return Manifest(**{k: {n for n in map(_safe, v) if n is not None} for k, v in lists.items()})
 
 
-def _write(directory: str, m: Manifest) -> None:
-    path = os.path.join(directory, MANIFEST)
+def _write(directory: str, m: Manifest, name: str) -> None:
+    path = os.path.join(directory, name)
     if not m.entries():
         if os.path.isfile(path):
             os.remove(path)
@@ -79,44 +82,49 @@ def _write(directory: str, m: Manifest) -> None:
 
 
 def record(
-    directory: str, *, files: Iterable[str] = (), trees: Iterable[str] = (), folders: Iterable[str] = ()
+    directory: str,
+    *,
+    files: Iterable[str] = (),
+    trees: Iterable[str] = (),
+    folders: Iterable[str] = (),
+    name: str = MANIFEST,
 ) -> None:
-    """Add entries (paths relative to ``directory``) to its manifest."""
-    m = read(directory)
+    """Add entries (paths relative to ``directory``) to its manifest ``name``."""
+    m = read(directory, name)
     for kind, names in (("files", files), ("trees", trees), ("folders", folders)):
         getattr(m, kind).update(n for n in map(_safe, names) if n is not None)
-    _write(directory, m)
+    _write(directory, m, name)
 
 
-def owns(directory: str, name: str) -> bool:
-    """Whether ``name`` (relative to ``directory``) is a file or folder the manifest lists as ours."""
-    return name in read(directory)
+def owns(directory: str, path: str, name: str = MANIFEST) -> bool:
+    """Whether ``path`` (relative to ``directory``) is a file or folder the manifest lists as ours."""
+    return path in read(directory, name)
 
 
-def existing(directory: str) -> list[str]:
+def existing(directory: str, name: str = MANIFEST) -> list[str]:
     """The manifest's files and trees that exist now (what a previous writer left), sorted."""
-    m = read(directory)
+    m = read(directory, name)
     return sorted(n for n in m.files | m.trees if os.path.lexists(os.path.join(directory, n)))
 
 
-def remove_recorded(directory: str) -> list[str]:
+def remove_recorded(directory: str, name: str = MANIFEST) -> list[str]:
     """Remove what the manifest lists (links as links, never their targets; folders only once empty),
     then forget it; returns the removed entries."""
-    m, removed = read(directory), []
-    for name in sorted(m.files | m.trees):
-        path = os.path.join(directory, name)
+    m, removed = read(directory, name), []
+    for entry in sorted(m.files | m.trees):
+        path = os.path.join(directory, entry)
         if os.path.islink(path) or os.path.isfile(path):
             os.remove(path)
-        elif os.path.isdir(path) and name in m.trees:
+        elif os.path.isdir(path) and entry in m.trees:
             shutil.rmtree(path)
         else:
             continue
-        removed.append(name)
-    for name in sorted(m.folders, key=len, reverse=True):  # deepest first
-        path = os.path.join(directory, name)
+        removed.append(entry)
+    for entry in sorted(m.folders, key=len, reverse=True):  # deepest first
+        path = os.path.join(directory, entry)
         if os.path.isdir(path) and not os.path.islink(path) and not os.listdir(path):
             os.rmdir(path)
-    _write(directory, Manifest())
+    _write(directory, Manifest(), name)
     return removed
 
 
@@ -140,5 +148,5 @@ def recording(directory: str, active: bool = True) -> Iterator[None]:
         yield
     finally:
         after = _snapshot(directory)
-        changed = [n for n, s in after.items() if before.get(n) != s and n != MANIFEST]
+        changed = [n for n, s in after.items() if before.get(n) != s and _safe(n) is not None]
         record(directory, files=[n for n in changed if not after[n][0]], trees=[n for n in changed if after[n][0]])
