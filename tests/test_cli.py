@@ -337,3 +337,55 @@ def test_resuming_a_copied_run_with_its_config_is_refused(capsys, monkeypatch, t
     assert not seen
     rc, _, _ = run(capsys, "train", "--config", cfg, "--train.resume_from_checkpoint=last", f"--train.output_dir={copy_dir}")
     assert rc == 0 and seen and seen[0].train.output_dir == str(copy_dir)
+
+
+@pytest.mark.parametrize("command", ["train", "sft", "evaluate", "generate"])
+def test_ctrl_c_anywhere_in_a_command_is_one_line_and_exit_130(capsys, monkeypatch, tmp_path, command):
+    """Ctrl-C while train reads its config (before its own handler) or at any time in evaluate/generate
+    printed a KeyboardInterrupt traceback."""
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    if command in ("train", "sft"):
+        monkeypatch.setattr("logitsam.config.schema.load", interrupted)
+        argv = [command, "--config", "configs/tiny-cpu.yaml", f"--train.output_dir={tmp_path}"]
+    else:
+        monkeypatch.setattr("logitsam.evaluation.command.run", interrupted)
+        argv = [command, "--model", "tiny-random", "--prompts", "tests/fixtures/explicit.jsonl", "--out", str(tmp_path)]
+    rc, _, err = run(capsys, *argv)
+    assert rc == 130 and err.strip() == "logitsam: interrupted (Ctrl-C)"
+
+
+@pytest.fixture(scope="module")
+def no_template_model(tmp_path_factory):
+    """A saved tiny model whose tokenizer has no chat template."""
+    from logitsam.training.models import tiny_model, tiny_tokenizer
+
+    path = tmp_path_factory.mktemp("models") / "plain"
+    tok = tiny_tokenizer()
+    tok.chat_template = None
+    tiny_model(len(tok)).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("command", ["evaluate", "generate"])
+def test_chat_without_a_chat_template_names_the_model_and_the_flag(capsys, tmp_path, no_template_model, command):
+    """--chat on a tokenizer without a template was a raw transformers traceback, after --out was claimed."""
+    out = tmp_path / "out"
+    argv = [command, "--model", "tiny-random", "--model", no_template_model, "--chat", "--out", str(out),
+            "--prompts", "tests/fixtures/explicit.jsonl"]  # fmt: skip
+    rc, _, err = run(capsys, *argv)
+    line = one_error_line(err)
+    assert rc == 2 and f"--chat: {no_template_model!r}" in line and "no chat template" in line
+    assert not out.exists() or not any(out.iterdir())  # refused before anything was written
+
+
+def test_message_rows_without_a_chat_template_name_the_model(capsys, tmp_path, no_template_model):
+    argv = ["train", "--config", "configs/tiny-cpu.yaml", f"--model.name_or_path={no_template_model}",
+            "--data.train_files=tests/fixtures/ultrafeedback.jsonl", f"--train.output_dir={tmp_path / 'run'}"]  # fmt: skip
+    rc, _, err = run(capsys, *argv)
+    line = one_error_line(err)
+    assert rc == 2 and "ultrafeedback.jsonl:1" in line and f"model.name_or_path {no_template_model!r}" in line
+    assert "no chat template" in line

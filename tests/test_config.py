@@ -436,3 +436,21 @@ def test_a_named_pipe_as_the_config_is_refused_not_read(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(ConfigError, match="not a regular file"):
         C.load(str(fifo))
+
+
+def test_command_line_text_is_kept_whole_where_a_field_takes_text():
+    """YAML read `runs/my run #2` as `runs/my run` (a comment): the run trained into another folder."""
+    cfg = C.apply_overrides(C.Config(), [
+        "--train.output_dir=runs/my run #2", "--model.ref_name_or_path=ref #1 ", "--data.train_files=d #2.jsonl",
+        "--train.extra.run_name=a #b", "--train.resume_from_checkpoint=runs/x #3/checkpoint-2",
+    ])  # fmt: skip
+    assert cfg.train.output_dir == "runs/my run #2" and cfg.model.ref_name_or_path == "ref #1 "
+    assert cfg.data.train_files == ["d #2.jsonl"] and cfg.train.extra["run_name"] == "a #b"
+    assert cfg.train.resume_from_checkpoint == "runs/x #3/checkpoint-2"
+    cfg = C.apply_overrides(C.Config(), [
+        "--model.ref_name_or_path=null", "--train.resume_from_checkpoint=true", "--train.max_steps=7",
+        "--model.lora_target_modules=null", "--train.extra.adam_epsilon=1e-8", "--loss.name='ipo'",
+    ])  # fmt: skip
+    assert cfg.model.ref_name_or_path is None and cfg.train.resume_from_checkpoint is True
+    assert cfg.train.max_steps == 7 and cfg.model.lora_target_modules is None
+    assert cfg.train.extra["adam_epsilon"] == 1e-8 and cfg.loss.name == "ipo"  # a YAML-quoted value is unquoted

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from logitsam.errors import ConfigError
+from logitsam.training import manifest
 from logitsam.training.rundir import LOCK_NAME, RunLock, check_output_dir, claim, clear_previous_run, is_main_process
 
 
@@ -175,14 +176,16 @@ def test_overwrite_removes_checkpoint_folders_only(tmp_path):
     (tmp_path / "model.safetensors").write_text("old weights")  # with save_model: false they would be stale
     for name in ("config.json", "tokenizer.json", "model-00001-of-00002.safetensors"):
         (tmp_path / name).write_text("old model")  # save_model's other files: stale too
-    (tmp_path / "README.md").write_text("---\nlibrary_name: transformers\ntags: [logitsam]\n---\n")  # our card
+    (tmp_path / "README.md").write_text("---\nlibrary_name: transformers\ntags: [logitsam]\n---\n")  # our card:
+    manifest.record(str(tmp_path), files=["README.md"])  # known by the run's manifest, not by its text
     with claim(str(tmp_path), resuming=False, overwrite=True):
         clear_previous_run(str(tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-notes.txt"]
-    (tmp_path / "README.md").write_text("# my notes about this folder")  # not our card: kept
+    (tmp_path / "README.md").write_text("# my notes about logitsam runs")  # not in a manifest: kept
+    (tmp_path / "metrics.jsonl").write_text("{}")  # a previous run to overwrite
     with claim(str(tmp_path), resuming=False, overwrite=True):
         clear_previous_run(str(tmp_path))
-    assert (tmp_path / "README.md").exists()
+    assert (tmp_path / "README.md").exists() and not (tmp_path / "metrics.jsonl").exists()
     (tmp_path / "metrics.jsonl").write_text("{}")
     with claim(str(tmp_path), resuming=False, overwrite=True):
         pass  # the start failed before writing: clear_previous_run never called
@@ -197,3 +200,18 @@ def test_a_folder_where_a_run_writes_a_file_is_one_line(tmp_path, name):
     (tmp_path / "run" / name).mkdir(parents=True)
     with pytest.raises(ConfigError, match=rf"{name}' is not a regular file"):
         check_output_dir(str(tmp_path / "run"))
+
+
+def test_a_manifest_never_removes_outside_its_directory(tmp_path):
+    """A damaged or hand-edited manifest: paths outside the directory, or the directory itself, are ignored."""
+    run, outside = tmp_path / "run", tmp_path / "keep.txt"
+    run.mkdir()
+    outside.write_text("x")
+    (run / "a.txt").write_text("ours")
+    (run / manifest.MANIFEST).write_text(
+        json.dumps({"files": ["../keep.txt", str(outside), "a.txt", 3], "trees": ["..", ".", "../run"]})
+    )
+    assert manifest.remove_recorded(str(run)) == ["a.txt"]
+    assert outside.exists() and run.is_dir() and not (run / manifest.MANIFEST).exists()
+    (run / manifest.MANIFEST).write_text("{not json")
+    assert manifest.read(str(run)) == manifest.Manifest()  # unreadable: nothing is taken as ours

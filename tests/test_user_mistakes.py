@@ -20,6 +20,7 @@ from logitsam.evaluation.command import _check_reward_head, _claim_out
 from logitsam.evaluation.evaluate import read_prompts
 from logitsam.evaluation.judges import JudgeError, LLMJudge
 from logitsam.plot import plot_runs
+from logitsam.training import manifest
 from logitsam.training.checkpoints import trim_metrics
 from logitsam.training.commit import MARKER, sampled_digest
 from logitsam.training.models import check_device
@@ -271,18 +272,30 @@ def test_a_huge_rho_stops_with_training_diverged(tmp_path):
 
 
 def test_a_previous_evaluation_is_replaced_only_when_asked(tmp_path):
+    """Only what the previous evaluation wrote (its manifest) is replaced; the user's files stay."""
+    planned = ["results.json", "report.md", "samples/m.jsonl"]
     (tmp_path / "samples").mkdir()
     (tmp_path / "samples" / "m.jsonl").write_text("{}\n")
+    (tmp_path / "samples" / "prompts.jsonl").write_text("{}\n")  # the user's, beside our samples
     (tmp_path / "report.md").write_text("# old")
     (tmp_path / "notes.txt").write_text("mine")
+    manifest.record(str(tmp_path), files=planned, name=manifest.EVALUATION)
+    prompts = str(tmp_path / "samples" / "prompts.jsonl")
     with pytest.raises(
-        ConfigError, match=r"--out: .* holds a previous evaluation \(report\.md, samples\); add --overwrite"
+        ConfigError, match=r"--out: .* holds a previous evaluation \(report\.md, samples/m\.jsonl\); add --overwrite"
     ):
-        _claim_out(str(tmp_path), overwrite=False)
+        _claim_out(str(tmp_path), False, planned, prompts)
     assert (tmp_path / "report.md").exists() and (tmp_path / "samples" / "m.jsonl").exists()
-    _claim_out(str(tmp_path), overwrite=True)  # the old report cannot sit beside new samples
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
-    _claim_out(str(tmp_path / "new"), overwrite=False)
+    with pytest.raises(ConfigError, match=r"--prompts: .*m\.jsonl' was written by the previous evaluation"):
+        _claim_out(str(tmp_path), True, planned, str(tmp_path / "samples" / "m.jsonl"))
+    _claim_out(str(tmp_path), True, planned, prompts)  # the old report cannot sit beside new samples
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
+        manifest.EVALUATION, "notes.txt", "samples", "samples/prompts.jsonl"
+    ]
+    assert sorted(manifest.read(str(tmp_path), manifest.EVALUATION).files) == sorted(planned)  # recorded before they are written
+    (tmp_path / "new").mkdir()
+    _claim_out(str(tmp_path / "new"), False, planned, prompts)
+    assert manifest.read(str(tmp_path / "new"), manifest.EVALUATION).folders == {"samples"}  # created by us: removed once empty
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """Command line: parse, build a config, call the library. No logic lives here.
 
 parser.py builds the options, commands.py runs each command, checks.py checks option values and
-failures.py turns a full disk or a diverged run into one line."""
+failures.py turns a full disk or a diverged run into one line; Ctrl-C is one line and exit 130."""
 
 from __future__ import annotations
 
@@ -15,6 +15,14 @@ __all__ = ["build_parser", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # the one place: Ctrl-C in any command, at any moment (imports included)
+        print("\nlogitsam: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if rest and args.command not in ("train", "sft"):  # their overrides are checked (and named) by apply_overrides

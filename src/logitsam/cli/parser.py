@@ -29,9 +29,10 @@ def _train_epilog() -> str:
     key_w, type_w = max(len(r.key) for r in rows), max(len(r.type) for r in rows)
     default_w = min(14, max(len(r.default) for r in rows))
     lines = [
-        "overrides: --section.key=value or --section.key value, after or instead of --config; values are read as",
-        "YAML (--sam.rho 1e-4, --data.train_files=[a.jsonl, b.jsonl]; one value where a list is expected is a",
-        "one-item list). Relative data and model paths in a config file are read against the file's directory,",
+        "overrides: --section.key=value or --section.key value, after or instead of --config; a name or path is",
+        "kept as typed (--train.output_dir='runs/my run #2'), other values are read as YAML (--sam.rho 1e-4,",
+        "--data.train_files=[a.jsonl, b.jsonl], null; one value where a list is expected is a one-item list).",
+        "Relative data and model paths in a config file are read against the file's directory,",
         "those on the command line against the current directory. config.yaml in output_dir holds the resolved run.",
         "",
         "config keys (section.key  type  default  meaning):",

@@ -3,15 +3,16 @@
 A run's config has five sections — ``model``, ``data``, ``loss``, ``sam``, ``train`` — each a
 dataclass whose fields carry a one-line doc (``metadata["help"]``, listed by :func:`describe_fields`
 and ``logitsam train --help``). YAML files give any subset; ``--section.key=value`` or
-``--section.key value`` overrides parse the value as YAML and check it against the field's type
-(``--loss.params.gamma=0.5`` sets one entry of a mapping; a single value where a list is expected
-is a one-item list; value coercions: config_values.py). Relative local paths in a config file (data
-files, a model directory or .gguf file) are resolved against the file's directory; paths given on
-the command line against the current directory; a leading ``~`` is expanded once, when the value is
-read. Unknown sections (empty ones too) and keys, a key given twice, wrong types, NaN/inf and values
-outside a field's range (``RULES``) are ConfigErrors that name the file (or the override) and the
-key, raised when the value is read. Cross-field and environment checks (files, installed
-integrations, training arguments) live in ``preflight.check_config``.
+``--section.key value`` overrides are read for the field's type (text as typed where the field takes
+text, YAML otherwise: values.command_line_value) and checked against it (``--loss.params.gamma=0.5``
+sets one entry of a mapping; a single value where a list is expected is a one-item list). Relative
+local paths in a config file (data files, a model directory or .gguf file) are resolved against the
+file's directory; paths given on the command line against the current directory; a leading ``~`` is
+expanded once, when the value is read. Unknown sections (empty ones too) and keys, a key given
+twice, wrong types, NaN/inf and values outside a field's range (``RULES``) are ConfigErrors that
+name the file (or the override) and the key, raised when the value is read. Cross-field and
+environment checks (files, installed integrations, training arguments) live in
+``preflight.check_config``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import yaml
 
 from logitsam.config.paths import resolve_data_path, resolve_model_path
 from logitsam.config.rules import RULES, no_named_fields
-from logitsam.config.values import DuplicateKeyError, accepts_text, check_value, parse_yaml
+from logitsam.config.values import DuplicateKeyError, check_value, command_line_value, parse_yaml
 from logitsam.errors import ConfigError
 
 
@@ -234,7 +235,7 @@ def _expand_home(value: Any) -> Any:
 
 
 def _set(cfg: Config, section: Any, key: Any, value: Any, where: str, text: str | None = None) -> None:
-    """Check and set one value; ``text``: the value as typed (an override), kept for names and paths."""
+    """Check and set one value; ``text``: the value as typed on the command line (read for the field's type)."""
     if not isinstance(section, str) or section not in SECTIONS:
         raise ConfigError(f"{where}: unknown section {section!r} (known: {', '.join(SECTIONS)})")
     obj = getattr(cfg, section)
@@ -243,10 +244,12 @@ def _set(cfg: Config, section: Any, key: Any, value: Any, where: str, text: str 
     if field_name not in hints or (sub and typing.get_origin(hints[field_name]) is not dict):
         raise ConfigError(f"{where}: unknown key {section}.{key} (known: {', '.join(hints)})")
     tp = hints[field_name]
-    numeric = {int, float} & set(typing.get_args(tp) or (tp,))
-    typed_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if text is not None and not sub and typed_number and accepts_text(tp) and not numeric:
-        value = text.strip()  # --train.output_dir=2024.10: the name as typed, not 2024.1
+    if text is not None:
+        entry = (typing.get_args(tp) or (Any, Any))[1] if sub else tp
+        try:
+            value = command_line_value(text, entry)
+        except DuplicateKeyError as e:
+            raise ConfigError(f"{where}: duplicate key {e.key!r}") from None
     if sub:  # one entry of a mapping field, e.g. loss.params.gamma
         value = {**getattr(obj, field_name), sub: value}
     name = f"{section}.{field_name}"
@@ -373,20 +376,14 @@ def check_unique(overrides: list[str]) -> None:
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
-    """Apply ``--section.key=value`` / ``--section.key value`` (or ``section.key=value``); values read as YAML.
+    """Apply ``--section.key=value`` / ``--section.key value`` (or ``section.key=value``), read for each field's type.
 
     Relative paths stay relative to the current directory. A later override of the same key wins
     (code composes defaults and user overrides); the command line refuses repeats (``check_unique``).
     """
     for raw, dotted, value_text in split_overrides(overrides):
         section, key = dotted.split(".", 1)
-        try:
-            value = parse_yaml(value_text) if value_text != "" else ""
-        except DuplicateKeyError as e:
-            raise ConfigError(f"override {raw!r}: duplicate key {e.key!r}") from None
-        except (yaml.YAMLError, RecursionError):
-            value = value_text
-        _set(cfg, section, key, value, f"override {raw!r}", value_text)
+        _set(cfg, section, key, None, f"override {raw!r}", value_text)
     return cfg
 
 

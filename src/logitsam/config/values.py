@@ -2,6 +2,10 @@
 
 - :func:`parse_yaml` is ``yaml.safe_load`` with a loader that refuses a key repeated in one mapping
   (at any depth): PyYAML otherwise keeps the last one silently.
+- :func:`command_line_value` reads a value typed on the command line for a field's type: where the
+  field takes text (a name or path, also inside a mapping), a plain value YAML would read as text or
+  as a number is kept exactly as typed (YAML would cut ``runs/my run #2`` at its comment); other
+  values (numbers, booleans, lists, mappings, ``null``, a quoted string) are read as YAML.
 - :func:`check_value` checks a value against a field's type annotation, with light coercions:
   an int where a float is expected; a YAML 1.1 number-as-string (``1e-4``, an exponent without a
   dot, which PyYAML reads as text) where a float is expected, and inside mappings (``train.extra``,
@@ -63,6 +67,34 @@ _NoDuplicatesLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_T
 def parse_yaml(text: str) -> Any:
     """``yaml.safe_load`` that raises :class:`DuplicateKeyError` for a key repeated in a mapping."""
     return yaml.load(text, Loader=_NoDuplicatesLoader)  # a SafeLoader subclass: safe
+
+
+def _numeric(tp: Any) -> bool:
+    return bool({int, float} & set(typing.get_args(tp) or (tp,)))
+
+
+def command_line_value(text: str, tp: Any) -> Any:
+    """``text`` (as typed after ``--section.key=``) for a field of type ``tp``; see the module docstring.
+    Raises :class:`DuplicateKeyError` for a mapping with a key twice."""
+    if text == "":
+        return ""
+    loader = _NoDuplicatesLoader(text)
+    try:
+        node = loader.get_single_node()
+        value = loader.construct_document(node) if node is not None else None
+    except DuplicateKeyError:
+        raise
+    except (yaml.YAMLError, RecursionError):
+        return text  # not YAML at all: the text itself
+    finally:
+        loader.dispose()
+    plain = isinstance(node, yaml.ScalarNode) and node.style is None  # quoted text is meant as YAML
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if plain and isinstance(value, str) and (tp is Any or accepts_text(tp)):
+        return text
+    if plain and number and accepts_text(tp) and not _numeric(tp):
+        return text  # --train.output_dir=2024.10: the name as typed, not 2024.1
+    return value
 
 
 def _finite(value: Any, where: str) -> Any:

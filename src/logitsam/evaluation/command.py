@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from transformers import AutoConfig
 
+from logitsam.config.schema import ModelConfig
 from logitsam.errors import ConfigError
-from logitsam.evaluation.evaluate import EvalSettings, evaluate_models, read_prompts, write_eval_report
+from logitsam.evaluation.evaluate import EvalSettings, evaluate_models, read_prompts, write_eval_report, written_files
 from logitsam.evaluation.generation import DecodeSettings
 from logitsam.evaluation.judges import (
     GoldRewardJudge,
@@ -23,7 +25,9 @@ from logitsam.evaluation.judges import (
     vader_reward,
 )
 from logitsam.evaluation.options import JUDGES
-from logitsam.training.models import check_device, check_model_source
+from logitsam.training import manifest
+from logitsam.training.models import check_chat_template, check_device, check_model_source, load_tokenizer
+from logitsam.training.rundir import RunLock
 
 
 def _judge(args: argparse.Namespace) -> tuple[Any, str]:
@@ -66,22 +70,48 @@ def _check_reward_head(path: str) -> None:
         )
 
 
-PREVIOUS = ("report.md", "results.json", "win_rates.png", "samples")  # what an evaluation writes into --out
+def _claim_out(out: str, overwrite: bool, planned: list[str], prompts: str) -> None:
+    """Make ``out`` ready for an evaluation writing ``planned`` (paths relative to it), under its lock.
 
-
-def _claim_out(out: str, overwrite: bool) -> None:
-    """A previous evaluation in ``out`` is refused (its results would be replaced, or a failed run would leave
-    new samples beside the old report); with ``overwrite`` it is removed now, all checks having passed."""
-    old = [name for name in PREVIOUS if os.path.lexists(os.path.join(out, name))]
-    if old and not overwrite:
-        raise ConfigError(f"--out: {out!r} holds a previous evaluation ({', '.join(old)}); add --overwrite to "
+    A previous evaluation (the files out's manifest lists) is refused, or with ``overwrite`` removed — only
+    those files: the user's own (a prompt file in samples/, notes) stay. A file we would write over that
+    we did not write is refused either way, and so is removing the prompt file being evaluated."""
+    previous = manifest.existing(out, manifest.EVALUATION)
+    if previous and not overwrite:
+        raise ConfigError(f"--out: {out!r} holds a previous evaluation ({_names(previous)}); add --overwrite to "
                           "replace it, or choose another --out")  # fmt: skip
-    for name in old:
-        path = os.path.join(out, name)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        else:
-            os.remove(path)
+    if previous and os.path.realpath(prompts) in {os.path.realpath(os.path.join(out, p)) for p in previous}:
+        raise ConfigError(f"--prompts: {prompts!r} was written by the previous evaluation in --out, which "
+                          "--overwrite removes; copy it out of --out first")  # fmt: skip
+    if previous:
+        manifest.remove_recorded(out, manifest.EVALUATION)
+    clash = [p for p in planned if os.path.lexists(os.path.join(out, p))]
+    if clash:
+        raise ConfigError(f"--out: {out!r} holds {_names(clash)}, not written by logitsam (yours, or an older "
+                          "version's without a record of its files), which this evaluation would replace; move "
+                          "them away or choose another --out")  # fmt: skip
+    folders = sorted({os.path.dirname(p) for p in planned} - {""})
+    made = [f for f in folders if not os.path.lexists(os.path.join(out, f))]
+    manifest.record(out, files=planned, folders=made, name=manifest.EVALUATION)
+
+
+def _names(paths: list[str]) -> str:
+    return ", ".join(paths[:4]) + (", ..." if len(paths) > 4 else "")
+
+
+@contextmanager
+def _locked(out: str) -> Iterator[None]:
+    """``out`` held for this evaluation (the lock training takes on its output_dir): a second one is refused."""
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--out: cannot create {out!r}: {e.strerror or e}") from None
+    lock = RunLock(out, key="--out")
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
@@ -112,10 +142,21 @@ def run(args: argparse.Namespace) -> int:
     for option, m in (("--baseline", baseline), ("--reference", reference)):
         if m not in (None, "chosen"):
             check_model_source(m, option)
+    if args.chat:  # before anything is sampled or written
+        for m in [*args.model, *([baseline] if baseline != "chosen" else [])]:
+            check_chat_template(load_tokenizer(ModelConfig(name_or_path=m, dtype=args.dtype)), m, "--chat")
     judge, judge_name = _judge(args)
     if judge is not None and baseline == "chosen" and any(c is None for c in chosen):
         raise ConfigError(f"--baseline chosen: {args.prompts} has no 'chosen' response for every prompt")
-    _claim_out(args.out, args.overwrite)
+    planned = written_files(args.model, judged=judge is not None, baseline=baseline)
+    with _locked(args.out):
+        _claim_out(args.out, args.overwrite, planned, args.prompts)
+        _evaluate(args, prompts, chosen, baseline, reference, judge, judge_name)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace, prompts: list[str], chosen: list[str | None], baseline: str,
+              reference: str | None, judge: Any, judge_name: str) -> None:  # fmt: skip
     greedy = args.temperature == 0
     decode = DecodeSettings(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature if not greedy else 1.0,
@@ -128,4 +169,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"report: {write_eval_report(args.out, res, judge_name)} (samples in {args.out}/samples)")
     for warning in res.get("warnings", []):  # a judge that failed or tied on most pairs
         print(f"WARNING: {warning}", file=sys.stderr)
-    return 0

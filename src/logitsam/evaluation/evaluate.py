@@ -82,6 +82,9 @@ def _from_examples(path: str) -> tuple[list[str], list[str | None]]:
     return prompts, [e.chosen if isinstance(e.chosen, str) else str(e.chosen["content"]) for e in examples]
 
 
+BASELINE = "baseline"  # samples/baseline.jsonl holds the baseline model's samples: no model gets this label
+
+
 def short_name(model: str) -> str:
     """A file-safe label of a model path or name (its last path parts)."""
     parts = [p for p in model.replace("\\", "/").split("/") if p not in ("", ".")]
@@ -136,12 +139,12 @@ def evaluate_models(
         else:
             m, tok = _load(baseline, s)
             base_texts, _ = _sample(m, tok, prompts, s, f"{short_name(baseline)} (baseline)")
-            write_samples(os.path.join(out, "samples", "baseline.jsonl"), prompts, base_texts, baseline, s)
+            write_samples(os.path.join(out, "samples", f"{BASELINE}.jsonl"), prompts, base_texts, baseline, s)
             del m
     ref_name = reference or (None if baseline == "chosen" else baseline)
     ref = _load(ref_name, s)[0] if ref_name is not None and judge is not None else None
     res["reference"] = ref_name if ref is not None else None
-    names = _unique([short_name(m) for m in models])
+    names = sample_labels(models)
     for model_name, label in zip(models, names, strict=True):
         model, tok = _load(model_name, s)
         texts, ids = _sample(model, tok, prompts, s, label)
@@ -168,13 +171,26 @@ def evaluate_models(
     return res
 
 
-def _unique(labels: list[str]) -> list[str]:
-    seen: dict[str, int] = {}
-    out = []
-    for lb in labels:
-        seen[lb] = seen.get(lb, 0) + 1
-        out.append(lb if seen[lb] == 1 else f"{lb}-{seen[lb]}")
+def sample_labels(models: list[str]) -> list[str]:
+    """File-safe labels of ``models`` (``samples/<label>.jsonl``, results.json's keys), unique by construction:
+    never ``baseline`` (the baseline's file) and distinct ignoring case (some file systems do)."""
+    taken, out = {BASELINE}, []
+    for model in models:
+        base = short_name(model)
+        label, n = base, 1
+        while label.lower() in taken:
+            n += 1
+            label = f"{base}-{n}"
+        taken.add(label.lower())
+        out.append(label)
     return out
+
+
+def written_files(models: list[str], *, judged: bool, baseline: str = "chosen") -> list[str]:
+    """The files (relative to ``out``) that :func:`evaluate_models` and :func:`write_eval_report` write."""
+    names = ["results.json", "report.md", *(["win_rates.png"] if judged else [])]
+    sampled = [*sample_labels(models), *([BASELINE] if judged and baseline != "chosen" else [])]
+    return names + [os.path.join("samples", f"{label}.jsonl") for label in sampled]
 
 
 def _write_json(path: str, obj: Any) -> None:

@@ -2,18 +2,28 @@
 
 Written offline at the end of a run that saves its model, in the Hugging Face card format (YAML
 metadata, then text), so ``huggingface_hub`` / ``push_to_hub`` shows it as is; pushing is left to HF.
+A README.md that the run directory's manifest (manifest.py) does not list as ours is the user's: it is
+never replaced, PEFT's save is kept from rewriting it, and the card is written as MODEL_CARD.md.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import yaml
 
 from logitsam.config.schema import Config
+from logitsam.training import manifest
+from logitsam.training.rundir import is_main_process
+
+log = logging.getLogger(__name__)
+CARD_NAMES = ("README.md", "MODEL_CARD.md")  # the second when a README.md of the user's is there
 
 
 def _command() -> str:
@@ -68,14 +78,48 @@ def card_text(cfg: Config, metrics: dict[str, Any], kind: str = "train", command
     return "\n".join(lines) + "\n"
 
 
-def write_model_card(cfg: Config, metrics: dict[str, Any], kind: str = "train") -> str:
-    """Write ``train.output_dir/README.md`` (never over a README.md that is not ours); returns its path."""
-    path = os.path.join(cfg.train.output_dir, "README.md")
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            if "logitsam" not in f.read(4096):
-                return path  # someone's own README: keep it
+def card_path(output_dir: str) -> str | None:
+    """Where the card goes: README.md unless a README.md we did not write is there, then MODEL_CARD.md;
+    None when both names hold files that are not ours."""
+    for name in CARD_NAMES:
+        path = os.path.join(output_dir, name)
+        if not os.path.lexists(path) or manifest.owns(output_dir, name):
+            return path
+    return None
+
+
+def write_model_card(cfg: Config, metrics: dict[str, Any], kind: str = "train") -> str | None:
+    """Write the card (``card_path``: never over a file that is not ours); returns its path, or None."""
+    out = cfg.train.output_dir
+    path = card_path(out)
+    if path is None:
+        log.warning("%s: README.md and MODEL_CARD.md there were not written by logitsam; both kept, no model "
+                    "card written", out)  # fmt: skip
+        return None
+    if os.path.basename(path) != CARD_NAMES[0]:
+        log.warning("%s: README.md there was not written by logitsam and is kept; the model card is %s",
+                    out, os.path.basename(path))  # fmt: skip
+    manifest.record(out, files=[os.path.basename(path)])
     with open(path + ".tmp", "w", encoding="utf-8") as f:
         f.write(card_text(cfg, metrics, kind))
     os.replace(path + ".tmp", path)
     return path
+
+
+@contextmanager
+def saving(model: Any, output_dir: str) -> Iterator[None]:
+    """Around the final save into ``output_dir``: what it writes is recorded as ours (PEFT's own README.md
+    too, so the card replaces it), and PEFT's save_pretrained — which rewrites an existing README.md in
+    place (and fails on one that is not UTF-8) — leaves a README.md of the user's alone."""
+    main = is_main_process()
+    readme = os.path.join(output_dir, CARD_NAMES[0])
+    users = main and os.path.lexists(readme) and not manifest.owns(output_dir, CARD_NAMES[0])
+    peft = model if users and callable(getattr(model, "create_or_update_model_card", None)) else None
+    if peft is not None:
+        peft.create_or_update_model_card = lambda *args, **kwargs: None  # shadows the method for this save
+    try:
+        with manifest.recording(output_dir, active=main):
+            yield
+    finally:
+        if peft is not None:
+            del peft.create_or_update_model_card

@@ -22,13 +22,15 @@ from logitsam.core.registry import HyperparameterError, LossSpec, get_loss, reso
 from logitsam.data.batching import DropCounts, PreferenceCollator, tokenize_examples
 from logitsam.data.examples import load_examples
 from logitsam.errors import ConfigError
+from logitsam.training import manifest
 from logitsam.training.checkpoints import checkpoint_step, logged_at_step, resolve_resume, trim_metrics
 from logitsam.training.commit import AtomicCheckpoints
-from logitsam.training.modelcard import write_model_card
+from logitsam.training.modelcard import saving, write_model_card
 from logitsam.training.models import DTYPES, apply_lora, check_lora_targets, load_model, load_reference, load_tokenizer
 from logitsam.training.preflight import build_training_args, check_config, check_optimizer
 from logitsam.training.reference import attach_reference_logps
 from logitsam.training.resume import (
+    DATA_FINGERPRINT,
     check_resume_data,
     check_resume_parameters,
     check_resume_settings,
@@ -301,6 +303,7 @@ def train_and_save(
     out = cfg.train.output_dir
     if is_main_process():
         clear_previous_run(out)  # overwrite_output_dir: only now, with everything checked
+        manifest.record(out, files=["config.yaml", DATA_FINGERPRINT])
         step = checkpoint_step(resume) if resume else None
         if step is not None:  # the interrupted run logged steps the resumed one logs again
             trim_metrics(out, step, logged_at_step(resume))
@@ -308,7 +311,8 @@ def train_and_save(
         save_data_fingerprint(out, fingerprints)
     result = trainer.train(resume_from_checkpoint=resume)
     if cfg.train.save_model:
-        trainer.save_model(out)
+        with saving(trainer.model, out):  # what the save writes is recorded as ours; a user's README.md stays
+            trainer.save_model(out)
     metrics = dict(result.metrics)
     if trainer.eval_dataset is not None:
         metrics.update(final_evaluation(trainer))

@@ -11,6 +11,9 @@
   is set. Overwriting removes the old run's metrics.jsonl, weights and checkpoint-* directories, so
   its records and checkpoints cannot mix with the new run's — only once the new run has checked
   everything and starts writing (``clear_previous_run``): a start that fails keeps the old run whole.
+  Beside those well-known artefacts it removes only what the old run's manifest (manifest.py) lists:
+  the user's own files (a README.md, notes) stay, whatever they say.
+- ``RunLock`` also guards an evaluation's ``--out`` (its ``key`` names the option in messages).
 
 Only the main process (``RANK`` 0 or unset) claims the directory; other ranks write into it under
 the main process's lock.
@@ -33,6 +36,7 @@ from typing import Any
 import torch.distributed as dist
 
 from logitsam.errors import ConfigError
+from logitsam.training import manifest
 from logitsam.training.checkpoints import WEIGHTS, list_checkpoints
 
 log = logging.getLogger(__name__)
@@ -140,8 +144,8 @@ def _stale(path: str, info: dict[str, Any] | None) -> bool:
 class RunLock:
     """``<dir>/.logitsam.lock``, created with O_EXCL; see the module docstring."""
 
-    def __init__(self, directory: str) -> None:
-        self.path = os.path.join(directory, LOCK_NAME)
+    def __init__(self, directory: str, key: str = KEY) -> None:
+        self.path, self.key = os.path.join(directory, LOCK_NAME), key
         self.info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "id": uuid.uuid4().hex}
         self.held = False
 
@@ -150,7 +154,7 @@ class RunLock:
             link, folder = os.path.islink(self.path), os.path.isdir(self.path)
             kind = "a symbolic link" if link else "a directory" if folder else "not a regular file"
             raise ConfigError(
-                f"{KEY}: the lock path {self.path} is {kind}, not a lock file written by logitsam; remove it "
+                f"{self.key}: the lock path {self.path} is {kind}, not a lock file written by logitsam; remove it "
                 "(nothing else uses that name) or use another output_dir"
             )
         for _ in range(5):
@@ -163,20 +167,20 @@ class RunLock:
                 self._take_over(info)
                 continue
             except OSError as e:
-                raise ConfigError(f"{KEY}: cannot create {self.path}: {e.strerror or e}") from None
+                raise ConfigError(f"{self.key}: cannot create {self.path}: {e.strerror or e}") from None
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(self.info, f)
                 f.flush()
                 os.fsync(f.fileno())
             self.held = True
             return
-        raise ConfigError(f"{KEY}: could not take {self.path} (other runs are starting there); try again")
+        raise ConfigError(f"{self.key}: could not take {self.path} (other runs are starting there); try again")
 
     def _busy(self, info: dict[str, Any] | None) -> str:
         who = "a run whose lock is being written" if info is None else f"pid {info['pid']} on {info.get('host')!r}"
         return (
-            f"{KEY}: {os.path.dirname(self.path)!r} is in use by {who} (lock {self.path}); "
-            "use another output_dir, or delete the lock file if no run is using it"
+            f"{self.key}: {os.path.dirname(self.path)!r} is in use by {who} (lock {self.path}); "
+            "use another directory, or delete the lock file if no run is using it"
         )
 
     def _take_over(self, stale: dict[str, Any] | None) -> None:
@@ -251,14 +255,6 @@ MODEL_FILES = (
 _SHARD = re.compile(r"^(model|pytorch_model)-\d+-of-\d+\.(safetensors|bin)$")
 
 
-def _is_our_card(path: str) -> bool:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return "logitsam" in f.read(4096)
-    except OSError:
-        return False
-
-
 def clear_previous_run(output_dir: str) -> None:
     """Remove the previous run of an ``output_dir`` claimed with ``overwrite_output_dir`` — called when the
     new run has loaded and checked everything and starts changing the directory, so a start that fails
@@ -271,8 +267,8 @@ def clear_previous_run(output_dir: str) -> None:
 
 def _clear(output_dir: str) -> None:
     """Remove what would mix with a new run: the old metrics records, trainer files, saved weights and
-    checkpoints (config.yaml is rewritten by the new run)."""
-    removed = []
+    checkpoints (config.yaml is rewritten by the new run), and whatever else its manifest lists."""
+    removed = manifest.remove_recorded(output_dir)
     for name in (n for n in (*RUN_FILES, *MODEL_FILES) if n != "config.yaml"):
         path = os.path.join(output_dir, name)
         if os.path.isfile(path):
@@ -282,10 +278,6 @@ def _clear(output_dir: str) -> None:
         if _SHARD.match(name) and os.path.isfile(os.path.join(output_dir, name)):
             os.remove(os.path.join(output_dir, name))
             removed.append(name)
-    card = os.path.join(output_dir, "README.md")
-    if os.path.isfile(card) and _is_our_card(card):  # the old run's model card (a user's README stays)
-        os.remove(card)
-        removed.append("README.md")
     for ckpt in list_checkpoints(output_dir):  # checkpoint-N folders only: a user's checkpoint-notes.txt stays
         shutil.rmtree(ckpt)
         removed.append(os.path.basename(ckpt))
