@@ -6,10 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from logitsam.core.fused_head import FusedJob, fused_sequence_sums, plan_rows
+from logitsam.core.fused_head import FusedJob, fused_sequence_sums
 from logitsam.core.logprobs import IGNORE_INDEX, sequence_logps, token_logps_twice_differentiable
 from logitsam.core.objective import pair_logps, subset_logps
 from logitsam.core.registry import LOSSES, resolve_hparams
+from logitsam.core.row_plan import plan_rows
 from logitsam.sam.fused import choose_fused_method
 
 D = torch.float64

@@ -8,10 +8,11 @@ import torch
 
 from conftest import ROOT
 from logitsam.core import fused_head
-from logitsam.core.fused_head import FusedJob, fused_sequence_sums, plan_rows
+from logitsam.core.fused_head import FusedJob, fused_sequence_sums
 from logitsam.core.logprobs import IGNORE_INDEX
 from logitsam.core.objective import subset_logps
 from logitsam.core.registry import LOSSES, resolve_hparams
+from logitsam.core.row_plan import plan_rows
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from memtrack import PeakMemory

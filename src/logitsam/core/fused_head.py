@@ -31,75 +31,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from logitsam.core.fused_vocab import perturbed_sweep_by_vocab
-from logitsam.core.logprobs import IGNORE_INDEX
 from logitsam.core.products import rows_at_vocab
+from logitsam.core.row_plan import RowPlan
 from logitsam.sam.common import FUSED_METHODS, check_adaptive, check_method
 from logitsam.sam.fused import GramEps, WeightEps, adapt_, choose_fused_method, held_dtype, norm_sq_blocks
 from logitsam.sam.logits import eps_scale
 
 PairLosses = Callable[[Tensor, Tensor, Tensor], Tensor]  # (pairs J, sums chosen (|J|,), rejected) -> losses (|J|,)
-
-
-@dataclass
-class Group:
-    """Pairs whose rows are processed together: rows [start, end) of the plan, cut into chunks."""
-
-    pairs: Tensor
-    chunks: list[tuple[int, int]]
-
-
-@dataclass
-class RowPlan:
-    """Scored rows of a (S = 2B, T) label matrix, ordered by pair (chosen rows, then rejected)."""
-
-    rows: Tensor  # (N_r,) flat indices into S·T
-    labels: Tensor  # (N_r,)
-    seq: Tensor  # (N_r,) sequence index in [0, S)
-    groups: list[Group]
-    n_seqs: int
-    chunk_rows: int = 1  # the budget the chunks were cut to (a tile of chunk_rows × V logits)
-
-
-def plan_rows(labels: Tensor, chunk_rows: int) -> RowPlan:
-    """Order scored rows by pair and pack whole pairs into chunks of at most ``chunk_rows`` rows.
-
-    labels: (S, T) with chosen sequences first (pair j = sequences j and j + S/2). One host sync.
-    """
-    if chunk_rows < 1:
-        raise ValueError(f"chunk_rows must be ≥ 1, got {chunk_rows}")
-    s, t = labels.shape
-    n_pairs = s // 2
-    flat = labels.reshape(-1)
-    rows = (flat != IGNORE_INDEX).nonzero().squeeze(-1)
-    seq = rows // t
-    pair = seq % n_pairs
-    order = torch.sort(pair * 2 + seq // n_pairs, stable=True).indices
-    rows, seq, pair = rows[order], seq[order], pair[order]
-    counts = torch.bincount(pair, minlength=n_pairs).tolist()
-    groups: list[Group] = []
-    cur: list[int] = []
-    start = cur_rows = 0
-
-    def flush() -> None:
-        nonlocal cur, start, cur_rows
-        if cur:
-            chunks = [(start, start + cur_rows)] if cur_rows else []
-            groups.append(Group(torch.tensor(cur, device=labels.device), chunks))
-        start, cur, cur_rows = start + cur_rows, [], 0
-
-    for j, c in enumerate(counts):
-        if c > chunk_rows:  # a pair longer than a chunk: its own group, swept twice
-            flush()
-            chunks = [(a, min(a + chunk_rows, start + c)) for a in range(start, start + c, chunk_rows)]
-            groups.append(Group(torch.tensor([j], device=labels.device), chunks))
-            start += c
-            continue
-        if cur_rows + c > chunk_rows:
-            flush()
-        cur.append(j)
-        cur_rows += c
-    flush()
-    return RowPlan(rows, flat[rows], seq, groups, s, chunk_rows)
 
 
 W_BLOCK_ENTRIES = 1 << 22  # entries of one dW block product when dW's dtype is not the compute dtype

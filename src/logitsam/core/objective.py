@@ -24,11 +24,12 @@ import torch
 from torch import Tensor
 
 from logitsam.core.forward import amp_context, body_forward, full_head, fusable, head_owner, output_head, regather
-from logitsam.core.fused_head import FusedJob, fused_sequence_sums, plan_rows
+from logitsam.core.fused_head import FusedJob, fused_sequence_sums
 from logitsam.core.logprobs import IGNORE_INDEX, chunk_rows_for, sequence_logps, shift_for_causal_lm, token_logps
 from logitsam.core.losses import LossOutput, PreferenceLogps
 from logitsam.core.metrics import preference_metrics, top_token_prob
 from logitsam.core.registry import LossSpec, resolve_hparams
+from logitsam.core.row_plan import plan_rows
 from logitsam.sam.common import check_method, check_rho, sam_metrics
 from logitsam.sam.logits import logits_sam_loss
 

@@ -12,8 +12,9 @@ import torch
 from torch import Tensor
 
 from logitsam.core.forward import amp_context, body_forward, full_head, fusable
-from logitsam.core.fused_head import FusedJob, fused_sequence_sums, plan_rows
+from logitsam.core.fused_head import FusedJob, fused_sequence_sums
 from logitsam.core.logprobs import IGNORE_INDEX, chunk_rows_for, sequence_logps, shift_for_causal_lm, token_logps
+from logitsam.core.row_plan import plan_rows
 
 
 @torch.no_grad()

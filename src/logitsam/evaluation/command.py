@@ -26,8 +26,18 @@ from logitsam.evaluation.judges import (
 )
 from logitsam.evaluation.options import JUDGES
 from logitsam.training import manifest
-from logitsam.training.models import check_chat_template, check_device, check_model_source, load_tokenizer
+from logitsam.training.models import check_device, check_model_source, load_tokenizer
 from logitsam.training.rundir import RunLock
+
+
+def check_chat_template(tokenizer: Any, model: str, why: str) -> None:
+    """ConfigError naming ``model`` and ``why`` (the option or key that needs a template) when the tokenizer
+    has none: transformers' own error names neither."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(
+            f"{why}: {model!r} has no chat template (its tokenizer_config.json / chat_template.jinja set none); "
+            "give a chat model, or add the template to its tokenizer"
+        )
 
 
 def _judge(args: argparse.Namespace) -> tuple[Any, str]:

@@ -252,16 +252,6 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
     return tok
 
 
-def check_chat_template(tokenizer: Any, model: str, why: str) -> None:
-    """ConfigError naming ``model`` and ``why`` (the option or key that needs a template) when the tokenizer
-    has none: transformers' own error names neither."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise ConfigError(
-            f"{why}: {model!r} has no chat template (its tokenizer_config.json / chat_template.jinja set none); "
-            "give a chat model, or add the template to its tokenizer"
-        )
-
-
 def load_model(
     cfg: ModelConfig,
     *,
