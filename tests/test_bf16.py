@@ -9,7 +9,7 @@ import torch
 
 from logitsam.core.objective import Objective
 from logitsam.core.registry import LOSSES, resolve_hparams
-from logitsam.sam.fused import GramEps, WeightEps
+from logitsam.fused.perturbations import GramEps, WeightEps
 from logitsam.sam.logits import eps_scale, perturb
 from logitsam.training.models import tiny_model
 

@@ -6,12 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from logitsam.core.fused_head import FusedJob, fused_sequence_sums
 from logitsam.core.logprobs import IGNORE_INDEX, sequence_logps, token_logps_twice_differentiable
 from logitsam.core.objective import pair_logps, subset_logps
 from logitsam.core.registry import LOSSES, resolve_hparams
-from logitsam.core.row_plan import plan_rows
-from logitsam.sam.fused import choose_fused_method
+from logitsam.fused import FusedJob, choose_fused_method, fused_sequence_sums, plan_rows
 
 D = torch.float64
 
@@ -65,19 +63,19 @@ def fused(spec, params, h, w, b, labels, ref, scores, rho, method, chunk_rows, e
     r = ref if spec.needs_reference else None
     hc, wc = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
     bc = None if b is None else b.detach().clone().requires_grad_()
-    plan = plan_rows(labels, chunk_rows)
+    plan = plan_rows(labels, chunk_rows, ignore_index=IGNORE_INDEX)
 
     def pair_losses(pairs, sc, sr):
         return spec.fn(subset_logps(pairs, sc, sr, lengths, r, scores), **params).losses
 
     job = FusedJob(plan, labels.shape[0] // 2, pair_losses, rho, method)
-    sums = fused_sequence_sums(hc.reshape(-1, hc.shape[-1])[plan.rows], wc, bc, job)
+    sums, res = fused_sequence_sums(hc.reshape(-1, hc.shape[-1])[plan.rows], wc, bc, job)
     loss = loss_of_sums(spec, params, sums, lengths, r, scores)
     if extra is not None:
         loss = extra(loss, sums)
     (loss * 0.37).backward()  # any upstream scale (gradient accumulation, loss scaling) must pass through
     grads = [None if t is None or t.grad is None else t.grad / 0.37 for t in (hc, wc, bc)]
-    return loss.detach(), *grads, job
+    return loss.detach(), *grads, res
 
 
 def rel(a, b):
@@ -103,11 +101,11 @@ def test_every_loss_every_method_every_chunking_matches_brute_force(name, rho, m
     params = resolve_hparams(spec, {})
     h, w, b, labels, ref, scores = make(seed=zlib.crc32(f"{name}/{chunk_rows}".encode()) % 1000)  # stable across processes
     want = brute(spec, params, h, w, b, labels, ref, scores, rho)
-    loss, *grads, job = fused(spec, params, h, w, b, labels, ref, scores, rho, method, chunk_rows)
+    loss, *grads, res = fused(spec, params, h, w, b, labels, ref, scores, rho, method, chunk_rows)
     check([loss, *grads], list(want))
     if rho:
-        assert job.method_used == method
-        clean = loss_of_sums(spec, params, job.clean_sums, (labels != IGNORE_INDEX).sum(-1), ref, scores)
+        assert res.method_used == method
+        clean = loss_of_sums(spec, params, res.clean_sums, (labels != IGNORE_INDEX).sum(-1), ref, scores)
         assert rel(clean, brute(spec, params, h, w, b, labels, ref, scores, 0.0)[0]) <= 1e-12
 
 
@@ -140,10 +138,10 @@ def test_no_bias_tied_weight_and_bias_less_rows():
         hh = h + wc[ids]  # embedding lookup through the same weight
         lengths = (labels != IGNORE_INDEX).sum(-1)
         if fused_path:
-            plan = plan_rows(labels, 3)
+            plan = plan_rows(labels, 3, ignore_index=IGNORE_INDEX)
             pl = lambda p, c, r: spec.fn(subset_logps(p, c, r, lengths, ref, scores), **params).losses  # noqa: E731
             job = FusedJob(plan, labels.shape[0] // 2, pl, 0.2, "gram")
-            sums = fused_sequence_sums(hh.reshape(-1, hh.shape[-1])[plan.rows], wc, None, job)
+            sums, _ = fused_sequence_sums(hh.reshape(-1, hh.shape[-1])[plan.rows], wc, None, job)
         else:
             wl = wc.detach().clone().requires_grad_()
             z = lambda ww: F.linear(hh, ww)  # noqa: E731
@@ -163,13 +161,13 @@ def test_plan_keeps_pairs_whole_when_they_fit():
     labels[2, 4:6] = 1
     labels[1, 1:6] = 1  # pair 1: 5 + 1 rows
     labels[3, 5] = 1
-    plan = plan_rows(labels, 6)
+    plan = plan_rows(labels, 6, ignore_index=IGNORE_INDEX)
     assert [g.pairs.tolist() for g in plan.groups] == [[0], [1]]
     assert [g.chunks for g in plan.groups] == [[(0, 5)], [(5, 11)]]
     assert plan.seq.tolist() == [0, 0, 0, 2, 2, 1, 1, 1, 1, 1, 3]
-    plan = plan_rows(labels, 11)
+    plan = plan_rows(labels, 11, ignore_index=IGNORE_INDEX)
     assert [g.pairs.tolist() for g in plan.groups] == [[0, 1]]
-    plan = plan_rows(labels, 4)  # both pairs longer than a chunk: swept twice, in pieces
+    plan = plan_rows(labels, 4, ignore_index=IGNORE_INDEX)  # both pairs longer than a chunk: swept twice, in pieces
     assert [g.chunks for g in plan.groups] == [[(0, 4), (4, 5)], [(5, 9), (9, 11)]]
 
 
@@ -217,13 +215,13 @@ def test_adaptive_matches_brute_force(name, rho, path):
         hc, wc = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
         bc = b.detach().clone().requires_grad_()
         # auto keeps weight's V×d within one chunk of float32 logits: large chunks -> weight, 1-row chunks -> chunked
-        plan = plan_rows(labels, 10_000 if path == "fused" else 1)
+        plan = plan_rows(labels, 10_000 if path == "fused" else 1, ignore_index=IGNORE_INDEX)
         pl = lambda p, c, r: spec.fn(subset_logps(p, c, r, lengths, ref, scores), **params).losses  # noqa: E731
         method = "auto"
         job = FusedJob(plan, labels.shape[0] // 2, pl, rho, method, adaptive=True)
-        sums = fused_sequence_sums(hc.reshape(-1, hc.shape[-1])[plan.rows], wc, bc, job)
+        sums, res = fused_sequence_sums(hc.reshape(-1, hc.shape[-1])[plan.rows], wc, bc, job)
         loss = loss_of_sums(spec, params, sums, lengths, ref, scores)
-        assert job.method_used == ("weight" if path == "fused" else "chunked")
+        assert res.method_used == ("weight" if path == "fused" else "chunked")
     else:
         hc, wc = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
         bc = b.detach().clone().requires_grad_()

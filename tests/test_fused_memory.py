@@ -7,12 +7,11 @@ import pytest
 import torch
 
 from conftest import ROOT
-from logitsam.core import fused_head
-from logitsam.core.fused_head import FusedJob, fused_sequence_sums
 from logitsam.core.logprobs import IGNORE_INDEX
 from logitsam.core.objective import subset_logps
 from logitsam.core.registry import LOSSES, resolve_hparams
-from logitsam.core.row_plan import plan_rows
+from logitsam.fused import FusedJob, fused_sequence_sums, plan_rows
+from logitsam.sam import common
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from memtrack import PeakMemory
@@ -30,21 +29,21 @@ def _peak(method: str, rho: float, amp: torch.dtype | None) -> tuple[int, torch.
     params = resolve_hparams(spec, {})
     lengths = (labels != IGNORE_INDEX).sum(-1)
     ref = torch.full((2 * B,), -200.0)
-    plan = plan_rows(labels, 16)
+    plan = plan_rows(labels, 16, ignore_index=IGNORE_INDEX)
     job = FusedJob(plan, B, lambda p, c, r: spec.fn(subset_logps(p, c, r, lengths, ref, (None, None)), **params).losses,
                    rho, method)  # fmt: skip
     rows = h.reshape(-1, D)[plan.rows].requires_grad_()
     w.grad = torch.zeros_like(w)  # the parameter gradient exists already (steps after the first)
     with PeakMemory() as pm:
         with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
-            sums = fused_sequence_sums(rows, w, None, job)
+            sums, _ = fused_sequence_sums(rows, w, None, job)
         spec.fn(subset_logps(torch.arange(B), sums[:B], sums[B:], lengths, ref, (None, None)), **params).losses.mean().backward()
     return pm.peak, w.grad.clone()
 
 
 @pytest.mark.parametrize("amp", [None, torch.bfloat16])
 def test_chunked_logits_sam_holds_no_second_head_sized_tensor(monkeypatch, amp):
-    monkeypatch.setattr(fused_head, "W_BLOCK_ENTRIES", 256 * D)  # blocks of 256 vocabulary rows
+    monkeypatch.setattr(common, "BLOCK_ENTRIES", 256 * D)  # blocks of 256 vocabulary rows
     plain, _ = _peak("auto", 0.0, amp)
     weight, g_weight = _peak("weight", 1e-2, amp)
     chunked, g_chunked = _peak("chunked", 1e-2, amp)

@@ -49,10 +49,10 @@ def _batch(b=2, t=12, seed=0):
 
 
 EXPECTED = {  # the named syncs of one fused step (module docstring)
-    ("nonzero", "core/row_plan.py:plan_rows"): 1,
-    ("tolist", "core/row_plan.py:plan_rows"): 1,
+    ("nonzero", "fused/row_plan.py:plan_rows"): 1,
+    ("tolist", "fused/row_plan.py:plan_rows"): 1,
     ("tolist", "core/objective.py:check_labels"): 1,
-    ("__bool__", "core/fused_head.py:backward"): 1,
+    ("__bool__", "fused/head.py:backward"): 1,
 }
 
 

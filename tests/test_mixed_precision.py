@@ -96,11 +96,11 @@ def test_soft_capped_logits_still_fall_back_under_autocast(tmp_path):
 def test_head_gradient_in_vocabulary_blocks_equals_one_product(monkeypatch, amp):
     """fp32 weights under autocast: dW is accumulated in vocabulary blocks (no whole (V, d) product in two
     more dtypes); with blocks of 7 rows it equals the one-block result."""
-    from logitsam.core import fused_head
+    from logitsam.sam import common
 
     grads = []
-    for entries in (fused_head.W_BLOCK_ENTRIES, 7 * 32):  # tiny_model's d = 32: 7 rows per block
-        monkeypatch.setattr(fused_head, "W_BLOCK_ENTRIES", entries)
+    for entries in (common.BLOCK_ENTRIES, 7 * 32):  # tiny_model's d = 32: 7 rows per block
+        monkeypatch.setattr(common, "BLOCK_ENTRIES", entries)
         model = tiny_model(V, seed=1)
         with torch.autocast("cpu", dtype=amp):
             out = Objective(LOSSES["dpo"], resolve_hparams(LOSSES["dpo"], {}), rho=1e-2)(

@@ -2,7 +2,7 @@
 
 The fused path asks the model for its final hidden state (``output_hidden_states``) and logits of
 the last position only (``logits_to_keep=1``, a (S, 1, V) sliver), so no (S, T, V) logits exist;
-the head is then applied by :mod:`logitsam.core.fused_head` to scored rows only. The model's own
+the head is then applied by :mod:`logitsam.fused` to scored rows only. The model's own
 ``forward`` is still the call (DDP hooks, PEFT adapters, gradient checkpointing all apply).
 
 A model qualifies when its output embedding is a plain ``nn.Linear`` and its forward takes

@@ -3,7 +3,7 @@
 A custom autograd function works over blocks of scored tokens, so a float32 copy of the full
 (N, V) logits never exists: each block is upcast to float32 only while its log-softmax is formed.
 Positions whose label is ``IGNORE_INDEX`` (prompt, padding) get log-prob 0 and no gradient. The
-trainer's default path never has the logits at all: see :mod:`logitsam.core.fused_head`.
+trainer's default path never has the logits at all: see :mod:`logitsam.fused`.
 """
 
 from __future__ import annotations

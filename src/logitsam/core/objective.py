@@ -6,7 +6,7 @@ The trainer, the reference precompute, ``sharpness`` and the evaluation all call
 
 Two paths, one result:
 - fused (default): the model returns its last hidden state only; the head runs on scored rows
-  in chunks with the gradient (and logits-SAM) made in the same passes (:mod:`.fused_head`);
+  in chunks with the gradient (and logits-SAM) made in the same passes (:mod:`logitsam.fused`);
 - logits: the model's full logits, for sharded heads (FSDP / ZeRO-3: logits-SAM by ``gram``, the
   head never gathered) and heads that are not a plain linear layer.
 
@@ -24,12 +24,11 @@ import torch
 from torch import Tensor
 
 from logitsam.core.forward import amp_context, body_forward, full_head, fusable, head_owner, output_head, regather
-from logitsam.core.fused_head import FusedJob, fused_sequence_sums
 from logitsam.core.logprobs import IGNORE_INDEX, chunk_rows_for, sequence_logps, shift_for_causal_lm, token_logps
 from logitsam.core.losses import LossOutput, PreferenceLogps
 from logitsam.core.metrics import preference_metrics, top_token_prob
 from logitsam.core.registry import LossSpec, resolve_hparams
-from logitsam.core.row_plan import plan_rows
+from logitsam.fused import FusedJob, fused_sequence_sums, plan_rows
 from logitsam.sam.common import check_method, check_rho, sam_metrics
 from logitsam.sam.logits import logits_sam_loss
 
@@ -143,21 +142,25 @@ class Objective:
             return self.losses(subset_logps(pairs, sc, sr, lengths, ref, scores)).losses
 
         with full_head(model) as head:  # FSDP2: the owning unit unsharded for the sweep only
-            plan = plan_rows(labels, self.chunk_rows or chunk_rows_for(head.weight.shape[0], h.device))
+            rows = self.chunk_rows or chunk_rows_for(head.weight.shape[0], h.device)
+            plan = plan_rows(labels, rows, ignore_index=IGNORE_INDEX)
             h_r = h[plan.rows]
             need = torch.is_grad_enabled() and (h_r.requires_grad or head.weight.requires_grad)
-            job = FusedJob(plan, labels.shape[0] // 2, pair_losses, self.rho if sam_on else 0.0, self.method, need)
-            job.adaptive, job.regather = self.adaptive, regather(model)
-            job.whole_batch = self.spec.batch_coupled  # per-chunk dL/dsums would be another objective
-            sums = fused_sequence_sums(h_r, head.weight, head.bias, job)
+            job = FusedJob(
+                plan, labels.shape[0] // 2, pair_losses, self.rho if sam_on else 0.0, self.method, need,
+                adaptive=self.adaptive, regather=regather(model),
+                whole_batch=self.spec.batch_coupled,  # per-chunk dL/dsums would be another objective
+            )  # fmt: skip
+            sums, fused = fused_sequence_sums(h_r, head.weight, head.bias, job)
         out = self.losses(pair_logps(sums, lengths, ref, scores))
         loss = out.losses.mean()
-        metrics = {"probs/top_token": job.top_token.float()}
-        clean = job.clean_sums.detach()
+        assert fused.top_token is not None  # the clean sweep always measures it
+        metrics = {"probs/top_token": fused.top_token.float()}
+        clean = fused.clean_sums.detach()
         if job.rho != 0:
             with torch.no_grad():
                 clean_out = self.losses(pair_logps(clean, lengths, ref, scores))
-            metrics.update(sam_metrics(clean_out.losses.mean(), loss, self.rho, job.grad_norm))
+            metrics.update(sam_metrics(clean_out.losses.mean(), loss, self.rho, fused.grad_norm))
             out = clean_out
         return ObjectiveOutput(loss, out, clean, metrics, "fused")
 

@@ -12,9 +12,8 @@ import torch
 from torch import Tensor
 
 from logitsam.core.forward import amp_context, body_forward, full_head, fusable
-from logitsam.core.fused_head import FusedJob, fused_sequence_sums
 from logitsam.core.logprobs import IGNORE_INDEX, chunk_rows_for, sequence_logps, shift_for_causal_lm, token_logps
-from logitsam.core.row_plan import plan_rows
+from logitsam.fused import FusedJob, fused_sequence_sums, plan_rows
 
 
 @torch.no_grad()
@@ -35,6 +34,7 @@ def model_sequence_logps(
     # Pair-free: pad S to even so the plan's pair layout applies; sums of real rows are unchanged.
     padded = shifted if shifted.shape[0] % 2 == 0 else torch.cat([shifted, torch.full_like(shifted[:1], IGNORE_INDEX)])
     with full_head(model) as head, amp_context(h.device, amp):
-        plan = plan_rows(padded, chunk_rows or chunk_rows_for(head.weight.shape[0], h.device))
+        rows = chunk_rows or chunk_rows_for(head.weight.shape[0], h.device)
+        plan = plan_rows(padded, rows, ignore_index=IGNORE_INDEX)
         job = FusedJob(plan, padded.shape[0] // 2, None, need_grads=False)
-        return fused_sequence_sums(h[plan.rows], head.weight, head.bias, job)[: shifted.shape[0]]
+        return fused_sequence_sums(h[plan.rows], head.weight, head.bias, job)[0][: shifted.shape[0]]

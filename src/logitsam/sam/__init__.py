@@ -1,17 +1,17 @@
 """logits-SAM and full SAM (docs/design.md §4).
 
-``logits`` holds the math on given logits (gram / weight / chunked, ρ checks); ``costs`` the one cost model;
-``fused`` the same perturbation inside the fused head's sweep; ``full`` vanilla SAM (the baseline).
+``common`` what every engine shares (ρ checks, ε's scale, block sizes, metrics); ``logits`` the math on
+given logits (gram / weight / chunked); ``costs`` the cost model; ``full`` vanilla SAM (the baseline).
+The same perturbation inside the fused head's sweep lives in :mod:`logitsam.fused`, one floor up.
 The public names are re-exported here: ``from logitsam.sam import logits_sam_loss, perturb``.
 """
 
-from logitsam.sam.common import METHODS, check_rho, sam_metrics
+from logitsam.sam.common import METHODS, check_rho, eps_scale, sam_metrics
 from logitsam.sam.costs import Cost, method_costs
 from logitsam.sam.logits import (
     Perturbed,
     SamOutput,
     choose_method,
-    eps_scale,
     logits_sam_loss,
     perturb,
     perturbed_logits,

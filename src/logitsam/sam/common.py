@@ -1,8 +1,9 @@
 """What the logits-SAM engines share (one owner each): the method names, the checks of ρ, of a method
 and of the adaptive form, and the ``sam/*`` metrics every mode logs.
 
-The engines: :mod:`logitsam.sam.logits` (on given logits: weight, gram, chunked), the fused head's
-sweep (:mod:`logitsam.sam.fused`: weight, gram), and full-model SAM (:mod:`logitsam.sam.full`).
+The engines: :mod:`logitsam.sam.logits` (on given logits: weight, gram, chunked), the fused head
+(:mod:`logitsam.fused`: every method, its own table in ``fused/methods.py``), and full-model SAM
+(:mod:`logitsam.sam.full`). Block sizes live here, once: the engines and the cost models read them.
 """
 
 from __future__ import annotations
@@ -15,7 +16,11 @@ import torch
 from torch import Tensor
 
 METHODS = ("weight", "gram", "chunked", "auto")  # sam.method; both engines run all of them
-FUSED_METHODS = METHODS  # the fused sweep runs every method (chunked: core/fused_vocab.py)
+
+# Entries of one block of a (rows, V) or (V, d) temporary: ≤ 16 MiB in float32. Read at call time
+# (``common.BLOCK_ENTRIES``), so a test may shrink it to exercise the blocked paths.
+BLOCK_ENTRIES = 1 << 22
+GRAM_BLOCK_ENTRIES = 1 << 24  # entries of one row block of the N_r × N_r gram matrices
 
 
 def check_rho(rho: Any) -> float:
@@ -51,3 +56,9 @@ def sam_metrics(loss_pre: Tensor, loss_post: Tensor, rho: float, grad_norm: Tens
         "sam/eps_norm": torch.where(grad_norm > 0, abs(rho), 0.0).float(),
         "sam/grad_norm": grad_norm.float(),
     }
+
+
+def eps_scale(rho: float, norm_sq: Tensor) -> Tensor:
+    """ρ/‖g‖ from ‖g‖², or 0 when g = 0 (no perturbation); no host sync."""
+    nz = norm_sq > 0
+    return torch.where(nz, rho * torch.where(nz, norm_sq, 1.0).rsqrt(), 0.0)

@@ -1,9 +1,9 @@
-"""The one cost model of logits-SAM's methods: extra flops and bytes over a plain step, per engine.
+"""The cost model of logits-SAM's methods: extra flops and bytes over a plain step, and one chooser.
 
-Two engines do different work, so each has its own formulas, side by side here, and one chooser:
-- ``logits``: logits-SAM on given logits (sam/logits.py) — the clean logits already exist;
-- ``fused``: inside the fused head (sam/fused.py, docs/design.md §5) — nothing of size N×V is kept,
-  so the perturbed pass recomputes the clean logits, and every product runs in the compute dtype.
+Two engines do different work, so each has its own formulas:
+- ``logits``: logits-SAM on given logits (sam/logits.py) — the clean logits already exist; here;
+- ``fused``: inside the fused head (docs/design.md §5) — nothing of size N×V is kept, so the perturbed
+  pass recomputes the clean logits; each method's formula sits in its row of ``fused/methods.py``.
 The cheapest method in flops whose extra memory fits the budget wins (None: no limit).
 """
 
@@ -30,18 +30,6 @@ def method_costs(n: int, n_r: int, d: int, v: int, elem_bytes: int = 4) -> dict[
         "gram": Cost(norm + 4.0 * n * n_r * (v + d), 4.0 * (n_r * v + n * n_r)),
         # ε blocks built twice (forward, backward) and applied in both directions.
         "chunked": Cost(norm + 4.0 * (n + n_r) * v * d, 4.0 * n_r * v),
-    }
-
-
-def fused_method_costs(n_r: int, d: int, v: int, elem_bytes: int) -> dict[str, Cost]:
-    """Fused engine (scored rows only): weight = g, recomputed z, H εᵀ and dz'ε, four products of
-    2·N_r·V·d, ε held; chunked = the same plus pass A's z and H εᵀ (six products), g kept in the head
-    gradient's own buffer (one vocabulary block of it held, ~4M entries); gram = recomputed z plus six
-    N_r²(d + V) products (norm, shift, its backward), G_r and H_r held."""
-    return {
-        "weight": Cost(8.0 * n_r * v * d, float(v * d * elem_bytes)),
-        "chunked": Cost(12.0 * n_r * v * d, float(min(v * d, 1 << 22) * elem_bytes)),
-        "gram": Cost(2.0 * n_r * v * d + 6.0 * n_r * n_r * (d + v), float(n_r * (v + d) * elem_bytes)),
     }
 
 

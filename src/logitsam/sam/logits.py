@@ -6,7 +6,7 @@ g = Gᵀ H and the perturbation ε = ρ·g/‖g‖_F. The loss is evaluated at z
 constant, so one backward gives SAM's gradient at W + ε for both head and body.
 
 These methods work on logits the model already produced: the trainer's default is the fused head
-(:mod:`logitsam.core.fused_head`); this module serves sharded heads (FSDP / ZeRO-3), heads that are not
+(:mod:`logitsam.fused`); this module serves sharded heads (FSDP / ZeRO-3), heads that are not
 a plain linear layer, and direct callers. Methods (all exact, docs/design.md §4):
 - ``weight``  the paper's: build ε (V, d) and run the head again with W + ε.
 - ``gram``    logit space: H εᵀ = (ρ/‖g‖)(H H_rᵀ) G_r, ‖g‖² = Σ (H_r H_rᵀ) ⊙ (G_r G_rᵀ); only the N_r
@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from logitsam.sam.common import check_adaptive, check_method, check_rho, sam_metrics
+import logitsam.sam.common as common
+from logitsam.sam.common import check_adaptive, check_method, check_rho, eps_scale, sam_metrics
 from logitsam.sam.costs import cheapest, method_costs
 
 
@@ -88,17 +89,11 @@ def _grad_norm_sq(h_r: Tensor, g_r: Tensor, block: int) -> Tensor:
     return total
 
 
-def _nonzero_rows(g: Tensor, block_elements: int = 1 << 22) -> Tensor:
+def _nonzero_rows(g: Tensor) -> Tensor:
     """Indices of rows of g (N, V) with any non-zero entry, scanning in blocks (no (N, V) mask)."""
-    step = max(1, block_elements // max(1, g.shape[1]))
+    step = max(1, common.BLOCK_ENTRIES // max(1, g.shape[1]))
     flags = torch.cat([(g[s : s + step] != 0).any(-1) for s in range(0, g.shape[0], step)]) if len(g) else g[:, 0] != 0
     return flags.nonzero().squeeze(-1)
-
-
-def eps_scale(rho: float, norm_sq: Tensor) -> Tensor:
-    """ρ/‖g‖ from ‖g‖², or 0 when g = 0 (no perturbation); no host sync."""
-    nz = norm_sq > 0
-    return torch.where(nz, rho * torch.where(nz, norm_sq, 1.0).rsqrt(), 0.0)
 
 
 def _eps_block(g_r: Tensor, h_r: Tensor, s: int, block: int, w_abs: Tensor | None) -> Tensor:

@@ -8,8 +8,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from logitsam.core.logprobs import IGNORE_INDEX
-
 
 @dataclass
 class Group:
@@ -31,17 +29,18 @@ class RowPlan:
     chunk_rows: int = 1  # the budget the chunks were cut to (a tile of chunk_rows × V logits)
 
 
-def plan_rows(labels: Tensor, chunk_rows: int) -> RowPlan:
+def plan_rows(labels: Tensor, chunk_rows: int, *, ignore_index: int) -> RowPlan:
     """Order scored rows by pair and pack whole pairs into chunks of at most ``chunk_rows`` rows.
 
-    labels: (S, T) with chosen sequences first (pair j = sequences j and j + S/2). One host sync.
+    labels: (S, T) with chosen sequences first (pair j = sequences j and j + S/2), ``ignore_index``
+    marking unscored tokens (the caller's convention: core/logprobs.py). One host sync.
     """
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be ≥ 1, got {chunk_rows}")
     s, t = labels.shape
     n_pairs = s // 2
     flat = labels.reshape(-1)
-    rows = (flat != IGNORE_INDEX).nonzero().squeeze(-1)
+    rows = (flat != ignore_index).nonzero().squeeze(-1)
     seq = rows // t
     pair = seq % n_pairs
     order = torch.sort(pair * 2 + seq // n_pairs, stable=True).indices

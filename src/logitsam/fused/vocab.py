@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from logitsam.core.products import rows_at_vocab
-from logitsam.sam.fused import held_dtype
+from logitsam.fused.perturbations import held_dtype
+from logitsam.fused.products import rows_at_vocab
 
 
 def vocab_blocks(n_rows: int, v: int, d: int, tile_elements: int, block_entries: int) -> tuple[int, int]:
