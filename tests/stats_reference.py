@@ -12,7 +12,7 @@ import mpmath
 import numpy as np
 import pytest
 
-from logitsam.experiments.stats import (
+from experiments.stats import (
     Estimate,
 )
 

@@ -1,10 +1,10 @@
-"""A synthetic `logitsam study` directory whose answers are derived by hand (no model is trained): the
+"""A synthetic `python -m experiments.study.command` directory whose answers are derived by hand (no model is trained): the
 records of DPO, DPO + logits-SAM and the half-learning-rate control with linear trajectories, for the
 analysis and report tests (test_study_analysis.py, test_study_report.py)."""
 
 import json
 
-from logitsam.experiments.records import write_record
+from experiments.records import write_record
 from stats_reference import NAN
 
 # ---------------------------------------------------------------------------------------------------

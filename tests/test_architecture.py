@@ -1,13 +1,16 @@
-"""The package's import graph (docs/design.md §2): no circles, the library never imports the experiments,
-and no imports inside functions except optional dependencies and the CLI's per-command imports."""
+"""The import graph of the package and of the studies beside it (docs/design.md §2): no circles, the library
+never imports the experiments (they live in experiments/, outside the installed package), and no imports
+inside functions except optional dependencies and the CLI's per-command imports."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
 PKG = SRC / "logitsam"
+EXPERIMENTS = ROOT / "experiments"
 # imported inside functions on purpose: optional or heavy third-party packages used by one feature
 OPTIONAL = {"matplotlib", "datasets", "pyarrow", "deepspeed", "gguf", "vaderSentiment", "trl", "peft", "tensorboard"}
 # the CLI imports each command's module when that command runs, so `logitsam --help` does not load torch
@@ -15,12 +18,12 @@ LAZY_FRONTS = {"logitsam.cli.commands", "logitsam.cli.parser", "logitsam.cli.che
 
 
 def _module(path: Path) -> str:
-    parts = path.relative_to(SRC).with_suffix("").parts
+    parts = path.relative_to(SRC if path.is_relative_to(SRC) else ROOT).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def _modules() -> dict[str, Path]:
-    return {_module(p): p for p in PKG.rglob("*.py")}
+    return {_module(p): p for p in [*PKG.rglob("*.py"), *EXPERIMENTS.rglob("*.py")]}
 
 
 def _target(name: str, mods: dict[str, Path]) -> str | None:
@@ -59,11 +62,11 @@ def _graph() -> tuple[dict[str, set[str]], list[str]]:
     inner = []
     for m, path in mods.items():
         for name, level, line in _imports(path, mods):
-            t = _target(name, mods) if name.startswith("logitsam") else None
+            t = _target(name, mods) if name.split(".")[0] in ("logitsam", "experiments") else None
             if t and t != m:
                 graph[m].add(t)
             if not level and m not in LAZY_FRONTS and name.split(".")[0] not in OPTIONAL:
-                inner.append(f"{path.relative_to(SRC)}:{line} imports {name} inside a function")
+                inner.append(f"{path.relative_to(ROOT)}:{line} imports {name} inside a function")
     return graph, inner
 
 
@@ -113,17 +116,25 @@ def test_the_library_never_imports_the_experiments():
         f"{m} -> {t}"
         for m, ts in graph.items()
         for t in ts
-        if not m.startswith("logitsam.experiments")
-        and not m.startswith("logitsam.cli")
-        and t.startswith("logitsam.experiments")
+        if m.startswith("logitsam") and t.startswith("experiments")
     ]
     assert bad == []
+    assert len([m for m in graph if m.startswith("experiments.")]) > 20  # the checker sees the studies
+
+
+def test_the_installed_package_holds_no_experiment_code():
+    """The wheel is built from src/ (pyproject: packages.find where = src): no study module, no study data."""
+    import setuptools
+
+    assert not (PKG / "experiments").exists()
+    assert [p for p in setuptools.find_packages(str(SRC)) if "experiments" in p] == []
+    assert not list(PKG.rglob("*.jsonl"))
 
 
 def test_an_experiment_never_imports_another():
     """study/ and squeeze/ share only experiments/{stats, verdicts, records}, never each other's modules."""
     graph, _ = _graph()
-    kinds = ("logitsam.experiments.study", "logitsam.experiments.squeeze")
+    kinds = ("experiments.study", "experiments.squeeze")
     bad = [
         f"{m} -> {t}"
         for m, ts in graph.items()

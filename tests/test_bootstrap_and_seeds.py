@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from logitsam.experiments.stats import (
+from experiments.stats import (
     Estimate,
     at_level,
     clip,
@@ -19,7 +19,7 @@ from logitsam.experiments.stats import (
     seed_interval,
     t_quantile,
 )
-from logitsam.experiments.verdicts import _fmt
+from experiments.verdicts import _fmt
 from stats_reference import (
     NAN,
     T_TABLE,

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from conftest import ROOT, TINY_CPU
 from logitsam import cli
 
 HH = "tests/fixtures/hh.jsonl"
@@ -65,7 +66,7 @@ def test_train_config_errors_are_one_line(capsys, tmp_path):
     assert rc == 2 and "train.learning_rate: nan is not a finite number" in one_error_line(err)
     rc, _, err = run(capsys, "train", "--config", str(tmp_path))
     assert rc == 2 and "is a directory" in one_error_line(err)
-    rc, _, err = run(capsys, "train", "--config", "configs/tiny-cpu.yaml", "--train.per_device_train_batch_size=0")
+    rc, _, err = run(capsys, "train", "--config", TINY_CPU, "--train.per_device_train_batch_size=0")
     assert rc == 2 and "per_device_train_batch_size: 0 must be > 0" in one_error_line(err)
 
 
@@ -77,7 +78,7 @@ def test_multi_line_user_errors_are_printed_on_one_line(capsys, monkeypatch):
         raise DataError("f.jsonl", 3, "prompt", "broken\nacross lines")
 
     monkeypatch.setattr(run_mod, "train", bad)
-    rc, _, err = run(capsys, "train", "--config", "configs/tiny-cpu.yaml")
+    rc, _, err = run(capsys, "train", "--config", TINY_CPU)
     assert rc == 2 and one_error_line(err) == "logitsam: error: f.jsonl:3: field 'prompt': broken across lines"
 
 
@@ -89,7 +90,7 @@ def test_training_diverged_exits_3(capsys, monkeypatch):
         raise TrainingDiverged("non-finite loss (nan) at step 3; the last saved checkpoint is the last good state")
 
     monkeypatch.setattr(run_mod, "train", diverge)
-    rc, _, err = run(capsys, "train", "--config", "configs/tiny-cpu.yaml")
+    rc, _, err = run(capsys, "train", "--config", TINY_CPU)
     assert rc == 3
     assert err.strip() == (
         "logitsam: training diverged: non-finite loss (nan) at step 3; the last saved checkpoint is the last good state"
@@ -104,7 +105,7 @@ def test_other_errors_are_not_swallowed(monkeypatch):
 
     monkeypatch.setattr(run_mod, "train", crash)
     with pytest.raises(RuntimeError, match="a bug"):
-        cli.main(["train", "--config", "configs/tiny-cpu.yaml"])
+        cli.main(["train", "--config", TINY_CPU])
 
 
 def test_losses_lists_ranges(capsys):
@@ -140,7 +141,7 @@ def test_train_from_another_directory_with_space_overrides(capsys, tmp_path, mon
 
     from logitsam.config import schema as C
 
-    config = os.path.abspath("configs/tiny-cpu.yaml")
+    config = TINY_CPU
     fixture = os.path.abspath("tests/fixtures/explicit.jsonl")
     monkeypatch.chdir(tmp_path)
     rc, out, _ = run(
@@ -158,7 +159,7 @@ def test_overrides_without_a_value_or_key(capsys):
         (["--sam.rho"], "override '--sam.rho': expected --section.key=value or --section.key value"),
         (["stray"], "override 'stray': expected"),
     ):
-        rc, _, err = run(capsys, "train", "--config", "configs/tiny-cpu.yaml", *argv)
+        rc, _, err = run(capsys, "train", "--config", TINY_CPU, *argv)
         assert rc == 2 and message in one_error_line(err)
 
 
@@ -166,7 +167,7 @@ def test_overrides_without_a_value_or_key(capsys):
 def test_config_given_twice_is_refused(capsys, command):
     """A second --config used to replace the first silently (the last one trained)."""
     with pytest.raises(SystemExit) as e:
-        cli.main([command, "--config", "configs/tiny-cpu.yaml", "--config", "configs/pythia-hh-dpo.yaml"])
+        cli.main([command, "--config", TINY_CPU, "--config", str(ROOT / "configs/pythia-hh-dpo.yaml")])
     assert e.value.code == 2 and "--config given twice" in capsys.readouterr().err
 
 
@@ -174,20 +175,6 @@ def test_other_commands_refuse_stray_arguments(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["toy", "--sam.rho=1"])
     assert e.value.code == 2 and "unrecognized arguments: --sam.rho=1" in capsys.readouterr().err
-
-
-def test_demo_full_is_gone(capsys, tmp_path):
-    with pytest.raises(SystemExit) as e:
-        cli.main(["demo", "--full", "--out", str(tmp_path / "d")])
-    assert e.value.code == 2 and "unrecognized arguments: --full" in capsys.readouterr().err
-    assert not (tmp_path / "d").exists()
-
-
-def test_demo_help_says_what_quick_uses(capsys):
-    with pytest.raises(SystemExit):
-        cli.main(["demo", "--help"])
-    out = " ".join(capsys.readouterr().out.split())
-    assert "tiny random model, letters-fraction reward (not VADER)" in out
 
 
 @pytest.fixture
@@ -242,7 +229,6 @@ def test_plot_mistakes_are_one_line(capsys, tmp_path, fake_plot):
         (["toy", "--rho", "-0.5"], "--rho: is |ρ| (the SAM runs use +ρ and −ρ) and must be > 0, got -0.5"),
         (["toy", "--out", "/proc/logitsam_toy"], "--out: cannot write into '/proc/logitsam_toy'"),
         (["toy", "--out", "/proc"], "--out: cannot write into '/proc'"),
-        (["demo", "--quick", "--out", "/proc/logitsam_demo"], "--out: cannot write into '/proc/logitsam_demo'"),
         (["sharpness", "--model", "tiny-random", "--data", HH, "--out", "/proc/x/s.json"], "--out: cannot write into"),
     ],
 )
@@ -264,7 +250,7 @@ def test_sharpness_takes_the_first_pairs_that_survive_tokenization(capsys, tmp_p
 
 
 def test_sharpness_with_broken_model_weights(capsys, tmp_path):
-    from logitsam.training.models import tiny_model, tiny_tokenizer
+    from logitsam.models import tiny_model, tiny_tokenizer
 
     tok = tiny_tokenizer()
     tiny_model(len(tok)).save_pretrained(tmp_path / "m")
@@ -290,7 +276,7 @@ def test_ctrl_c_during_train_prints_the_resume_command(capsys, monkeypatch, tmp_
         raise KeyboardInterrupt
 
     monkeypatch.setattr("logitsam.training.run.train", interrupted)
-    argv = ["train", "--config", "configs/tiny-cpu.yaml", f"--train.output_dir={tmp_path}"]
+    argv = ["train", "--config", TINY_CPU, f"--train.output_dir={tmp_path}"]
     # before its first checkpoint a resume cannot work: the line says how to start again instead
     assert cli.main(argv) == 130
     err = capsys.readouterr().err.strip()
@@ -312,7 +298,7 @@ def test_switching_the_loss_on_the_command_line_drops_the_files_foreign_keys(cap
     a beta given on the command line is still refused."""
     seen = {}
     monkeypatch.setattr("logitsam.training.run.train", lambda cfg: seen.setdefault("cfg", cfg) and {"metrics": {}})
-    argv = ["train", "--config", "configs/tiny-cpu.yaml", f"--train.output_dir={tmp_path}", "--loss.name=slic"]
+    argv = ["train", "--config", TINY_CPU, f"--train.output_dir={tmp_path}", "--loss.name=slic"]
     assert cli.main(argv) == 0
     assert seen["cfg"].loss.name == "slic" and seen["cfg"].loss.beta is None
     assert "note: loss 'slic' has no loss.beta: the config file's value(s) for loss 'dpo' dropped" in capsys.readouterr().err
@@ -349,7 +335,7 @@ def test_ctrl_c_anywhere_in_a_command_is_one_line_and_exit_130(capsys, monkeypat
 
     if command in ("train", "sft"):
         monkeypatch.setattr("logitsam.config.schema.load", interrupted)
-        argv = [command, "--config", "configs/tiny-cpu.yaml", f"--train.output_dir={tmp_path}"]
+        argv = [command, "--config", TINY_CPU, f"--train.output_dir={tmp_path}"]
     else:
         monkeypatch.setattr("logitsam.evaluation.command.run", interrupted)
         argv = [command, "--model", "tiny-random", "--prompts", "tests/fixtures/explicit.jsonl", "--out", str(tmp_path)]
@@ -360,7 +346,7 @@ def test_ctrl_c_anywhere_in_a_command_is_one_line_and_exit_130(capsys, monkeypat
 @pytest.fixture(scope="module")
 def no_template_model(tmp_path_factory):
     """A saved tiny model whose tokenizer has no chat template."""
-    from logitsam.training.models import tiny_model, tiny_tokenizer
+    from logitsam.models import tiny_model, tiny_tokenizer
 
     path = tmp_path_factory.mktemp("models") / "plain"
     tok = tiny_tokenizer()
@@ -383,7 +369,7 @@ def test_chat_without_a_chat_template_names_the_model_and_the_flag(capsys, tmp_p
 
 
 def test_message_rows_without_a_chat_template_name_the_model(capsys, tmp_path, no_template_model):
-    argv = ["train", "--config", "configs/tiny-cpu.yaml", f"--model.name_or_path={no_template_model}",
+    argv = ["train", "--config", TINY_CPU, f"--model.name_or_path={no_template_model}",
             "--data.train_files=tests/fixtures/ultrafeedback.jsonl", f"--train.output_dir={tmp_path / 'run'}"]  # fmt: skip
     rc, _, err = run(capsys, *argv)
     line = one_error_line(err)

@@ -8,15 +8,15 @@ import random
 import pytest
 import torch
 
+from experiments.displacement import gate as D
+from experiments.displacement import pairs as P
+from experiments.displacement.edits import OPPOSITES, swap_one, swappable
+from experiments.displacement.pilot import GRID, choose, cost
+from experiments.displacement.plan import DPOP, FRONTIER, ORDER, plan
+from experiments.squeeze.experiment import Setting
+from experiments.squeeze.probe import REGIONS, response_stats, split_regions
 from logitsam.config import ModelConfig
-from logitsam.experiments.displacement import gate as D
-from logitsam.experiments.displacement import pairs as P
-from logitsam.experiments.displacement.edits import OPPOSITES, swap_one, swappable
-from logitsam.experiments.displacement.pilot import GRID, choose, cost
-from logitsam.experiments.displacement.plan import DPOP, FRONTIER, ORDER, plan
-from logitsam.experiments.squeeze.experiment import Setting
-from logitsam.experiments.squeeze.probe import REGIONS, response_stats, split_regions
-from logitsam.training.models import load_tokenizer, tiny_model
+from logitsam.models import load_tokenizer, tiny_model
 
 
 def test_opposites_are_symmetric_and_swap_keeps_case_and_the_rest_of_the_text():
@@ -178,8 +178,8 @@ def test_pilot_pick_rule_and_main_plan():
 
 @pytest.mark.slow
 def test_displacement_experiment_end_to_end_on_the_tiny_model(tmp_path, monkeypatch):
-    from logitsam.experiments.displacement import experiment as X
-    from logitsam.experiments.displacement.pilot import DPO
+    from experiments.displacement import experiment as X
+    from experiments.displacement.pilot import DPO
 
     words = ["I found it great and nice here", "it was bad and the place dirty too", "plain words only"]
     gen, _ = _fake_generate(lambda p, seed, i: words[(i + seed) % 3] if seed < 10**6 else f"other text {i}")
@@ -203,7 +203,7 @@ def test_displacement_experiment_end_to_end_on_the_tiny_model(tmp_path, monkeypa
 
 
 def test_frontier_interpolates_in_kl_and_refuses_outside_it():
-    from logitsam.experiments.displacement.analysis import frontier_at
+    from experiments.displacement.analysis import frontier_at
 
     pts = [(4.0, -10.0), (1.0, 2.0), (2.0, -2.0)]  # unsorted on purpose
     assert frontier_at(pts, 3.0) == pytest.approx(-6.0)
@@ -215,12 +215,11 @@ def _write_main(tmp_path, shift, n_prompts=30, pairs=9):
     """Synthetic main comparison, seeds 1–3: DPO at lr × 0.25 / 0.5 / 1 on a frontier Δ+ = 4 − 3·KL (seed noise
     up to ±2 nats, the same for every arm of a seed), and a logits-SAM arm at KL 2.5 whose Δ+ sits ``shift``
     nats above the frontier."""
-    from logitsam.experiments.records import write_record
-    from logitsam.experiments.squeeze.experiment import _write_json
+    from experiments.records import write_json, write_record
 
     out, setting = tmp_path / "main", "toy"
     flat = [[-20.0, -21.0]] * pairs
-    _write_json(
+    write_json(
         str(out / "shared" / f"{setting}.json"), {"stats": {k: _stats(flat) for k in ("train", "control", "heldout")}}
     )
     arms = (("dpo(lr×0.25)", 0.0, 1.0), ("dpo(lr×0.5)", 0.0, 2.0), ("dpo", 0.0, 3.0), ("dpo+lsam(1e-1)", 0.1, 2.5))
@@ -242,8 +241,8 @@ def _write_main(tmp_path, shift, n_prompts=30, pairs=9):
 
 
 def test_main_analysis_compares_at_matched_kl_and_recomputes_from_records(tmp_path):
-    from logitsam.experiments.displacement.analysis import analyse
-    from logitsam.experiments.displacement.report import write_report
+    from experiments.displacement.analysis import analyse
+    from experiments.displacement.report import write_report
 
     out, setting = _write_main(tmp_path, shift=3.0)
     res = analyse(out, setting)

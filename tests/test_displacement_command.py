@@ -7,13 +7,14 @@ import math
 import pytest
 import torch
 
+from conftest import TINY_CPU
 from logitsam import cli
 from logitsam.config import ModelConfig
 from logitsam.data.batching import PreferenceCollator, tokenize_examples
 from logitsam.data.examples import load_examples
 from logitsam.diagnostics.ches import ches_scores
 from logitsam.evaluation.displacement import spearman, trained_model_of
-from logitsam.training.models import load_model, load_tokenizer, tiny_model
+from logitsam.models import load_model, load_tokenizer, tiny_model
 
 FIXTURE = "tests/fixtures/explicit.jsonl"
 
@@ -50,7 +51,7 @@ def test_ches_matches_hidden_states_summed_by_hand():
 @pytest.mark.slow
 def test_displacement_command_on_a_tiny_run(tmp_path, capsys):
     run = tmp_path / "run"
-    argv = ["train", "--config", "configs/tiny-cpu.yaml", f"--train.output_dir={run}", "--train.max_steps=3",
+    argv = ["train", "--config", TINY_CPU, f"--train.output_dir={run}", "--train.max_steps=3",
             "--train.save_steps=3", "--train.eval_steps=3"]  # fmt: skip
     assert cli.main(argv) == 0
     assert trained_model_of(str(run)) == str(run)

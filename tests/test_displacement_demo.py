@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from logitsam.experiments.displacement import demo as D
-from logitsam.experiments.displacement import pairs as P
-from logitsam.experiments.displacement.pilot import GRID
+from experiments.displacement import demo as D
+from experiments.displacement import pairs as P
+from experiments.displacement.demo import main as demo_main
+from experiments.displacement.pilot import GRID
 
 
 def test_shipped_swap_pairs_are_the_pilot_picks_first_pairs_with_edits_and_controls():
@@ -63,10 +64,30 @@ def test_demo_quick_runs_the_displacement_pipeline_on_shipped_pairs(tmp_path, mo
     assert all(f"| {a.label} | " in report for a in D.ARMS) and "control drift" in report
     assert (out / f"drift_{s.name}.png").stat().st_size > 5000
 
-    monkeypatch.setattr("logitsam.experiments.squeeze.experiment.train", never)
+    monkeypatch.setattr("experiments.runs.train", never)
     assert D.run_demo(str(out), quick=True, log=printed.append) == path  # finished runs are kept
     smaller = dataclasses.replace(sh, n_win_prompts=sh.n_win_prompts - 1)
     monkeypatch.setattr(D, "demo_shared", lambda *a, **k: smaller)
     with pytest.raises(AssertionError, match="ship with the package"):  # i.e. it trains again
         D.run_demo(str(out), quick=True, log=printed.append)
     assert printed[-1].endswith("made by an older demo with other settings; starting again")
+
+
+def test_demo_full_is_gone(capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        demo_main(["--full", "--out", str(tmp_path / "d")])
+    assert e.value.code == 2 and "unrecognized arguments: --full" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
+def test_demo_help_says_what_quick_uses(capsys):
+    with pytest.raises(SystemExit):
+        demo_main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "tiny random model, letters-fraction reward (not VADER)" in out
+
+
+def test_demo_refuses_an_unwritable_out_in_one_line(capsys):
+    assert demo_main(["--quick", "--out", "/proc/logitsam_demo"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("demo: error: --out: cannot write into '/proc/logitsam_demo'"), err

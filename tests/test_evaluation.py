@@ -13,7 +13,7 @@ from judge_server import JudgeHandler
 from logitsam.evaluation.generation import DecodeSettings, generate
 from logitsam.evaluation.judges import GoldRewardJudge, JudgeError, LLMJudge, RewardModelJudge, vader_reward
 from logitsam.evaluation.winrate import bootstrap, sequence_kl
-from logitsam.training.models import tiny_model, tiny_tokenizer
+from logitsam.models import tiny_model, tiny_tokenizer
 
 
 def test_bootstrap_interval():
@@ -138,8 +138,8 @@ def test_generation_is_seeded_and_kl_of_a_model_to_itself_is_zero():
 def test_shipped_pairs_are_used_when_their_key_matches(tmp_path, monkeypatch):
     """The demo's pairs ship with the package: used (and cached) when key and reward match, never sampled;
     --resample samples again and compares."""
+    from experiments.study import pairs as P
     from logitsam.evaluation.generation import DecodeSettings
-    from logitsam.experiments.study import pairs as P
 
     prompts, dec = ["a", "b"], DecodeSettings(max_new_tokens=4, temperature=1.0)
     key = P.pairs_key("m", prompts, dec, 0)
@@ -168,9 +168,9 @@ def test_shipped_pairs_are_used_when_their_key_matches(tmp_path, monkeypatch):
 
 def test_the_shipped_pairs_are_the_default_demos():
     """make demo uses the shipped pairs: their key is the one the default settings compute."""
+    from experiments.study.pairs import load_prompts, pairs_key, shipped_pairs
+    from experiments.study.setup import DemoSettings
     from logitsam.evaluation.generation import DecodeSettings
-    from logitsam.experiments.study.pairs import load_prompts, pairs_key, shipped_pairs
-    from logitsam.experiments.study.setup import DemoSettings
 
     s = DemoSettings()
     key = pairs_key(s.model, load_prompts()[: s.max_prompts], DecodeSettings(max_new_tokens=s.new_tokens, temperature=1.0), 0)

@@ -5,8 +5,8 @@ import math
 
 import pytest
 
+from experiments.records import checksum, record_problem, verify_record, write_record
 from logitsam.errors import UserError
-from logitsam.experiments.records import checksum, record_problem, verify_record, write_record
 
 
 def record():

@@ -9,17 +9,17 @@ import math
 import pytest
 import torch
 
+from experiments.squeeze import gate as G
+from experiments.squeeze.experiment import Arm, Experiment, Setting, Shared
+from experiments.squeeze.pilot import GRID, choose, cost
+from experiments.squeeze.plan import CONTROL_ARMS, MAIN_ARMS, plain_of, plan, sam_scale, stage2_plan
+from experiments.squeeze.probe import response_stats
+from experiments.squeeze.prompts import _lines, prompt_split
 from logitsam.config import ModelConfig
 from logitsam.core.scoring import model_sequence_logps
 from logitsam.data.batching import PreferenceCollator
 from logitsam.errors import ConfigError
-from logitsam.experiments.squeeze import gate as G
-from logitsam.experiments.squeeze.experiment import Arm, Experiment, Setting, Shared
-from logitsam.experiments.squeeze.pilot import GRID, choose, cost
-from logitsam.experiments.squeeze.plan import CONTROL_ARMS, MAIN_ARMS, plain_of, plan, sam_scale, stage2_plan
-from logitsam.experiments.squeeze.probe import response_stats
-from logitsam.experiments.squeeze.prompts import _lines, prompt_split
-from logitsam.training.models import load_tokenizer, tiny_model
+from logitsam.models import load_tokenizer, tiny_model
 
 
 def test_prompts_split_by_subject():
@@ -189,7 +189,7 @@ def test_experiment_end_to_end_on_the_tiny_model(tmp_path, monkeypatch):
     assert all(math.isfinite(x) for x in rec["kl_values"])
     assert sam_scale(rec)["first_order"] > 0
     # a finished run is read back, not trained again
-    monkeypatch.setattr("logitsam.experiments.squeeze.experiment.train", lambda *a, **k: pytest.fail("retrained"))
+    monkeypatch.setattr("experiments.runs.train", lambda *a, **k: pytest.fail("retrained"))
     assert exp.run(s, Arm("dpo+lsam(1e-2)", rho=1e-2), 0) == json.loads(json.dumps(rec))
     # a finished run made with other sizes is never reused under a changed preset: refused, naming what changed
     other = Experiment(str(tmp_path / "exp"), dataclasses.replace(sh, n_win_prompts=5))
@@ -203,13 +203,12 @@ def test_experiment_end_to_end_on_the_tiny_model(tmp_path, monkeypatch):
 def _synthetic_main(tmp_path, n=40, pairs=6):
     """A hand-made main comparison: DPO, a no-op ρ (samples identical to DPO's) and a ρ that helps on
     every seed (+15 pp win rate, +1 nat held-out Δ+), three seeds each."""
-    from logitsam.experiments.records import write_record
-    from logitsam.experiments.squeeze.experiment import _write_json
+    from experiments.records import write_json, write_record
 
     out, setting = tmp_path / "main", "toy"
     stats = {"logp": [[-20.0, -25.0]] * pairs, "top": [[0.3, 0.3]] * pairs, "entropy": [[3.0, 3.0]] * pairs,
              "tokens": [[10, 10]] * pairs}  # fmt: skip
-    _write_json(str(out / "shared" / f"{setting}.json"), {"stats": {"heldout": stats, "train": stats}})
+    write_json(str(out / "shared" / f"{setting}.json"), {"stats": {"heldout": stats, "train": stats}})
     for seed in (1, 2, 3):
         base = [(seed * 7 + i * 3) % 5 / 4 for i in range(n)]  # DPO's outcomes against SFT, varying by seed
         for label, rho, lift, dplus in (("dpo", 0.0, 0.0, -6.0), ("dpo+lsam(1e-3)", 1e-3, 0.0, -6.0),
@@ -235,8 +234,8 @@ def _synthetic_main(tmp_path, n=40, pairs=6):
 
 @pytest.mark.slow
 def test_main_analysis_on_a_hand_made_comparison(tmp_path):
-    from logitsam.experiments.squeeze.analysis import analyse
-    from logitsam.experiments.squeeze.report import write_main_report
+    from experiments.squeeze.analysis import analyse
+    from experiments.squeeze.report import write_main_report
 
     out, setting = _synthetic_main(tmp_path)
     res = analyse(out, setting)
@@ -287,9 +286,9 @@ def test_second_stage_is_paired_with_its_own_loss(tmp_path):
     """SLiC-HF + logits-SAM is judged against SLiC-HF (same seeds), with SLiC-HF's effect of interest; a
     one-seed pair is "not measured"; an arm whose plain loss has not run is left out of the claims; the
     second stage stays out of the ρ sweep; the report counts the stage's runs."""
-    from logitsam.experiments.records import write_record
-    from logitsam.experiments.squeeze.analysis import analyse
-    from logitsam.experiments.squeeze.report import write_main_report
+    from experiments.records import write_record
+    from experiments.squeeze.analysis import analyse
+    from experiments.squeeze.report import write_main_report
 
     out, setting = _synthetic_main(tmp_path)
     runs = tmp_path / "main" / "runs" / setting

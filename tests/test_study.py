@@ -1,4 +1,4 @@
-"""`logitsam study` end to end on the tiny random model: plan, records, resume, refusals, report.
+"""`python -m experiments.study.command` end to end on the tiny random model: plan, records, resume, refusals, report.
 
 The quick study is trained once per module (``finished``); tests that change a study directory work
 on a copy of it, so the refusals of stale runs, start files and changed pairs cost no training.
@@ -12,12 +12,12 @@ import shutil
 
 import pytest
 
-from logitsam import cli
+from experiments.records import write_record
+from experiments.study.command import main as study_main
+from experiments.study.plan import GROUPS, StudySettings, quick_study
+from experiments.study.records import record_path
+from experiments.study.runner import run_study
 from logitsam.errors import UserError
-from logitsam.experiments.records import write_record
-from logitsam.experiments.study.plan import GROUPS, StudySettings, quick_study
-from logitsam.experiments.study.records import record_path
-from logitsam.experiments.study.runner import run_study
 
 pytestmark = pytest.mark.slow  # trains or launches processes: `pytest -m 'not slow'` skips it
 
@@ -219,7 +219,7 @@ def test_a_shared_file_without_the_pairs_hash_is_accepted(study_copy, capsys):
 
 def test_study_cli_plan_and_bad_options(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LOGITSAM_CACHE", str(tmp_path / "cache"))
-    assert cli.main(["study", "--plan", "--out", str(tmp_path / "s"), "--seeds", "8"]) == 0
+    assert study_main(["--plan", "--out", str(tmp_path / "s"), "--seeds", "8"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "todo    dpo/s8" and all(line.startswith("todo    ") for line in lines[:-1])
     assert lines[-1] == "later   confirm/dpo and dpo+lsam(best ρ) on seeds 5,6,7: after the ρ sweep"
@@ -241,11 +241,11 @@ def test_study_cli_plan_and_bad_options(tmp_path, monkeypatch, capsys):
         (["--report-only", "--quick"], "--report-only reports what DIR"),
     ):
         plan = [] if "--report-only" in argv else ["--plan"]
-        assert cli.main(["study", *plan, *argv]) != 0
+        assert study_main([*plan, *argv]) != 0
         assert msg in capsys.readouterr().err, argv
     # --report-only on a directory that is not a study: one line, nothing created
     for target in (tmp_path / "none", tmp_path):
-        assert cli.main(["study", "--report-only", "--out", str(target)]) == 2
+        assert study_main(["--report-only", "--out", str(target)]) == 2
         assert "not a study directory (no shared.json)" in capsys.readouterr().err
     assert not (tmp_path / "none").exists()
 
@@ -254,10 +254,10 @@ def test_confirmation_reruns_the_sweeps_pick_on_fresh_seeds(study_copy, monkeypa
     """Once the sweep is finished, its pick (the rule of analysis.best_of_sweep, saved in confirm.json) and
     DPO run on the confirmation seeds under their own names, flagged in the record and kept apart from the
     plan's rows; the saved pick stands on resume; a seed the plan trained on is not fresh."""
-    from logitsam.experiments.study import analysis, summary
-    from logitsam.experiments.study.command import plan_lines
-    from logitsam.experiments.study.confirm import confirmation_plan, read_pick
-    from logitsam.experiments.study.plan import _lsam
+    from experiments.study import analysis, summary
+    from experiments.study.command import plan_lines
+    from experiments.study.confirm import confirmation_plan, read_pick
+    from experiments.study.plan import _lsam
 
     monkeypatch.setitem(GROUPS, "rho", [_lsam("dpo", 1e-2)])  # a two-point sweep: 1e-1 (done) and 1e-2
     s = _quick(groups=("dpo", "rho", "confirm"))

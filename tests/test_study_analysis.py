@@ -8,9 +8,9 @@ import math
 
 import pytest
 
-from logitsam.experiments.study import analysis
-from logitsam.experiments.study.plan import TUNING_NOTE
-from logitsam.experiments.study.summary import analyse
+from experiments.study import analysis
+from experiments.study.plan import TUNING_NOTE
+from experiments.study.summary import analyse
 from stats_reference import CLAIMS, T2, assert_estimate, assert_matches_ref, ref_t, t_interval, with_probe_error
 from synthetic_study import HESSIAN, KL, KL_SHAPE, SEEDS, STEPS, build_study, study_record, trajectory_of, write_json
 

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from logitsam.experiments.study import analysis
-from logitsam.experiments.study.analysis import paired
+from experiments.study import analysis
+from experiments.study.analysis import paired
 from stats_reference import NAN, assert_estimate, assert_matches_ref, ref_crossed, t_interval, with_probe_error
 
 # ---------------------------------------------------------------------------------------------------

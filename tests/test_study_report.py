@@ -5,8 +5,9 @@ import json
 
 import pytest
 
-from logitsam.experiments.study import analysis
-from logitsam.experiments.study.summary import analyse
+from experiments.study import analysis
+from experiments.study.command import main as study_main
+from experiments.study.summary import analyse
 from stats_reference import assert_matches_ref
 from synthetic_study import KEY, SEEDS, STEPS, build_study, study_record, write_json
 
@@ -28,7 +29,6 @@ def test_study_report_into_a_read_only_directory_is_one_line(tmp_path, monkeypat
     import builtins
     import errno
 
-    from logitsam import cli
 
     out = build_study(tmp_path)
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
@@ -40,21 +40,20 @@ def test_study_report_into_a_read_only_directory_is_one_line(tmp_path, monkeypat
         return real_open(file, mode, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "open", refusing)
-    assert cli.main(["study", "--out", out, "--report-only"]) == 2
+    assert study_main(["--out", out, "--report-only"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("logitsam: error: cannot write ") and "Permission denied" in err[0]
+    assert len(err) == 1 and err[0].startswith("study: error: cannot write ") and "Permission denied" in err[0]
     monkeypatch.setattr(builtins, "open", real_open)
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
 def test_study_report_where_a_directory_stands_is_one_line(tmp_path, capsys):
     """A folder named report.md used to end in IsADirectoryError's traceback; the records stay untouched."""
-    from logitsam import cli
 
     out = build_study(tmp_path)
     (tmp_path / "report.md").mkdir()
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    assert cli.main(["study", "--out", out, "--report-only"]) == 2
+    assert study_main(["--out", out, "--report-only"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "report.md" in err[0] and "a directory is in its place" in err[0], err
     assert all(p.read_bytes() == b for p, b in before.items())  # the records and everything else kept
@@ -62,7 +61,7 @@ def test_study_report_where_a_directory_stands_is_one_line(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_write_study_report_on_the_synthetic_study(tmp_path):
-    from logitsam.experiments.study.study_report import PNG, write_study_report
+    from experiments.study.study_report import PNG, write_study_report
 
     out = build_study(tmp_path)
     text = write_study_report(out)
@@ -84,7 +83,7 @@ def test_write_study_report_on_the_synthetic_study(tmp_path):
         "**Status: 8 of 51 planned runs finished**; fewer seeds than planned: dpo(lr×0.5); not run yet: slic, "
         "slic+lsam(1e0), cpo, cpo+lsam(1e-1), dpo+lsam(1e-3), dpo+lsam(1e-2), dpo+lsam(1e0), dpo+lsam(1e-4), "
         "gate_dpo, dpo_abs, spo_target, dpo+fullsam(1e-2), the confirmation of the sweep's ρ on fresh seeds — "
-        f"`logitsam study --out {out}` resumes."
+        f"`python -m experiments.study.command --out {out}` resumes."
     )
     for name in PNG.values():
         png = tmp_path / name
@@ -99,7 +98,7 @@ def test_write_study_report_drift_plot_uses_the_steps_every_seed_logged(tmp_path
     matplotlib.use("Agg")
     from matplotlib.axes import Axes
 
-    from logitsam.experiments.study.study_report import write_study_report
+    from experiments.study.study_report import write_study_report
 
     out = build_study(tmp_path)
     # DPO's seed 3 missed its step-20 evaluation, seed 4 has one more at step 50
@@ -128,7 +127,7 @@ def test_write_study_report_drift_plot_uses_the_steps_every_seed_logged(tmp_path
 
 # ---------------------------------------------------------------------------------------------------
 # configurations finished on different seeds (seeds are not part of the study key, so
-# `logitsam study --groups dpo --seeds 2` then `--groups dpo-small-step --seeds 3` into one directory)
+# `python -m experiments.study.command --groups dpo --seeds 2` then `--groups dpo-small-step --seeds 3` into one directory)
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -142,7 +141,7 @@ def test_analyse_with_no_common_seed_between_sam_and_dpo(tmp_path):
 
 @pytest.mark.slow
 def test_write_study_report_with_no_common_seed_for_the_half_step_control(tmp_path):
-    from logitsam.experiments.study.study_report import write_study_report
+    from experiments.study.study_report import write_study_report
 
     out = build_study(tmp_path, runs={"dpo": (2,), "dpo(lr×0.5)": (3,)}, seeds=(2,))
     write_study_report(out)
@@ -216,7 +215,7 @@ def test_analyse_keeps_confirmation_runs_apart(tmp_path):
     assert c["rows"]["dpo"]["seeds"] == [5, 6, 7] and set(c["rows"]) == {"dpo", "dpo+lsam(1e-1)"}
     (claim,) = [x for x in res["claims"] if "fresh seeds" in x["claim"]]
     assert claim["evidence"].startswith("win rate against SFT, ρ=0.1 on fresh seeds 5, 6, 7")
-    from logitsam.experiments.study.study_report import write_study_report
+    from experiments.study.study_report import write_study_report
 
     write_study_report(out)
     md = (tmp_path / "report.md").read_text(encoding="utf-8")
@@ -228,7 +227,7 @@ def test_analyse_keeps_confirmation_runs_apart(tmp_path):
 @pytest.mark.slow
 def test_confirmation_without_a_common_seed_and_part_done(tmp_path):
     """An interrupted confirmation (DPO on seed 5, the pick only on seed 6) reports its runs, no crash."""
-    from logitsam.experiments.study.study_report import write_study_report
+    from experiments.study.study_report import write_study_report
 
     out = build_study(tmp_path)
     write_json(tmp_path / "confirm.json", PICK | {"label": "dpo+lsam(1e-1)", "rho": 0.1})

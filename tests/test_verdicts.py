@@ -8,14 +8,14 @@ import statistics
 import numpy as np
 import pytest
 
-from logitsam.experiments.stats import (
+from experiments.stats import (
     cluster_bootstrap,
     crossed_interval,
 )
-from logitsam.experiments.study import analysis
-from logitsam.experiments.study.claims import claims
-from logitsam.experiments.study.summary import analyse
-from logitsam.experiments.verdicts import (
+from experiments.study import analysis
+from experiments.study.claims import claims
+from experiments.study.summary import analyse
+from experiments.verdicts import (
     SMALLEST_GAIN,
     _fmt,
     effect_of_interest,
@@ -275,7 +275,7 @@ def test_a_consistent_two_nat_shift_is_not_a_noop_whatever_the_plain_runs_seed_s
     """Issue 30: synthetic paired records, the plain runs' final Δ+ spread with seed SD 2 nats, the arm
     2 nats above its plain run on every seed (± 0.05): the paired rule must not call it a no-op, while an
     arm that tracks the plain run within its paired noise is one."""
-    from logitsam.experiments.stats import paired_gap
+    from experiments.stats import paired_gap
 
     plain_finals = [-18.0, -20.0, -16.0, -21.0, -17.0]  # seed SD ≈ 2.07
     assert statistics.stdev(plain_finals) == pytest.approx(2.07, abs=0.01)

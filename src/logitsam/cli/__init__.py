@@ -6,12 +6,13 @@ failures.py turns a full disk or a diverged run into one line; Ctrl-C is one lin
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 from logitsam.cli.failures import is_training_diverged, storage_error
 from logitsam.cli.parser import build_parser
 from logitsam.errors import UserError, one_line
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "guarded", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,18 +29,24 @@ def _main(argv: list[str] | None) -> int:
     if rest and args.command not in ("train", "sft"):  # their overrides are checked (and named) by apply_overrides
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.overrides = rest
+    return guarded(lambda: args.func(args))
+
+
+def guarded(command: Callable[[], int], prog: str = "logitsam") -> int:
+    """Run ``command``: a user mistake, a full disk or a diverged run becomes one line on stderr and exit
+    code 2 (3: diverged); a bug keeps its traceback. The experiments' entry points use it too."""
     try:
-        return args.func(args)
+        return command()
     except Exception as e:
         if is_training_diverged(e):  # checked first: it may become a UserError subclass
-            print(f"logitsam: training diverged: {one_line(e)}", file=sys.stderr)
+            print(f"{prog}: training diverged: {one_line(e)}", file=sys.stderr)
             return 3
         if isinstance(e, UserError):
-            print(f"logitsam: error: {one_line(e)}", file=sys.stderr)
+            print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
             return 2
         storage = storage_error(e)
         if storage is not None:
-            print(f"logitsam: error: {storage}", file=sys.stderr)
+            print(f"{prog}: error: {storage}", file=sys.stderr)
             return 2
         raise
 

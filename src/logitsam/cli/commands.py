@@ -131,7 +131,7 @@ def sharpness(args: argparse.Namespace) -> int:
     from logitsam.data.batching import PreferenceCollator, tokenize_examples
     from logitsam.data.examples import load_examples
     from logitsam.diagnostics.sharpness import measure_sharpness
-    from logitsam.training.models import check_model_source, load_model, load_tokenizer
+    from logitsam.models import check_model_source, load_model, load_tokenizer
 
     # everything checkable is checked before a model is loaded
     at_least(args.probes, 1, "--probes")
@@ -188,7 +188,7 @@ def sharpness(args: argparse.Namespace) -> int:
 
 def displacement(args: argparse.Namespace) -> int:
     from logitsam.evaluation.displacement import displacement_report, format_report, write_json
-    from logitsam.training.models import check_device, check_model_source
+    from logitsam.models import check_device, check_model_source
 
     for v, name in ((args.pairs, "--pairs"), (args.controls, "--controls"), (args.top, "--top")):
         at_least(v, 1, name)
@@ -242,24 +242,8 @@ def plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def demo(args: argparse.Namespace) -> int:
-    from logitsam.experiments.displacement.demo import run_demo
-    from logitsam.training.models import check_device
-
-    check_device(args.device)
-    out_dir(args.out, "--out")
-    print(f"report: {run_demo(args.out, quick=args.quick, device=args.device)} (the drift figure beside it)")
-    return 0
-
-
 def evaluate(args: argparse.Namespace) -> int:
     from logitsam.evaluation.command import run
 
     out_dir(args.out, "--out")
     return run(args)
-
-
-def study(args: argparse.Namespace) -> int:
-    from logitsam.experiments.study.command import study_command
-
-    return study_command(args, out_dir)

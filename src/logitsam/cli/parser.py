@@ -157,48 +157,6 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--labels", help="comma-separated legend labels, one per RUN_DIR (default: the dir names)")
     pl.set_defaults(func=commands.plot)
 
-    demo = sub.add_parser(
-        "demo",
-        help="a fast slice of the displacement setting: DPO, DPO + logits-SAM and DPOP on SmolLM2-135M-Instruct",
-        description="Default: the first 48 swap pairs of the displacement setting (a SmolLM2-135M-Instruct sample "
-        "and the same sample with one sentiment word swapped, VADER preferring one; shipped with the package), "
-        "lr 1e-4, 2 epochs, plain DPO, DPO + logits-SAM (rho 1e-1) and DPOP (lambda 50); the trained pairs' "
-        "chosen/rejected log-prob change beside control text's drift along training, win rate against the "
-        "starting model and KL on 64 held-out prompts. --quick runs the same pipeline on a tiny random model with "
-        "a letters-fraction reward: a check that the pipeline works, not a result.",
-    )
-    demo.add_argument("--out", default="runs/demo")
-    demo.add_argument(
-        "--quick",
-        action="store_true",
-        help="tiny random model, letters-fraction reward (not VADER), 16 pairs: a pipeline check in about a minute",
-    )
-    demo.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to train (default: cpu)")
-    demo.set_defaults(func=commands.demo)
-
-    st = sub.add_parser(
-        "study",
-        help="the paper's claims on the demo's task with statistics: Table 1/3 and §4.3 analogues (hours on a CPU)",
-        description="DPO, SLiC-HF and CPO with and without logits-SAM, a ρ sweep, remedies, full SAM and a "
-        "smaller-step DPO control, 3 seeds each, win rates on 308 held-out prompts with crossed seed × prompt "
-        "intervals, Hessian traces. Resumable: runs finished in --out are not run again; Ctrl-C keeps them.",
-        epilog="groups, in the order they run: dpo (DPO ± logits-SAM ρ=0.1, Hessian traces), dpo-small-step (DPO at "
-        "half the learning rate), slic-cpo, rho (DPO + logits-SAM at ρ 1e-3, 1e-2, 1, 1e-4), remedies (Gate-DPO, "
-        "dpo_abs, spo_target), full-sam, confirm (DPO and DPO + logits-SAM at the sweep's best ρ on fresh seeds, "
-        "once the sweep is finished)",
-    )
-    st.add_argument("--out", default="runs/study", metavar="DIR", help="the study directory (default: runs/study)")
-    st.add_argument("--device", default="auto", help="auto (CUDA if visible), cpu or cuda")
-    st.add_argument("--seeds", help="comma-separated training seeds (default 2,3,4; the demo tuned on 0)")
-    st.add_argument(
-        "--confirm-seeds", help="comma-separated fresh seeds re-running the sweep's best ρ against DPO (default 5,6,7)"
-    )
-    st.add_argument("--groups", help="comma-separated groups to run, in order (default: all, listed below)")
-    st.add_argument("--plan", action="store_true", help="list the planned runs: done / todo / foreign; run nothing")
-    st.add_argument("--report-only", action="store_true", help="write the report from the runs finished in --out")
-    st.add_argument("--quick", action="store_true", help="tiny random model, letters reward: a pipeline check")
-    st.set_defaults(func=commands.study)
-
     from logitsam.evaluation.options import add_arguments  # argparse only: no torch
 
     for name, judged, text in (
