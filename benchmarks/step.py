@@ -80,7 +80,7 @@ def build(name: str, dev: str, dtype: torch.dtype, layers: int | None, pairs: in
     from logitsam.config.schema import SamConfig
     from logitsam.core.logprobs import IGNORE_INDEX
     from logitsam.core.registry import get_loss, resolve_hparams
-    from logitsam.training.models import tiny_tokenizer
+    from logitsam.models import tiny_tokenizer
     from logitsam.training.trainer import PreferenceTrainer
 
     kind, kw, _, _ = MODELS[name]

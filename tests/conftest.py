@@ -6,6 +6,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+TINY_CPU = str(ROOT / "configs" / "tiny-cpu.yaml")  # every test finds the recipes from any working directory
+
+
+def tiny_config(out_dir, *overrides, quiet=True):
+    """configs/tiny-cpu.yaml writing to ``out_dir``, no periodic evaluation (``quiet``: no printed logs),
+    then ``overrides`` (``--section.key=value``)."""
+    from logitsam.config import schema as C
+
+    base = [f"--train.output_dir={out_dir}", "--train.eval_steps=null", *(["--train.print_logs=false"] if quiet else [])]
+    return C.apply_overrides(C.load(TINY_CPU), [*base, *overrides])
 
 
 @pytest.fixture

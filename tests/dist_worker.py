@@ -39,7 +39,7 @@ def digest(trainer) -> None:
 if __name__ == "__main__":
     Objective.__call__ = _recording(Objective.__call__)
     out = sys.argv[1]
-    cfg = C.load("configs/tiny-cpu.yaml")
+    cfg = C.load(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "tiny-cpu.yaml"))
     C.apply_overrides(
         cfg, [f"--train.output_dir={out}", "--train.max_steps=3", "--train.eval_steps=null", *sys.argv[2:]]
     )

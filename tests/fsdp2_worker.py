@@ -24,7 +24,7 @@ from torch.distributed.tensor import DTensor
 from logitsam.core import objective as objective_mod
 from logitsam.core.objective import Objective
 from logitsam.core.registry import get_loss
-from logitsam.training.models import tiny_model
+from logitsam.models import tiny_model
 
 V, T, PAIRS, STEPS = 259, 14, 2, 3
 SHARDED_AT_SWEEP: list[bool] = []  # was the head a shard when the fused sweep asked for it (after forward)?

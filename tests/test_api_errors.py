@@ -7,9 +7,9 @@ from transformers import TrainingArguments
 from logitsam.config import SamConfig
 from logitsam.core.objective import Objective
 from logitsam.core.registry import LOSSES, resolve_hparams
+from logitsam.models import tiny_model
 from logitsam.sam.logits import logits_sam_loss, perturbed_logits
 from logitsam.trainer import PreferenceTrainer
-from logitsam.training.models import tiny_model
 
 H, W = torch.randn(6, 4), torch.randn(10, 4)
 G = torch.randn(6, 10)

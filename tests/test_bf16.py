@@ -10,8 +10,8 @@ import torch
 from logitsam.core.objective import Objective
 from logitsam.core.registry import LOSSES, resolve_hparams
 from logitsam.fused.perturbations import GramEps, WeightEps
+from logitsam.models import tiny_model
 from logitsam.sam.logits import eps_scale, perturb
-from logitsam.training.models import tiny_model
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 

@@ -5,6 +5,7 @@ import re
 
 import pytest
 
+from conftest import ROOT, TINY_CPU
 from logitsam.config import schema as C
 from logitsam.errors import ConfigError
 
@@ -124,7 +125,7 @@ def test_bad_yaml_names_the_file(tmp_path):
 def test_recipes_load():
     import glob
 
-    recipes = [p for p in glob.glob("configs/*.yaml") if "accelerate" not in p]
+    recipes = [p for p in glob.glob(str(ROOT / "configs" / "*.yaml")) if "accelerate" not in p]
     assert len(recipes) >= 5
     for path in recipes:
         C.load(path)
@@ -198,7 +199,7 @@ def test_config_path_that_is_a_directory_or_not_utf8(tmp_path):
 
 # ---- cross-field and environment checks (run.check_config / loss_setup) ------------------------
 def _cfg(tmp_path, *overrides):
-    cfg = C.load("configs/tiny-cpu.yaml")
+    cfg = C.load(TINY_CPU)
     return C.apply_overrides(cfg, [f"--train.output_dir={tmp_path / 'out'}", *overrides])
 
 
@@ -252,7 +253,7 @@ def test_model_paths_that_are_not_models(tmp_path):
 
 def test_loading_a_broken_model_dir_is_a_config_error(tmp_path):
     from logitsam.config.schema import ModelConfig
-    from logitsam.training.models import load_model, load_tokenizer
+    from logitsam.models import load_model, load_tokenizer
 
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -399,7 +400,7 @@ def test_configs_built_in_code_get_the_same_rules(tmp_path):
     """Rules used to apply only to files and overrides: a Config changed in code skipped them."""
     from logitsam.training.preflight import check_config
 
-    cfg = C.load("configs/tiny-cpu.yaml")
+    cfg = C.load(TINY_CPU)
     cfg.train.output_dir = str(tmp_path / "out")
     cfg.train.learning_rate = -1.0
     with pytest.raises(ConfigError, match=r"config: train.learning_rate: -1.0"):
@@ -415,7 +416,7 @@ def test_an_uncached_hub_id_with_no_network_fails_at_once(monkeypatch):
     import socket
     import time
 
-    from logitsam.training.models import check_model_source
+    from logitsam.models import check_model_source
 
     for var in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(var, raising=False)

@@ -8,12 +8,12 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, TINY_CPU
 from logitsam.core.logprobs import IGNORE_INDEX
 from logitsam.data.batching import PreferenceCollator, tokenize_examples
 from logitsam.data.examples import load_examples, parse_row
 from logitsam.errors import DataError
-from logitsam.training.models import tiny_tokenizer
+from logitsam.models import tiny_tokenizer
 
 FIX = "tests/fixtures"
 
@@ -113,7 +113,7 @@ def test_cli_reports_data_errors_without_traceback(tmp_path, cli_env):
             "logitsam",
             "train",
             "--config",
-            "configs/tiny-cpu.yaml",
+            TINY_CPU,
             f"--data.train_files=[{bad}]",
             f"--train.output_dir={tmp_path / 'out'}",
         ],
@@ -395,7 +395,7 @@ def test_an_empty_prompt_still_scores_the_first_response_token():
     chosen 'A' vs rejected 'B' compared only EOS. The prompt becomes BOS (or EOS)."""
     from logitsam.config import ModelConfig
     from logitsam.data.examples import PreferenceExample
-    from logitsam.training.models import load_tokenizer
+    from logitsam.models import load_tokenizer
 
     tok = load_tokenizer(ModelConfig(name_or_path="tiny-random"))
     rows, _ = tokenize_examples(tok, [PreferenceExample(prompt="", chosen="A", rejected="B")], 64, 32)

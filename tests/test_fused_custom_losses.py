@@ -10,7 +10,7 @@ from logitsam import losses as L
 from logitsam.core.losses import LossOutput, PreferenceLogps
 from logitsam.core.objective import Objective
 from logitsam.core.registry import BUILTIN, _probe
-from logitsam.training.models import tiny_model
+from logitsam.models import tiny_model
 from test_trainer_sam import V, batch, brute, grads_of, rel_all
 
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from conftest import ROOT
+from conftest import ROOT, TINY_CPU
 
 with warnings.catch_warnings():
     # torch.func.hessian's forward-mode AD imports this torch module on first use, and the module itself
@@ -200,7 +200,7 @@ def test_sharpness_on_a_lora_run_directory(tmp_path, cli_env):
     import sys
 
     run = tmp_path / "run"
-    train_cmd = [sys.executable, "-m", "logitsam", "train", "--config", "configs/tiny-cpu.yaml",
+    train_cmd = [sys.executable, "-m", "logitsam", "train", "--config", TINY_CPU,
                  f"--train.output_dir={run}", "--model.lora_r=4", "--train.max_steps=2", "--train.print_logs=false",
                  "--loss.reference=precomputed"]  # fmt: skip
     r = subprocess.run(train_cmd, capture_output=True, text=True, env=cli_env, cwd=ROOT, timeout=300)

@@ -17,7 +17,7 @@ import torch
 
 from logitsam.core.objective import Objective
 from logitsam.core.registry import LOSSES, resolve_hparams
-from logitsam.training.models import tiny_model
+from logitsam.models import tiny_model
 
 V = 300
 SYNCING = ("item", "tolist", "__bool__", "__int__", "__float__", "nonzero", "cpu", "numpy")

@@ -15,12 +15,13 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from conftest import TINY_CPU
 from logitsam.config import schema as C
 from logitsam.core.registry import LOSSES
 from logitsam.data.batching import PreferenceCollator, tokenize_examples
 from logitsam.data.examples import load_examples
 from logitsam.errors import UserError
-from logitsam.training.models import tiny_tokenizer
+from logitsam.models import tiny_tokenizer
 from logitsam.training.run import check_config, loss_setup
 
 SETTINGS = settings(max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
@@ -189,7 +190,7 @@ KEYS = [(s, f) for s, fields in SECTION_FIELDS.items() for f in fields]
 
 
 def _base() -> dict:
-    with open("configs/tiny-cpu.yaml", encoding="utf-8") as f:
+    with open(TINY_CPU, encoding="utf-8") as f:
         return yaml.safe_load(f)
 
 
@@ -256,7 +257,7 @@ def override(draw):
 @SETTINGS
 @given(st.lists(override(), max_size=4))
 def test_malformed_overrides(items):
-    cfg = C.load("configs/tiny-cpu.yaml")
+    cfg = C.load(TINY_CPU)
     try:
         C.apply_overrides(cfg, items)
     except UserError:
@@ -304,7 +305,7 @@ def test_an_unusable_cache_is_one_error_naming_the_variable(tmp_path, monkeypatc
     import os
 
     from logitsam.errors import ConfigError
-    from logitsam.training.models import cache_dir
+    from logitsam.models import cache_dir
 
     path = tmp_path / "cache"
     if kind == "file":
@@ -332,7 +333,7 @@ def test_a_full_or_read_only_disk_is_one_line_and_releases_the_lock(tmp_path, mo
         raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)), str(tmp_path / "run" / "checkpoint-1"))
 
     monkeypatch.setattr(Trainer, "_save_checkpoint", refuse)
-    argv = ["train", "--config", "configs/tiny-cpu.yaml", f"--train.output_dir={tmp_path / 'run'}",
+    argv = ["train", "--config", TINY_CPU, f"--train.output_dir={tmp_path / 'run'}",
             "--train.max_steps=2", "--train.save_steps=1", "--train.eval_steps=null", "--train.print_logs=false"]  # fmt: skip
     assert cli.main(argv) == 2
     err = capsys.readouterr().err  # progress bars share stderr: the error is one line, no traceback

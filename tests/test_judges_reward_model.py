@@ -13,7 +13,7 @@ from logitsam.errors import UserError
 from logitsam.evaluation import evaluate as E
 from logitsam.evaluation.command import _judge
 from logitsam.evaluation.judges import JudgeError, RewardModelJudge, reward_model_spec
-from logitsam.training.models import tiny_tokenizer
+from logitsam.models import tiny_tokenizer
 
 MAX = 32  # tokens the saved tokenizer takes (bytes: the tiny tokenizer is byte-level)
 

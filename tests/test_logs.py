@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TINY_CPU
 from logitsam.config import schema as C
 from logitsam.training.logs import log_line, number, numeric
 from logitsam.training.run import train
@@ -56,7 +57,7 @@ def test_log_line_train_eval_and_summary():
 
 
 def tiny(tmp_path, *overrides):
-    cfg = C.load("configs/tiny-cpu.yaml")
+    cfg = C.load(TINY_CPU)
     C.apply_overrides(cfg, [f"--train.output_dir={tmp_path}", "--train.save_model=false", *overrides])
     return cfg
 

@@ -11,7 +11,7 @@ from logitsam.config.schema import SamConfig
 from logitsam.core.forward import unwrap
 from logitsam.core.objective import Objective
 from logitsam.core.registry import LOSSES, resolve_hparams
-from logitsam.training.models import tiny_model
+from logitsam.models import tiny_model
 from logitsam.training.trainer import PreferenceTrainer
 
 V = 300

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from conftest import TINY_CPU
 from logitsam.config import schema as C
 from logitsam.errors import UserError
 from logitsam.plot import PANELS, plot_runs, runs_figure
@@ -11,7 +12,7 @@ from logitsam.training.run import train
 
 
 def tiny_run(out_dir, *overrides):
-    cfg = C.load("configs/tiny-cpu.yaml")
+    cfg = C.load(TINY_CPU)
     C.apply_overrides(
         cfg, [f"--train.output_dir={out_dir}", "--train.save_model=false", "--train.print_logs=false", *overrides]
     )

@@ -9,18 +9,16 @@ import re
 import pytest
 import torch
 
-from logitsam.config import schema as C
+from conftest import tiny_config
 from logitsam.config.schema import ModelConfig
 from logitsam.errors import ConfigError, DataError
-from logitsam.training.models import apply_lora, load_model, tiny_model, tiny_tokenizer
+from logitsam.models import apply_lora, load_model, tiny_model, tiny_tokenizer
 from logitsam.training.preflight import _check_extra_types, build_training_args
 from logitsam.training.run import check_config, loss_setup, train
 
 
 def cfg_for(tmp_path, *overrides):
-    cfg = C.load("configs/tiny-cpu.yaml")
-    overrides = (f"--train.output_dir={tmp_path / 'out'}", "--train.eval_steps=null", "--train.print_logs=false", *overrides)
-    return C.apply_overrides(cfg, list(overrides))
+    return tiny_config(tmp_path / "out", *overrides)
 
 
 def nothing_written(tmp_path):

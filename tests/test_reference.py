@@ -10,8 +10,8 @@ from transformers import AutoModelForCausalLM
 
 from logitsam.data.batching import tokenize_examples
 from logitsam.data.examples import load_examples
+from logitsam.models import tiny_model, tiny_tokenizer
 from logitsam.training import reference as R
-from logitsam.training.models import tiny_model, tiny_tokenizer
 
 
 @pytest.fixture

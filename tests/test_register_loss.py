@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import TINY_CPU
 from logitsam import losses as L
 from logitsam.core.losses import LossOutput, PreferenceLogps
 
@@ -117,7 +118,7 @@ def test_a_registered_loss_trains_with_logits_sam_by_name(registered, tmp_path):
     from logitsam.config import schema as C
     from logitsam.training.run import train
 
-    cfg = C.load("configs/tiny-cpu.yaml")
+    cfg = C.load(TINY_CPU)
     C.apply_overrides(
         cfg,
         [

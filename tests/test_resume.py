@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
+from conftest import tiny_config
 from logitsam.config import schema as C
 from logitsam.errors import ConfigError, DataError
 from logitsam.training.run import train
@@ -17,8 +18,7 @@ pytestmark = pytest.mark.slow  # trains or launches processes: `pytest -m 'not s
 
 
 def cfg_for(out, *overrides):
-    cfg = C.load("configs/tiny-cpu.yaml")
-    return C.apply_overrides(cfg, [f"--train.output_dir={out}", "--train.eval_steps=null", "--train.print_logs=false", *overrides])
+    return tiny_config(out, *overrides)
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from conftest import tiny_config
 from logitsam.config import schema as C
 from logitsam.core.losses import dpo
 from logitsam.core.registry import LOSSES, LossSpec
@@ -16,9 +17,7 @@ pytestmark = pytest.mark.slow  # trains or launches processes: `pytest -m 'not s
 
 
 def cfg_for(tmp_path, *overrides):
-    cfg = C.load("configs/tiny-cpu.yaml")
-    C.apply_overrides(cfg, [f"--train.output_dir={tmp_path}", "--train.eval_steps=null", *overrides])
-    return cfg
+    return tiny_config(tmp_path, *overrides, quiet=False)
 
 
 def losses(out_dir):

@@ -17,7 +17,7 @@ from logitsam.config.schema import SamConfig
 from logitsam.core.logprobs import IGNORE_INDEX, sequence_logps, shift_for_causal_lm, token_logps_twice_differentiable
 from logitsam.core.objective import Objective, pair_logps
 from logitsam.core.registry import LOSSES, resolve_hparams
-from logitsam.training.models import tiny_model
+from logitsam.models import tiny_model
 from logitsam.training.trainer import PreferenceTrainer
 
 V = 300

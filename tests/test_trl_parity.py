@@ -19,7 +19,7 @@ import torch
 from logitsam.config.schema import SamConfig
 from logitsam.core.logprobs import IGNORE_INDEX
 from logitsam.core.registry import get_loss, resolve_hparams
-from logitsam.training.models import tiny_model, tiny_tokenizer
+from logitsam.models import tiny_model, tiny_tokenizer
 
 pytestmark = pytest.mark.slow  # trains or launches processes: `pytest -m 'not slow'` skips it
 

@@ -11,11 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import TINY_CPU
 from logitsam import cli
 from logitsam.training import manifest
 from logitsam.training.rundir import LOCK_NAME
 
-QUICK = ["--config", "configs/tiny-cpu.yaml", "--train.max_steps=1", "--train.eval_steps=null",
+QUICK = ["--config", TINY_CPU, "--train.max_steps=1", "--train.eval_steps=null",
          "--data.eval_fraction=0", "--train.print_logs=false"]  # fmt: skip
 OURS = "tags:\n- logitsam"  # the card's metadata
 
@@ -94,7 +95,7 @@ def test_a_file_we_did_not_write_is_never_replaced(tmp_path, capsys):
 
 def test_a_model_labelled_baseline_keeps_the_baselines_samples(tmp_path, monkeypatch):
     """A run directory named `baseline` was labelled `baseline` and wrote its samples over the baseline's."""
-    from logitsam.training.models import tiny_model, tiny_tokenizer
+    from logitsam.models import tiny_model, tiny_tokenizer
 
     monkeypatch.chdir(tmp_path)
     tok = tiny_tokenizer()

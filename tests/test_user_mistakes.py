@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from conftest import TINY_CPU
 from logitsam.cli.checks import out_file
 from logitsam.config import schema as C
 from logitsam.data.examples import load_examples
@@ -19,11 +20,11 @@ from logitsam.errors import ConfigError, DataError, UserError
 from logitsam.evaluation.command import _check_reward_head, _claim_out
 from logitsam.evaluation.evaluate import read_prompts
 from logitsam.evaluation.judges import JudgeError, LLMJudge
+from logitsam.models import check_device
 from logitsam.plot import plot_runs
 from logitsam.training import manifest
 from logitsam.training.checkpoints import trim_metrics
 from logitsam.training.commit import MARKER, sampled_digest
-from logitsam.training.models import check_device
 from logitsam.training.resume import check_resume_data, check_resume_settings
 from logitsam.training.run import check_eval_rows
 from logitsam.training.rundir import check_not_an_input
@@ -263,7 +264,7 @@ def test_a_non_finite_gradient_norm_stops_the_run(tmp_path):
 def test_a_huge_rho_stops_with_training_diverged(tmp_path):
     from logitsam.training.run import train
 
-    cfg = C.load("configs/tiny-cpu.yaml")
+    cfg = C.load(TINY_CPU)
     cfg = C.apply_overrides(cfg, [f"--train.output_dir={tmp_path / 'run'}", "--train.eval_steps=null",
                                   "--train.print_logs=false", "--train.max_steps=3", "--train.logging_steps=1",
                                   "--sam.rho=1e30"])  # fmt: skip

@@ -7,6 +7,8 @@ import warnings
 
 import pytest
 
+from conftest import TINY_CPU
+
 SEEN_BEFORE = (
     "is_gradient_checkpointing",  # peft reading transformers 5's deprecated property (LoRA runs)
     "`gradient_checkpointing` is deprecated",  # TrainingArguments' renamed field
@@ -20,7 +22,7 @@ def test_a_tiny_lora_run_prints_no_warnings(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": os.path.abspath("src")}
     env.pop("PYTHONWARNINGS", None)
     argv = [
-        *("train", "--config", "configs/tiny-cpu.yaml", f"--train.output_dir={tmp_path / 'out'}"),
+        *("train", "--config", TINY_CPU, f"--train.output_dir={tmp_path / 'out'}"),
         *("--train.max_steps=2", "--train.eval_steps=null", "--train.save_model=false", "--train.print_logs=false"),
         *("--model.lora_r=4", "--train.gradient_checkpointing=true", "--loss.reference=precomputed"),
     ]

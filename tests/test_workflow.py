@@ -121,7 +121,7 @@ def test_read_prompts_formats(tmp_path):
 
 def test_sft_data_and_batches(tmp_path):
     from logitsam.config.schema import ModelConfig
-    from logitsam.training.models import load_tokenizer
+    from logitsam.models import load_tokenizer
     from logitsam.training.sft import SFTCollator, load_sft_examples, tokenize_sft
 
     f = tmp_path / "sft.jsonl"

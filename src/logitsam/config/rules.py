@@ -10,6 +10,8 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+from logitsam.sam.common import METHODS
+
 Rule = Callable[[Any], "str | None"]
 
 
@@ -84,6 +86,7 @@ RULES: dict[str, Rule] = {
     "loss.name": _nonempty,
     "loss.reference": _one_of("model", "precomputed", "none"),
     "sam.mode": _one_of("logits", "full"),
+    "sam.method": _one_of(*METHODS),
     "train.output_dir": _path,
     "train.per_device_train_batch_size": _at_least(0, open_=True),
     "train.per_device_eval_batch_size": _at_least(0, open_=True),

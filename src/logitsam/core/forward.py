@@ -31,7 +31,7 @@ import inspect
 import logging
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -62,7 +62,7 @@ def output_head(model: Any) -> nn.Linear | None:
     may be a sharded DTensor: use it inside :func:`full_head`)."""
     m = unwrap(model)
     head = m.get_output_embeddings() if hasattr(m, "get_output_embeddings") else None
-    return head if _plain_linear(head) and head.weight.dim() == 2 else None
+    return head if head is not None and _plain_linear(head) and head.weight.dim() == 2 else None
 
 
 def head_owner(model: Any) -> FSDPModule | None:
@@ -161,7 +161,7 @@ class _AmpProbe:
         self.amp: torch.dtype | None = None
 
     def __call__(self, module: nn.Module, args: Any) -> None:
-        dev = module.weight.device.type
+        dev = cast(Tensor, module.weight).device.type
         self.amp = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
 
 
@@ -176,8 +176,8 @@ def _check_head(model: Any, hidden: Tensor, last_logits: Tensor, amp: torch.dtyp
         theirs = last_logits[:, -1].float()
         low = amp is not None or head.weight.dtype not in (torch.float32, torch.float64)
         tol = 2e-2 if low else 1e-4
-        ok = (mine - theirs).abs().max() <= tol * (theirs.abs().max() + 1.0)
-    ok = _agreed(ok, model)
+        close = (mine - theirs).abs().max() <= tol * (theirs.abs().max() + 1.0)
+    ok = _agreed(close, model)
     if not ok:
         log.warning("the model's logits are not a plain linear head of its last hidden state; using full logits")
     m._logitsam_fused_ok = ok

@@ -44,7 +44,7 @@ def pair_logps(
     """
     b = lengths.shape[0] // 2
     r = (None, None) if ref is None else (ref[:b], ref[b:])
-    return PreferenceLogps(sums[:b], sums[b:], lengths[:b], lengths[b:], *r, *scores)
+    return PreferenceLogps(sums[:b], sums[b:], lengths[:b], lengths[b:], r[0], r[1], scores[0], scores[1])
 
 
 def subset_logps(
@@ -123,7 +123,12 @@ class Objective:
         fused = self.fused and fusable(model)
         fused = fused and (not sharded or head_owner(model) is not None)
         hidden, logits, amp = body_forward(model, batch["input_ids"], batch["attention_mask"], fused=fused)
-        vocab = output_head(model).weight.shape[0] if logits is None else logits.shape[-1]
+        if logits is None:
+            head = output_head(model)
+            assert head is not None  # body_forward fuses only a plain linear head
+            vocab = head.weight.shape[0]
+        else:
+            vocab = logits.shape[-1]
         check_labels(labels, vocab)
         if logits is None:
             with amp_context(hidden.device, amp):  # the precision the model's own head ran in
@@ -160,6 +165,7 @@ class Objective:
         if job.rho != 0:
             with torch.no_grad():
                 clean_out = self.losses(pair_logps(clean, lengths, ref, scores))
+            assert fused.grad_norm is not None  # measured whenever ρ ≠ 0
             metrics.update(sam_metrics(clean_out.losses.mean(), loss, self.rho, fused.grad_norm))
             out = clean_out
         return ObjectiveOutput(loss, out, clean, metrics, "fused")

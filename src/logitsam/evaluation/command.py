@@ -25,8 +25,8 @@ from logitsam.evaluation.judges import (
     vader_reward,
 )
 from logitsam.evaluation.options import JUDGES
+from logitsam.models import check_device, check_model_source, load_tokenizer
 from logitsam.training import manifest
-from logitsam.training.models import check_device, check_model_source, load_tokenizer
 from logitsam.training.rundir import RunLock
 
 

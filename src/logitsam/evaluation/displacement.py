@@ -28,8 +28,8 @@ from logitsam.diagnostics.responses import REGIONS, response_stats
 from logitsam.errors import ConfigError
 from logitsam.evaluation.generation import DecodeSettings, generate
 from logitsam.evaluation.winrate import sequence_kl_values, t_quantile
+from logitsam.models import load_model, load_tokenizer
 from logitsam.training.checkpoints import WEIGHTS, list_checkpoints
-from logitsam.training.models import load_model, load_tokenizer
 from logitsam.training.run import split_eval
 
 

@@ -24,7 +24,7 @@ from logitsam.data.files import read_rows, read_text
 from logitsam.errors import DataError
 from logitsam.evaluation.generation import DecodeSettings, generate
 from logitsam.evaluation.winrate import bootstrap, judge_counts, judge_warning, sequence_kl_values
-from logitsam.training.models import load_model, load_tokenizer
+from logitsam.models import load_model, load_tokenizer
 
 
 @dataclass

@@ -176,7 +176,10 @@ def _run(
     if gout is None and job.whole_batch:
         gout = whole_batch_grad(job, h, w, b, cdt, pert)
     sums, u, top_now = sweep(job, h, w, b, cdt, pert, grads, top=want_top, fixed_gout=gout)
-    res = FusedResult(sums, top_now) if pert is None else FusedResult(clean, top, grad_norm, method)
+    if pert is None:
+        return _Pass(sums, u, d_h, d_w, _cast(d_b, bias), FusedResult(sums, top_now), u_clean)
+    assert clean is not None  # the clean sweep ran
+    res = FusedResult(clean, top, grad_norm, method)
     return _Pass(sums, u, d_h, d_w, _cast(d_b, bias), res, u_clean)
 
 

@@ -64,7 +64,17 @@ class Perturbation(Protocol):
         """scale·dz g: (rows, d) in ``acc``, ε's share of dH."""
 
 
-class WeightEps:
+class _HasScale:
+    """The scale ρ/‖g‖ the head sets between the sweeps."""
+
+    scale: Tensor | None = None
+
+    def _scale(self) -> Tensor:
+        assert self.scale is not None, "the head sets scale after the clean sweep"
+        return self.scale
+
+
+class WeightEps(_HasScale):
     """ε = scale·g with g = Σ_c G_cᵀ H_c (V, d) held in the compute dtype (bf16 on a GPU)."""
 
     def __init__(self, h: Tensor, v: int, dtype: torch.dtype) -> None:
@@ -82,14 +92,14 @@ class WeightEps:
         """z += scale·H_c gᵀ: in place when dtypes agree, else through one held-dtype product."""
         hc = h[s:e].to(self.g.dtype)
         if z.dtype == self.g.dtype:
-            return z.addmm_(hc * self.scale, self.g.T)
-        return z.addcmul_(F.linear(hc, self.g), self.scale)
+            return z.addmm_(hc * self._scale(), self.g.T)
+        return z.addcmul_(F.linear(hc, self.g), self._scale())
 
     def shift_back(self, dz: Tensor, acc: torch.dtype) -> Tensor:
-        return rows_at_vocab(dz.to(self.g.dtype), self.g, acc).mul_(self.scale)
+        return rows_at_vocab(dz.to(self.g.dtype), self.g, acc).mul_(self._scale())
 
 
-class GramEps:
+class GramEps(_HasScale):
     """ε = scale·G_rᵀ H_r never formed: the rows G_r (N_r, V) are kept, products go through H H_rᵀ."""
 
     def __init__(self, h: Tensor, v: int, dtype: torch.dtype) -> None:
@@ -113,8 +123,8 @@ class GramEps:
         """z += scale·(H_c H_rᵀ) G_r."""
         k = h[s:e].to(self.h_r.dtype) @ self.h_r.T
         if z.dtype == self.g_r.dtype:
-            return z.addmm_(k.mul_(self.scale), self.g_r)
-        return z.addcmul_(k @ self.g_r, self.scale)
+            return z.addmm_(k.mul_(self._scale()), self.g_r)
+        return z.addcmul_(k @ self.g_r, self._scale())
 
     def shift_back(self, dz: Tensor, acc: torch.dtype) -> Tensor:
-        return ((dz.to(self.g_r.dtype) @ self.g_r.T) @ self.h_r).to(acc).mul_(self.scale)
+        return ((dz.to(self.g_r.dtype) @ self.g_r.T) @ self.h_r).to(acc).mul_(self._scale())

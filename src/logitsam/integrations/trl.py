@@ -29,7 +29,6 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -42,7 +41,7 @@ from logitsam.core.logprobs import IGNORE_INDEX
 from logitsam.core.objective import Objective
 from logitsam.core.registry import get_loss, resolve_hparams
 from logitsam.errors import UserError
-from logitsam.sam.common import METHODS
+from logitsam.sam.common import check_method, check_rho
 from logitsam.training.reference import batch_reference_logps
 from logitsam.training.trainer import head_is_sharded
 
@@ -173,10 +172,11 @@ def with_logits_sam(trainer_cls: type) -> type:
             chunk_rows: int | None = None,
             **kwargs: Any,
         ) -> None:
-            if sam_method not in METHODS:
-                raise UnsupportedTrlSetting(f"sam_method={sam_method!r} is not one of {', '.join(METHODS)}")
-            if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not math.isfinite(rho):
-                raise UnsupportedTrlSetting(f"rho={rho!r} must be a finite number")  # rho=True is not 1.0
+            try:  # the library's own checks, reported as this API's error (rho=True is not 1.0)
+                rho = check_rho(rho)
+                check_method(sam_method)
+            except ValueError as e:
+                raise UnsupportedTrlSetting(f"rho={rho!r}, sam_method={sam_method!r}: {e}") from None
             given = inspect.signature(trainer_cls.__init__).bind_partial(None, *args, **kwargs).arguments.get("args")
             if given is not None:
                 trl_loss(family, given)  # refuse before TRL tokenizes data and precomputes references
@@ -195,7 +195,7 @@ def with_logits_sam(trainer_cls: type) -> type:
             self.logitsam_objective = Objective(
                 spec,
                 resolve_hparams(spec, hparams),
-                rho=float(rho),
+                rho=rho,
                 method=sam_method,
                 chunk_rows=chunk_rows,
                 adaptive=bool(sam_adaptive),  # the paper code's sam_adaptive: ε ∝ |W|⊙g

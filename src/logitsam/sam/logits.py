@@ -189,9 +189,13 @@ def perturb(
     elif method == "auto":
         # W + ε in bf16/fp16 rounds ε away (module docstring): auto keeps to logit space there.
         method = choose_method(h.shape[0], rows.numel(), d, v, max_extra_bytes=max_extra_bytes, allow_weight=precise)
-    w_abs = _acc(weight.detach().abs()) if adaptive else None
+    w_abs = None
+    if adaptive:
+        assert weight is not None  # check_adaptive: the adaptive form needs the weight
+        w_abs = _acc(weight.detach().abs())
 
     if method == "weight":
+        assert weight is not None  # a weight-less (sharded) head runs gram
         g = g_r.T @ h_r  # (V, d): the paper's head gradient
         if w_abs is not None:
             g.mul_(w_abs)  # the official code's adaptive form, |W|⊙g
@@ -201,8 +205,10 @@ def perturb(
     else:
         norm_sq = _grad_norm_sq(h_r, g_r, block) if w_abs is None else _blocked_norm_sq(h_r, g_r, block, w_abs)
         scale = eps_scale(rho, norm_sq)
-        z = F.linear(hidden, weight, bias) if logits is None else logits
-        z = _acc(z.reshape(-1, v))
+        if logits is None:
+            assert weight is not None  # _check_inputs: logits or the weight
+            logits = F.linear(hidden, weight, bias)
+        z = _acc(logits.reshape(-1, v))
         if method == "gram" and hidden.dtype == torch.bfloat16:
             # Tensor-core products: bf16 keeps fp32's range and ~3 digits, plenty for a shift
             # added to float32 logits (the bf16 test bounds its error by 1e-2 relative).
@@ -243,7 +249,7 @@ class SamOutput:
     method: str
     aux_pre: Any = None
     aux_post: Any = None
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, Tensor] = field(default_factory=dict)
 
 
 LogitsLoss = Callable[[Tensor], "Tensor | tuple[Tensor, Any]"]

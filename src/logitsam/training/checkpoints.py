@@ -31,7 +31,6 @@ import logging
 import os
 import re
 import zipfile
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -39,8 +38,8 @@ from transformers import TrainerState
 from transformers.trainer_pt_utils import safe_globals
 
 from logitsam.errors import ConfigError, one_line
-from logitsam.training.commit import MARKER, SAVING, file_sha256, sampled_digest
-from logitsam.training.models import broken_safetensors
+from logitsam.models import broken_safetensors
+from logitsam.training.commit import MARKER, SAVING, digest_or_none, file_sha256
 
 log = logging.getLogger(__name__)
 KEY = "train.resume_from_checkpoint"
@@ -175,9 +174,9 @@ def _marker_problems(path: str) -> list[str]:
                 if _size(file) != size:
                     changed.append(name)
                 elif name in full_digests:
-                    if _digest(file, file_sha256) != full_digests[name]:
+                    if digest_or_none(file, file_sha256) != full_digests[name]:
                         corrupt.append(name)
-                elif name in sampled and _digest(file, sampled_digest) != sampled[name]:
+                elif name in sampled and digest_or_none(file) != sampled[name]:
                     changed.append(name)
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return [f"a readable completion marker ({os.path.basename(marker)})"]
@@ -223,13 +222,6 @@ def saved_config_digest(checkpoint: str) -> str | None:
             if isinstance(digest, str):
                 return digest
     return None
-
-
-def _digest(path: str, digest: Callable[[str], str]) -> str | None:
-    try:
-        return digest(path)
-    except OSError:
-        return None
 
 
 def _size(path: str) -> int | None:

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable
 from typing import Any
 
 from transformers import TrainerCallback
@@ -50,6 +51,14 @@ def file_sha256(path: str, chunk: int = 1 << 20) -> str:
         while piece := f.read(chunk):
             h.update(piece)
     return h.hexdigest()
+
+
+def digest_or_none(path: str, digest: Callable[[str], str] = sampled_digest) -> str | None:
+    """``digest(path)``, or None when the file cannot be read (gone, a directory, no permission)."""
+    try:
+        return digest(path)
+    except OSError:
+        return None
 
 
 def _fsync(path: str) -> None:

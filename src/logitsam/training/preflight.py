@@ -32,8 +32,7 @@ from transformers.training_args import OptimizerNames
 from logitsam.config.paths import BUILTIN_MODELS
 from logitsam.config.schema import Config, TrainConfig, validate
 from logitsam.errors import ConfigError, one_line
-from logitsam.sam.common import METHODS
-from logitsam.training.models import check_model_source
+from logitsam.models import check_model_source
 from logitsam.training.rundir import check_not_an_input, check_output_dir
 
 # What a refused training setting raises inside transformers / torch (PackageNotFoundError is an ImportError).
@@ -227,16 +226,10 @@ def check_config(cfg: Config) -> None:
             f"data.max_prompt_length: {d.max_prompt_length} must be < data.max_length ({d.max_length}), "
             "or no room is left for the responses"
         )
-    if sam.mode not in ("logits", "full"):
-        raise ConfigError(f"sam.mode: {sam.mode!r} is not one of logits, full")
-    if sam.method not in METHODS:
-        raise ConfigError(f"sam.method: {sam.method!r} is not one of {', '.join(METHODS)}")
     if sam.adaptive and sam.mode == "full":
         raise ConfigError("sam.adaptive: adaptive ε is a logits-SAM option (sam.mode logits); full SAM has none")
     if sam.adaptive and sam.method == "gram":
         raise ConfigError("sam.adaptive: needs the head weight elementwise; use sam.method weight, chunked or auto")
-    if cfg.loss.reference not in ("model", "precomputed", "none"):
-        raise ConfigError(f"loss.reference: {cfg.loss.reference!r} is not one of model, precomputed, none")
     if m.dtype == "float16" and not torch.cuda.is_available():
         raise ConfigError(
             "model.dtype: float16 weights on a CPU train without float32 master weights and diverge; "

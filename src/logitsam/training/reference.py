@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from logitsam.core.scoring import model_sequence_logps
 from logitsam.data.batching import PreferenceCollator
-from logitsam.training.models import cache_dir
+from logitsam.models import cache_dir
 
 log = logging.getLogger(__name__)
 

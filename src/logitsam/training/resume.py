@@ -30,7 +30,7 @@ from logitsam.config import schema as config_mod
 from logitsam.config.schema import Config
 from logitsam.errors import ConfigError, UserError
 from logitsam.training.checkpoints import checkpoint_step, saved_config_digest
-from logitsam.training.commit import sampled_digest
+from logitsam.training.commit import digest_or_none
 from logitsam.training.runstate import accepted_config_digests
 
 # What a resumed run may change without train.resume_allow_changes: where and how often it writes,
@@ -103,7 +103,7 @@ def check_resume_settings(resolved: Config, checkpoint: str) -> None:
     allow = "set train.resume_allow_changes=true to resume with them anyway"
     # the reference itself was edited since the save; a resume from this checkpoint rewriting it is no edit
     accepted = (recorded, *accepted_config_digests(os.path.dirname(path), checkpoint_step(checkpoint)))
-    if recorded is not None and _digest(path) not in accepted:
+    if recorded is not None and digest_or_none(path) not in accepted:
         raise ConfigError(
             f"train.resume_from_checkpoint: {path} changed since {os.path.basename(os.path.normpath(checkpoint))} "
             "was saved, so it no longer says how that state was trained; restore it, or "
@@ -121,13 +121,6 @@ def check_resume_settings(resolved: Config, checkpoint: str) -> None:
             f"{'; '.join(changed)}; {allow}"
         )
 
-
-
-def _digest(path: str) -> str | None:
-    try:
-        return sampled_digest(path)
-    except OSError:
-        return None
 
 
 DATA_FINGERPRINT = "data_fingerprint.json"

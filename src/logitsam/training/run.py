@@ -22,11 +22,11 @@ from logitsam.core.registry import HyperparameterError, LossSpec, get_loss, reso
 from logitsam.data.batching import DropCounts, PreferenceCollator, tokenize_examples
 from logitsam.data.examples import load_examples
 from logitsam.errors import ConfigError
+from logitsam.models import DTYPES, apply_lora, check_lora_targets, load_model, load_reference, load_tokenizer
 from logitsam.training import manifest
 from logitsam.training.checkpoints import checkpoint_step, logged_at_step, resolve_resume, trim_metrics
 from logitsam.training.commit import AtomicCheckpoints
 from logitsam.training.modelcard import saving, write_model_card
-from logitsam.training.models import DTYPES, apply_lora, check_lora_targets, load_model, load_reference, load_tokenizer
 from logitsam.training.preflight import build_training_args, check_config, check_optimizer
 from logitsam.training.reference import attach_reference_logps
 from logitsam.training.resume import (

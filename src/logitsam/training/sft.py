@@ -25,11 +25,11 @@ from logitsam.data.batching import DropCounts, check_pad_id, tokenize_example
 from logitsam.data.examples import PreferenceExample, check_messages, load_examples
 from logitsam.data.files import read_rows
 from logitsam.errors import ConfigError, DataError
+from logitsam.models import apply_lora, check_lora_targets, load_model, load_tokenizer
 from logitsam.training.checkpoints import resolve_resume
 from logitsam.training.commit import AtomicCheckpoints
 from logitsam.training.continuity import ContinuedRun
 from logitsam.training.logs import JsonlMetrics, install_console
-from logitsam.training.models import apply_lora, check_lora_targets, load_model, load_tokenizer
 from logitsam.training.preflight import build_training_args, check_config, check_optimizer
 from logitsam.training.resume import check_resume_data, check_resume_parameters, check_resume_settings, data_fingerprint
 from logitsam.training.run import (
