@@ -71,6 +71,7 @@ def fused(spec, params, h, w, b, labels, ref, scores, rho, method, chunk_rows, e
         return spec.fn(subset_logps(pairs, sc, sr, lengths, r, scores), **params).losses
 
     job = FusedJob(plan, labels.shape[0] // 2, pair_losses, rho, method)
+    job.whole_batch = spec.batch_coupled  # as the objective sets it (TRL's aot, aot_unpaired, sft couple pairs)
     sums = fused_sequence_sums(hc.reshape(-1, hc.shape[-1])[plan.rows], wc, bc, job)
     loss = loss_of_sums(spec, params, sums, lengths, r, scores)
     if extra is not None:
