@@ -1,6 +1,7 @@
 """The command line: user mistakes exit 2 with one line, a diverged run exits 3, never a traceback."""
 
 import json
+import re
 
 import pytest
 
@@ -114,7 +115,11 @@ def test_losses_lists_ranges(capsys):
     rc, out, _ = run(capsys, "losses")
     assert rc == 0
     lines = out.splitlines()
-    assert {line.split(":")[0] for line in lines if line and not line.startswith((" ", "Set "))} == set(LOSSES)
+    assert {line.split(":")[0] for line in lines if line and not line.startswith((" ", "Set "))} == set(LOSSES) | {
+        "weighted"  # a weighted sum of them (loss.terms)
+    }
+    assert "sft: chosen NLL, the batch's token mean" in out and "couples the batch's pairs" in out
+    assert re.search(r"use_weighting +default False +range true or false", out)
     dpo = lines.index(next(line for line in lines if line.startswith("dpo: ")))
     beta = lines[dpo + 1].split()
     assert beta[:6] == ["beta", "default", "0.1", "range", "(0,", "inf)"] and "β < 0" in lines[dpo + 1]

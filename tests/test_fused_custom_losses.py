@@ -37,7 +37,7 @@ def per_pair(inp: PreferenceLogps, *, beta: float = 0.5) -> LossOutput:
     return LossOutput(-F.logsigmoid(beta * (inp.chosen - inp.rejected)), inp.chosen.detach(), inp.rejected.detach())
 
 
-LOSS_FNS = {"normalised": (normalised, False), "aot": (aot, True), "chosen_nll": (chosen_nll, False)}
+LOSS_FNS = {"normalised": (normalised, False), "my_aot": (aot, True), "chosen_nll": (chosen_nll, False)}
 
 
 @pytest.fixture
@@ -55,16 +55,19 @@ def register():
 
 
 def test_registration_finds_coupling_and_the_sides_a_loss_uses(register):
-    assert (register("normalised").batch_coupled, register("aot").batch_coupled) == (True, True)
+    assert (register("normalised").batch_coupled, register("my_aot").batch_coupled) == (True, True)
     spec = register("chosen_nll")
     assert not spec.batch_coupled and spec.uses == ("chosen",)
     spec = register("per_pair", per_pair)
     assert not spec.batch_coupled and spec.uses == ("chosen", "rejected")
     assert register("declared", per_pair, batch_coupled=True).batch_coupled  # a coupling the probe cannot see
-    for spec in map(L.get_loss, BUILTIN):  # the built-ins' flags are what the probe finds: per pair, both sides
-        assert _probe(spec) == (spec.batch_coupled, spec.uses) == (False, ("chosen", "rejected")), spec.name
+    coupled = {"aot", "aot_unpaired", "sft"}  # TRL's sorting losses and its batch-wide token-mean NLL
+    for spec in map(L.get_loss, BUILTIN):  # the built-ins' flags are what the probe finds
+        assert _probe(spec) == (spec.batch_coupled, spec.uses), spec.name
+        assert spec.batch_coupled == (spec.name in coupled), spec.name
+        assert spec.uses == (("chosen",) if spec.name == "sft" else ("chosen", "rejected")), spec.name
     rows = {r.loss: r.summary for r in L.describe_losses()}
-    assert "chosen only" in rows["chosen_nll"] and "couples the batch's pairs" in rows["aot"]
+    assert "chosen only" in rows["chosen_nll"] and "couples the batch's pairs" in rows["my_aot"]
 
 
 def _step(spec, data, *, fused, rho, method, chunk_rows):
@@ -76,7 +79,7 @@ def _step(spec, data, *, fused, rho, method, chunk_rows):
 
 
 # b = 3 pairs of ~10 scored rows: 4 rows split every pair, 12 give each pair a chunk, 25 put two in one
-@pytest.mark.parametrize("name", ["normalised", "aot", "chosen_nll"])
+@pytest.mark.parametrize("name", ["normalised", "my_aot", "chosen_nll"])
 @pytest.mark.parametrize("method", ["weight", "gram", "chunked"])
 @pytest.mark.parametrize("chunk_rows", [4, 12, 25])
 def test_logits_sam_step_over_several_chunks_is_exact(register, name, method, chunk_rows):

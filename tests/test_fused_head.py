@@ -68,7 +68,8 @@ def fused(spec, params, h, w, b, labels, ref, scores, rho, method, chunk_rows, e
     def pair_losses(pairs, sc, sr):
         return spec.fn(subset_logps(pairs, sc, sr, lengths, r, scores), **params).losses
 
-    job = FusedJob(plan, labels.shape[0] // 2, pair_losses, rho, method)
+    # whole_batch as the objective sets it (TRL's aot, aot_unpaired, sft couple pairs)
+    job = FusedJob(plan, labels.shape[0] // 2, pair_losses, rho, method, whole_batch=spec.batch_coupled)
     sums, res = fused_sequence_sums(hc.reshape(-1, hc.shape[-1])[plan.rows], wc, bc, job)
     loss = loss_of_sums(spec, params, sums, lengths, r, scores)
     if extra is not None:

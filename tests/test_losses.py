@@ -73,7 +73,9 @@ def test_hand_derived_values(name, inp, hp, expected):
 
 
 def test_every_registered_loss_has_a_hand_value():
-    assert {h[0] for h in HAND} == set(LOSSES)
+    from logitsam.core.registry_trl import TRL_LOSSES  # their hand values: test_losses_trl.py
+
+    assert {h[0] for h in HAND} | {row[0] for row in TRL_LOSSES} == set(LOSSES)
 
 
 def test_orpo_is_finite_at_both_ends_of_the_odds():
@@ -177,7 +179,8 @@ def test_finite_at_huge_margins(name, sign):
     out = compute_loss(name, inp)
     out.losses.sum().backward()
     assert torch.isfinite(out.losses).all()
-    assert torch.isfinite(inp.chosen.grad).all() and torch.isfinite(inp.rejected.grad).all()
+    for side in LOSSES[name].uses:  # sft never reads the rejected side
+        assert torch.isfinite(getattr(inp, side).grad).all()
 
 
 def test_unknown_names_are_clear_errors():
@@ -188,7 +191,14 @@ def test_unknown_names_are_clear_errors():
 
 
 def test_specs_describe_defaults():
-    assert LOSSES["dpo"].defaults == {"beta": 0.1, "label_smoothing": 0.0}
+    assert LOSSES["dpo"].defaults == {
+        "beta": 0.1,
+        "label_smoothing": 0.0,
+        "f_divergence": "reverse_kl",
+        "f_alpha": 0.5,
+        "ld_alpha": 1.0,
+        "use_weighting": False,
+    }  # fmt: skip  — TRL's options (test_losses_trl) default to plain DPO
     assert LOSSES["cpo"].defaults["nll_weight"] == 1.0  # paper Table 5: λ = 1
     assert LOSSES["simpo"].length_normalized and not LOSSES["dpo"].length_normalized
     assert not LOSSES["slic"].needs_reference and LOSSES["gate_dpo"].needs_reference
@@ -210,11 +220,12 @@ def test_every_hyperparameter_has_a_range_and_defaults_pass(name):
 @pytest.mark.parametrize(("name", "key"), [(n, k) for n in sorted(LOSSES) for k in LOSSES[n].defaults])
 def test_hostile_values_name_loss_and_key(name, key):
     spec = LOSSES[name]
-    for value in HOSTILE:
+    rng = spec.ranges[key]
+    hostile = [v for v in HOSTILE if not isinstance(v, bool)] + [1, 0.0] if rng.boolean else HOSTILE  # a switch
+    for value in hostile:
         with pytest.raises(HyperparameterError, match=rf"loss '{name}': {key} = ") as err:
             resolve_hparams(spec, {key: value})
         assert err.value.key == key and err.value.loss == name
-    rng = spec.ranges[key]
     if not rng.choices:  # just outside each finite bound is rejected, the bound itself only if closed
         for bound, open_, step in ((rng.low, rng.low_open, -1e-9), (rng.high, rng.high_open, 1e-9)):
             if math.isinf(bound):
@@ -251,7 +262,9 @@ def test_out_of_range_examples(name, hp, message):
 def test_ints_become_floats_and_numpy_numbers_pass():
     import numpy as np
 
-    assert resolve_hparams(LOSSES["dpo"], {"beta": 1}) == {"beta": 1.0, "label_smoothing": 0.0}
+    got = resolve_hparams(LOSSES["dpo"], {"beta": 1, "ld_alpha": 0})
+    assert (got["beta"], got["ld_alpha"], got["label_smoothing"]) == (1.0, 0.0, 0.0)
+    assert all(type(got[k]) is float for k in ("beta", "ld_alpha"))
     assert isinstance(resolve_hparams(LOSSES["dpo"], {"beta": np.float32(0.5)})["beta"], float)
 
 

@@ -316,18 +316,20 @@ def test_peft_reference_is_the_policy_without_adapters(tmp_path):
 @pytest.mark.parametrize(
     ("cfg", "field"),
     [
-        ({"loss_type": ["sigmoid", "ipo"]}, "loss_type"),
-        ({"loss_type": ["robust"]}, "loss_type"),
-        ({"label_smoothing": 0.1}, "label_smoothing"),
-        ({"ld_alpha": 0.5}, "ld_alpha"),
-        ({"f_divergence_type": "js_divergence"}, "f_divergence_type"),
-        ({"use_weighting": True}, "use_weighting"),
         ({"padding_free": True}, "padding_free"),
-        ({"loss_weights": [0.5]}, "loss_weights"),
+        ({"loss_type": ["nca_pair"], "f_divergence_type": "js_divergence"}, "f_divergence_type"),  # TRL refuses too
+        ({"loss_type": ["aot"], "use_weighting": True}, "use_weighting"),  # TRL refuses too
+        ({"loss_type": ["robust"], "label_smoothing": 0.5}, "label_smoothing"),  # TRL divides by 1 − 2ε = 0
+        ({"loss_type": ["exo_pair"]}, "label_smoothing"),  # TRL refuses ε = 0 too (log ε)
+        ({"ld_alpha": 1.5}, "ld_alpha"),
+        ({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, -1.0]}, "loss_weights"),
+        ({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0]}, "loss_weights"),
     ],
 )
 def test_unsupported_dpo_settings_are_refused(cfg, field, tmp_path):
-    args = trl.DPOConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, **cfg)
+    args = trl.DPOConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    for key, value in cfg.items():  # DPOConfig's own checks run in __post_init__ only
+        setattr(args, key, value)
     with pytest.raises(UnsupportedTrlSetting, match=field):
         trl_loss("dpo", args)
 
@@ -349,14 +351,17 @@ def test_unsupported_cpo_settings_are_refused(cfg, field, tmp_path):
 
 def test_mapping_and_constructor_checks(tmp_path):
     CPOConfig, CPOTrainer = cpo_classes()
-    assert trl_loss("dpo", trl.DPOConfig(output_dir=str(tmp_path), use_cpu=True, beta=0.3, loss_type="ipo")) == (
-        "ipo",
-        {"beta": 0.3},
-    )
-    assert trl_loss("cpo", CPOConfig(output_dir=str(tmp_path), use_cpu=True, cpo_alpha=0.7)) == (
-        "cpo",
-        {"beta": 0.1, "nll_weight": 0.7, "nll_mode": "mean"},
-    )
+    spec, params = trl_loss("dpo", trl.DPOConfig(output_dir=str(tmp_path), use_cpu=True, beta=0.3, loss_type="ipo"))
+    assert (spec.name, params["beta"], params["ld_alpha"], params["use_weighting"]) == ("ipo", 0.3, 1.0, False)
+    args = trl.DPOConfig(output_dir=str(tmp_path), use_cpu=True, loss_type="sigmoid", label_smoothing=0.2, ld_alpha=0.5)
+    spec, params = trl_loss("dpo", args)  # TRL 1.16's sigmoid ignores label_smoothing (that is 'robust')
+    assert (spec.name, params["label_smoothing"], params["ld_alpha"]) == ("dpo", 0.0, 0.5)
+    args.loss_type, args.loss_weights = ["sigmoid", "bco_pair", "sft"], [0.8, 0.2, 1.0]
+    spec, params = trl_loss("dpo", args)  # MPO: one weighted loss, its terms' hyperparameters bound
+    assert (spec.name, params, spec.batch_coupled) == ("0.8*dpo+0.2*bco_pair+1*sft", {}, True)
+    assert [p.get("ld_alpha") for _, _, p in spec.parts] == [0.5, 0.5, None]
+    spec, params = trl_loss("cpo", CPOConfig(output_dir=str(tmp_path), use_cpu=True, cpo_alpha=0.7))
+    assert (spec.name, params) == ("cpo", {"beta": 0.1, "nll_weight": 0.7, "nll_mode": "mean"})
     assert with_logits_sam(CPOTrainer) is with_logits_sam(CPOTrainer)  # one class per TRL trainer
     assert issubclass(with_logits_sam(trl.DPOTrainer), trl.DPOTrainer)
     with pytest.raises(UnsupportedTrlSetting, match="neither"):
@@ -364,8 +369,8 @@ def test_mapping_and_constructor_checks(tmp_path):
     base, policy = models(torch.float32)
     with pytest.raises(UnsupportedTrlSetting, match="sam_method"):
         dpo_trainer(with_logits_sam(trl.DPOTrainer), tmp_path, base, policy, sam={"sam_method": "nope"})
-    with pytest.raises(UnsupportedTrlSetting, match="label_smoothing"):  # refused before TRL prepares the data
-        dpo_trainer(with_logits_sam(trl.DPOTrainer), tmp_path, base, policy, label_smoothing=0.2)
+    with pytest.raises(UnsupportedTrlSetting, match="padding_free"):  # refused before TRL prepares the data
+        dpo_trainer(with_logits_sam(trl.DPOTrainer), tmp_path, base, policy, padding_free=True)
 
 
 def test_three_train_steps_log_sam_metrics_through_trl(tmp_path):

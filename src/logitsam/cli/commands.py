@@ -227,6 +227,11 @@ def losses(args: argparse.Namespace) -> int:
                 print(f"  {r.hparam:{width}s}  default {r.default!r:{dw}s}  range {r.range:{rw}s}  {r.why}")
             else:
                 print("  (no hyperparameters)")
+    print(
+        "\nweighted: the sum of weight × loss over loss.terms, e.g. MPO (TRL's loss_type list with loss_weights):\n"
+        "  loss: {name: weighted, beta: 0.1, terms: [{name: dpo, weight: 0.8}, {name: bco_pair, weight: 0.2}, "
+        "{name: sft, weight: 1.0}]}\n  loss.beta and loss.params go to every term with that hyperparameter."
+    )
     return 0
 
 

@@ -100,6 +100,11 @@ class LossConfig:
         doc="the loss's hyperparameters, e.g. {label_smoothing: 0.1}; unknown keys and out-of-range values are errors",
         factory=dict,
     )
+    terms: list[dict[str, Any]] = opt(
+        doc="with name: weighted, the loss is the sum of weight × loss over these {name, weight, params} terms (TRL's "
+        "loss_type list with loss_weights, e.g. MPO); loss.beta and loss.params go to every term that has the key",
+        factory=list,
+    )
     reference: str = opt(
         "model", "model (a frozen reference in memory), precomputed (reference log-probs computed once and cached "
         "on disk) or none (reference-free losses)",

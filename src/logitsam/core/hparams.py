@@ -23,9 +23,12 @@ class Range:
     high_open: bool = False
     choices: tuple[str, ...] = ()
     why: str = ""
+    boolean: bool = False  # True: the value is a switch, True or False (never 0/1)
 
     def describe(self) -> str:
-        """Human-readable range, e.g. ``(0, inf)``, ``[0, 0.5)``, ``one of sum, mean``."""
+        """Human-readable range, e.g. ``(0, inf)``, ``[0, 0.5)``, ``one of sum, mean``, ``true or false``."""
+        if self.boolean:
+            return "true or false"
         if self.choices:
             return "one of " + ", ".join(self.choices)
         lo = "(" if self.low_open or math.isinf(self.low) else "["
@@ -34,6 +37,10 @@ class Range:
 
     def check(self, value: Any) -> Any:
         """``value`` if allowed (numbers as float), else ValueError naming the range."""
+        if self.boolean:
+            if not isinstance(value, bool):
+                raise ValueError(f"expected true or false, got {type(value).__name__} {value!r}")
+            return value
         if self.choices:
             if not isinstance(value, str) or value not in self.choices:
                 raise ValueError(f"{value!r} is not {self.describe()}{self._why()}")
@@ -69,6 +76,11 @@ def nonnegative(why: str = "") -> Range:
 
 def one_of(*choices: str, why: str = "") -> Range:
     return Range(choices=tuple(choices), why=why)
+
+
+def switch(why: str = "") -> Range:
+    """True or False."""
+    return Range(boolean=True, why=why)
 
 
 def inferred(default: Any) -> Range | None:

@@ -13,6 +13,7 @@ Notation (docs/design.md §3): Δ± = logp_θ(y±) − logp_ref(y±), δ = Δ+ �
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,6 +29,11 @@ class PreferenceLogps:
     ``chosen``/``rejected`` are policy log-probs summed over response tokens; ``*_lengths`` are the
     response token counts; ``ref_*`` the reference model's summed log-probs (None when the loss is
     reference-free); ``*_scores`` optional data-set reward scores (e.g. UltraFeedback ratings).
+    Supplied only when a loss's hyperparameters ask for them (``registry.extra_inputs``):
+    ``*_shared`` (LD-DPO, ``ld_alpha`` ≠ 1) the same sums over each pair's first min(|y+|, |y−|) response
+    tokens, policy and ``ref_*_shared`` reference (a reference already length-desensitised, as TRL's
+    precomputed one, passes its value as both); ``*_wpo`` (WPO, ``use_weighting``) the clean policy's
+    detached mean over response tokens of log p(y_t) − log Σ_v p(v)², the log of WPO's per-response weight.
     """
 
     chosen: Tensor
@@ -38,6 +44,12 @@ class PreferenceLogps:
     ref_rejected: Tensor | None = None
     chosen_scores: Tensor | None = None
     rejected_scores: Tensor | None = None
+    chosen_shared: Tensor | None = None
+    rejected_shared: Tensor | None = None
+    ref_chosen_shared: Tensor | None = None
+    ref_rejected_shared: Tensor | None = None
+    chosen_wpo: Tensor | None = None
+    rejected_wpo: Tensor | None = None
 
     def chosen_mean(self) -> Tensor:
         """(B,) mean per-token log-prob of the chosen response under the policy."""
@@ -70,28 +82,125 @@ def _rewards(beta: float, chosen: Tensor, rejected: Tensor) -> tuple[Tensor, Ten
     return (beta * chosen).detach(), (beta * rejected).detach()
 
 
-def dpo(inp: PreferenceLogps, *, beta: float = 0.1, label_smoothing: float = 0.0) -> LossOutput:
-    """DPO: −log σ(βδ); with ``label_smoothing`` ε it is cDPO: −(1−ε) log σ(βδ) − ε log σ(−βδ)."""
-    d_pos, d_neg = inp.logratios()
-    logits = beta * (d_pos - d_neg)
+F_DIVERGENCES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
+
+
+def ld_sums(inp: PreferenceLogps, ld_alpha: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(c, r, ref_c, ref_r), each (B,): LD-DPO's length-desensitised log-probs (Liu et al. 2024, eq. 9)
+    log π̂(y) = Σ_{t ≤ l_p} log π(y_t) + α·Σ_{t > l_p} log π(y_t), l_p = min(|y+|, |y−|), for policy and
+    reference alike, written shared + α·(full − shared). α = 1 (TRL's ``ld_alpha=None``): the plain sums."""
+    full = (inp.chosen, inp.rejected, inp.ref_chosen, inp.ref_rejected)
+    if full[2] is None or full[3] is None:
+        raise ValueError("this loss needs reference log-probs (ref_chosen, ref_rejected)")
+    if ld_alpha == 1.0:
+        return full  # type: ignore[return-value]
+    parts = (inp.chosen_shared, inp.rejected_shared, inp.ref_chosen_shared, inp.ref_rejected_shared)
+    given = [p for p in parts if p is not None]
+    if len(given) != 4:
+        raise ValueError("ld_alpha ≠ 1 needs the shared-prefix sums (chosen_shared, ..., ref_rejected_shared)")
+    c, r, rc, rr = (sh + ld_alpha * (f - sh) for f, sh in zip(full, given, strict=True))  # type: ignore[operator]
+    return c, r, rc, rr
+
+
+def ld_logratios(inp: PreferenceLogps, ld_alpha: float) -> tuple[Tensor, Tensor]:
+    """(Δ+, Δ−), each (B,), from :func:`ld_sums` (the plain log-ratios when ``ld_alpha`` = 1)."""
+    c, r, rc, rr = ld_sums(inp, ld_alpha)
+    return c - rc, r - rr
+
+
+def f_scores(logratio: Tensor, f_divergence: str, f_alpha: float) -> Tensor:
+    """f-DPO (Wang et al. 2024, "Beyond Reverse KL", Thm. 1): the log-ratio Δ = log u replaced by f'(u),
+    u = π/π_ref, as TRL 1.16 writes each f: reverse KL log u; forward KL 1 − 1/u; JS log 2 + log σ(Δ);
+    α-divergence (u^(α−1) − 1)/(α−1), log u when |α − 1| < 1e-6, its exponent clamped at 80 (11 in fp16) and
+    evaluated in float32 or wider, as TRL does. (B,) -> (B,)."""
+    if f_divergence == "reverse_kl":
+        return logratio
+    if f_divergence == "forward_kl":
+        return 1 - torch.exp(-logratio)
+    if f_divergence == "js_divergence":
+        return math.log(2) + F.logsigmoid(logratio)
+    if f_divergence == "alpha_divergence":
+        if abs(f_alpha - 1.0) < 1e-6:
+            return logratio
+        t = (f_alpha - 1.0) * logratio
+        wide = torch.promote_types(t.dtype, torch.float32)
+        t = t.to(wide).clamp(max=11.0 if t.dtype == torch.float16 else 80.0)
+        return (torch.exp(t) - 1.0).to(logratio.dtype) * (1.0 / (f_alpha - 1.0))
+    raise ValueError(f"f_divergence must be one of {', '.join(F_DIVERGENCES)}, got {f_divergence!r}")
+
+
+def trl_scores(
+    inp: PreferenceLogps, f_divergence: str = "reverse_kl", f_alpha: float = 0.5, ld_alpha: float = 1.0
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(Δ+, Δ−, s+, s−), each (B,): log-ratios (LD-DPO's when ld_alpha ≠ 1) and f-DPO's scores of them."""
+    d_pos, d_neg = ld_logratios(inp, ld_alpha)
+    return d_pos, d_neg, f_scores(d_pos, f_divergence, f_alpha), f_scores(d_neg, f_divergence, f_alpha)
+
+
+def wpo_weighted(losses: Tensor, inp: PreferenceLogps, use_weighting: bool) -> Tensor:
+    """WPO (Zhou et al. 2024, eq. 2): each pair's loss times w(y+)·w(y−), w(y) = exp(mean_t log p(y_t) −
+    log Σ_v p(v)²) of the clean policy, detached (``inp.*_wpo`` hold the logs). (B,) -> (B,)."""
+    if not use_weighting:
+        return losses
+    if inp.chosen_wpo is None or inp.rejected_wpo is None:
+        raise ValueError("use_weighting needs the WPO log-weights (chosen_wpo, rejected_wpo)")
+    return losses * (torch.exp(inp.chosen_wpo.detach()) * torch.exp(inp.rejected_wpo.detach()))
+
+
+def dpo(
+    inp: PreferenceLogps,
+    *,
+    beta: float = 0.1,
+    label_smoothing: float = 0.0,
+    f_divergence: str = "reverse_kl",
+    f_alpha: float = 0.5,
+    ld_alpha: float = 1.0,
+    use_weighting: bool = False,
+) -> LossOutput:
+    """DPO (Rafailov et al. 2023, eq. 7; TRL ``sigmoid``): −log σ(β(s+ − s−)), s± = Δ± by default.
+
+    ``label_smoothing`` ε makes it cDPO: −(1−ε) log σ(βδ) − ε log σ(−βδ) (TRL 1.16's ``sigmoid`` has no ε:
+    that is ``robust``). s± = f'(π/π_ref) under ``f_divergence`` (:func:`f_scores`), Δ± from LD-DPO's
+    log-probs when ``ld_alpha`` < 1 (:func:`ld_logratios`), WPO's pair weights with ``use_weighting``.
+    """
+    d_pos, d_neg, s_pos, s_neg = trl_scores(inp, f_divergence, f_alpha, ld_alpha)
+    logits = beta * (s_pos - s_neg)
     losses = -(1.0 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
-    return LossOutput(losses, *_rewards(beta, d_pos, d_neg))
+    return LossOutput(wpo_weighted(losses, inp, use_weighting), *_rewards(beta, d_pos, d_neg))
 
 
-def hinge(inp: PreferenceLogps, *, beta: float = 0.1) -> LossOutput:
-    """Reference-based hinge (TRL ``hinge``, SLiC without the NLL term): max(0, 1 − βδ)."""
-    d_pos, d_neg = inp.logratios()
-    losses = torch.relu(1.0 - beta * (d_pos - d_neg))
-    return LossOutput(losses, *_rewards(beta, d_pos, d_neg))
+def hinge(
+    inp: PreferenceLogps,
+    *,
+    beta: float = 0.1,
+    f_divergence: str = "reverse_kl",
+    f_alpha: float = 0.5,
+    ld_alpha: float = 1.0,
+    use_weighting: bool = False,
+) -> LossOutput:
+    """Reference-based hinge (TRL ``hinge``; SLiC, Zhao et al. 2023, eq. 2 without the NLL term):
+    max(0, 1 − β(s+ − s−)); options as :func:`dpo`."""
+    d_pos, d_neg, s_pos, s_neg = trl_scores(inp, f_divergence, f_alpha, ld_alpha)
+    losses = torch.relu(1.0 - beta * (s_pos - s_neg))
+    return LossOutput(wpo_weighted(losses, inp, use_weighting), *_rewards(beta, d_pos, d_neg))
 
 
-def ipo(inp: PreferenceLogps, *, beta: float = 0.1) -> LossOutput:
-    """IPO: (δ' − 1/(2β))², δ' built from length-normalised log-ratios as TRL does."""
-    d_pos, d_neg = inp.logratios()
-    d_pos = d_pos / inp.chosen_lengths.clamp(min=1)
-    d_neg = d_neg / inp.rejected_lengths.clamp(min=1)
-    losses = (d_pos - d_neg - 1.0 / (2.0 * beta)) ** 2
-    return LossOutput(losses, *_rewards(beta, d_pos, d_neg))
+def ipo(
+    inp: PreferenceLogps,
+    *,
+    beta: float = 0.1,
+    f_divergence: str = "reverse_kl",
+    f_alpha: float = 0.5,
+    ld_alpha: float = 1.0,
+    use_weighting: bool = False,
+) -> LossOutput:
+    """IPO (Azar et al. 2023, eq. 17): (s+/|y+| − s−/|y−| − 1/(2β))², the scores length-normalised as TRL
+    does; options as :func:`dpo`. Rewards are β × the length-normalised log-ratios."""
+    _, _, s_pos, s_neg = trl_scores(inp, f_divergence, f_alpha, ld_alpha)
+    s_pos = s_pos / inp.chosen_lengths.clamp(min=1)
+    s_neg = s_neg / inp.rejected_lengths.clamp(min=1)
+    losses = (s_pos - s_neg - 1.0 / (2.0 * beta)) ** 2
+    return LossOutput(wpo_weighted(losses, inp, use_weighting), *_rewards(beta, s_pos, s_neg))
 
 
 def _nll(inp: PreferenceLogps, nll_mode: str) -> Tensor:

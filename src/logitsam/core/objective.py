@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from logitsam.core.combined import extra_inputs
+from logitsam.core.extras import shared_labels, split_labels, wpo_log_weights
 from logitsam.core.forward import amp_context, body_forward, full_head, fusable, head_owner, output_head, regather
 from logitsam.core.logprobs import IGNORE_INDEX, chunk_rows_for, sequence_logps, shift_for_causal_lm, token_logps
 from logitsam.core.losses import LossOutput, PreferenceLogps
@@ -33,28 +35,50 @@ from logitsam.sam.common import check_method, check_rho, sam_metrics
 from logitsam.sam.logits import logits_sam_loss
 
 Scores = tuple[Tensor | None, Tensor | None]
+Extra = dict[str, Tensor]  # (S,) per sequence: "shared", "ref_shared" (LD-DPO), "wpo" (WPO); see core/extras.py
+_FIELDS = {
+    "shared": ("chosen_shared", "rejected_shared"),
+    "ref_shared": ("ref_chosen_shared", "ref_rejected_shared"),
+    "wpo": ("chosen_wpo", "rejected_wpo"),
+}
+
+
+def _fields(extra: Extra | None, chosen: Any, rejected: Any) -> dict[str, Tensor]:
+    pick = (chosen, rejected)
+    return {f: extra[k][i] for k, fs in _FIELDS.items() if extra and k in extra for f, i in zip(fs, pick, strict=True)}
 
 
 def pair_logps(
-    sums: Tensor, lengths: Tensor, ref: Tensor | None = None, scores: Scores = (None, None)
+    sums: Tensor, lengths: Tensor, ref: Tensor | None = None, scores: Scores = (None, None), extra: Extra | None = None
 ) -> PreferenceLogps:
-    """Split (S = 2B,) per-sequence sums, lengths and reference sums into pairs: chosen = first B.
+    """Split (S = 2B,) per-sequence sums, lengths, reference sums and ``extra`` into pairs: chosen = first B.
 
     scores: (B,) chosen and rejected data-set scores, or None.
     """
     b = lengths.shape[0] // 2
     r = (None, None) if ref is None else (ref[:b], ref[b:])
-    return PreferenceLogps(sums[:b], sums[b:], lengths[:b], lengths[b:], r[0], r[1], scores[0], scores[1])
+    return PreferenceLogps(
+        sums[:b], sums[b:], lengths[:b], lengths[b:], r[0], r[1], scores[0], scores[1],
+        **_fields(extra, slice(0, b), slice(b, None)),
+    )  # fmt: skip
 
 
 def subset_logps(
-    pairs: Tensor, chosen: Tensor, rejected: Tensor, lengths: Tensor, ref: Tensor | None, scores: Scores
+    pairs: Tensor,
+    chosen: Tensor,
+    rejected: Tensor,
+    lengths: Tensor,
+    ref: Tensor | None,
+    scores: Scores,
+    extra: Extra | None = None,
 ) -> PreferenceLogps:
     """The pairs ``pairs`` (k,) of a batch, given their (k,) chosen and rejected sums."""
     b = lengths.shape[0] // 2
     r = (None, None) if ref is None else (ref[pairs], ref[pairs + b])
     sc = tuple(None if s is None else s[pairs] for s in scores)
-    return PreferenceLogps(chosen, rejected, lengths[pairs], lengths[pairs + b], *r, *sc)
+    return PreferenceLogps(
+        chosen, rejected, lengths[pairs], lengths[pairs + b], *r, *sc, **_fields(extra, pairs, pairs + b)
+    )
 
 
 @dataclass
@@ -96,6 +120,7 @@ class Objective:
         self.spec, self.params = spec, resolve_hparams(spec, params)  # ranges checked here too
         self.rho, self.method, self.chunk_rows, self.fused = check_rho(rho), method, chunk_rows, fused
         self.adaptive = bool(adaptive)
+        self.extras = extra_inputs(spec, self.params)  # "shared" (LD-DPO), "wpo" (WPO): made here per batch
 
     def losses(self, inp: PreferenceLogps) -> LossOutput:
         return self.spec.fn(inp, **self.params)
@@ -108,13 +133,20 @@ class Objective:
         *,
         sam: bool = True,
         sharded: bool = False,
+        ref_shared: Tensor | None = None,
     ) -> ObjectiveOutput:
         """Loss of a pair batch: input_ids, attention_mask, labels (S, T) unshifted, −100 unscored.
 
         ref: (S,) reference sums (None for reference-free losses); sam: apply logits-SAM when
-        ρ ≠ 0 and gradients are being recorded; sharded: the head is sharded (FSDP / ZeRO-3).
+        ρ ≠ 0 and gradients are being recorded; sharded: the head is sharded (FSDP / ZeRO-3);
+        ref_shared: (S,) the reference's sums over the shared prefixes (LD-DPO: ``"shared" in self.extras``).
         """
         check_batch(batch, ref)
+        extra: Extra = {}
+        if "shared" in self.extras and ref is not None:
+            if ref_shared is None or tuple(ref_shared.shape) != tuple(ref.shape):
+                raise ValueError("ld_alpha ≠ 1: pass ref_shared, the reference's (S,) sums over the shared prefixes")
+            extra["ref_shared"] = ref_shared
         labels = shift_for_causal_lm(batch["labels"])
         lengths = (labels != IGNORE_INDEX).sum(-1)
         scores = (batch.get("score_chosen"), batch.get("score_rejected"))
@@ -132,48 +164,72 @@ class Objective:
         check_labels(labels, vocab)
         if logits is None:
             with amp_context(hidden.device, amp):  # the precision the model's own head ran in
-                res = self._fused(model, hidden, labels, lengths, ref, scores, sam_on)
+                res = self._fused(model, hidden, labels, lengths, ref, scores, sam_on, extra)
         else:
-            res = self._logits(model, hidden, logits, labels, lengths, ref, scores, sam_on, sharded)
+            res = self._logits(model, hidden, logits, labels, lengths, ref, scores, sam_on, sharded, extra)
         b = labels.shape[0] // 2
         r = (None, None) if ref is None else (ref[:b], ref[b:])
         res.metrics.update(preference_metrics(res.out, res.sums[:b], res.sums[b:], *r))
         return res
 
-    def _fused(self, model, hidden, labels, lengths, ref, scores, sam_on) -> ObjectiveOutput:
+    def _fused(self, model, hidden, labels, lengths, ref, scores, sam_on, extra) -> ObjectiveOutput:
         h = hidden.reshape(-1, hidden.shape[-1])
+        n = labels.shape[0]
+        # LD-DPO: the sweep sums every sequence's shared part and tail separately (2S "sequences": virtual
+        # pair k = sequence k's shared part and tail); a pair's loss needs four of them, so whole batch.
+        split = "shared" in self.extras
+
+        def with_shared(raw: Tensor) -> tuple[Tensor, Extra]:
+            return (raw[:n] + raw[n:], {**extra, "shared": raw[:n]}) if split else (raw, extra)
 
         def pair_losses(pairs: Tensor, sc: Tensor, sr: Tensor) -> Tensor:
-            return self.losses(subset_logps(pairs, sc, sr, lengths, ref, scores)).losses
+            if split:  # always every virtual pair (whole_batch): (shared sums, tail sums) of all S sequences
+                full, ex = with_shared(torch.cat([sc, sr]))
+                losses = self.losses(pair_logps(full, lengths, ref, scores, ex)).losses
+                return torch.cat([losses, losses])  # each pair once per virtual pair: sum / 2B = the mean
+            return self.losses(subset_logps(pairs, sc, sr, lengths, ref, scores, extra)).losses
 
         with full_head(model) as head:  # FSDP2: the owning unit unsharded for the sweep only
             rows = self.chunk_rows or chunk_rows_for(head.weight.shape[0], h.device)
-            plan = plan_rows(labels, rows, ignore_index=IGNORE_INDEX)
-            h_r = h[plan.rows]
+            lab = split_labels(labels) if split else labels
+            plan = plan_rows(lab, rows, ignore_index=IGNORE_INDEX)
+            h_r = h[plan.rows % h.shape[0]]  # row r of the (2S, T) split labels is row r mod S·T of the batch
+            if "wpo" in self.extras:  # clean weights, held fixed under logits-SAM (one head product, no grad)
+                extra = {
+                    **extra,
+                    "wpo": wpo_log_weights(labels, hidden=h, weight=head.weight, bias=head.bias, chunk_rows=rows),
+                }
             need = torch.is_grad_enabled() and (h_r.requires_grad or head.weight.requires_grad)
             job = FusedJob(
-                plan, labels.shape[0] // 2, pair_losses, self.rho if sam_on else 0.0, self.method, need,
+                plan, lab.shape[0] // 2, pair_losses, self.rho if sam_on else 0.0, self.method, need,
                 adaptive=self.adaptive, regather=regather(model),
-                whole_batch=self.spec.batch_coupled,  # per-chunk dL/dsums would be another objective
+                whole_batch=self.spec.batch_coupled or split,  # per-chunk dL/dsums would be another objective
             )  # fmt: skip
-            sums, fused = fused_sequence_sums(h_r, head.weight, head.bias, job)
-        out = self.losses(pair_logps(sums, lengths, ref, scores))
+            raw, fused = fused_sequence_sums(h_r, head.weight, head.bias, job)
+            sums, ex = with_shared(raw)
+        out = self.losses(pair_logps(sums, lengths, ref, scores, ex))
         loss = out.losses.mean()
         assert fused.top_token is not None  # the clean sweep always measures it
         metrics = {"probs/top_token": fused.top_token.float()}
-        clean = fused.clean_sums.detach()
+        clean, clean_ex = with_shared(fused.clean_sums.detach())
         if job.rho != 0:
             with torch.no_grad():
-                clean_out = self.losses(pair_logps(clean, lengths, ref, scores))
+                clean_out = self.losses(pair_logps(clean, lengths, ref, scores, clean_ex))
             assert fused.grad_norm is not None  # measured whenever ρ ≠ 0
             metrics.update(sam_metrics(clean_out.losses.mean(), loss, self.rho, fused.grad_norm))
             out = clean_out
         return ObjectiveOutput(loss, out, clean, metrics, "fused")
 
-    def _logits(self, model, hidden, logits, labels, lengths, ref, scores, sam_on, sharded) -> ObjectiveOutput:
+    def _logits(self, model, hidden, logits, labels, lengths, ref, scores, sam_on, sharded, extra) -> ObjectiveOutput:
+        shared = shared_labels(labels) if "shared" in self.extras else None
+        if "wpo" in self.extras:  # from the clean logits, held fixed under logits-SAM
+            extra = {**extra, "wpo": wpo_log_weights(labels, logits=logits.detach(), chunk_rows=self.chunk_rows)}
+
         def fn(z: Tensor) -> tuple[Tensor, tuple[LossOutput, Tensor]]:
-            sums = sequence_logps(token_logps(z, labels), labels)[0]
-            out = self.losses(pair_logps(sums, lengths, ref, scores))
+            lp = token_logps(z, labels)
+            sums = sequence_logps(lp, labels)[0]
+            ex = extra if shared is None else {**extra, "shared": sequence_logps(lp, shared)[0]}
+            out = self.losses(pair_logps(sums, lengths, ref, scores, ex))
             return out.losses.mean(), (out, sums.detach())
 
         metrics = {"probs/top_token": top_token_prob(logits.detach(), labels)}

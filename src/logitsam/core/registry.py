@@ -34,6 +34,8 @@ from logitsam.core.losses import (
     slic,
     spo_target,
 )
+from logitsam.core.registry_trl import BETA as _BETA
+from logitsam.core.registry_trl import OPTIONS, TRL_LOSSES
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class LossSpec:
     ranges: Mapping[str, Range] = field(default_factory=dict)
     batch_coupled: bool = False  # a pair's loss depends on other pairs: the fused head takes the whole batch
     uses: tuple[str, ...] = ("chosen", "rejected")  # the policy log-probs the losses are differentiated through
+    parts: tuple[tuple[LossSpec, float, Mapping[str, Any]], ...] = ()  # a weighted sum's terms (core/combined.py)
 
 
 def _hyperparameters(name: str, fn: LossFn) -> dict[str, Any]:
@@ -88,8 +91,7 @@ def _spec(name: str, fn: LossFn, ref: bool, norm: bool, summary: str, ranges: di
 
 
 # Why each range: β is a temperature on a log-ratio, so β < 0 trains toward the rejected response and
-# β = 0 learns nothing; weights and margins below zero invert the term they scale.
-_BETA = positive("β < 0 trains toward the rejected response, β = 0 learns nothing")
+# β = 0 learns nothing (registry_trl.BETA); weights and margins below zero invert the term they scale.
 _NLL_MODE = one_of("sum", "mean", why="summed or token-mean NLL of the chosen response")
 _NLL_WEIGHT = nonnegative("λ < 0 pushes the chosen response's likelihood down")
 
@@ -107,10 +109,11 @@ LOSSES: dict[str, LossSpec] = {
                 "label_smoothing": Range(
                     0.0, 0.5, high_open=True, why="ε is the assumed label-flip rate; ε ≥ 0.5 prefers rejected"
                 ),
+                **OPTIONS,
             },
         ),
-        _spec("hinge", hinge, True, False, "reference-based hinge (TRL 'hinge')", {"beta": _BETA}),
-        _spec("ipo", ipo, True, True, "IPO, length-normalised log-ratios", {"beta": _BETA}),
+        _spec("hinge", hinge, True, False, "reference-based hinge (TRL 'hinge')", {"beta": _BETA, **OPTIONS}),
+        _spec("ipo", ipo, True, True, "IPO, length-normalised log-ratios", {"beta": _BETA, **OPTIONS}),
         _spec(
             "slic",
             slic,
@@ -180,6 +183,7 @@ LOSSES: dict[str, LossSpec] = {
                 "score_scale": positive("maps score gaps to margins; ≤ 0 removes or flips the preference"),
             },
         ),
+        *(_spec(*row) for row in TRL_LOSSES),
     )
 }
 
@@ -258,6 +262,11 @@ def _probe(spec: LossSpec) -> tuple[bool, tuple[str, ...]]:
             if not torch.allclose(g.detach(), want[idx], rtol=1e-9, atol=1e-12):
                 return True, uses
     return False, uses
+
+
+for _name, _s in LOSSES.items():  # the built-ins' coupling and sides: what the probe finds, as for any loss
+    _coupled, _uses = _probe(_s)
+    LOSSES[_name] = replace_fields(_s, batch_coupled=_coupled, uses=_uses)
 
 
 def register_loss(

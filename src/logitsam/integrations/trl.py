@@ -13,8 +13,11 @@ disabled, or ``precompute_ref_log_probs``), optimizer, callbacks, logging. Only 
 converted to logitsam's layout and :class:`~logitsam.core.objective.Objective` computes the loss — the
 fused head with logits-SAM inside it — exactly as :class:`~logitsam.training.trainer.PreferenceTrainer`.
 
-TRL settings map to registered losses through ``LOSS_MAP`` (the one table); settings without an
-exact counterpart are refused (``UNSUPPORTED``) instead of being silently changed. Metrics go to
+TRL settings map to registered losses through ``LOSS_MAP`` (CPO) and ``registry_trl.TRL_NAMES`` (every
+DPO ``loss_type``, each with TRL's options: ``beta``, ``label_smoothing`` where the type reads it,
+``f_divergence_type``/``f_alpha_divergence_coef``, ``ld_alpha``, ``use_weighting``, ``discopop_tau``); a
+``loss_type`` list with ``loss_weights`` (MPO) is one weighted loss, logits-SAM perturbing for the sum.
+Settings without an exact counterpart are refused (``UNSUPPORTED``) instead of being silently changed. Metrics go to
 TRL's own metric store, so they reach TRL's logs, ``report_to`` and ``state.log_history``:
 ``rewards/*``, ``logps/chosen``, ``logps/rejected`` (TRL's names; log-probs are sums), plus
 ``logps/*_drift``, ``probs/top_token`` and ``sam/{loss_pre,loss_post,eps_norm,grad_norm}``.
@@ -37,9 +40,11 @@ import torch.nn.functional as F
 from accelerate.utils import is_peft_model
 from torch import Tensor
 
+from logitsam.core.combined import combine_losses
 from logitsam.core.logprobs import IGNORE_INDEX
 from logitsam.core.objective import Objective
-from logitsam.core.registry import get_loss, resolve_hparams
+from logitsam.core.registry import HyperparameterError, LossSpec, get_loss, resolve_hparams
+from logitsam.core.registry_trl import TRL_NAMES
 from logitsam.errors import UserError
 from logitsam.sam.common import check_method, check_rho
 from logitsam.training.reference import batch_reference_logps
@@ -52,11 +57,8 @@ class UnsupportedTrlSetting(UserError, ValueError):
     """A TRL setting logits-SAM has no exact counterpart for; the message names it and says why."""
 
 
-# (TRL trainer family, TRL loss_type) -> (registered loss, its hyperparameters from TRL's config).
+# (TRL trainer family, TRL loss_type) -> (registered loss, its hyperparameters from TRL's config); DPO: _dpo_term.
 LOSS_MAP: dict[tuple[str, str], tuple[str, Callable[[Any], dict[str, Any]]]] = {
-    ("dpo", "sigmoid"): ("dpo", lambda a: {"beta": a.beta}),
-    ("dpo", "ipo"): ("ipo", lambda a: {"beta": a.beta}),
-    ("dpo", "hinge"): ("hinge", lambda a: {"beta": a.beta}),
     # TRL's CPO NLL is a token mean over the whole chosen batch; ours is each pair's token mean
     # (equal when the chosen responses have equal lengths): a batch-wide mean would couple the
     # pairs, which the fused head's per-pair gradients rule out (docs/design.md §3 contract).
@@ -66,18 +68,14 @@ LOSS_MAP: dict[tuple[str, str], tuple[str, Callable[[Any], dict[str, Any]]]] = {
 
 # (family, loss_type or None for all, TRL config field, accepted values, why other values are refused)
 UNSUPPORTED: tuple[tuple[str, str | None, str, tuple[Any, ...], str], ...] = (
-    ("dpo", None, "f_divergence_type", ("reverse_kl",), "only standard (reverse-KL) DPO log-ratios are mapped"),
-    ("dpo", None, "ld_alpha", (None,), "LD-DPO's length-desensitised log-probs are not implemented"),
-    ("dpo", None, "use_weighting", (False,), "WPO weights need whole-vocabulary token probabilities"),
-    ("dpo", None, "padding_free", (False,), "the objective needs padded (2B, T) batches"),
     (
         "dpo",
         None,
-        "label_smoothing",
-        (0.0,),
-        "TRL 1.16's sigmoid/ipo/hinge ignore it, logitsam's dpo would apply it (cDPO); refused as ambiguous",
+        "padding_free",
+        (False,),
+        "packed rows need the model's variable-length attention forward; the objective runs padded (2B, T) "
+        "batches, whose chosen/rejected rows the fused head pairs",
     ),
-    ("dpo", None, "loss_weights", (None, [1.0]), "the loss is not reweighted"),
     ("cpo", None, "label_smoothing", (0.0,), "conservative CPO/SimPO is not in the loss registry"),
     ("cpo", None, "alpha", (0.0,), "AlphaPO's reward transform is not in the loss registry"),
     ("cpo", None, "is_encoder_decoder", (None, False), "the objective is for decoder-only models"),
@@ -95,25 +93,67 @@ def trl_family(trainer_cls: type) -> str:
     raise UnsupportedTrlSetting(f"{trainer_cls.__name__} is neither TRL's DPOTrainer nor its CPOTrainer")
 
 
-def trl_loss(family: str, args: Any) -> tuple[str, dict[str, Any]]:
-    """The registered loss name and hyperparameters for TRL config ``args`` of a ``family`` trainer.
+# our hyperparameter -> TRL DPOConfig field
+_DPO_FIELDS = {
+    "beta": "beta",
+    "label_smoothing": "label_smoothing",
+    "f_divergence": "f_divergence_type",
+    "f_alpha": "f_alpha_divergence_coef",
+    "ld_alpha": "ld_alpha",
+    "use_weighting": "use_weighting",
+    "discopop_tau": "discopop_tau",
+}
 
-    Raises :class:`UnsupportedTrlSetting` naming the field for anything ``LOSS_MAP`` cannot express.
+
+def _dpo_term(args: Any, loss_type: str) -> tuple[str, dict[str, Any]]:
+    """Registered name and hyperparameters of one DPO ``loss_type`` under TRL config ``args``: every option
+    the type reads in TRL 1.16 (``sigmoid`` reads no ``label_smoothing``: that is ``robust``); TRL refuses
+    ``f_divergence_type`` for the types without an f-DPO form and ``use_weighting`` for the sorting ones."""
+    if loss_type not in TRL_NAMES:
+        raise UnsupportedTrlSetting(f"loss_type={loss_type!r} is not a TRL 1.16 DPO loss type ({', '.join(TRL_NAMES)})")
+    name = TRL_NAMES[loss_type]
+    keys = get_loss(name).defaults
+    values = {ours: getattr(args, field) for ours, field in _DPO_FIELDS.items() if hasattr(args, field)}
+    values["ld_alpha"] = 1.0 if values.get("ld_alpha") is None else values["ld_alpha"]  # None: plain sums
+    if values.get("f_divergence", "reverse_kl") != "reverse_kl" and "f_divergence" not in keys and name != "sft":
+        raise UnsupportedTrlSetting(f"f_divergence_type={values['f_divergence']!r}: {loss_type} has no f-DPO form")
+    if values.get("use_weighting") and "use_weighting" not in keys:
+        raise UnsupportedTrlSetting(f"use_weighting=True: {loss_type} sorts the batch, which misaligns WPO's weights")
+    hparams = {k: v for k, v in values.items() if k in keys and not (name == "dpo" and k == "label_smoothing")}
+    try:
+        return name, resolve_hparams(get_loss(name), hparams)
+    except HyperparameterError as e:
+        raise UnsupportedTrlSetting(f"{_DPO_FIELDS.get(e.key, e.key)}: {e}") from None
+
+
+def trl_loss(family: str, args: Any) -> tuple[LossSpec, dict[str, Any]]:
+    """The loss spec and hyperparameters for TRL config ``args`` of a ``family`` trainer: a registered loss,
+    or for a DPO ``loss_type`` list / ``loss_weights`` the weighted sum of its terms (hyperparameters bound).
+
+    Raises :class:`UnsupportedTrlSetting` naming the field for anything that cannot be expressed.
     """
-    types = args.loss_type
-    types = [types] if isinstance(types, str) else list(types)
-    if len(types) != 1:
-        raise UnsupportedTrlSetting(f"loss_type={types!r}: logits-SAM takes one loss type, not a weighted sum")
-    loss_type = types[0]
-    if (family, loss_type) not in LOSS_MAP:
-        known = ", ".join(t for f, t in LOSS_MAP if f == family)
-        raise UnsupportedTrlSetting(f"loss_type={loss_type!r} is not supported with logits-SAM (supported: {known})")
+    types = [args.loss_type] if isinstance(args.loss_type, str) else list(args.loss_type)
     for fam, lt, name, accepted, why in UNSUPPORTED:
         value = getattr(args, name, accepted[0])
-        if fam == family and lt in (None, loss_type) and value not in accepted:
+        if fam == family and (lt is None or lt in types) and value not in accepted:
             raise UnsupportedTrlSetting(f"{name}={value!r} is not supported with logits-SAM: {why}")
-    ours, hparams = LOSS_MAP[(family, loss_type)]
-    return ours, hparams(args)
+    if family == "dpo":
+        weights = list(getattr(args, "loss_weights", None) or [1.0] * len(types))
+        if len(weights) != len(types):
+            raise UnsupportedTrlSetting(f"loss_weights={weights!r}: one weight per loss_type {types!r}")
+        terms = [(*_dpo_term(args, lt), w) for lt, w in zip(types, weights, strict=True)]
+        if len(terms) == 1 and terms[0][2] == 1.0:
+            return get_loss(terms[0][0]), terms[0][1]
+        try:
+            return combine_losses([(n, w, p) for n, p, w in terms]), {}
+        except ValueError as e:
+            raise UnsupportedTrlSetting(f"loss_weights: {e}") from None
+    if len(types) != 1 or (family, types[0]) not in LOSS_MAP:
+        known = ", ".join(t for f, t in LOSS_MAP if f == family)
+        raise UnsupportedTrlSetting(f"loss_type={types!r} is not supported with logits-SAM (supported: {known})")
+    ours, hparams = LOSS_MAP[(family, types[0])]
+    spec = get_loss(ours)
+    return spec, resolve_hparams(spec, hparams(args))
 
 
 def dpo_batch(inputs: dict[str, Any]) -> dict[str, Tensor]:
@@ -181,7 +221,7 @@ def with_logits_sam(trainer_cls: type) -> type:
             if given is not None:
                 trl_loss(family, given)  # refuse before TRL tokenizes data and precomputes references
             super().__init__(*args, **kwargs)
-            name, hparams = trl_loss(family, self.args)
+            spec, hparams = trl_loss(family, self.args)
             for attr, why in (
                 ("aux_loss_enabled", "the MoE router auxiliary loss is not added; set router_aux_loss_coef=0"),
                 ("_is_vision_dataset", "vision-language batches are not supported"),
@@ -189,12 +229,11 @@ def with_logits_sam(trainer_cls: type) -> type:
             ):
                 if getattr(self, attr, False):
                     raise UnsupportedTrlSetting(f"{type(self).__name__}: {why}")
-            if family == "cpo" and name == "cpo" and hparams["nll_weight"] != 0:
+            if family == "cpo" and spec.name == "cpo" and hparams["nll_weight"] != 0:
                 log.info("cpo_alpha: logits-SAM's NLL term is each pair's token mean (TRL: the batch's token mean)")
-            spec = get_loss(name)
             self.logitsam_objective = Objective(
                 spec,
-                resolve_hparams(spec, hparams),
+                hparams,
                 rho=rho,
                 method=sam_method,
                 chunk_rows=chunk_rows,
@@ -208,13 +247,16 @@ def with_logits_sam(trainer_cls: type) -> type:
             return cpo_batch(inputs, self.processing_class.pad_token_id if pad is None else pad)
 
         @torch.no_grad()
-        def _logitsam_reference(self, model: Any, inputs: dict[str, Any], batch: dict[str, Tensor]) -> Tensor | None:
-            """(2B,) reference sums: precomputed in the batch, TRL's ref_model, or the policy without adapters."""
+        def _logitsam_reference(self, model: Any, inputs: dict[str, Any], batch: dict[str, Tensor]) -> Any:
+            """((2B,) reference sums, and for LD-DPO their shared-prefix part, else None) or (None, None):
+            precomputed in the batch, TRL's ref_model, or the policy without adapters."""
             if not self.logitsam_objective.spec.needs_reference:
-                return None
+                return None, None
             device = batch["input_ids"].device
-            if "ref_chosen_logps" in inputs:
-                return torch.cat([inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]]).to(device)
+            shared = "shared" in self.logitsam_objective.extras
+            if "ref_chosen_logps" in inputs:  # TRL's precompute applied ld_alpha already: its own shared part
+                ref = torch.cat([inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]]).to(device)
+                return ref, (ref if shared else None)
             from trl.models.utils import disable_gradient_checkpointing
             from trl.trainer.utils import use_adapter
 
@@ -229,7 +271,10 @@ def with_logits_sam(trainer_cls: type) -> type:
                 return use_adapter(m, adapter_name="ref" if "ref" in m.peft_config else None)
 
             with disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
-                return batch_reference_logps(seqs, model, unwrapped, ref, adapters=adapters, chunk_rows=rows)
+                out = batch_reference_logps(
+                    seqs, model, unwrapped, ref, adapters=adapters, chunk_rows=rows, shared=shared
+                )
+            return out if shared else (out, None)
 
         def _logitsam_store(self, mode: str, metrics: dict[str, Tensor]) -> None:
             """Means over ranks into TRL's metric store (one host sync for all metrics)."""
@@ -247,8 +292,10 @@ def with_logits_sam(trainer_cls: type) -> type:
             """TRL's batch through logitsam's objective (logits-SAM when training and ρ ≠ 0)."""
             mode = "train" if model.training else "eval"
             batch = self._logitsam_batch(inputs)
-            ref = self._logitsam_reference(model, inputs, batch)
-            res = self.logitsam_objective(model, batch, ref, sam=mode == "train", sharded=head_is_sharded(self))
+            ref, ref_shared = self._logitsam_reference(model, inputs, batch)
+            res = self.logitsam_objective(
+                model, batch, ref, sam=mode == "train", sharded=head_is_sharded(self), ref_shared=ref_shared
+            )
             self._logitsam_store(mode, res.metrics)
             return (res.loss, {"sums": res.sums}) if return_outputs else res.loss
 

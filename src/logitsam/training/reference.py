@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from logitsam.core.scoring import model_sequence_logps
+from logitsam.core.scoring import model_pair_logps_with_shared, model_sequence_logps
 from logitsam.data.batching import PreferenceCollator
 from logitsam.models import cache_dir
 
@@ -38,20 +38,23 @@ def batch_reference_logps(
     *,
     adapters: Any = None,
     chunk_rows: int | None = None,
-) -> torch.Tensor:
-    """(2B,) summed reference log-probs of a collated batch's (input_ids, attention_mask, labels).
+    shared: bool = False,
+) -> Any:
+    """(2B,) summed reference log-probs of a collated batch's (input_ids, attention_mask, labels); with
+    ``shared`` (LD-DPO) a pair of them: the sums and the sums over each pair's shared prefix, one forward.
 
     The reference is ``ref_model`` when given, else the policy with its LoRA adapters off: ``adapters``
     (a context manager factory taking the unwrapped model, e.g. TRL's named "ref" adapter), or PEFT's
     ``disable_adapter``. One home for both the trainer and the TRL drop-in (precomputed values in a batch
     are read by each caller, whose batch keys differ).
     """
+    score = model_pair_logps_with_shared if shared else model_sequence_logps
     if ref_model is not None:
-        return model_sequence_logps(ref_model, *seqs, chunk_rows=chunk_rows)
+        return score(ref_model, *seqs, chunk_rows=chunk_rows)
     if adapters is None and not hasattr(unwrapped, "disable_adapter"):
         raise RuntimeError("this loss needs a reference: no ref_model, LoRA adapters or precomputed log-probs")
     with adapters(unwrapped) if adapters is not None else unwrapped.disable_adapter():
-        return model_sequence_logps(policy, *seqs, chunk_rows=chunk_rows)
+        return score(policy, *seqs, chunk_rows=chunk_rows)
 
 
 CACHE_VERSION = "v2"  # bump when the key or the stored values change meaning

@@ -18,6 +18,7 @@ import torch.distributed as dist
 from logitsam.config import schema as config_mod
 from logitsam.config.schema import Config
 from logitsam.config.values import numbers_from_text
+from logitsam.core.combined import combine_losses
 from logitsam.core.registry import HyperparameterError, LossSpec, get_loss, resolve_hparams
 from logitsam.data.batching import DropCounts, PreferenceCollator, tokenize_examples
 from logitsam.data.examples import load_examples
@@ -51,8 +52,10 @@ log = logging.getLogger(__name__)
 def loss_setup(cfg: Config) -> tuple[LossSpec, dict[str, Any]]:
     """The loss spec and its validated hyperparameters (``loss.beta`` is shorthand for params.beta).
 
-    Errors name the config key: ``loss.name``, ``loss.beta`` or ``loss.params.<key>``.
+    Errors name the config key: ``loss.name``, ``loss.beta``, ``loss.params.<key>`` or ``loss.terms[i]``.
     """
+    if cfg.loss.name == WEIGHTED or cfg.loss.terms:
+        return _weighted_setup(cfg), {}
     try:
         spec = get_loss(cfg.loss.name)
     except ValueError as e:
@@ -72,6 +75,36 @@ def loss_setup(cfg: Config) -> tuple[LossSpec, dict[str, Any]]:
     except HyperparameterError as e:
         key = "loss.beta" if e.key == "beta" and cfg.loss.beta is not None else f"loss.params.{e.key}"
         raise ConfigError(f"{key}: {e}") from None
+
+
+WEIGHTED = "weighted"  # loss.name of a weighted sum of registered losses (loss.terms)
+
+
+def _weighted_setup(cfg: Config) -> LossSpec:
+    """loss.name: weighted with loss.terms [{name, weight, params}] -> one weighted loss; loss.beta and
+    loss.params are shared by every term with that key (as TRL's options), a term's own params win."""
+    if cfg.loss.name != WEIGHTED or not cfg.loss.terms:
+        raise ConfigError(f"loss.terms: a weighted sum is loss.name: {WEIGHTED} with a non-empty loss.terms")
+    shared = numbers_from_text(dict(cfg.loss.params)) | ({} if cfg.loss.beta is None else {"beta": cfg.loss.beta})
+    terms, used = [], set()
+    for i, term in enumerate(cfg.loss.terms):
+        where = f"loss.terms[{i}]"
+        if set(term) - {"name", "weight", "params"} or "name" not in term:
+            raise ConfigError(f"{where}: a term is {{name, weight, params}}, got keys {sorted(term)}")
+        try:
+            spec = get_loss(term["name"])
+        except ValueError as e:
+            raise ConfigError(f"{where}.name: {e}") from None
+        mine = {k: v for k, v in shared.items() if k in spec.defaults}
+        used |= set(mine)
+        terms.append((spec.name, term.get("weight", 1.0), mine | numbers_from_text(dict(term.get("params") or {}))))
+    unused = sorted(set(shared) - used)
+    if unused:
+        raise ConfigError(f"loss.params / loss.beta: no term has {', '.join(unused)}")
+    try:
+        return combine_losses(terms)
+    except (ValueError, HyperparameterError) as e:
+        raise ConfigError(f"loss.terms: {e}") from None
 
 
 def _known(spec: LossSpec) -> str:

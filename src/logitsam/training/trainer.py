@@ -113,12 +113,22 @@ class PreferenceTrainer(StopOnDivergence, ContinuedRun, Trainer):
     @torch.no_grad()
     def reference_logps(self, model: Any, batch: dict[str, Tensor]) -> Tensor | None:
         """(2B,) summed reference log-probs of the batch's sequences, or None for reference-free losses."""
+        return self.reference(model, batch)[0]
+
+    @torch.no_grad()
+    def reference(self, model: Any, batch: dict[str, Tensor]) -> tuple[Tensor | None, Tensor | None]:
+        """(reference sums (2B,) or None, their shared-prefix part (2B,) when the loss uses LD-DPO, else None)."""
         if not self.loss_spec.needs_reference:
-            return None
+            return None, None
+        shared = "shared" in self.objective.extras
         if "ref_logps" in batch:
-            return batch["ref_logps"]
+            if shared:
+                raise RuntimeError("ld_alpha < 1 needs the reference's shared-prefix sums, which a precomputed "
+                                   "reference cache does not hold: use loss.reference: model")  # fmt: skip
+            return batch["ref_logps"], None
         seqs = (batch["input_ids"], batch["attention_mask"], batch["labels"])
-        return batch_reference_logps(seqs, model, self.accelerator.unwrap_model(model), self.ref_model)
+        ref = batch_reference_logps(seqs, model, self.accelerator.unwrap_model(model), self.ref_model, shared=shared)
+        return ref if shared else (ref, None)
 
     def _store(self, mode: str, metrics: dict[str, Tensor]) -> None:
         for k, v in metrics.items():
@@ -150,8 +160,10 @@ class PreferenceTrainer(StopOnDivergence, ContinuedRun, Trainer):
     # ---- Trainer hooks --------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if model.training else "eval"
-        ref = self.reference_logps(model, inputs)
-        res: ObjectiveOutput = self.objective(model, inputs, ref, sam=mode == "train", sharded=self.sharded)
+        ref, ref_shared = self.reference(model, inputs)
+        res: ObjectiveOutput = self.objective(
+            model, inputs, ref, sam=mode == "train", sharded=self.sharded, ref_shared=ref_shared
+        )
         self._check_finite(res.loss)
         self._store(mode, res.metrics)
         return (res.loss, {"sums": res.sums}) if return_outputs else res.loss
@@ -163,7 +175,7 @@ class PreferenceTrainer(StopOnDivergence, ContinuedRun, Trainer):
         inputs = self._prepare_inputs(inputs)
         gas = self.current_gradient_accumulation_steps
         with self.compute_loss_context_manager():
-            ref = self.reference_logps(model, inputs)  # once: the reference does not move with θ
+            ref, ref_shared = self.reference(model, inputs)  # once: the reference does not move with θ
         passes: list[ObjectiveOutput] = []
 
         def closure() -> Tensor:
@@ -171,7 +183,9 @@ class PreferenceTrainer(StopOnDivergence, ContinuedRun, Trainer):
             first = not passes
             ctx = self.accelerator.no_sync(model) if first and self.accelerator.num_processes > 1 else nullcontext()
             with ctx, self.compute_loss_context_manager():
-                passes.append(self.objective(model, inputs, ref, sam=False, sharded=self.sharded))
+                passes.append(
+                    self.objective(model, inputs, ref, sam=False, sharded=self.sharded, ref_shared=ref_shared)
+                )
             if first:
                 self._check_finite(passes[0].loss)
             return passes[-1].loss
