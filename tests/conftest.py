@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+TESTS = ROOT / "tests"  # helpers (workers, references) and fixtures/ live here; tests sit in folders by package
+FIXTURES = TESTS / "fixtures"
 TINY_CPU = str(ROOT / "configs" / "tiny-cpu.yaml")  # every test finds the recipes from any working directory
 
 

@@ -13,6 +13,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from test_trainer_sam import V, batch, grads_of, rel_all
 
 from logitsam.core.combined import combine_losses, extra_inputs
 from logitsam.core.extras import shared_labels
@@ -20,7 +21,6 @@ from logitsam.core.logprobs import IGNORE_INDEX, sequence_logps, shift_for_causa
 from logitsam.core.objective import Objective, pair_logps
 from logitsam.core.registry import get_loss, resolve_hparams
 from logitsam.models import tiny_model
-from test_trainer_sam import V, batch, grads_of, rel_all
 
 ALL_ROWS = 10**6
 

@@ -15,7 +15,7 @@ import pytest
 from logitsam import cli
 from logitsam.config import schema as C
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MARK = "<!-- tests/test_readme.py runs this block as written -->"
 
 

@@ -5,10 +5,10 @@ import re
 
 import pytest
 
-from conftest import ROOT, TINY_CPU
+from conftest import FIXTURES, ROOT, TINY_CPU
 from logitsam import cli
 
-HH = "tests/fixtures/hh.jsonl"
+HH = str(FIXTURES / "hh.jsonl")
 
 
 def run(capsys, *argv):
@@ -142,12 +142,11 @@ def test_train_help_lists_every_config_key_and_loss(capsys):
 
 @pytest.mark.slow
 def test_train_from_another_directory_with_space_overrides(capsys, tmp_path, monkeypatch):
-    import os
 
     from logitsam.config import schema as C
 
     config = TINY_CPU
-    fixture = os.path.abspath("tests/fixtures/explicit.jsonl")
+    fixture = str(FIXTURES / "explicit.jsonl")
     monkeypatch.chdir(tmp_path)
     rc, out, _ = run(
         capsys, "train", "--config", config, "--train.output_dir", "out", "--train.max_steps", "2",
@@ -343,7 +342,7 @@ def test_ctrl_c_anywhere_in_a_command_is_one_line_and_exit_130(capsys, monkeypat
         argv = [command, "--config", TINY_CPU, f"--train.output_dir={tmp_path}"]
     else:
         monkeypatch.setattr("logitsam.evaluation.command.run", interrupted)
-        argv = [command, "--model", "tiny-random", "--prompts", "tests/fixtures/explicit.jsonl", "--out", str(tmp_path)]
+        argv = [command, "--model", "tiny-random", "--prompts", str(FIXTURES / "explicit.jsonl"), "--out", str(tmp_path)]
     rc, _, err = run(capsys, *argv)
     assert rc == 130 and err.strip() == "logitsam: interrupted (Ctrl-C)"
 
@@ -366,7 +365,7 @@ def test_chat_without_a_chat_template_names_the_model_and_the_flag(capsys, tmp_p
     """--chat on a tokenizer without a template was a raw transformers traceback, after --out was claimed."""
     out = tmp_path / "out"
     argv = [command, "--model", "tiny-random", "--model", no_template_model, "--chat", "--out", str(out),
-            "--prompts", "tests/fixtures/explicit.jsonl"]  # fmt: skip
+            "--prompts", str(FIXTURES / "explicit.jsonl")]  # fmt: skip
     rc, _, err = run(capsys, *argv)
     line = one_error_line(err)
     assert rc == 2 and f"--chat: {no_template_model!r}" in line and "no chat template" in line
@@ -375,7 +374,7 @@ def test_chat_without_a_chat_template_names_the_model_and_the_flag(capsys, tmp_p
 
 def test_message_rows_without_a_chat_template_name_the_model(capsys, tmp_path, no_template_model):
     argv = ["train", "--config", TINY_CPU, f"--model.name_or_path={no_template_model}",
-            "--data.train_files=tests/fixtures/ultrafeedback.jsonl", f"--train.output_dir={tmp_path / 'run'}"]  # fmt: skip
+            f"--data.train_files={FIXTURES / 'ultrafeedback.jsonl'}", f"--train.output_dir={tmp_path / 'run'}"]  # fmt: skip
     rc, _, err = run(capsys, *argv)
     line = one_error_line(err)
     assert rc == 2 and "ultrafeedback.jsonl:1" in line and f"model.name_or_path {no_template_model!r}" in line

@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 
-from conftest import TINY_CPU
+from conftest import ROOT, TINY_CPU
 
 SEEN_BEFORE = (
     "is_gradient_checkpointing",  # peft reading transformers 5's deprecated property (LoRA runs)
@@ -36,7 +36,8 @@ def test_a_tiny_lora_run_prints_no_warnings(tmp_path):
     assert not [s for s in SEEN_BEFORE if s in text]
 
 
-def test_pyproject_license_is_an_spdx_string():
+def test_pyproject_license_is_an_spdx_string(monkeypatch):
+    monkeypatch.chdir(ROOT)  # setuptools reads the project relative to it
     from setuptools.config.pyprojecttoml import apply_configuration, read_configuration
     from setuptools.dist import Distribution
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from conftest import FIXTURES
 from logitsam.data.batching import tokenize_examples
 from logitsam.data.examples import load_examples
 from logitsam.models import tiny_model, tiny_tokenizer
@@ -18,7 +19,7 @@ from logitsam.training import reference as R
 def rows(tmp_path, monkeypatch):
     monkeypatch.setenv("LOGITSAM_CACHE", str(tmp_path / "cache"))
     tok = tiny_tokenizer()
-    out, _ = tokenize_examples(tok, load_examples(["tests/fixtures/explicit.jsonl"])[:3], 512, 384)
+    out, _ = tokenize_examples(tok, load_examples([str(FIXTURES / "explicit.jsonl")])[:3], 512, 384)
     assert len(out) == 3
     return out, tok.eos_token_id
 

@@ -15,11 +15,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
+from test_checkpoints import trainer_state
 
 from logitsam.errors import ConfigError
 from logitsam.training.checkpoints import checkpoint_problems, resolve_resume
 from logitsam.training.commit import MARKER, AtomicCheckpoints
-from test_checkpoints import trainer_state
 
 ORDER = ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json")
 ARGS = type("Args", (), {"output_dir": "", "process_index": 0, "world_size": 1})

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import FIXTURES, tiny_config
 from logitsam.config import schema as C
 from logitsam.core.losses import dpo
 from logitsam.core.registry import LOSSES, LossSpec
@@ -124,7 +124,6 @@ def test_precomputed_reference_matches_model_reference(tmp_path, monkeypatch):
 
 
 def test_saved_config_is_the_resolved_run(tmp_path):
-    import os
 
     seen = {}
 
@@ -139,7 +138,7 @@ def test_saved_config_is_the_resolved_run(tmp_path):
     assert seen["max_steps"] == 2 * per_epoch and saved.train.max_steps == -1 and saved.train.num_train_epochs == 2.0
     assert saved.train.warmup_steps == seen["warmup"] == math.ceil(0.5 * seen["max_steps"])  # a step count now
     assert (saved.model.dtype, saved.train.bf16, saved.train.gradient_checkpointing) == ("float32", False, False)
-    assert saved.data.train_files == [os.path.abspath("tests/fixtures/explicit.jsonl")]
+    assert saved.data.train_files == [str(FIXTURES / "explicit.jsonl")]
 
     overrides += ["--train.max_steps=5", "--model.gradient_checkpointing=true"]
     train(cfg_for(tmp_path / "s", *overrides), on_end=grab)
@@ -171,7 +170,7 @@ def test_other_formats_train(tmp_path, fixture):
     out = train(
         cfg_for(
             tmp_path,
-            f"--data.train_files=[tests/fixtures/{fixture}]",
+            f"--data.train_files=[{FIXTURES / fixture}]",
             "--train.max_steps=2",
             "--loss.name=spo_target",
             "--data.eval_fraction=0",

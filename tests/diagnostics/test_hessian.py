@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from conftest import ROOT, TINY_CPU
+from conftest import FIXTURES, ROOT, TINY_CPU
 
 with warnings.catch_warnings():
     # torch.func.hessian's forward-mode AD imports this torch module on first use, and the module itself
@@ -172,7 +172,7 @@ def test_sharpness_cli(tmp_path, cli_env):
             "--model",
             "tiny-random",
             "--data",
-            "tests/fixtures/hh.jsonl",
+            str(FIXTURES / "hh.jsonl"),
             "--probes",
             "3",
             "--pairs",
@@ -207,7 +207,7 @@ def test_sharpness_on_a_lora_run_directory(tmp_path, cli_env):
     assert r.returncode == 0, r.stderr[-2000:]
     assert (run / "adapter_config.json").exists() and not (run / "config.json").exists()
     out = tmp_path / "s.json"
-    cmd = [sys.executable, "-m", "logitsam", "sharpness", "--model", str(run), "--data", "tests/fixtures/hh.jsonl",
+    cmd = [sys.executable, "-m", "logitsam", "sharpness", "--model", str(run), "--data", str(FIXTURES / "hh.jsonl"),
            "--probes", "2", "--pairs", "2", "--out", str(out)]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True, env=cli_env, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -8,14 +8,14 @@ import sys
 
 import pytest
 
-from conftest import ROOT, TINY_CPU
+from conftest import FIXTURES, ROOT, TINY_CPU
 from logitsam.core.logprobs import IGNORE_INDEX
 from logitsam.data.batching import PreferenceCollator, tokenize_examples
 from logitsam.data.examples import load_examples, parse_row
 from logitsam.errors import DataError
 from logitsam.models import tiny_tokenizer
 
-FIX = "tests/fixtures"
+FIX = str(FIXTURES)
 
 
 def test_explicit_jsonl_json_csv_agree():

@@ -3,12 +3,12 @@
 
 import pytest
 import torch
+from test_fused_head import brute, check, fused, make
 
 from logitsam.core.registry import LOSSES, resolve_hparams
 from logitsam.fused import FUSED_METHODS, FusedMethod, choose_fused_method, fused_method_costs
 from logitsam.fused.methods import check_fused_method
 from logitsam.sam.costs import Cost
-from test_fused_head import brute, check, fused, make
 
 
 class DenseEps:

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, TESTS
 
 pytestmark = pytest.mark.slow  # trains or launches processes: `pytest -m 'not slow'` skips it
 
@@ -39,7 +39,7 @@ def test_two_process_ddp_on_cpu(tmp_path, launcher, sam):
 def run(launcher, out_dir, *overrides):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), env.get("PYTHONPATH", "")) if p)
-    cmd = [*LAUNCHERS[launcher], "tests/dist_worker.py", str(out_dir), *overrides]
+    cmd = [*LAUNCHERS[launcher], str(TESTS / "dist_worker.py"), str(out_dir), *overrides]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "terminate called" not in out.stderr
@@ -61,7 +61,7 @@ def test_fsdp2_on_two_cpu_processes_fuses_and_matches_ddp(tmp_path, rho, reshard
     "explicit": the root reshards after forward, so the objective must gather the head itself."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), env.get("PYTHONPATH", "")) if p)
-    cmd = [*LAUNCHERS["torchrun"], "tests/fsdp2_worker.py", str(tmp_path), rho, reshard, method]
+    cmd = [*LAUNCHERS["torchrun"], str(TESTS / "fsdp2_worker.py"), str(tmp_path), rho, reshard, method]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     recs = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]

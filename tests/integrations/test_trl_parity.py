@@ -16,6 +16,7 @@ import logging
 import pytest
 import torch
 
+from conftest import FIXTURES
 from logitsam.config.schema import SamConfig
 from logitsam.core.logprobs import IGNORE_INDEX
 from logitsam.core.registry import get_loss, resolve_hparams
@@ -29,7 +30,7 @@ logging.getLogger("transformers").setLevel(logging.ERROR)
 
 
 def rows(n=4):
-    with open("tests/fixtures/explicit.jsonl") as f:
+    with open(str(FIXTURES / "explicit.jsonl")) as f:
         return [json.loads(line) for line in f][:n]
 
 

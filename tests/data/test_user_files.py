@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import TINY_CPU
+from conftest import FIXTURES, TINY_CPU
 from logitsam import cli
 from logitsam.training import manifest
 from logitsam.training.rundir import LOCK_NAME
@@ -60,7 +60,7 @@ def test_a_lora_runs_readme_is_our_card(tmp_path):
     assert not (out / "MODEL_CARD.md").exists() and "adapter_model.safetensors" in manifest.read(str(out)).files
 
 
-FIXTURE = "tests/fixtures/explicit.jsonl"
+FIXTURE = str(FIXTURES / "explicit.jsonl")
 SMALL = ["--limit", "2", "--max-new-tokens", "2", "--batch-size", "2"]
 
 
@@ -101,7 +101,7 @@ def test_a_model_labelled_baseline_keeps_the_baselines_samples(tmp_path, monkeyp
     tok = tiny_tokenizer()
     tiny_model(len(tok), seed=1).save_pretrained("baseline")
     tok.save_pretrained("baseline")
-    fixture = os.path.join(os.path.dirname(__file__), "fixtures", "explicit.jsonl")
+    fixture = str(FIXTURES / "explicit.jsonl")
     argv = ["evaluate", "--model", "baseline", "--model", "tiny-random", "--baseline", "tiny-random",
             "--prompts", fixture, "--out", "ev", *SMALL]  # fmt: skip
     assert cli.main(argv) == 0

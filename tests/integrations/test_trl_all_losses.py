@@ -9,7 +9,6 @@ their WPO values are checked by hand in test_losses_trl and through the fused he
 
 import pytest
 import torch
-
 from test_trl_integration import dpo_trainer, models, rel, step
 
 trl = pytest.importorskip("trl")

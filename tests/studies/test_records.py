@@ -5,6 +5,7 @@ import math
 
 import pytest
 
+from conftest import ROOT
 from experiments.records import checksum, record_problem, verify_record, write_record
 from logitsam.errors import UserError
 
@@ -63,7 +64,7 @@ def test_a_record_without_a_checksum_is_refused(tmp_path):
 def test_the_committed_records_verify():
     import glob
 
-    paths = glob.glob("results/**/record.json", recursive=True)
+    paths = glob.glob(str(ROOT / "results" / "**" / "record.json"), recursive=True)
     assert paths
     for p in paths:
         with open(p, encoding="utf-8") as f:

@@ -22,6 +22,7 @@ from logitsam.models import tiny_model, tiny_tokenizer
 
 trl = pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")
+from conftest import FIXTURES  # noqa: E402
 from logitsam.integrations.trl import UnsupportedTrlSetting, trl_loss, with_logits_sam  # noqa: E402
 
 pytestmark = pytest.mark.slow  # trains or launches processes: `pytest -m 'not slow'` skips it
@@ -34,7 +35,7 @@ EQUAL_LENGTHS = [
 
 
 def rows(n=4):
-    with open("tests/fixtures/explicit.jsonl") as f:
+    with open(str(FIXTURES / "explicit.jsonl")) as f:
         return [json.loads(line) for line in f][:n]
 
 

@@ -13,7 +13,7 @@ from logitsam.evaluation.judges import PAIRWISE_PROMPTS
 from logitsam.evaluation.options import JUDGE_TASKS
 from logitsam.evaluation.winrate import bootstrap
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "configs" / "tiny-cpu.yaml")
 FIXTURE = str(ROOT / "tests" / "fixtures" / "explicit.jsonl")
 

@@ -15,7 +15,7 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from conftest import TINY_CPU
+from conftest import FIXTURES, TINY_CPU
 from logitsam.config import schema as C
 from logitsam.core.registry import LOSSES
 from logitsam.data.batching import PreferenceCollator, tokenize_examples
@@ -178,7 +178,7 @@ def _values_for(f: dataclasses.Field) -> st.SearchStrategy:
         "int": st.integers(-3, 2000) | NUMBERS,
         "float": st.floats() | NUMBERS,
         "str": st.sampled_from(WORDS) | text,
-        "list": st.lists(st.sampled_from(["tests/fixtures/explicit.jsonl", "none", "wandb", ""]) | text, max_size=2),
+        "list": st.lists(st.sampled_from([str(FIXTURES / "explicit.jsonl"), "none", "wandb", ""]) | text, max_size=2),
         "dict": loss_params,
         "None": st.none(),
     }

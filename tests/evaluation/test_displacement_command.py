@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from conftest import TINY_CPU
+from conftest import FIXTURES, TINY_CPU
 from logitsam import cli
 from logitsam.config import ModelConfig
 from logitsam.data.batching import PreferenceCollator, tokenize_examples
@@ -16,7 +16,7 @@ from logitsam.diagnostics.ches import ches_scores
 from logitsam.evaluation.displacement import spearman, trained_model_of
 from logitsam.models import load_model, load_tokenizer, tiny_model
 
-FIXTURE = "tests/fixtures/explicit.jsonl"
+FIXTURE = str(FIXTURES / "explicit.jsonl")
 
 
 def test_spearman_by_hand():

@@ -5,13 +5,13 @@ against brute force and the full-logits path in float64."""
 import pytest
 import torch
 import torch.nn.functional as F
+from test_trainer_sam import V, batch, brute, grads_of, rel_all
 
 from logitsam import losses as L
 from logitsam.core.losses import LossOutput, PreferenceLogps
 from logitsam.core.objective import Objective
 from logitsam.core.registry import BUILTIN, _probe
 from logitsam.models import tiny_model
-from test_trainer_sam import V, batch, brute, grads_of, rel_all
 
 
 def normalised(inp: PreferenceLogps, *, beta: float = 0.5) -> LossOutput:

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from conftest import tiny_config
+from conftest import FIXTURES, tiny_config
 from logitsam.config import schema as C
 from logitsam.errors import ConfigError, DataError
 from logitsam.training.run import train
@@ -138,7 +138,7 @@ def test_resuming_a_finished_run_changes_nothing(run_dir):
 def test_resume_on_edited_data_is_refused_and_changes_nothing(run_dir, tmp_path):
     """Editing the data file between a kill and the resume would continue on other data."""
     data = tmp_path / "data.jsonl"
-    shutil.copy("tests/fixtures/explicit.jsonl", data)
+    shutil.copy(str(FIXTURES / "explicit.jsonl"), data)
     first = run_dir.parent / "first"
     train(cfg_for(first, f"--data.train_files=[{data}]"))
     shutil.rmtree(first / "checkpoint-6")  # as if killed before its last save
