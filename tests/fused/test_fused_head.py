@@ -65,7 +65,7 @@ def fused(spec, params, h, w, b, labels, ref, scores, rho, method, chunk_rows, e
     bc = None if b is None else b.detach().clone().requires_grad_()
     plan = plan_rows(labels, chunk_rows, ignore_index=IGNORE_INDEX)
 
-    def pair_losses(pairs, sc, sr):
+    def pair_losses(pairs, sc, sr, _aux):
         return spec.fn(subset_logps(pairs, sc, sr, lengths, r, scores), **params).losses
 
     # whole_batch as the objective sets it (TRL's aot, aot_unpaired, sft couple pairs)
@@ -140,7 +140,7 @@ def test_no_bias_tied_weight_and_bias_less_rows():
         lengths = (labels != IGNORE_INDEX).sum(-1)
         if fused_path:
             plan = plan_rows(labels, 3, ignore_index=IGNORE_INDEX)
-            pl = lambda p, c, r: spec.fn(subset_logps(p, c, r, lengths, ref, scores), **params).losses  # noqa: E731
+            pl = lambda p, c, r, _aux: spec.fn(subset_logps(p, c, r, lengths, ref, scores), **params).losses  # noqa: E731
             job = FusedJob(plan, labels.shape[0] // 2, pl, 0.2, "gram")
             sums, _ = fused_sequence_sums(hh.reshape(-1, hh.shape[-1])[plan.rows], wc, None, job)
         else:
@@ -217,7 +217,7 @@ def test_adaptive_matches_brute_force(name, rho, path):
         bc = b.detach().clone().requires_grad_()
         # auto keeps weight's V×d within one chunk of float32 logits: large chunks -> weight, 1-row chunks -> chunked
         plan = plan_rows(labels, 10_000 if path == "fused" else 1, ignore_index=IGNORE_INDEX)
-        pl = lambda p, c, r: spec.fn(subset_logps(p, c, r, lengths, ref, scores), **params).losses  # noqa: E731
+        pl = lambda p, c, r, _aux: spec.fn(subset_logps(p, c, r, lengths, ref, scores), **params).losses  # noqa: E731
         method = "auto"
         job = FusedJob(plan, labels.shape[0] // 2, pl, rho, method, adaptive=True)
         sums, res = fused_sequence_sums(hc.reshape(-1, hc.shape[-1])[plan.rows], wc, bc, job)

@@ -30,7 +30,7 @@ def _peak(method: str, rho: float, amp: torch.dtype | None) -> tuple[int, torch.
     lengths = (labels != IGNORE_INDEX).sum(-1)
     ref = torch.full((2 * B,), -200.0)
     plan = plan_rows(labels, 16, ignore_index=IGNORE_INDEX)
-    job = FusedJob(plan, B, lambda p, c, r: spec.fn(subset_logps(p, c, r, lengths, ref, (None, None)), **params).losses,
+    job = FusedJob(plan, B, lambda p, c, r, _aux: spec.fn(subset_logps(p, c, r, lengths, ref, (None, None)), **params).losses,
                    rho, method)  # fmt: skip
     rows = h.reshape(-1, D)[plan.rows].requires_grad_()
     w.grad = torch.zeros_like(w)  # the parameter gradient exists already (steps after the first)

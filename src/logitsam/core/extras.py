@@ -6,8 +6,9 @@
   one sweep, the rows themselves unchanged (a row of the 2S × T matrix is row ``r mod S·T`` of the batch).
 - WPO (``use_weighting``): per sequence, the detached mean over response tokens of
   log p(y_t) − log Σ_v p(v)² of the clean policy. log Σ_v p(v)² needs the whole vocabulary of every
-  scored row: from the logits when the model made them, else one head product over the scored rows
-  here (no gradient, ``chunk_rows`` rows at a time, the logits never whole).
+  scored row: on the logits path from the model's logits (:func:`wpo_log_weights`); on the fused path
+  the clean sweep measures it on the tiles it already holds (fused/sweep.py: ``SweepSpec.aligned``),
+  so WPO adds no head product there.
 """
 
 from __future__ import annotations
@@ -44,38 +45,21 @@ def _aligned(z: Tensor, y: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def wpo_log_weights(
-    labels: Tensor,
-    *,
-    logits: Tensor | None = None,
-    hidden: Tensor | None = None,
-    weight: Tensor | None = None,
-    bias: Tensor | None = None,
-    chunk_rows: int | None = None,
-) -> Tensor:
+def wpo_log_weights(labels: Tensor, logits: Tensor, *, chunk_rows: int | None = None) -> Tensor:
     """(S,) WPO's log-weight per sequence: mean over its scored tokens of log p(y_t) − log Σ_v p(v)²
     (Zhou et al. 2024, eq. 2; TRL's ``aligned_logps``), detached.
 
-    labels: (S, T) shifted, −100 unscored; either ``logits`` (S, T, V) or ``hidden`` (S·T, d) with the head
-    ``weight`` (V, d) and ``bias`` (V,) or None (then the scored rows' logits are made ``chunk_rows`` at a time).
+    labels: (S, T) shifted, −100 unscored; logits (S, T, V), read ``chunk_rows`` scored rows at a time
+    (the fused path measures the same in its sweep, fused/sweep.py).
     """
-    if logits is not None:
-        v, dtype = logits.shape[-1], logits.dtype
-    elif hidden is not None and weight is not None:
-        v, dtype = weight.shape[0], weight.dtype
-    else:
-        raise ValueError("wpo_log_weights needs logits, or hidden states with the head weight")
+    v, dtype = logits.shape[-1], logits.dtype
     s, t = labels.shape
     flat = labels.reshape(-1)
     rows = (flat != IGNORE_INDEX).nonzero().squeeze(-1)
     step = chunk_rows or chunk_rows_for(v, rows.device)
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     total = torch.zeros(s, dtype=acc, device=labels.device)
+    flat_logits = logits.reshape(-1, v)
     for idx in rows.split(step):
-        if logits is not None:
-            z = logits.reshape(-1, v)[idx]
-        else:
-            assert hidden is not None and weight is not None  # checked above
-            z = F.linear(hidden[idx], weight, bias)
-        total.index_add_(0, idx // t, _aligned(z, flat[idx]).to(acc))
+        total.index_add_(0, idx // t, _aligned(flat_logits[idx], flat[idx]).to(acc))
     return total / (flat != IGNORE_INDEX).reshape(s, t).sum(-1).clamp(min=1)

@@ -30,7 +30,7 @@ from logitsam.core.logprobs import IGNORE_INDEX, chunk_rows_for, sequence_logps,
 from logitsam.core.losses import LossOutput, PreferenceLogps
 from logitsam.core.metrics import preference_metrics, top_token_prob
 from logitsam.core.registry import LossSpec, resolve_hparams
-from logitsam.fused import FusedJob, fused_sequence_sums, plan_rows
+from logitsam.fused import FusedJob, SweepAux, fused_sequence_sums, plan_rows
 from logitsam.sam.common import check_method, check_rho, sam_metrics
 from logitsam.sam.logits import logits_sam_loss
 
@@ -179,39 +179,46 @@ class Objective:
         # pair k = sequence k's shared part and tail); a pair's loss needs four of them, so whole batch.
         split = "shared" in self.extras
 
-        def with_shared(raw: Tensor) -> tuple[Tensor, Extra]:
-            return (raw[:n] + raw[n:], {**extra, "shared": raw[:n]}) if split else (raw, extra)
+        wpo = "wpo" in self.extras  # WPO: the clean sweep sums log p(y_t) − log Σ_v p(v)² per sequence
 
-        def pair_losses(pairs: Tensor, sc: Tensor, sr: Tensor) -> Tensor:
+        def extras_of(aux: SweepAux) -> Extra:
+            if not wpo:
+                return extra
+            assert aux.aligned is not None  # the job asks the sweep for them
+            al = aux.aligned.detach()  # the clean weights, held fixed under logits-SAM: a mean per sequence
+            return {**extra, "wpo": (al[:n] + al[n:] if split else al) / lengths}
+
+        def with_shared(raw: Tensor, aux: SweepAux) -> tuple[Tensor, Extra]:
+            ex = extras_of(aux)
+            return (raw[:n] + raw[n:], {**ex, "shared": raw[:n]}) if split else (raw, ex)
+
+        def pair_losses(pairs: Tensor, sc: Tensor, sr: Tensor, aux: SweepAux) -> Tensor:
             if split:  # always every virtual pair (whole_batch): (shared sums, tail sums) of all S sequences
-                full, ex = with_shared(torch.cat([sc, sr]))
+                full, ex = with_shared(torch.cat([sc, sr]), aux)
                 losses = self.losses(pair_logps(full, lengths, ref, scores, ex)).losses
                 return torch.cat([losses, losses])  # each pair once per virtual pair: sum / 2B = the mean
-            return self.losses(subset_logps(pairs, sc, sr, lengths, ref, scores, extra)).losses
+            ex = extras_of(aux)  # complete for the group's own sequences, the ones subset_logps reads
+            return self.losses(subset_logps(pairs, sc, sr, lengths, ref, scores, ex)).losses
 
         with full_head(model) as head:  # FSDP2: the owning unit unsharded for the sweep only
             rows = self.chunk_rows or chunk_rows_for(head.weight.shape[0], h.device)
             lab = split_labels(labels) if split else labels
             plan = plan_rows(lab, rows, ignore_index=IGNORE_INDEX)
             h_r = h[plan.rows % h.shape[0]]  # row r of the (2S, T) split labels is row r mod S·T of the batch
-            if "wpo" in self.extras:  # clean weights, held fixed under logits-SAM (one head product, no grad)
-                extra = {
-                    **extra,
-                    "wpo": wpo_log_weights(labels, hidden=h, weight=head.weight, bias=head.bias, chunk_rows=rows),
-                }
             need = torch.is_grad_enabled() and (h_r.requires_grad or head.weight.requires_grad)
             job = FusedJob(
                 plan, lab.shape[0] // 2, pair_losses, self.rho if sam_on else 0.0, self.method, need,
                 adaptive=self.adaptive, regather=regather(model),
                 whole_batch=self.spec.batch_coupled or split,  # per-chunk dL/dsums would be another objective
+                aligned=wpo,  # WPO's statistic from the clean sweep's own tiles, no head pass of its own
             )  # fmt: skip
             raw, fused = fused_sequence_sums(h_r, head.weight, head.bias, job)
-            sums, ex = with_shared(raw)
+            sums, ex = with_shared(raw, fused.aux)
         out = self.losses(pair_logps(sums, lengths, ref, scores, ex))
         loss = out.losses.mean()
         assert fused.top_token is not None  # the clean sweep always measures it
         metrics = {"probs/top_token": fused.top_token.float()}
-        clean, clean_ex = with_shared(fused.clean_sums.detach())
+        clean, clean_ex = with_shared(fused.clean_sums.detach(), fused.aux)
         if job.rho != 0:
             with torch.no_grad():
                 clean_out = self.losses(pair_logps(clean, lengths, ref, scores, clean_ex))
@@ -223,7 +230,7 @@ class Objective:
     def _logits(self, model, hidden, logits, labels, lengths, ref, scores, sam_on, sharded, extra) -> ObjectiveOutput:
         shared = shared_labels(labels) if "shared" in self.extras else None
         if "wpo" in self.extras:  # from the clean logits, held fixed under logits-SAM
-            extra = {**extra, "wpo": wpo_log_weights(labels, logits=logits.detach(), chunk_rows=self.chunk_rows)}
+            extra = {**extra, "wpo": wpo_log_weights(labels, logits.detach(), chunk_rows=self.chunk_rows)}
 
         def fn(z: Tensor) -> tuple[Tensor, tuple[LossOutput, Tensor]]:
             lp = token_logps(z, labels)

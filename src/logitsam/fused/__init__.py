@@ -12,14 +12,17 @@ from logitsam.fused.head import FusedJob, FusedResult, compute_dtype, fused_sequ
 from logitsam.fused.methods import FUSED_METHODS, FusedMethod, choose_fused_method, fused_method_costs
 from logitsam.fused.perturbations import Perturbation
 from logitsam.fused.row_plan import RowPlan, plan_rows
+from logitsam.fused.sweep import PairLosses, SweepAux
 
 __all__ = [
     "FUSED_METHODS",
     "FusedJob",
     "FusedMethod",
     "FusedResult",
+    "PairLosses",
     "Perturbation",
     "RowPlan",
+    "SweepAux",
     "choose_fused_method",
     "compute_dtype",
     "fused_method_costs",

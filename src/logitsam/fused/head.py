@@ -25,7 +25,7 @@ result is exact for any use of the sums.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
@@ -34,7 +34,7 @@ from torch import Tensor
 from logitsam.fused.methods import FUSED_METHODS, check_fused_method, choose_fused_method
 from logitsam.fused.perturbations import Perturbation, adapt_, held_dtype, norm_sq_blocks
 from logitsam.fused.products import Scaled, rows_at_vocab
-from logitsam.fused.sweep import SweepSpec, acc_dtype, pair_grad, sweep, whole_batch_grad
+from logitsam.fused.sweep import SweepAux, SweepSpec, acc_dtype, pair_grad, sweep, whole_batch_grad
 from logitsam.fused.vocab import perturbed_sweep_by_vocab
 from logitsam.sam import common
 from logitsam.sam.common import eps_scale
@@ -63,12 +63,14 @@ class FusedJob(SweepSpec):
 @dataclass(frozen=True)
 class FusedResult:
     """What the fused call reports besides the sums: the clean sums (at W; (S,), detached), the mean
-    max-token probability at W (0-d), ‖g‖_F (0-d; logits-SAM only) and the method that ran."""
+    max-token probability at W (0-d), ‖g‖_F (0-d; logits-SAM only), the method that ran and the clean
+    per-sequence statistics the pair losses were given (:class:`~logitsam.fused.sweep.SweepAux`)."""
 
     clean_sums: Tensor
     top_token: Tensor | None
     grad_norm: Tensor | None = None
     method_used: str = ""
+    aux: SweepAux = field(default_factory=SweepAux)
 
 
 class _Pass(NamedTuple):
@@ -124,13 +126,14 @@ def _run(
     w = weight.to(cdt)
     b = None if bias is None else bias.to(cdt)
     if not job.need_grads:
-        sums, _, top = sweep(job, h, w, b, cdt, None, None, top=True)
-        return _Pass(sums, None, None, None, None, FusedResult(sums, top))
+        out = sweep(job, h, w, b, cdt, None, None, top=True)
+        return _Pass(out.sums, None, None, None, None, FusedResult(out.sums, out.top, aux=out.aux))
     d_w = torch.zeros(weight.shape, dtype=weight.dtype, device=weight.device) if weight.requires_grad else None
     d_b = None
     if bias is not None and bias.requires_grad:
         d_b = torch.zeros(bias.shape, dtype=acc, device=bias.device)
     pert, method, clean, top, grad_norm, scale = None, "", None, None, None, None
+    aux: SweepAux | None = None  # the clean statistics: measured by the first clean sweep, then held fixed
     if job.rho != 0:
         method, pert = _make_pert(job, h, v, cdt, d_w is not None)
         # chunked: g accumulates in dW's own buffer (fused/vocab.py), else in the perturbation
@@ -143,8 +146,10 @@ def _run(
                 _add_dw(d_w, dz, h[s:e].to(cdt), acc)
 
         if u_clean is None and job.whole_batch:
-            u_clean = whole_batch_grad(job, h, w, b, cdt, None)
-        clean, u_clean, top = sweep(job, h, w, b, cdt, None, acc_g, top=gout is None, fixed_gout=u_clean)
+            u_clean, aux = whole_batch_grad(job, h, w, b, cdt, None)
+        clean, u_clean, top, aux = sweep(
+            job, h, w, b, cdt, None, acc_g, top=gout is None, fixed_gout=u_clean, aux=aux
+        )
         g = d_w if pert is None else getattr(pert, "g", None)  # (V, d) for methods that hold g
         if job.adaptive:
             assert g is not None  # checked: adaptive rows hold g
@@ -153,8 +158,8 @@ def _run(
         scale, grad_norm = eps_scale(job.rho, norm_sq), norm_sq.sqrt()
         if pert is None:
             assert d_w is not None
-            sums, u, d_h = _sweep_by_vocab(job, h, w, b, cdt, d_w, d_b, scale, gout)
-            res = FusedResult(clean, top, grad_norm, method)
+            sums, u, d_h = _sweep_by_vocab(job, h, w, b, cdt, d_w, d_b, scale, gout, aux)
+            res = FusedResult(clean, top, grad_norm, method, aux)
             return _Pass(sums, u, d_h.to(h.dtype), d_w, _cast(d_b, bias), res, u_clean)
         pert.scale = scale
     d_h = torch.zeros(h.shape, dtype=h.dtype, device=h.device)
@@ -174,12 +179,12 @@ def _run(
 
     want_top = pert is None and gout is None
     if gout is None and job.whole_batch:
-        gout = whole_batch_grad(job, h, w, b, cdt, pert)
-    sums, u, top_now = sweep(job, h, w, b, cdt, pert, grads, top=want_top, fixed_gout=gout)
+        gout, aux = whole_batch_grad(job, h, w, b, cdt, pert, aux)
+    sums, u, top_now, aux = sweep(job, h, w, b, cdt, pert, grads, top=want_top, fixed_gout=gout, aux=aux)
     if pert is None:
-        return _Pass(sums, u, d_h, d_w, _cast(d_b, bias), FusedResult(sums, top_now), u_clean)
+        return _Pass(sums, u, d_h, d_w, _cast(d_b, bias), FusedResult(sums, top_now, aux=aux), u_clean)
     assert clean is not None  # the clean sweep ran
-    res = FusedResult(clean, top, grad_norm, method)
+    res = FusedResult(clean, top, grad_norm, method, aux)
     return _Pass(sums, u, d_h, d_w, _cast(d_b, bias), res, u_clean)
 
 
@@ -197,13 +202,15 @@ def _sweep_by_vocab(
     d_b: Tensor | None,
     scale: Tensor,
     gout: Tensor | None,
+    aux: SweepAux,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The perturbed sweep of ``chunked``: g is in d_w, which leaves holding dW' (fused/vocab.py)."""
+    """The perturbed sweep of ``chunked``: g is in d_w, which leaves holding dW' (fused/vocab.py); the
+    pair losses get the clean sweep's statistics ``aux``."""
     acc = acc_dtype(cdt)
     pairs = torch.arange(job.n_pairs, device=h.device)
 
     def coef_of(sums: Tensor) -> Tensor:
-        return pair_grad(job, pairs, sums) if gout is None else gout.to(acc)
+        return pair_grad(job, pairs, sums, aux) if gout is None else gout.to(acc)
 
     plan = job.plan
     return perturbed_sweep_by_vocab(
