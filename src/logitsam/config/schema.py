@@ -143,7 +143,9 @@ class TrainConfig:
     optim: str = opt("adamw_torch", "transformers' optimizer name")
     logging_steps: int = opt(1, "write a metrics.jsonl record every this many steps")
     save_steps: int = opt(500, "save a checkpoint every this many steps")
-    save_total_limit: int | None = opt(None, "keep only the newest this many checkpoints; null: keep all")
+    save_total_limit: int | None = opt(
+        2, "keep the newest this many checkpoints (2: a spare if the newest is damaged); null: keep all"
+    )
     eval_steps: int | None = opt(None, "evaluate the eval pairs every this many steps; null: only at the end")
     seed: int = opt(42, "seed of the data order and dropout")
     bf16: bool | None = opt(None, "bf16 mixed precision; null: on where the GPU supports it (never on a CPU)")

@@ -24,8 +24,8 @@ from logitsam.data.examples import load_examples
 from logitsam.errors import ConfigError
 from logitsam.training import manifest
 from logitsam.training.checkpoints import checkpoint_step, logged_at_step, resolve_resume, trim_metrics
-from logitsam.training.commit import AtomicCheckpoints
-from logitsam.training.modelcard import saving, write_model_card
+from logitsam.training.commit import AtomicCheckpoints, share_as_umask
+from logitsam.training.modelcard import portable_adapter_config, saving, write_model_card
 from logitsam.training.models import DTYPES, apply_lora, check_lora_targets, load_model, load_reference, load_tokenizer
 from logitsam.training.preflight import build_training_args, check_config, check_optimizer
 from logitsam.training.reference import attach_reference_logps
@@ -38,7 +38,7 @@ from logitsam.training.resume import (
     save_data_fingerprint,
 )
 from logitsam.training.rundir import claim, clear_previous_run, is_main_process
-from logitsam.training.runstate import final_problem, record_final, start_run
+from logitsam.training.runstate import FINAL_FILES, final_problem, record_final, start_run
 from logitsam.training.trainer import PreferenceTrainer
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
+SAVED = (".safetensors", ".bin")  # sharded weights too: what a final save writes with a restrictive mode
 
 
 def loss_setup(cfg: Config) -> tuple[LossSpec, dict[str, Any]]:
@@ -313,12 +314,15 @@ def train_and_save(
     if cfg.train.save_model:
         with saving(trainer.model, out):  # what the save writes is recorded as ours; a user's README.md stays
             trainer.save_model(out)
+        if is_main_process():
+            share_as_umask([os.path.join(out, n) for n in os.listdir(out) if n in FINAL_FILES or n.endswith(SAVED)])
     metrics = dict(result.metrics)
     if trainer.eval_dataset is not None:
         metrics.update(final_evaluation(trainer))
     metrics.update(counts)
     if is_main_process():
         if cfg.train.save_model:
+            portable_adapter_config(out, resolved)
             write_model_card(resolved, {**metrics, "global_step": trainer.state.global_step}, kind=kind)
         save = cfg.train.save_model
         record_final(out, trainer.state.global_step, model=save, card=save)  # last: now the run is finished
