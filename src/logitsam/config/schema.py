@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from logitsam.config.paths import resolve_data_path, resolve_model_path
+from logitsam.config.paths import resolve_data_path, resolve_import_path, resolve_model_path
 from logitsam.config.rules import RULES, no_named_fields
 from logitsam.config.values import DuplicateKeyError, check_value, command_line_value, parse_yaml
 from logitsam.errors import ConfigError
@@ -95,6 +95,8 @@ class LossConfig:
     """Which registered loss and its hyperparameters (unknown keys are rejected by the registry)."""
 
     name: str = opt("dpo", "a registered loss (listed below; `logitsam losses` shows their hyperparameters)")
+    imports: list[str] = opt(doc="modules registering your own losses (register_loss), imported before loss.name is "
+                             "looked up: a module name (current dir searched) or a .py file", factory=list)  # fmt: skip
     beta: float | None = opt(None, "shorthand for loss.params.beta (losses with a β); null: the loss's default")
     params: dict[str, Any] = opt(
         doc="the loss's hyperparameters, e.g. {label_smoothing: 0.1}; unknown keys and out-of-range values are errors",
@@ -280,6 +282,7 @@ PATH_FIELDS: dict[str, Callable[[str, str], str]] = {
     "data.eval_files": resolve_data_path,
     "model.name_or_path": resolve_model_path,
     "model.ref_name_or_path": resolve_model_path,
+    "loss.imports": resolve_import_path,
 }
 
 

@@ -22,6 +22,7 @@ from logitsam.core.registry import HyperparameterError, LossSpec, get_loss, reso
 from logitsam.data.batching import DropCounts, PreferenceCollator, tokenize_examples
 from logitsam.data.examples import load_examples
 from logitsam.errors import ConfigError
+from logitsam.losses import import_loss_modules, loss_import_paths
 from logitsam.training import manifest
 from logitsam.training.checkpoints import checkpoint_step, logged_at_step, resolve_resume, trim_metrics
 from logitsam.training.commit import AtomicCheckpoints, share_as_umask
@@ -54,10 +55,12 @@ def loss_setup(cfg: Config) -> tuple[LossSpec, dict[str, Any]]:
 
     Errors name the config key: ``loss.name``, ``loss.beta`` or ``loss.params.<key>``.
     """
+    import_loss_modules(cfg.loss.imports)
     try:
         spec = get_loss(cfg.loss.name)
     except ValueError as e:
-        raise ConfigError(f"loss.name: {e}") from None
+        hint = "" if cfg.loss.imports else " (a loss of your own: name the module that registers it in loss.imports)"
+        raise ConfigError(f"loss.name: {e}{hint}") from None
     params = numbers_from_text(dict(cfg.loss.params))  # YAML 1.1 reads 1e-4 as a string
     if cfg.loss.beta is not None:
         if "beta" not in spec.defaults:
@@ -203,6 +206,7 @@ def resolved_config(cfg: Config, args: Any, model: Any, n_train: int) -> Config:
     epochs that ``max_steps`` implies, when it is set. Reloading it reproduces the run.
     """
     out = config_mod.resolve_paths(copy.deepcopy(cfg), os.getcwd())
+    out.loss.imports = loss_import_paths(out.loss.imports)  # a module of the current directory: its file
     dtype = next(model.parameters()).dtype
     out.model.dtype = next((k for k, v in DTYPES.items() if v == dtype), str(dtype).removeprefix("torch."))
     t = out.train
