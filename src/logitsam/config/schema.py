@@ -113,7 +113,8 @@ class SamConfig:
     """logits-SAM (mode 'logits', ρ ≠ 0), full-model SAM (mode 'full') or off (ρ = 0)."""
 
     rho: float = opt(
-        0.0, "SAM radius ρ; 0 is off. Positive (the learning rate's sign) counters squeezing; paper: 1e-5 to 1e-3"
+        0.0, "SAM radius ρ; 0 is off, > 0 counters squeezing. Its scale depends on model and loss: pick it by "
+        "sam/rho_g_over_loss (ρ‖g‖/L, logged), e.g. 0.05-0.2; below ~0.01 SAM changes almost nothing (README)"
     )
     mode: str = opt(
         "logits", "logits (perturb the output head only: logits-SAM) or full (every parameter: SAM, two passes)"
