@@ -144,3 +144,28 @@ def test_a_run_that_diverged_before_its_first_checkpoint_says_how_to_start_again
     with pytest.raises(ConfigError, match=r"stopped before its first save\); start it again with --train.overwrite"):
         train(cfg)
     assert (out / "metrics.jsonl").exists()  # nothing lost
+
+
+@pytest.mark.slow
+def test_export_merges_a_lora_run_into_a_plain_model_with_its_card(tmp_path, monkeypatch):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from logitsam.config.schema import ModelConfig
+    from logitsam.training.models import load_model, load_tokenizer
+
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["train", *_args("lora", "--model.lora_r=4", "--model.lora_alpha=64")]) == 0
+    assert cli.main(["export", "lora", "--out", "merged"]) == 0
+    assert not Path("merged/adapter_config.json").exists() and Path("merged/model.safetensors").exists()
+    meta = hub_valid(Path("merged/README.md").read_text())
+    assert meta["library_name"] == "transformers"
+    tok = load_tokenizer(ModelConfig(name_or_path="lora"))
+    ids = tok(["The cafe was"], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        adapters = load_model(ModelConfig(name_or_path="lora", dtype="float32"), vocab_size=len(tok)).eval()(ids).logits
+        plain = AutoModelForCausalLM.from_pretrained("merged").eval()(ids).logits
+        base = load_model(ModelConfig(name_or_path="tiny-random", dtype="float32"), vocab_size=len(tok)).eval()(ids).logits
+    assert torch.allclose(plain, adapters, atol=1e-5) and not torch.allclose(plain, base, atol=1e-4)  # trained, merged
+    assert cli.main(["export", "lora", "--out", "merged"]) == 2  # not over an existing model
+    assert cli.main(["export", "merged", "--out", "again"]) == 2  # a plain model has nothing to merge

@@ -265,3 +265,10 @@ def study(args: argparse.Namespace) -> int:
     from logitsam.experiments.study.command import study_command
 
     return study_command(args, out_dir)
+
+
+def export(args: argparse.Namespace) -> int:
+    from logitsam.training.export import export_merged
+
+    print(f"plain model (LoRA merged) in {export_merged(args.run_dir, args.out)}")
+    return 0
