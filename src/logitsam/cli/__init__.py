@@ -5,6 +5,7 @@ failures.py turns a full disk or a diverged run into one line; Ctrl-C is one lin
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 
@@ -29,6 +30,8 @@ def _main(argv: list[str] | None) -> int:
     if rest and args.command not in ("train", "sft"):  # their overrides are checked (and named) by apply_overrides
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.overrides = rest
+    if not sys.stderr.isatty():  # a log file: no progress bars (Hub, transformers, Trainer); the log lines stay
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     return guarded(lambda: args.func(args))
 
 

@@ -105,7 +105,9 @@ def _drop_foreign_loss_keys(cfg: Any, from_file: Any, overrides: list[str]) -> N
     mismatch there is still an error."""
     from logitsam.config import schema as config_mod
     from logitsam.core.registry import LOSSES
+    from logitsam.losses import import_loss_modules
 
+    import_loss_modules(cfg.loss.imports)  # the losses they register may be the one switched to
     given = {dotted for _, dotted, _ in config_mod.split_overrides(overrides)}
     spec = LOSSES.get(cfg.loss.name)
     if "loss.name" not in given or spec is None or cfg.loss.name == from_file.name:
@@ -252,3 +254,10 @@ def evaluate(args: argparse.Namespace) -> int:
 
     out_dir(args.out, "--out")
     return run(args)
+
+
+def export(args: argparse.Namespace) -> int:
+    from logitsam.training.export import export_merged
+
+    print(f"plain model (LoRA merged) in {export_merged(args.run_dir, args.out)}")
+    return 0

@@ -148,6 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--out", help="write the numbers as JSON here")
     dp.set_defaults(func=commands.displacement)
 
+    ex = sub.add_parser(
+        "export",
+        help="merge a LoRA run directory into a plain model directory (weights, tokenizer, model card)",
+        description="Merge a LoRA run's adapters into their base and save the plain model, loadable by "
+        "transformers alone, with the run's model card (library_name: transformers).",
+    )
+    ex.add_argument("run_dir", metavar="RUN_DIR", help="a LoRA run's train.output_dir")
+    ex.add_argument("--out", required=True, metavar="DIR", help="a new (or empty) directory for the merged model")
+    ex.set_defaults(func=commands.export)
+
     ls = sub.add_parser("losses", help="the registered losses, their hyperparameters, defaults and valid ranges")
     ls.set_defaults(func=commands.losses)
 

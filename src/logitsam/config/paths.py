@@ -40,3 +40,8 @@ def resolve_model_path(name: str, base: str) -> str:
     if name in BUILTIN_MODELS:
         return name
     return _resolve(name, base, (".gguf",))
+
+
+def resolve_import_path(name: str, base: str) -> str:
+    """A ``.py`` file of ``loss.imports`` made absolute against ``base``; module names unchanged."""
+    return _resolve(name, base, (".py",)) if name.endswith(".py") else name

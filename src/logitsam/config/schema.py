@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from logitsam.config.paths import resolve_data_path, resolve_model_path
+from logitsam.config.paths import resolve_data_path, resolve_import_path, resolve_model_path
 from logitsam.config.rules import RULES, no_named_fields
 from logitsam.config.values import DuplicateKeyError, check_value, command_line_value, parse_yaml
 from logitsam.errors import ConfigError
@@ -95,6 +95,8 @@ class LossConfig:
     """Which registered loss and its hyperparameters (unknown keys are rejected by the registry)."""
 
     name: str = opt("dpo", "a registered loss (listed below; `logitsam losses` shows their hyperparameters)")
+    imports: list[str] = opt(doc="modules registering your own losses (register_loss), imported before loss.name is "
+                             "looked up: a module name (current dir searched) or a .py file", factory=list)  # fmt: skip
     beta: float | None = opt(None, "shorthand for loss.params.beta (losses with a β); null: the loss's default")
     params: dict[str, Any] = opt(
         doc="the loss's hyperparameters, e.g. {label_smoothing: 0.1}; unknown keys and out-of-range values are errors",
@@ -116,7 +118,8 @@ class SamConfig:
     """logits-SAM (mode 'logits', ρ ≠ 0), full-model SAM (mode 'full') or off (ρ = 0)."""
 
     rho: float = opt(
-        0.0, "SAM radius ρ; 0 is off. Positive (the learning rate's sign) counters squeezing; paper: 1e-5 to 1e-3"
+        0.0, "SAM radius ρ; 0 is off, > 0 counters squeezing. Its scale depends on model and loss: pick it by "
+        "sam/rho_g_over_loss (ρ‖g‖/L, logged), e.g. 0.05-0.2; below ~0.01 SAM changes almost nothing (README)"
     )
     mode: str = opt(
         "logits", "logits (perturb the output head only: logits-SAM) or full (every parameter: SAM, two passes)"
@@ -148,7 +151,9 @@ class TrainConfig:
     optim: str = opt("adamw_torch", "transformers' optimizer name")
     logging_steps: int = opt(1, "write a metrics.jsonl record every this many steps")
     save_steps: int = opt(500, "save a checkpoint every this many steps")
-    save_total_limit: int | None = opt(None, "keep only the newest this many checkpoints; null: keep all")
+    save_total_limit: int | None = opt(
+        2, "keep the newest this many checkpoints (2: a spare if the newest is damaged); null: keep all"
+    )
     eval_steps: int | None = opt(None, "evaluate the eval pairs every this many steps; null: only at the end")
     seed: int = opt(42, "seed of the data order and dropout")
     bf16: bool | None = opt(None, "bf16 mixed precision; null: on where the GPU supports it (never on a CPU)")
@@ -283,6 +288,7 @@ PATH_FIELDS: dict[str, Callable[[str, str], str]] = {
     "data.eval_files": resolve_data_path,
     "model.name_or_path": resolve_model_path,
     "model.ref_name_or_path": resolve_model_path,
+    "loss.imports": resolve_import_path,
 }
 
 

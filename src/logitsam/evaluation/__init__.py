@@ -1,1 +1,1 @@
-"""Evaluation: batched generation, judges (gold reward, reward model, LLM API), win rates, KL."""
+"""Evaluation: batched generation, judges (a score such as VADER sentiment, a reward model, an LLM), win rates, KL."""

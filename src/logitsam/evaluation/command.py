@@ -14,19 +14,27 @@ from transformers import AutoConfig
 
 from logitsam.config.schema import ModelConfig
 from logitsam.errors import ConfigError
-from logitsam.evaluation.evaluate import EvalSettings, evaluate_models, read_prompts, write_eval_report, written_files
+from logitsam.evaluation.evaluate import (
+    EvalSettings,
+    evaluate_models,
+    read_prompts,
+    uses_chat_template,
+    write_eval_report,
+    written_files,
+)
 from logitsam.evaluation.generation import DecodeSettings
 from logitsam.evaluation.judges import (
-    GoldRewardJudge,
     JudgeError,
     LLMJudge,
     RewardModelJudge,
+    ScoreJudge,
     reward_model_spec,
     vader_reward,
 )
 from logitsam.evaluation.options import JUDGES
 from logitsam.models import check_device, check_model_source, load_tokenizer
 from logitsam.training import manifest
+from logitsam.training.modelcard import add_evaluation
 from logitsam.training.rundir import RunLock
 
 
@@ -40,6 +48,9 @@ def check_chat_template(tokenizer: Any, model: str, why: str) -> None:
         )
 
 
+VADER_NAME = "VADER sentiment of the response (a sentiment judge: it scores positivity, not helpfulness)"
+
+
 def _judge(args: argparse.Namespace) -> tuple[Any, str]:
     """(judge or None, its name for the report); the judge is built here, so a bad spec fails first."""
     spec = args.judge if hasattr(args, "judge") else "none"
@@ -47,7 +58,7 @@ def _judge(args: argparse.Namespace) -> tuple[Any, str]:
     if kind == "none":
         return None, "none"
     if kind == "vader":
-        return GoldRewardJudge(vader_reward()), "VADER compound sentiment (gold reward)"
+        return ScoreJudge(vader_reward()), VADER_NAME
     if kind == "reward_model" and value:
         path, label = reward_model_spec(value)  # PATH@LABEL: the label of a classifier to score
         check_model_source(path, "--judge reward_model:PATH")
@@ -124,6 +135,24 @@ def _locked(out: str) -> Iterator[None]:
         lock.release()
 
 
+def card_section(res: dict[str, Any], label: str, judge_name: str, prompts: str, report: str) -> str:
+    """The evaluation section of a run directory's model card: the win rate with its interval, KL, lengths."""
+    row, n = res["models"][label], len(res["prompts"])
+    name = os.path.basename(os.path.normpath(res["baseline"]))
+    base = "the data's chosen responses" if res["baseline"] == "chosen" else f"samples of `{name}`"
+    w = row["win"]
+    lines = [f"`logitsam evaluate` on {n} prompts of `{os.path.basename(prompts)}` (chat template: "
+             f"{'on' if res['settings']['chat'] else 'off'}), judge: {judge_name}; baseline: {base}.", "",
+             "| win rate % [95% CI] | ties | judge failures | KL | mean words (baseline) |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    kl = f"{row['kl']:.3f}" if "kl" in row else "–"
+    words = sum(row["words"]) / max(1, len(row["words"]))
+    bw = res.get("baseline_words") or []
+    lines.append(f"| {100 * w['mean']:.1f} [{100 * w['low']:.1f}, {100 * w['high']:.1f}] | {row.get('ties', '–')} | "
+                 f"{row.get('failures', '–')} | {kl} | {words:.1f} ({sum(bw) / max(1, len(bw)):.1f}) |")  # fmt: skip
+    return "\n".join(lines) + f"\n\nThe whole report: `{report}` where it was evaluated."
+
+
 def _check_numbers(args: argparse.Namespace) -> None:
     checks = [
         ("--max-new-tokens", args.max_new_tokens, args.max_new_tokens >= 1, "≥ 1"),
@@ -152,13 +181,16 @@ def run(args: argparse.Namespace) -> int:
     for option, m in (("--baseline", baseline), ("--reference", reference)):
         if m not in (None, "chosen"):
             check_model_source(m, option)
+    if args.chat is None:  # as training renders the prompts: the template for message lists, else as written
+        args.chat = uses_chat_template(args.prompts)
     if args.chat:  # before anything is sampled or written
         for m in [*args.model, *([baseline] if baseline != "chosen" else [])]:
             check_chat_template(load_tokenizer(ModelConfig(name_or_path=m, dtype=args.dtype)), m, "--chat")
     judge, judge_name = _judge(args)
     if judge is not None and baseline == "chosen" and any(c is None for c in chosen):
         raise ConfigError(f"--baseline chosen: {args.prompts} has no 'chosen' response for every prompt")
-    planned = written_files(args.model, judged=judge is not None, baseline=baseline)
+    samples_only = args.command == "generate"
+    planned = written_files(args.model, judged=judge is not None, baseline=baseline, samples_only=samples_only)
     with _locked(args.out):
         _claim_out(args.out, args.overwrite, planned, args.prompts)
         _evaluate(args, prompts, chosen, baseline, reference, judge, judge_name)
@@ -167,15 +199,25 @@ def run(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace, prompts: list[str], chosen: list[str | None], baseline: str,
               reference: str | None, judge: Any, judge_name: str) -> None:  # fmt: skip
-    greedy = args.temperature == 0
+    greedy = args.temperature == 0  # recorded as given: temperature 0, do_sample false
     decode = DecodeSettings(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature if not greedy else 1.0,
-        top_p=args.top_p, do_sample=not greedy,
-    )  # fmt: skip
-    s = EvalSettings(decode, args.seed, args.batch_size, args.chat, args.device, args.dtype)
-    res = evaluate_models(
-        args.model, prompts, args.out, chosen=chosen, baseline=baseline, judge=judge, reference=reference, settings=s
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, do_sample=not greedy
     )
-    print(f"report: {write_eval_report(args.out, res, judge_name)} (samples in {args.out}/samples)")
+    s = EvalSettings(decode, args.seed, args.batch_size, args.chat, args.device, args.dtype)
+    samples_only = args.command == "generate"
+    res = evaluate_models(
+        args.model, prompts, args.out, chosen=chosen, baseline=baseline, judge=judge, reference=reference, settings=s,
+        samples_only=samples_only,
+    )  # fmt: skip
+    if samples_only:
+        print(f"samples in {args.out}/samples (chat template: {'on' if args.chat else 'off'})")
+        return
+    report = write_eval_report(args.out, res, judge_name)
+    print(f"report: {report} (samples in {args.out}/samples)")
+    if judge is not None:
+        for label, row in res["models"].items():
+            card = add_evaluation(row["model"], card_section(res, label, judge_name, args.prompts, report))
+            if card:
+                print(f"model card: {card} (evaluation section)")
     for warning in res.get("warnings", []):  # a judge that failed or tied on most pairs
         print(f"WARNING: {warning}", file=sys.stderr)

@@ -69,6 +69,17 @@ def read_prompts(path: str) -> tuple[list[str], list[str | None]]:
     return prompts, chosen
 
 
+def uses_chat_template(path: str) -> bool:
+    """Whether training would render this prompt file's prompts with the chat template: rows whose prompt is
+    a message list (conversational / UltraFeedback data); text prompts and ``.txt`` files are used as written."""
+    if path.endswith(".txt"):
+        return False
+    rows = list(read_rows(path))
+    if all(isinstance(r, dict) and isinstance(r.get("prompt"), str) and "rejected" not in r for _, r in rows):
+        return False
+    return any(isinstance(e.prompt, list) for e in load_examples([path]))
+
+
 def _from_examples(path: str) -> tuple[list[str], list[str | None]]:
     prompts = []
     examples = load_examples([path])
@@ -106,7 +117,7 @@ def _sample(model: Any, tok: Any, prompts: list[str], s: EvalSettings, name: str
 def write_samples(path: str, prompts: list[str], samples: list[str], model: str, s: EvalSettings) -> None:
     """One JSON object per prompt: index, prompt, response, model and the decoding that made it."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    meta = {"model": model, "seed": s.seed, **asdict(s.decode)}
+    meta = {"model": model, "seed": s.seed, "chat": s.chat, **asdict(s.decode)}
     with open(path + ".tmp", "w", encoding="utf-8") as f:
         for i, (p, r) in enumerate(zip(prompts, samples, strict=True)):
             f.write(json.dumps({"index": i, "prompt": p, "response": r, **meta}) + "\n")
@@ -123,11 +134,12 @@ def evaluate_models(
     judge: Any = None,
     reference: str | None = None,
     settings: EvalSettings | None = None,
+    samples_only: bool = False,
 ) -> dict[str, Any]:
     """Sample every model on ``prompts`` into ``out/samples``; with a judge, win rates against ``baseline``
     ("chosen": the data's chosen responses, else a model whose samples are the baseline) and KL to
     ``reference`` (default: the baseline model; none when the baseline is "chosen" and no reference is
-    given). Returns the results (also in ``out/results.json``)."""
+    given). Returns the results (also in ``out/results.json``, unless ``samples_only``: ``generate``)."""
     s = settings or EvalSettings()
     res: dict[str, Any] = {"prompts": prompts, "baseline": baseline, "settings": asdict(s), "models": {}}
     base_texts: list[str] | None = None
@@ -154,6 +166,9 @@ def evaluate_models(
         row["words"] = [len(t.split()) for t in texts]
         if judge is not None and base_texts is not None:
             row["outcomes"] = [float(x) for x in judge.compare(prompts, texts, base_texts)]
+            scores = getattr(judge, "last_scores", None)  # a scoring judge's own numbers, per prompt
+            if scores is not None:
+                row["judge_scores"], res["baseline_scores"] = list(scores[0]), list(scores[1])
             row["win"] = bootstrap(row["outcomes"], seed=s.seed).to_dict()
             row.update(judge_counts(row["outcomes"], texts, base_texts, getattr(judge, "last", None)))
             warning = judge_warning(label, row)
@@ -167,7 +182,8 @@ def evaluate_models(
         del model
     if base_texts is not None:
         res["baseline_words"] = [len(t.split()) for t in base_texts]
-    _write_json(os.path.join(out, "results.json"), res)
+    if not samples_only:
+        _write_json(os.path.join(out, "results.json"), res)
     return res
 
 
@@ -186,9 +202,11 @@ def sample_labels(models: list[str]) -> list[str]:
     return out
 
 
-def written_files(models: list[str], *, judged: bool, baseline: str = "chosen") -> list[str]:
+def written_files(
+    models: list[str], *, judged: bool, baseline: str = "chosen", samples_only: bool = False
+) -> list[str]:
     """The files (relative to ``out``) that :func:`evaluate_models` and :func:`write_eval_report` write."""
-    names = ["results.json", "report.md", *(["win_rates.png"] if judged else [])]
+    names = [] if samples_only else ["results.json", "report.md", *(["win_rates.png"] if judged else [])]
     sampled = [*sample_labels(models), *([BASELINE] if judged and baseline != "chosen" else [])]
     return names + [os.path.join("samples", f"{label}.jsonl") for label in sampled]
 

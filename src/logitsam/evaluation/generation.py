@@ -50,7 +50,7 @@ def generate(
     ids_out: list[tuple[list[int], list[int]]] = []
     gen = torch.Generator(device="cpu").manual_seed(seed)
     try:
-        for s in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
+        for s in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False, disable=None):  # no bar on a non-TTY
             chunk = prompts[s : s + batch_size]
             if chat:
                 chunk = [

@@ -1,7 +1,8 @@
 """Judges behind one interface: ``compare(prompts, a, b)`` -> P(a beats b) per prompt, in [0, 1].
 
-- :class:`GoldRewardJudge`: any callable reward r(prompt, response) (e.g. VADER sentiment);
-  a beats b when r(a) > r(b), ties count 1/2. Also ``score`` for mean-reward curves.
+- :class:`ScoreJudge` (alias ``GoldRewardJudge``): any callable score r(prompt, response) (e.g. VADER
+  sentiment: a sentiment judge, right for sentiment tasks, blind to helpfulness); a beats b when r(a) > r(b),
+  ties count 1/2. Also ``score`` for mean-reward curves.
 - :class:`RewardModelJudge`: a local HF sequence-classification reward model (one score: a scalar head or
   a named label; left-truncated so responses are never cut away, truncations counted in ``last``).
 - :class:`LLMJudge`: an OpenAI-compatible chat API (base URL, model, key from arguments or the
@@ -47,17 +48,23 @@ def _from_scores(ra: Sequence[float], rb: Sequence[float]) -> list[float]:
     return [1.0 if x > y else 0.0 if x < y else 0.5 for x, y in zip(ra, rb, strict=True)]
 
 
-class GoldRewardJudge:
-    """Pairwise judge from a pointwise gold reward ``reward(prompt, response) -> float``."""
+class ScoreJudge:
+    """Pairwise judge from a pointwise score ``reward(prompt, response) -> float`` (it measures what the
+    function measures: VADER's is sentiment). ``last_scores``: (scores of a, scores of b) of the last compare."""
 
     def __init__(self, reward: Callable[[str, str], float]) -> None:
         self.reward = reward
+        self.last_scores: tuple[list[float], list[float]] | None = None
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         return [float(self.reward(p, r)) for p, r in zip(prompts, responses, strict=True)]
 
     def compare(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> list[float]:
-        return _from_scores(self.score(prompts, a), self.score(prompts, b))
+        self.last_scores = (self.score(prompts, a), self.score(prompts, b))
+        return _from_scores(*self.last_scores)
+
+
+GoldRewardJudge = ScoreJudge  # the old name (the studies' VADER is their task's defined reward)
 
 
 def vader_reward() -> Callable[[str, str], float]:
@@ -117,6 +124,7 @@ class RewardModelJudge:
         self.model.to(self.device)
         self.batch_size = batch_size
         self.last = JudgeReport()
+        self.last_scores: tuple[list[float], list[float]] | None = None  # (a, b) of the last compare
 
     def _lengths(self, texts: list[str]) -> list[int]:
         return [len(ids) for ids in self.tokenizer(texts, verbose=False)["input_ids"]]
@@ -143,7 +151,8 @@ class RewardModelJudge:
             report.truncated = sum(max(n) > self.max_length for n in zip(*full, strict=True))
             report.responses_cut = sum(max(n) > self.max_length for n in zip(*alone, strict=True))
         self.last = report
-        return _from_scores(self.score(prompts, a), self.score(prompts, b))
+        self.last_scores = (self.score(prompts, a), self.score(prompts, b))
+        return _from_scores(*self.last_scores)
 
 
 def _score_label(path: str, config: Any, label: str | None) -> tuple[int, bool]:

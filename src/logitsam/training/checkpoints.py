@@ -262,7 +262,8 @@ def resolve_resume(output_dir: str, value: str | bool | None, *, allow_incomplet
     if value is True or (isinstance(value, str) and value.strip().lower() == "last"):
         candidates = list_checkpoints(output_dir)
         if not candidates:
-            raise ConfigError(f"{KEY}: no checkpoint-N directory in {output_dir!r} to resume from")
+            raise ConfigError(f"{KEY}: no checkpoint-N directory in {output_dir!r} to resume from (the run there "
+                              "stopped before its first save); start it again with --train.overwrite_output_dir=true")
         found = {}  # each judged once: judging reads every file whole
         for path in candidates:
             found[path] = checkpoint_problems(path)

@@ -61,6 +61,21 @@ def digest_or_none(path: str, digest: Callable[[str], str] = sampled_digest) -> 
         return None
 
 
+def share_as_umask(paths: list[str]) -> None:
+    """Give files the mode the umask allows (0666 & ~umask), as a plain ``open`` would: the pinned safetensors
+    writes weights 0600, so teammates on a shared disk could not read a run's model or checkpoints."""
+    mask = os.umask(0)
+    os.umask(mask)
+    mode = 0o666 & ~mask
+    for path in paths:
+        try:
+            st = os.lstat(path)
+            if os.path.isfile(path) and not os.path.islink(path) and st.st_mode & 0o777 != mode | (st.st_mode & 0o111):
+                os.chmod(path, mode | (st.st_mode & 0o111 & ~mask))
+        except OSError:  # a file of another user, a vanished file: left as it is
+            pass
+
+
 def _fsync(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -114,6 +129,7 @@ class AtomicCheckpoints(TrainerCallback):
                 if name.startswith((MARKER, SAVING)):
                     continue
                 if rel == own_rng or (args.process_index == 0 and not rng.fullmatch(rel)):
+                    share_as_umask([full])
                     _fsync(full)
                     sizes[rel] = os.path.getsize(full)
                     digests[rel] = file_sha256(full)

@@ -33,6 +33,7 @@ CONSOLE_FIELDS: tuple[tuple[str, str, int | None], ...] = (
     ("probs/top_token", "top token", None),
     ("sam/loss_post", "sam loss", 4),
     ("sam/eps_norm", "sam eps", None),
+    ("sam/rho_g_over_loss", "ρ‖g‖/L", None),
     ("grad_norm", "grad", None),
     ("learning_rate", "lr", None),
 )

@@ -19,6 +19,7 @@ import enum
 import importlib.util
 import inspect
 import os
+import sys
 import typing
 from collections.abc import Callable
 from typing import Any
@@ -78,6 +79,7 @@ def training_kwargs(t: TrainConfig, has_eval: bool, checkpointing: bool = False)
         use_cpu=not on_gpu,
         dataloader_num_workers=t.dataloader_num_workers,
         ddp_find_unused_parameters=False,
+        disable_tqdm=not sys.stderr.isatty(),  # a log file gets the compact log lines, not progress-bar redraws
     )
     if t.gradient_checkpointing or checkpointing:  # renamed in transformers 5 (gradient_ -> activation_)
         params = inspect.signature(TrainingArguments.__init__).parameters

@@ -23,11 +23,12 @@ from logitsam.core.registry import HyperparameterError, LossSpec, get_loss, reso
 from logitsam.data.batching import DropCounts, PreferenceCollator, tokenize_examples
 from logitsam.data.examples import load_examples
 from logitsam.errors import ConfigError
+from logitsam.losses import import_loss_modules, loss_import_paths
 from logitsam.models import DTYPES, apply_lora, check_lora_targets, load_model, load_reference, load_tokenizer
 from logitsam.training import manifest
 from logitsam.training.checkpoints import checkpoint_step, logged_at_step, resolve_resume, trim_metrics
-from logitsam.training.commit import AtomicCheckpoints
-from logitsam.training.modelcard import saving, write_model_card
+from logitsam.training.commit import AtomicCheckpoints, share_as_umask
+from logitsam.training.modelcard import portable_adapter_config, saving, write_model_card
 from logitsam.training.preflight import build_training_args, check_config, check_optimizer
 from logitsam.training.reference import attach_reference_logps
 from logitsam.training.resume import (
@@ -39,7 +40,7 @@ from logitsam.training.resume import (
     save_data_fingerprint,
 )
 from logitsam.training.rundir import claim, clear_previous_run, is_main_process
-from logitsam.training.runstate import final_problem, record_final, start_run
+from logitsam.training.runstate import FINAL_FILES, final_problem, record_final, start_run
 from logitsam.training.trainer import PreferenceTrainer
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
+SAVED = (".safetensors", ".bin")  # sharded weights too: what a final save writes with a restrictive mode
 
 
 def loss_setup(cfg: Config) -> tuple[LossSpec, dict[str, Any]]:
@@ -54,12 +56,14 @@ def loss_setup(cfg: Config) -> tuple[LossSpec, dict[str, Any]]:
 
     Errors name the config key: ``loss.name``, ``loss.beta``, ``loss.params.<key>`` or ``loss.terms[i]``.
     """
+    import_loss_modules(cfg.loss.imports)
     if cfg.loss.name == WEIGHTED or cfg.loss.terms:
         return _weighted_setup(cfg), {}
     try:
         spec = get_loss(cfg.loss.name)
     except ValueError as e:
-        raise ConfigError(f"loss.name: {e}") from None
+        hint = "" if cfg.loss.imports else " (a loss of your own: name the module that registers it in loss.imports)"
+        raise ConfigError(f"loss.name: {e}{hint}") from None
     params = numbers_from_text(dict(cfg.loss.params))  # YAML 1.1 reads 1e-4 as a string
     if cfg.loss.beta is not None:
         if "beta" not in spec.defaults:
@@ -235,6 +239,7 @@ def resolved_config(cfg: Config, args: Any, model: Any, n_train: int) -> Config:
     epochs that ``max_steps`` implies, when it is set. Reloading it reproduces the run.
     """
     out = config_mod.resolve_paths(copy.deepcopy(cfg), os.getcwd())
+    out.loss.imports = loss_import_paths(out.loss.imports)  # a module of the current directory: its file
     dtype = next(model.parameters()).dtype
     out.model.dtype = next((k for k, v in DTYPES.items() if v == dtype), str(dtype).removeprefix("torch."))
     t = out.train
@@ -346,12 +351,15 @@ def train_and_save(
     if cfg.train.save_model:
         with saving(trainer.model, out):  # what the save writes is recorded as ours; a user's README.md stays
             trainer.save_model(out)
+        if is_main_process():
+            share_as_umask([os.path.join(out, n) for n in os.listdir(out) if n in FINAL_FILES or n.endswith(SAVED)])
     metrics = dict(result.metrics)
     if trainer.eval_dataset is not None:
         metrics.update(final_evaluation(trainer))
     metrics.update(counts)
     if is_main_process():
         if cfg.train.save_model:
+            portable_adapter_config(out, resolved)
             write_model_card(resolved, {**metrics, "global_step": trainer.state.global_step}, kind=kind)
         save = cfg.train.save_model
         record_final(out, trainer.state.global_step, model=save, card=save)  # last: now the run is finished

@@ -218,18 +218,29 @@ def claim(output_dir: str, *, resuming: bool, overwrite: bool) -> Iterator[None]
     if not is_main_process():
         yield
         return
+    created = not os.path.lexists(output_dir)
     try:
         os.makedirs(output_dir, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"{KEY}: cannot create {output_dir!r}: {e.strerror or e}") from None
     lock = RunLock(output_dir)
-    lock.acquire()
+    try:
+        lock.acquire()
+    except ConfigError:
+        _remove_if_empty(output_dir, created)
+        raise
     try:
         old = previous_run(output_dir)
         if resuming and overwrite:  # a run's own config.yaml may carry overwrite_output_dir: true
             log.warning("train.overwrite_output_dir is ignored: train.resume_from_checkpoint continues the run "
                         "in %s and removes nothing", output_dir)  # fmt: skip
         if old and not resuming:
+            if not overwrite and not list_checkpoints(output_dir) and not _finished(output_dir):
+                raise ConfigError(
+                    f"{KEY}: {output_dir!r} holds a previous run that saved no checkpoint ({', '.join(old[:4])}): "
+                    "nothing to resume; start again there with --train.overwrite_output_dir=true, or choose "
+                    "another output_dir"
+                )
             if not overwrite:
                 raise ConfigError(
                     f"{KEY}: {output_dir!r} holds a previous run ({', '.join(old[:4])}"
@@ -241,6 +252,25 @@ def claim(output_dir: str, *, resuming: bool, overwrite: bool) -> Iterator[None]
     finally:
         _PENDING_CLEAR.discard(os.path.abspath(output_dir))
         lock.release()
+        _remove_if_empty(output_dir, created)
+
+
+def _finished(output_dir: str) -> bool:
+    """Whether the run state records a final save (runstate.py; read here: runstate imports this module)."""
+    try:
+        with open(os.path.join(output_dir, STATE), encoding="utf-8") as f:
+            return isinstance(json.load(f).get("final"), dict)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _remove_if_empty(output_dir: str, created: bool) -> None:
+    """A start that failed before writing anything leaves no empty output directory behind (only one it made)."""
+    try:
+        if created and not os.listdir(output_dir):
+            os.rmdir(output_dir)
+    except OSError:
+        pass
 
 
 _PENDING_CLEAR: set[str] = set()  # output dirs claimed with overwrite whose previous run is not removed yet

@@ -218,6 +218,10 @@ class PreferenceTrainer(StopOnDivergence, ContinuedRun, Trainer):
             # backward, which Trainer would log): runs with and without SAM compare like with like.
             # The perturbed loss stays under sam/loss_post.
             logs["loss"] = logs["sam/loss_pre"]
+            if logs.get("sam/grad_norm") is not None and logs["sam/loss_pre"]:
+                # ρ‖g‖/L: SAM's first-order loss increase as a fraction of the loss, the scale ρ should be chosen by
+                rho_g = logs.get("sam/eps_norm", 0.0) * logs["sam/grad_norm"]
+                logs["sam/rho_g_over_loss"] = round(rho_g / abs(logs["sam/loss_pre"]), 6)
         super().log(logs, start_time)
 
 
@@ -260,4 +264,5 @@ def last_good_state(output_dir: str) -> str:
             )
     if found:
         return f"no checkpoint in {output_dir} has finite weights ({len(found)} found); start again"
-    return f"no checkpoint was saved in {output_dir} before this step"
+    return (f"no checkpoint was saved in {output_dir} before this step: nothing to resume; start again with "
+            "--train.overwrite_output_dir=true (and a lower learning rate or sam.rho)")
