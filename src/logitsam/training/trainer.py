@@ -118,7 +118,11 @@ class PreferenceTrainer(StopOnDivergence, ContinuedRun, Trainer):
         if "ref_logps" in batch:
             return batch["ref_logps"]
         seqs = (batch["input_ids"], batch["attention_mask"], batch["labels"])
-        return batch_reference_logps(seqs, model, self.accelerator.unwrap_model(model), self.ref_model)
+        # The policy's forward runs under accelerate's autocast (bf16: true wraps it); a reference model that
+        # accelerate never prepared would run in its weights' dtype: head-sized fp32 products every step.
+        # The same autocast here makes it follow the policy (a no-op without mixed precision).
+        with self.accelerator.autocast():
+            return batch_reference_logps(seqs, model, self.accelerator.unwrap_model(model), self.ref_model)
 
     def _store(self, mode: str, metrics: dict[str, Tensor]) -> None:
         for k, v in metrics.items():
