@@ -144,7 +144,8 @@ class _Zero3Regather:
             if not getattr(p, "_logitsam_hooked", False):
                 p.register_post_accumulate_grad_hook(_release_after_grad)
                 p._logitsam_hooked = True
-            p._logitsam_gathered = p.requires_grad  # no gradient will land: partitioned by the caller
+            # a frozen head takes no gradient, so no hook fires: it stays gathered until DeepSpeed releases it
+            p._logitsam_gathered = p.requires_grad
 
 
 @contextmanager
@@ -153,7 +154,9 @@ def full_head(model: Any) -> Iterator[nn.Linear]:
 
     Under FSDP2 with the head sharded at this moment (its unit resharded after forward), the owning
     unit is unsharded — FSDP's all-gather into its unsharded parameter, which FSDP reduce-scatters
-    the gradient of in post-backward — and resharded on exit. Elsewhere the head as it is.
+    the gradient of in post-backward — and resharded on exit. Under ZeRO-3 a partitioned head is gathered
+    (``GatheredParameters``) and partitioned on exit; one DeepSpeed holds available is used as it is.
+    Elsewhere the head as it is.
     """
     head = output_head(model)
     if head is None:
