@@ -10,7 +10,8 @@ side, and the losses of each variant (fused and full-logits losses must agree).
 
 On a GPU (``--device cuda``, one process is enough: FSDP2 over one rank still shards the module
 tree into units and gathers them) ``torch.cuda.max_memory_allocated`` is used instead, in bf16
-weights, or fp32 weights under bf16 autocast with ``--autocast``.
+weights, or fp32 weights under bf16 autocast with ``--autocast``. ``--mp bf16``: FSDP2's
+``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)`` over fp32 shards (what 7B recipes run).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import sys
 
 import torch
 import torch.distributed as dist
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -44,9 +45,12 @@ def model_and_batch(args, rank: int, dev: torch.device):
                       num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=False)  # fmt: skip
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg).to(dev, torch.bfloat16 if args.dtype == "bf16" else torch.float32)
+    mp = MixedPrecisionPolicy()  # FSDP2's default: parameters compute in their own dtype
+    if args.mp == "bf16":  # float32 shards, bf16 unsharded parameters, gradients reduced in float32 (7B recipes)
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     for layer in model.model.layers:
-        fully_shard(layer)
-    fully_shard(model, reshard_after_forward=True)
+        fully_shard(layer, mp_policy=mp)
+    fully_shard(model, reshard_after_forward=True, mp_policy=mp)
     g = torch.Generator().manual_seed(rank)
     ids = torch.randint(0, args.vocab, (2 * args.pairs, args.seq), generator=g)
     labels = ids.clone()
@@ -78,6 +82,7 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--autocast", action="store_true", help="fp32 weights, bf16 autocast for the step")
+    ap.add_argument("--mp", default="none", choices=["none", "bf16"], help="FSDP2 MixedPrecisionPolicy param_dtype")
     ap.add_argument("--out", default="fsdp_memory.json")
     args = ap.parse_args()
     dist.init_process_group("nccl" if args.device == "cuda" else "gloo")
@@ -106,7 +111,8 @@ def main() -> None:
     if rank == 0:
         mib = 2**20
         print(f"FSDP2, {dist.get_world_size()} ranks on {dev.type}, V={args.vocab}, {args.pairs} pairs × {args.seq} "
-              f"tokens per rank, weights {args.dtype}{' + bf16 autocast' if args.autocast else ''}")  # fmt: skip
+              f"tokens per rank, weights {args.dtype}{' + bf16 autocast' if args.autocast else ''}"
+              f"{' + MixedPrecisionPolicy(param_dtype=bf16)' if args.mp == 'bf16' else ''}")  # fmt: skip
         print(f"{'variant':18} {'path':7} {'peak MiB':>10} {'× logits':>9} {'× plain':>8} {'loss':>9}")
         for name, r in res.items():
             plain = res["fused" if name.startswith("fused") else "logits"]["bytes"]

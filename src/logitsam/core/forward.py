@@ -21,8 +21,16 @@ FSDP2 (``fully_shard``): the head's weight is a sharded DTensor outside its unit
 fused path runs inside :func:`full_head`, which unshards the unit that owns the head (FSDP's own
 all-gather into its own unsharded parameter: no second copy) for the sweep and reshards it after,
 if it was sharded before. The head's gradient lands on that unsharded parameter, which FSDP
-reduce-scatters in its post-backward as for any other parameter. ZeRO-3 and FSDP1 (flat
-parameters) are not fused: full logits per rank, logits-SAM by ``gram``.
+reduce-scatters in its post-backward as for any other parameter.
+
+DeepSpeed ZeRO-3: the head's parameters are partitioned (``ds_id``; full only while gathered).
+:func:`full_head` gathers them for the sweep only (``deepspeed.zero.GatheredParameters``; a head that is
+already available — persistent, or gathered by a module hook — is used as it is and left so). DeepSpeed
+takes a gradient in the parameter's full shape through its post-accumulate-grad hook (it reduce-scatters
+it into the rank's partition), and autograd only accumulates a full-shaped gradient into a full-shaped
+parameter; so the fused backward calls :func:`regather` first, which gathers the head again, and a
+one-shot hook registered after DeepSpeed's partitions it once DeepSpeed has taken the gradient
+(docs/design.md §5.9). FSDP1 (flat parameters) is not fused: full logits per rank, logits-SAM by ``gram``.
 """
 
 from __future__ import annotations
@@ -62,7 +70,12 @@ def output_head(model: Any) -> nn.Linear | None:
     may be a sharded DTensor: use it inside :func:`full_head`)."""
     m = unwrap(model)
     head = m.get_output_embeddings() if hasattr(m, "get_output_embeddings") else None
-    return head if head is not None and _plain_linear(head) and head.weight.dim() == 2 else None
+    return head if head is not None and _plain_linear(head) and len(full_shape(head.weight)) == 2 else None
+
+
+def full_shape(t: Tensor) -> tuple[int, ...]:
+    """A parameter's shape on the model (a partitioned ZeRO-3 parameter's own ``shape`` is its (0,) placeholder)."""
+    return tuple(cast(Any, t).ds_shape) if zero3_param(t) else tuple(t.shape)  # DeepSpeed adds ds_shape
 
 
 def head_owner(model: Any) -> FSDPModule | None:
@@ -84,9 +97,55 @@ def head_owner(model: Any) -> FSDPModule | None:
     return owner
 
 
+def zero3_param(t: Tensor | None) -> bool:
+    """A DeepSpeed ZeRO-3 parameter (partitioned across ranks, full only while gathered)."""
+    return t is not None and hasattr(t, "ds_id")
+
+
+def _available(p: Any) -> bool:  # a DeepSpeed parameter: a Tensor with ds_* attributes
+    """A ZeRO-3 parameter whose full data is on this rank now (``ZeroParamStatus.AVAILABLE``)."""
+    return getattr(p.ds_status, "name", "") == "AVAILABLE"
+
+
 def is_full(weight: Tensor) -> bool:
-    """A weight whose every entry lives on this rank (not an FSDP2 shard, not a ZeRO-3 placeholder)."""
-    return not isinstance(weight, DTensor) and weight.numel() > 0 and not hasattr(weight, "ds_id")
+    """A weight whose every entry lives on this rank (not an FSDP2 shard, not a partitioned ZeRO-3 parameter)."""
+    if isinstance(weight, DTensor) or weight.numel() == 0:
+        return False
+    return not zero3_param(weight) or _available(weight)
+
+
+def _zero3_params(head: nn.Linear) -> list[Any]:
+    return [p for p in (head.weight, head.bias) if zero3_param(p)]
+
+
+def _release_after_grad(p: Any) -> None:
+    """Post-accumulate-grad hook (registered after DeepSpeed's, so it runs once DeepSpeed has taken the
+    gradient): partitions a head that :class:`_Zero3Regather` gathered for the gradient to land."""
+    if getattr(p, "_logitsam_gathered", False):
+        p._logitsam_gathered = False
+        if not p.ds_active_sub_modules:  # a tied embedding's backward holds it: its module hook releases it
+            p.partition()
+
+
+class _Zero3Regather:
+    """Makes a ZeRO-3 head full for the fused backward (its recomputation reads it; autograd accumulates a
+    full-shaped gradient only into a full-shaped parameter); each parameter gathered here is partitioned
+    again right after DeepSpeed's own post-accumulate-grad hook has taken its gradient."""
+
+    def __init__(self, params: list[Any]) -> None:
+        self.params = params
+
+    def __call__(self) -> None:
+        todo = [p for p in self.params if not _available(p)]
+        if not todo:
+            return
+        todo[0].all_gather(param_list=todo)
+        for p in todo:
+            if not getattr(p, "_logitsam_hooked", False):
+                p.register_post_accumulate_grad_hook(_release_after_grad)
+                p._logitsam_hooked = True
+            # a frozen head takes no gradient, so no hook fires: it stays gathered until DeepSpeed releases it
+            p._logitsam_gathered = p.requires_grad
 
 
 @contextmanager
@@ -95,28 +154,52 @@ def full_head(model: Any) -> Iterator[nn.Linear]:
 
     Under FSDP2 with the head sharded at this moment (its unit resharded after forward), the owning
     unit is unsharded — FSDP's all-gather into its unsharded parameter, which FSDP reduce-scatters
-    the gradient of in post-backward — and resharded on exit. Elsewhere the head as it is.
+    the gradient of in post-backward — and resharded on exit. Under ZeRO-3 a partitioned head is gathered
+    (``GatheredParameters``) and partitioned on exit; one DeepSpeed holds available is used as it is.
+    Elsewhere the head as it is.
     """
     head = output_head(model)
     if head is None:
         raise ValueError("the model's output embedding is not a plain linear layer")
     owner = head_owner(model) if isinstance(head.weight, DTensor) else None
+    zero3 = [p for p in _zero3_params(head) if not _available(p)]
+    gather: AbstractContextManager = nullcontext()
+    if zero3:
+        import deepspeed  # optional: only a ZeRO-3 model has ds_id parameters
+
+        gather = deepspeed.zero.GatheredParameters(zero3)  # read-only: partitioned again on exit
     if owner is not None:
         owner.unshard()
     try:
-        if not is_full(head.weight):
-            raise ValueError("the output head's weight is sharded and no FSDP2 unit owns it (ZeRO-3, FSDP1)")
-        yield head
+        with gather:
+            if not is_full(head.weight):
+                raise ValueError("the output head's weight is sharded and no FSDP2 unit or ZeRO-3 gathers it (FSDP1)")
+            yield head
     finally:
         if owner is not None:
             owner.reshard()
 
 
 def regather(model: Any) -> Any:
-    """A callable that makes the head's weight full again (FSDP2: unshard its unit; elsewhere a no-op),
-    for a backward that must read the weight after :func:`full_head` has resharded it."""
+    """A callable that makes the head's weight full again, for a backward that must read it after
+    :func:`full_head` has resharded it (FSDP2: unshard its unit), or return its gradient in the full shape
+    (ZeRO-3: gather it, partitioned again once DeepSpeed has taken the gradient); None elsewhere."""
     owner = head_owner(model)
-    return owner.unshard if owner is not None else None
+    return owner.unshard if owner is not None else land_grad(model)
+
+
+def land_grad(model: Any) -> Any:
+    """A callable the fused backward runs before it returns the head's gradient: ZeRO-3 gathers the head
+    (:class:`_Zero3Regather`) so the full-shaped gradient can land; None elsewhere."""
+    head = output_head(model)
+    params = [] if head is None else _zero3_params(head)
+    return _Zero3Regather(params) if params else None
+
+
+def gathers_head(model: Any) -> bool:
+    """Whether a sharded head is gathered for the fused sweep: FSDP2 (its owning unit) or ZeRO-3 (not FSDP1)."""
+    head = output_head(model)
+    return head is not None and (head_owner(model) is not None or zero3_param(head.weight))
 
 
 def _accepts_logits_to_keep(model: Any) -> bool:
@@ -136,7 +219,7 @@ def fusable(model: Any) -> bool:
     if verdict is not None:
         return verdict
     head = output_head(model)
-    if head is None or not (is_full(head.weight) or head_owner(model) is not None):
+    if head is None or not (is_full(head.weight) or gathers_head(model)):
         return False
     return _accepts_logits_to_keep(model)
 
@@ -188,7 +271,7 @@ def _agreed(ok: Tensor, model: Any) -> bool:
     """The verdict every rank takes when the model's forward is collective (DDP, FSDP2): all fused or none
     (a rank taking full logits alone would run a second forward whose collectives the others never join).
     A model that is not wrapped for distributed training is decided locally (it may run on one rank)."""
-    collective = isinstance(model, nn.parallel.DistributedDataParallel) or head_owner(model) is not None
+    collective = isinstance(model, nn.parallel.DistributedDataParallel) or gathers_head(model)
     if collective and torch.distributed.is_available() and torch.distributed.is_initialized():
         t = ok.to(torch.int32).reshape(1)
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)

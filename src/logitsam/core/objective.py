@@ -7,8 +7,8 @@ The trainer, the reference precompute, ``sharpness`` and the evaluation all call
 Two paths, one result:
 - fused (default): the model returns its last hidden state only; the head runs on scored rows
   in chunks with the gradient (and logits-SAM) made in the same passes (:mod:`logitsam.fused`);
-- logits: the model's full logits, for sharded heads (FSDP / ZeRO-3: logits-SAM by ``gram``, the
-  head never gathered) and heads that are not a plain linear layer.
+- logits: the model's full logits, for FSDP1 heads (logits-SAM by ``gram``, the head never gathered),
+  heads that are not a plain linear layer and ``fused=False``.
 
 Perturbation scope: ε is computed per micro-batch from that micro-batch's gradient, on each rank
 separately (DDP ranks do not all-reduce the head gradient before perturbing; like SAM's
@@ -25,7 +25,17 @@ from torch import Tensor
 
 from logitsam.core.combined import extra_inputs
 from logitsam.core.extras import shared_labels, split_labels, wpo_log_weights
-from logitsam.core.forward import amp_context, body_forward, full_head, fusable, head_owner, output_head, regather
+from logitsam.core.forward import (
+    amp_context,
+    body_forward,
+    full_head,
+    full_shape,
+    fusable,
+    gathers_head,
+    land_grad,
+    output_head,
+    regather,
+)
 from logitsam.core.logprobs import IGNORE_INDEX, chunk_rows_for, sequence_logps, shift_for_causal_lm, token_logps
 from logitsam.core.losses import LossOutput, PreferenceLogps
 from logitsam.core.metrics import preference_metrics, top_token_prob
@@ -151,14 +161,14 @@ class Objective:
         lengths = (labels != IGNORE_INDEX).sum(-1)
         scores = (batch.get("score_chosen"), batch.get("score_rejected"))
         sam_on = sam and self.rho != 0 and torch.is_grad_enabled()
-        # sharded heads fuse under FSDP2 (full_head gathers the owning unit); ZeRO-3 / FSDP1 do not
+        # sharded heads fuse under FSDP2 and ZeRO-3 (full_head gathers the head for the sweep); FSDP1 does not
         fused = self.fused and fusable(model)
-        fused = fused and (not sharded or head_owner(model) is not None)
+        fused = fused and (not sharded or gathers_head(model))
         hidden, logits, amp = body_forward(model, batch["input_ids"], batch["attention_mask"], fused=fused)
         if logits is None:
             head = output_head(model)
             assert head is not None  # body_forward fuses only a plain linear head
-            vocab = head.weight.shape[0]
+            vocab = full_shape(head.weight)[0]  # a partitioned ZeRO-3 head's own shape is a placeholder
         else:
             vocab = logits.shape[-1]
         check_labels(labels, vocab)
@@ -200,7 +210,7 @@ class Objective:
             ex = extras_of(aux)  # complete for the group's own sequences, the ones subset_logps reads
             return self.losses(subset_logps(pairs, sc, sr, lengths, ref, scores, ex)).losses
 
-        with full_head(model) as head:  # FSDP2: the owning unit unsharded for the sweep only
+        with full_head(model) as head:  # FSDP2 / ZeRO-3: gathered for the sweep only
             rows = self.chunk_rows or chunk_rows_for(head.weight.shape[0], h.device)
             lab = split_labels(labels) if split else labels
             plan = plan_rows(lab, rows, ignore_index=IGNORE_INDEX)
@@ -208,7 +218,7 @@ class Objective:
             need = torch.is_grad_enabled() and (h_r.requires_grad or head.weight.requires_grad)
             job = FusedJob(
                 plan, lab.shape[0] // 2, pair_losses, self.rho if sam_on else 0.0, self.method, need,
-                adaptive=self.adaptive, regather=regather(model),
+                adaptive=self.adaptive, regather=regather(model), land_grad=land_grad(model),
                 whole_batch=self.spec.batch_coupled or split,  # per-chunk dL/dsums would be another objective
                 aligned=wpo,  # WPO's statistic from the clean sweep's own tiles, no head pass of its own
             )  # fmt: skip

@@ -56,7 +56,8 @@ class FusedJob(SweepSpec):
     method: str = "auto"
     need_grads: bool = True
     adaptive: bool = False  # ε ∝ |W|⊙g (methods that hold g elementwise)
-    regather: Callable[[], Any] | None = None  # makes the weight full again for a recomputing backward (FSDP2)
+    regather: Callable[[], Any] | None = None  # makes the weight full again for a recomputing backward (FSDP2, ZeRO-3)
+    land_grad: Callable[[], Any] | None = None  # before backward returns dW (ZeRO-3: the head gathered to take it)
     whole_batch: bool = False  # the loss couples pairs: dL/dsums from the whole batch, never per chunk
 
 
@@ -244,12 +245,14 @@ class _FusedSums(torch.autograd.Function):
             ctx.grads = None
             d_h, d_w, d_b = (None if g is None else g.mul_(c.to(g.dtype)) for g in grads)
         else:  # the sums were used by another loss: recompute with the gradient we got
-            if job.regather is not None:  # FSDP2 resharded the head after the forward sweep
+            if job.regather is not None:  # FSDP2 / ZeRO-3 resharded the head after the forward sweep
                 job.regather()
             h, weight, bias = ctx.saved_tensors
             with torch.autocast(weight.device.type, enabled=False):
                 out = _run(job, h, weight, bias, ctx.cdt, gout=d_sums, u_clean=ctx.u_clean)
             d_h, d_w, d_b = out.d_h, out.d_w, out.d_b
+        if job.land_grad is not None and (d_w is not None or d_b is not None):
+            job.land_grad()
         return d_h, d_w, d_b, None, None
 
 

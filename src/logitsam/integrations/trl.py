@@ -270,7 +270,8 @@ def with_logits_sam(trainer_cls: type) -> type:
             def adapters(m: Any) -> Any:  # TRL's convention: a separate "ref" adapter when there is one
                 return use_adapter(m, adapter_name="ref" if "ref" in m.peft_config else None)
 
-            with disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+            gc_off = disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs)
+            with gc_off, self.accelerator.autocast():  # the policy's precision, however the reference was prepared
                 out = batch_reference_logps(
                     seqs, model, unwrapped, ref, adapters=adapters, chunk_rows=rows, shared=shared
                 )

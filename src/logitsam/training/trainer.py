@@ -127,7 +127,12 @@ class PreferenceTrainer(StopOnDivergence, ContinuedRun, Trainer):
                                    "reference cache does not hold: use loss.reference: model")  # fmt: skip
             return batch["ref_logps"], None
         seqs = (batch["input_ids"], batch["attention_mask"], batch["labels"])
-        ref = batch_reference_logps(seqs, model, self.accelerator.unwrap_model(model), self.ref_model, shared=shared)
+        # The policy's forward runs under accelerate's autocast (bf16: true wraps it); a reference model that
+        # accelerate never prepared would run in its weights' dtype: head-sized fp32 products every step.
+        # The same autocast here makes it follow the policy (a no-op without mixed precision).
+        with self.accelerator.autocast():
+            unwrapped = self.accelerator.unwrap_model(model)
+            ref = batch_reference_logps(seqs, model, unwrapped, self.ref_model, shared=shared)
         return ref if shared else (ref, None)
 
     def _store(self, mode: str, metrics: dict[str, Tensor]) -> None:
