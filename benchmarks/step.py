@@ -94,9 +94,8 @@ def build(name: str, dev: str, dtype: torch.dtype, layers: int | None, pairs: in
         policy = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
         ref = AutoModelForCausalLM.from_config(cfg, dtype=dtype).requires_grad_(False)
     if name == "smollm2-135m" and kw["num_hidden_layers"] == 30:  # the real weights (dequantised once, cached)
-        from logitsam.training.models import SMOLLM2, resolve_path
-
         from logitsam.config.schema import ModelConfig
+        from logitsam.models import SMOLLM2, resolve_path
 
         real = AutoModelForCausalLM.from_pretrained(resolve_path(ModelConfig(name_or_path=SMOLLM2)), dtype=dtype)
         policy.load_state_dict(real.state_dict())

@@ -16,12 +16,12 @@ import sys
 
 import torch
 import torch.distributed as dist
-from logitsam.training.models import tiny_model
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 from logitsam.core.objective import Objective
 from logitsam.core.registry import get_loss
+from logitsam.models import tiny_model
 
 V, T, PAIRS = 259, 14, 2
 VARIANTS = {  # name: (fused, rho, method)

@@ -22,7 +22,6 @@ import deepspeed
 import torch
 import torch.distributed as dist
 from deepspeed.utils import safe_get_full_grad
-from logitsam.training.models import tiny_model
 from transformers import LlamaForCausalLM
 
 from logitsam.core import objective as objective_mod
@@ -31,6 +30,7 @@ from logitsam.core.logprobs import IGNORE_INDEX, shift_for_causal_lm
 from logitsam.core.objective import Objective
 from logitsam.core.registry import get_loss
 from logitsam.fused import FusedJob, fused_sequence_sums, plan_rows
+from logitsam.models import tiny_model
 
 V, T, PAIRS = 259, 14, 2
 VARIANTS = {  # name: (fused, rho, method)

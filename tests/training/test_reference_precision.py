@@ -8,7 +8,6 @@ from collections import Counter
 
 import pytest
 import torch
-from logitsam.training.models import tiny_model, tiny_tokenizer
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import TrainingArguments
 
@@ -17,6 +16,7 @@ from logitsam.config.schema import SamConfig
 from logitsam.core.registry import LOSSES, resolve_hparams
 from logitsam.data.batching import PreferenceCollator, tokenize_examples
 from logitsam.data.examples import load_examples
+from logitsam.models import tiny_model, tiny_tokenizer
 from logitsam.training.reference import compute_reference_logps
 from logitsam.training.trainer import PreferenceTrainer
 
