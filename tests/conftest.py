@@ -16,7 +16,11 @@ def tiny_config(out_dir, *overrides, quiet=True):
     then ``overrides`` (``--section.key=value``)."""
     from logitsam.config import schema as C
 
-    base = [f"--train.output_dir={out_dir}", "--train.eval_steps=null", *(["--train.print_logs=false"] if quiet else [])]
+    base = [
+        f"--train.output_dir={out_dir}",
+        "--train.eval_steps=null",
+        *(["--train.print_logs=false"] if quiet else []),
+    ]
     return C.apply_overrides(C.load(TINY_CPU), [*base, *overrides])
 
 
@@ -26,4 +30,3 @@ def cli_env():
     is importable from src/ even when it is not installed, and no network is used."""
     path = os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH", "")) if p)
     return {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1", "PYTHONIOENCODING": "utf-8"}
-

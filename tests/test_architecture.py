@@ -113,10 +113,7 @@ def test_no_import_circles():
 def test_the_library_never_imports_the_experiments():
     graph, _ = _graph()
     bad = [
-        f"{m} -> {t}"
-        for m, ts in graph.items()
-        for t in ts
-        if m.startswith("logitsam") and t.startswith("experiments")
+        f"{m} -> {t}" for m, ts in graph.items() for t in ts if m.startswith("logitsam") and t.startswith("experiments")
     ]
     assert bad == []
     assert len([m for m in graph if m.startswith("experiments.")]) > 20  # the checker sees the studies

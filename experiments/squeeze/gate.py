@@ -84,6 +84,7 @@ def gate(m: dict[str, Any]) -> dict[str, bool]:
 def shortfall(m: dict[str, Any]) -> str:
     """The failed criteria in words ('' when the gate is met): every verdict in a failing setting carries it."""
     g = gate(m)
+
     def nats(e: dict[str, float]) -> str:
         return f"{e['mean']:+.2f} [{e['low']:+.2f}, {e['high']:+.2f}] nats"
 

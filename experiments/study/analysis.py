@@ -149,8 +149,6 @@ def config_row(label: str, seeds: dict[int, dict[str, Any]]) -> dict[str, Any]:
     return row
 
 
-
-
 def _grid(runs: dict[int, dict], seeds: list[int], key: str) -> list[list[float]]:
     return [runs[s][key] for s in seeds]
 
@@ -271,5 +269,3 @@ def matched(sam: dict[int, dict], plain: dict[int, dict], small: dict[int, dict]
         out[k] = seed_interval(v).to_dict()
     out["seeds"] = common
     return out
-
-

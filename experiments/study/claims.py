@@ -152,5 +152,3 @@ def _confirmed(res: dict[str, Any], add: Any) -> None:
     if c.get("others"):
         notes += f"; confirmation runs of {', '.join(c['others'])} are not the saved pick's: left out"
     add(claim, v, f"{ev}; held-out Δ+ difference {_fmt(c['chosen_drift_diff'])} nats (t over seeds){notes}")
-
-

@@ -78,7 +78,7 @@ class StudySettings(DemoSettings):
         """(configuration, run) in execution order: group by group, every seed of a group in turn."""
         out = []
         for g in self.groups:
-            for seed in (self.seeds if g in GROUPS else ()):
+            for seed in self.seeds if g in GROUPS else ():
                 out += [(c, c.spec(seed)) for c in GROUPS[g]]
         return out
 

@@ -45,7 +45,10 @@ def test_sharpness_mistakes(capsys, args, message):
 
 def test_sharpness_out_that_cannot_be_written(capsys, tmp_path):
     (tmp_path / "f").write_text("keep")
-    for out, message in ((tmp_path, "is a directory, not a file"), (tmp_path / "f" / "s.json", "f' is a file, not a directory")):
+    for out, message in (
+        (tmp_path, "is a directory, not a file"),
+        (tmp_path / "f" / "s.json", "f' is a file, not a directory"),
+    ):
         rc, _, err = run(capsys, "sharpness", "--model", "tiny-random", "--data", HH, "--out", str(out))
         assert rc == 2 and message in one_error_line(err)
     assert (tmp_path / "f").read_text() == "keep"
@@ -149,8 +152,18 @@ def test_train_from_another_directory_with_space_overrides(capsys, tmp_path, mon
     fixture = str(FIXTURES / "explicit.jsonl")
     monkeypatch.chdir(tmp_path)
     rc, out, _ = run(
-        capsys, "train", "--config", config, "--train.output_dir", "out", "--train.max_steps", "2",
-        "--train.eval_steps=null", "--train.print_logs", "false", "--train.save_model=false",
+        capsys,
+        "train",
+        "--config",
+        config,
+        "--train.output_dir",
+        "out",
+        "--train.max_steps",
+        "2",
+        "--train.eval_steps=null",
+        "--train.print_logs",
+        "false",
+        "--train.save_model=false",
     )
     assert rc == 0 and "config.yaml and metrics.jsonl in out" in out
     saved = C.load(str(tmp_path / "out" / "config.yaml"))
@@ -305,9 +318,14 @@ def test_switching_the_loss_on_the_command_line_drops_the_files_foreign_keys(cap
     argv = ["train", "--config", TINY_CPU, f"--train.output_dir={tmp_path}", "--loss.name=slic"]
     assert cli.main(argv) == 0
     assert seen["cfg"].loss.name == "slic" and seen["cfg"].loss.beta is None
-    assert "note: loss 'slic' has no loss.beta: the config file's value(s) for loss 'dpo' dropped" in capsys.readouterr().err
+    assert (
+        "note: loss 'slic' has no loss.beta: the config file's value(s) for loss 'dpo' dropped"
+        in capsys.readouterr().err
+    )
     seen.clear()
-    monkeypatch.setattr("logitsam.training.run.train", lambda cfg: __import__("logitsam.training.run").training.run.loss_setup(cfg))
+    monkeypatch.setattr(
+        "logitsam.training.run.train", lambda cfg: __import__("logitsam.training.run").training.run.loss_setup(cfg)
+    )
     assert cli.main([*argv, "--loss.beta=0.2"]) == 2
     assert "loss.beta: loss 'slic' has no beta" in capsys.readouterr().err
 
@@ -325,7 +343,9 @@ def test_resuming_a_copied_run_with_its_config_is_refused(capsys, monkeypatch, t
     rc, _, err = run(capsys, "train", "--config", cfg, "--train.resume_from_checkpoint=last")
     assert rc == 2 and "a copied or moved run?" in one_error_line(err) and f"--train.output_dir={copy_dir}" in err
     assert not seen
-    rc, _, _ = run(capsys, "train", "--config", cfg, "--train.resume_from_checkpoint=last", f"--train.output_dir={copy_dir}")
+    rc, _, _ = run(
+        capsys, "train", "--config", cfg, "--train.resume_from_checkpoint=last", f"--train.output_dir={copy_dir}"
+    )
     assert rc == 0 and seen and seen[0].train.output_dir == str(copy_dir)
 
 
@@ -342,7 +362,15 @@ def test_ctrl_c_anywhere_in_a_command_is_one_line_and_exit_130(capsys, monkeypat
         argv = [command, "--config", TINY_CPU, f"--train.output_dir={tmp_path}"]
     else:
         monkeypatch.setattr("logitsam.evaluation.command.run", interrupted)
-        argv = [command, "--model", "tiny-random", "--prompts", str(FIXTURES / "explicit.jsonl"), "--out", str(tmp_path)]
+        argv = [
+            command,
+            "--model",
+            "tiny-random",
+            "--prompts",
+            str(FIXTURES / "explicit.jsonl"),
+            "--out",
+            str(tmp_path),
+        ]
     rc, _, err = run(capsys, *argv)
     assert rc == 130 and err.strip() == "logitsam: interrupted (Ctrl-C)"
 

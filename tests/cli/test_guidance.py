@@ -24,7 +24,9 @@ def test_sam_runs_log_rho_g_over_loss(tmp_path):
     assert len(recs) == 2
     for r in recs:
         expected = r["sam/eps_norm"] * r["sam/grad_norm"] / r["sam/loss_pre"]
-        assert r["sam/eps_norm"] == pytest.approx(0.05) and r["sam/rho_g_over_loss"] == pytest.approx(expected, rel=1e-4)
+        assert r["sam/eps_norm"] == pytest.approx(0.05) and r["sam/rho_g_over_loss"] == pytest.approx(
+            expected, rel=1e-4
+        )
 
 
 def test_help_explains_rho_by_its_strength_and_shows_defaults(capsys):

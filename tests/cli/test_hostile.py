@@ -38,6 +38,7 @@ def mostly(common: st.SearchStrategy, rare: st.SearchStrategy, odds: int = 4) ->
     """``common`` ``odds`` times as often as ``rare`` (one_of weighs its branches equally)."""
     return st.integers(0, odds).flatmap(lambda i: rare if i == 0 else common)
 
+
 # ---- data -------------------------------------------------------------------------------------
 TEMPLATES = [
     {"prompt": "Q: hi", "chosen": " yes", "rejected": " no", "score_chosen": 2, "score_rejected": 1},
@@ -167,7 +168,9 @@ HPARAMS = sorted({k for spec in LOSSES.values() for k in spec.defaults})
 WORDS = ["", " ", "auto", "none", "last", "sum", "dpo", "slic", "simpo", "logits", "full", "gram", "cosine"]
 WORDS += ["adamw_torch", "tiny-random", "/nonexistent", "float32", "explicit", "precomputed", "model"]
 NUMBERS = st.sampled_from([0, 1, -1, 2, 0.5, 1e-4, -0.0, float("nan"), float("inf"), 2**40])
-loss_params = st.dictionaries(st.sampled_from(HPARAMS) | text, NUMBERS | st.floats() | st.sampled_from(WORDS), max_size=3)
+loss_params = st.dictionaries(
+    st.sampled_from(HPARAMS) | text, NUMBERS | st.floats() | st.sampled_from(WORDS), max_size=3
+)
 
 
 def _values_for(f: dataclasses.Field) -> st.SearchStrategy:
@@ -235,7 +238,9 @@ def _yaml_text(v) -> str:
 # transformers.TrainingArguments fields a recipe passes through train.extra, and values for them
 EXTRA_FIELDS = ["adam_beta1", "adam_beta2", "adam_epsilon", "lr_scheduler_kwargs", "save_strategy", "eval_strategy"]
 EXTRA_FIELDS += ["deepspeed", "push_to_hub", "optim_args", "logging_strategy", "warmup_ratio", "fp16", "tf32"]
-EXTRA_VALUES = st.sampled_from(["1e-8", "5.0", "-1", "bogus", "[1]", "{min_lr: 1e-6}", "{x: 1}", "true", "null", "/nope.json"])
+EXTRA_VALUES = st.sampled_from(
+    ["1e-8", "5.0", "-1", "bogus", "[1]", "{min_lr: 1e-6}", "{x: 1}", "true", "null", "/nope.json"]
+)
 
 
 @st.composite
@@ -248,7 +253,9 @@ def override(draw):
     if draw(st.integers(0, 4)) == 0:  # checked by preflight: TrainingArguments built on trial
         return f"--train.extra.{draw(st.sampled_from(EXTRA_FIELDS))}={draw(EXTRA_VALUES | st.sampled_from(WORDS))}"
     section, f = draw(st.sampled_from(KEYS))
-    tricky = st.sampled_from(["[1, 2", "{a: b}", "!!binary aGk=", "2024-01-01", "&a [*a]", "!!python/object:os.system x"])
+    tricky = st.sampled_from(
+        ["[1, 2", "{a: b}", "!!binary aGk=", "2024-01-01", "&a [*a]", "!!python/object:os.system x"]
+    )
     raw = draw(st.one_of(_values_for(f).map(_yaml_text), tricky))
     return f"--{section}.{f.name}={raw}"
 
@@ -266,7 +273,24 @@ def test_malformed_overrides(items):
     _check_all(cfg)
 
 
-HOSTILE_VALUES = [float("nan"), float("inf"), -1, 0, 2**70, -0.5, "", " ", "x", True, False, None, [], [""], {}, {"a": 1}]
+HOSTILE_VALUES = [
+    float("nan"),
+    float("inf"),
+    -1,
+    0,
+    2**70,
+    -0.5,
+    "",
+    " ",
+    "x",
+    True,
+    False,
+    None,
+    [],
+    [""],
+    {},
+    {"a": 1},
+]
 
 
 @pytest.mark.slow

@@ -123,6 +123,11 @@ def test_binary_torn_and_absurd_metrics(tmp_path, caplog):
         plot_runs([str(broken)], str(tmp_path / "m.png"))
     absurd = tmp_path / "absurd"
     absurd.mkdir()
-    rows = [{"step": 1, "loss": 1e308}, {"step": 2, "loss": -1e308}, {"step": 1e20, "loss": 0.5}, {"step": 3, "loss": 0.5}]
+    rows = [
+        {"step": 1, "loss": 1e308},
+        {"step": 2, "loss": -1e308},
+        {"step": 1e20, "loss": 0.5},
+        {"step": 3, "loss": 0.5},
+    ]
     (absurd / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert plot_runs([str(absurd)], str(tmp_path / "a.png"))

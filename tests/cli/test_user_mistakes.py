@@ -291,12 +291,19 @@ def test_a_previous_evaluation_is_replaced_only_when_asked(tmp_path):
         _claim_out(str(tmp_path), True, planned, str(tmp_path / "samples" / "m.jsonl"))
     _claim_out(str(tmp_path), True, planned, prompts)  # the old report cannot sit beside new samples
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
-        manifest.EVALUATION, "notes.txt", "samples", "samples/prompts.jsonl"
+        manifest.EVALUATION,
+        "notes.txt",
+        "samples",
+        "samples/prompts.jsonl",
     ]
-    assert sorted(manifest.read(str(tmp_path), manifest.EVALUATION).files) == sorted(planned)  # recorded before they are written
+    assert sorted(manifest.read(str(tmp_path), manifest.EVALUATION).files) == sorted(
+        planned
+    )  # recorded before they are written
     (tmp_path / "new").mkdir()
     _claim_out(str(tmp_path / "new"), False, planned, prompts)
-    assert manifest.read(str(tmp_path / "new"), manifest.EVALUATION).folders == {"samples"}  # created by us: removed once empty
+    assert manifest.read(str(tmp_path / "new"), manifest.EVALUATION).folders == {
+        "samples"
+    }  # created by us: removed once empty
 
 
 @pytest.mark.parametrize(

@@ -59,9 +59,7 @@ def test_space_separated_overrides():
 def test_one_value_where_a_list_is_expected(tmp_path):
     cfg = C.apply_overrides(C.Config(), ["--data.train_files=x.jsonl", "--train.report_to", "tensorboard"])
     assert cfg.data.train_files == ["x.jsonl"] and cfg.train.report_to == ["tensorboard"]
-    assert C.apply_overrides(C.Config(), ["--model.lora_target_modules=q_proj"]).model.lora_target_modules == [
-        "q_proj"
-    ]
+    assert C.apply_overrides(C.Config(), ["--model.lora_target_modules=q_proj"]).model.lora_target_modules == ["q_proj"]
     (tmp_path / "c.yaml").write_text("data:\n  train_files: x.jsonl\n  eval_files: org/set:test\n")
     cfg = C.load(str(tmp_path / "c.yaml"))
     assert cfg.data.train_files == [str(tmp_path / "x.jsonl")] and cfg.data.eval_files == ["org/set:test"]
@@ -99,7 +97,9 @@ def test_every_config_key_is_documented():
     import dataclasses
 
     rows = C.describe_fields()
-    expected = [f"{s.name}.{f.name}" for s in dataclasses.fields(C.Config) for f in dataclasses.fields(s.default_factory)]
+    expected = [
+        f"{s.name}.{f.name}" for s in dataclasses.fields(C.Config) for f in dataclasses.fields(s.default_factory)
+    ]
     assert [r.key for r in rows] == expected
     for r in rows:
         assert len(r.help) > 10 and "\n" not in r.help, r.key
@@ -281,7 +281,10 @@ def test_output_dir_that_is_a_file_or_under_one(tmp_path):
         (["--loss.beta=0"], "loss.beta: loss 'dpo': beta = 0.0"),
         (["--loss.params={label_smoothing: 0.5}"], "loss.params.label_smoothing: loss 'dpo': label_smoothing = 0.5"),
         (["--loss.params={nll_mode: x}"], "loss.params.nll_mode: loss 'dpo': no hyperparameter 'nll_mode'"),
-        (["--loss.name=slic", "--loss.beta=null", "--loss.params.nll_mode=median"], "loss.params.nll_mode: loss 'slic'"),
+        (
+            ["--loss.name=slic", "--loss.beta=null", "--loss.params.nll_mode=median"],
+            "loss.params.nll_mode: loss 'slic'",
+        ),
         (["--loss.name=slic", "--loss.beta=0.1"], "loss.beta: loss 'slic' has no beta"),
         (["--loss.name=dp0"], "loss.name: unknown loss 'dp0'"),
         (["--loss.beta=null", "--loss.params={beta: -1}"], "loss.params.beta: loss 'dpo'"),
@@ -426,7 +429,10 @@ def test_an_uncached_hub_id_with_no_network_fails_at_once(monkeypatch):
 
     monkeypatch.setattr(socket, "create_connection", no_network)
     t = time.time()
-    with pytest.raises(ConfigError, match=r"model.name_or_path: 'someone/not-cached-model' is not a local path, not in the Hugging Face cache, and the hub"):
+    with pytest.raises(
+        ConfigError,
+        match=r"model.name_or_path: 'someone/not-cached-model' is not a local path, not in the Hugging Face cache, and the hub",
+    ):
         check_model_source("someone/not-cached-model")
     assert time.time() - t < 5
 

@@ -62,7 +62,9 @@ def test_deepspeed_config_without_deepspeed(tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is not None, reason="bitsandbytes is installed")
 def test_optimizer_whose_package_is_missing(tmp_path):
-    with pytest.raises(ConfigError, match=r"train\.optim: 'adamw_bnb_8bit' needs a package that is not installed: .*bitsandbytes"):
+    with pytest.raises(
+        ConfigError, match=r"train\.optim: 'adamw_bnb_8bit' needs a package that is not installed: .*bitsandbytes"
+    ):
         check_config(cfg_for(tmp_path, "--train.optim=adamw_bnb_8bit"))
 
 
@@ -84,11 +86,20 @@ def test_beta_given_twice(tmp_path):
     [
         (["--train.extra.adam_beta1=5.0"], "train.extra.adam_beta1: Invalid beta parameter at index 0: 5.0"),
         (["--train.extra.adam_epsilon=-1"], "train.extra.adam_epsilon: Invalid epsilon value"),
-        (["--train.lr_scheduler_type=cosine_with_min_lr"], "train.lr_scheduler_type: 'cosine_with_min_lr': One of min_lr"),
+        (
+            ["--train.lr_scheduler_type=cosine_with_min_lr"],
+            "train.lr_scheduler_type: 'cosine_with_min_lr': One of min_lr",
+        ),
         (["--train.extra.lr_scheduler_kwargs=[1]"], "train.extra.lr_scheduler_kwargs: "),
         (["--train.extra.lr_scheduler_kwargs={warmup: 3}"], "train.extra.lr_scheduler_kwargs: "),
-        (["--model.lora_r=4", "--model.lora_target_modules=[nope]"], "model.lora_target_modules: none of ['nope'] is a module"),
-        (["--model.lora_r=4", "--model.lora_target_modules=[norm]"], "model.lora_target_modules: Target module LlamaRMSNorm"),
+        (
+            ["--model.lora_r=4", "--model.lora_target_modules=[nope]"],
+            "model.lora_target_modules: none of ['nope'] is a module",
+        ),
+        (
+            ["--model.lora_r=4", "--model.lora_target_modules=[norm]"],
+            "model.lora_target_modules: Target module LlamaRMSNorm",
+        ),
     ],
 )
 def test_optimizer_scheduler_and_lora_errors_name_the_key_before_anything_is_written(tmp_path, overrides, message):
@@ -114,7 +125,10 @@ def test_a_model_dir_with_broken_weights(tmp_path, damage):
     weights = model_dir / "model.safetensors"
     raw = weights.read_bytes()
     weights.write_bytes(raw[: len(raw) // 2] if damage == "truncated" else raw[:8] + b"{not json" + raw[17:])
-    with pytest.raises(ConfigError, match=rf"model\.name_or_path: cannot load a causal LM from .*{re.escape(str(weights))} is truncated or corrupt"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"model\.name_or_path: cannot load a causal LM from .*{re.escape(str(weights))} is truncated or corrupt",
+    ):
         load_model(ModelConfig(name_or_path=str(model_dir)))
     with pytest.raises(ConfigError, match=r"model\.ref_name_or_path: .* is truncated or corrupt"):
         load_model(ModelConfig(ref_name_or_path=str(model_dir)), name=str(model_dir))

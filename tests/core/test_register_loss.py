@@ -138,7 +138,7 @@ def test_a_registered_loss_trains_with_logits_sam_by_name(registered, tmp_path):
     assert "margin_sigmoid" in saved and "margin: 0.25" in saved
 
 
-LOSS_MODULE = '''
+LOSS_MODULE = """
 import torch.nn.functional as F
 from logitsam import losses as L
 
@@ -148,7 +148,7 @@ def shifted(inp, *, beta: float = 0.5):
 
 L.register_loss("shifted_sigmoid", shifted, needs_reference=False, ranges={"beta": L.positive("a temperature")},
                 summary="a user's loss from a .py file")
-'''
+"""
 
 
 @pytest.mark.slow

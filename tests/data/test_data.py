@@ -244,14 +244,29 @@ def conv(*turns, prompt=None, rejected_last=("assistant", "no")):
     ("row", "expected"),
     [
         (conv(("user", "q"), ("bot", "a")), r"field 'chosen\[1\]\.role': 'bot' is not one of system, user, assistant"),
-        (conv(("user", "q"), ("user", "q2"), rejected_last=("user", "x")), r"field 'chosen\[1\]\.role': the response must be an assistant message, got 'user'"),
+        (
+            conv(("user", "q"), ("user", "q2"), rejected_last=("user", "x")),
+            r"field 'chosen\[1\]\.role': the response must be an assistant message, got 'user'",
+        ),
         (conv(("user", "q")), r"field 'chosen\[0\]\.role': the response must be an assistant message"),
         (conv(("assistant", "hi"), ("assistant", "a")), r"field 'chosen\[0\]\.role': expected 'user', got 'assistant'"),
-        (conv(("user", "q"), ("system", "s"), ("user", "q"), ("assistant", "a")), r"field 'chosen\[1\]\.role': expected 'assistant', got 'system' \(a system message may only come first\)"),
-        (conv(("user", "q"), ("user", "q"), ("assistant", "a")), r"field 'chosen\[1\]\.role': expected 'assistant', got 'user'"),
+        (
+            conv(("user", "q"), ("system", "s"), ("user", "q"), ("assistant", "a")),
+            r"field 'chosen\[1\]\.role': expected 'assistant', got 'system' \(a system message may only come first\)",
+        ),
+        (
+            conv(("user", "q"), ("user", "q"), ("assistant", "a")),
+            r"field 'chosen\[1\]\.role': expected 'assistant', got 'user'",
+        ),
         (conv(("system", "s"), ("assistant", "a")), r"field 'chosen': the prompt has no user turn"),
-        (conv(("assistant", "a"), prompt=[("user", "q"), ("assistant", "x")]), r"field 'prompt\[1\]\.role': the prompt must end with a user turn"),
-        (conv(("user", "a"), prompt=[("user", "q")], rejected_last=("user", "b")), r"field 'chosen\[0\]\.role': the response must be an assistant message"),
+        (
+            conv(("assistant", "a"), prompt=[("user", "q"), ("assistant", "x")]),
+            r"field 'prompt\[1\]\.role': the prompt must end with a user turn",
+        ),
+        (
+            conv(("user", "a"), prompt=[("user", "q")], rejected_last=("user", "b")),
+            r"field 'chosen\[0\]\.role': the response must be an assistant message",
+        ),
         (conv(("user", "q\ud800"), ("assistant", "a")), r"field 'chosen\[0\]\.content': not valid Unicode"),
         ({**ROW, "prompt": "\udfff"}, r"field 'prompt': not valid Unicode \(lone surrogate"),
         ({**ROW, "score_chosen": float("nan"), "score_rejected": 1}, r"field 'score_chosen': expected a finite number"),
@@ -259,7 +274,10 @@ def conv(*turns, prompt=None, rejected_last=("assistant", "no")):
         ({**ROW, "score_chosen": "high"}, r"field 'score_chosen': expected a number, got 'high'"),
         ({**ROW, "score_chosen": True}, r"field 'score_chosen': expected a number, got True"),
         ({**ROW, "score_chosen": [1]}, r"field 'score_chosen': expected a number"),
-        ({**conv(("user", "q"), ("assistant", "a")), "score_chosen": {"x": 1}}, r"field 'score_chosen': expected a number"),
+        (
+            {**conv(("user", "q"), ("assistant", "a")), "score_chosen": {"x": 1}},
+            r"field 'score_chosen': expected a number",
+        ),
     ],
 )
 def test_hostile_rows_name_file_line_field(tmp_path, row, expected):
@@ -310,20 +328,76 @@ def test_csv_fields_longer_than_the_csv_module_default(tmp_path):
 @pytest.mark.parametrize(
     ("name", "content", "expected"),
     [
-        ("c.csv", "prompt,chosen,rejected\nq,a,b\nq,a,b,c\n", r"c\.csv:3: 4 fields, but the header has 3 \(an unquoted comma"),
+        (
+            "c.csv",
+            "prompt,chosen,rejected\nq,a,b\nq,a,b,c\n",
+            r"c\.csv:3: 4 fields, but the header has 3 \(an unquoted comma",
+        ),
         ("c.csv", 'prompt,chosen,rejected\n"q\nx",a,b\nq, a, b, c, d\n', r"c\.csv:4: 5 fields, but the header has 3"),
         ("c.csv", "prompt,chosen,prompt\nq,a,b\n", r"c\.csv:1: field 'prompt': the header names this column twice"),
         ("c.csv", 'prompt,chosen,rejected\nq,a,b\n"q,a,b\nx,y,z\n', r"c\.csv:3: unterminated quote"),
-        ("c.csv", "prompt;chosen;rejected\nq;a;b\n", r"c\.csv:2: field 'prompt': missing .*fields found: 'prompt;chosen;rejected'"),
-        ("d.jsonl", '{"prompt": "q", "chosen": "a", "rejected": "b"}\n{"prompt": "q", "chosen": "a", "chosen": "c", "rejected": "b"}\n', r"d\.jsonl:2: field 'chosen': the object gives this key twice"),
-        ("d.jsonl", '{"prompt": "q", "chosen": [{"role": "user", "content": "x", "role": "assistant"}], "rejected": "b"}\n', r"d\.jsonl:1: field 'role': the object gives this key twice"),
-        ("d.json", '[\n {"prompt": "q", "chosen": "a", "rejected": "b"},\n {"prompt": "q",\n  "rejected": "b", "rejected": "c"}\n]', r"d\.json:3: field 'rejected': the object gives this key twice"),
-        ("d.json", '{"data": [{"prompt": "q", "chosen": "a", "rejected": "b", "prompt": "z"}]}', r"d\.json:1: field 'prompt': the object gives this key twice"),
-        ("d.json", '{"prompt": "q", "chosen": "a", "rejected": "b"}\n{"prompt": "q", "chosen": "a", "rejected": "b"}\n', r"d\.json:2: malformed JSON: Extra data .*looks like JSON Lines .*name it \.jsonl"),
-        ("d.jsonl", json.dumps({**ROW, "score_chosen": 1.0}), r"d\.jsonl:1: field 'score_rejected': missing, but score_chosen is given"),
-        ("d.jsonl", json.dumps({**ROW, "score_rejected": 0}), r"d\.jsonl:1: field 'score_chosen': missing, but score_rejected is given"),
-        ("d.jsonl", json.dumps({"chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "b"}], "score_chosen": 2}), r"d\.jsonl:1: field 'score_rejected': missing, but"),
-        ("d.jsonl", json.dumps({"prompt": "q", "chosen": [{"role": "assistant", "content": "a"}], "rejected": [{"role": "assistant", "content": "b"}]}), r"d\.jsonl:1: field 'prompt': must be a message list .* when chosen/rejected are message lists"),
+        (
+            "c.csv",
+            "prompt;chosen;rejected\nq;a;b\n",
+            r"c\.csv:2: field 'prompt': missing .*fields found: 'prompt;chosen;rejected'",
+        ),
+        (
+            "d.jsonl",
+            '{"prompt": "q", "chosen": "a", "rejected": "b"}\n{"prompt": "q", "chosen": "a", "chosen": "c", "rejected": "b"}\n',
+            r"d\.jsonl:2: field 'chosen': the object gives this key twice",
+        ),
+        (
+            "d.jsonl",
+            '{"prompt": "q", "chosen": [{"role": "user", "content": "x", "role": "assistant"}], "rejected": "b"}\n',
+            r"d\.jsonl:1: field 'role': the object gives this key twice",
+        ),
+        (
+            "d.json",
+            '[\n {"prompt": "q", "chosen": "a", "rejected": "b"},\n {"prompt": "q",\n  "rejected": "b", "rejected": "c"}\n]',
+            r"d\.json:3: field 'rejected': the object gives this key twice",
+        ),
+        (
+            "d.json",
+            '{"data": [{"prompt": "q", "chosen": "a", "rejected": "b", "prompt": "z"}]}',
+            r"d\.json:1: field 'prompt': the object gives this key twice",
+        ),
+        (
+            "d.json",
+            '{"prompt": "q", "chosen": "a", "rejected": "b"}\n{"prompt": "q", "chosen": "a", "rejected": "b"}\n',
+            r"d\.json:2: malformed JSON: Extra data .*looks like JSON Lines .*name it \.jsonl",
+        ),
+        (
+            "d.jsonl",
+            json.dumps({**ROW, "score_chosen": 1.0}),
+            r"d\.jsonl:1: field 'score_rejected': missing, but score_chosen is given",
+        ),
+        (
+            "d.jsonl",
+            json.dumps({**ROW, "score_rejected": 0}),
+            r"d\.jsonl:1: field 'score_chosen': missing, but score_rejected is given",
+        ),
+        (
+            "d.jsonl",
+            json.dumps(
+                {
+                    "chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+                    "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "b"}],
+                    "score_chosen": 2,
+                }
+            ),
+            r"d\.jsonl:1: field 'score_rejected': missing, but",
+        ),
+        (
+            "d.jsonl",
+            json.dumps(
+                {
+                    "prompt": "q",
+                    "chosen": [{"role": "assistant", "content": "a"}],
+                    "rejected": [{"role": "assistant", "content": "b"}],
+                }
+            ),
+            r"d\.jsonl:1: field 'prompt': must be a message list .* when chosen/rejected are message lists",
+        ),
     ],
 )
 def test_records_that_would_be_misread(tmp_path, name, content, expected):
@@ -337,10 +411,15 @@ def test_rows_with_and_without_scores_are_not_mixed(tmp_path):
     scored = {**ROW, "score_chosen": 2, "score_rejected": 1}
     path = tmp_path / "mixed.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in (scored, scored, ROW, scored)) + "\n")
-    with pytest.raises(DataError, match=r"mixed\.jsonl:3: field 'score_chosen': has no scores, but the first row \(.*mixed\.jsonl:1\) has them"):
+    with pytest.raises(
+        DataError,
+        match=r"mixed\.jsonl:3: field 'score_chosen': has no scores, but the first row \(.*mixed\.jsonl:1\) has them",
+    ):
         load_examples([str(path)])
     path.write_text("\n".join(json.dumps(r) for r in (ROW, scored)) + "\n")
-    with pytest.raises(DataError, match=r"mixed\.jsonl:2: field 'score_chosen': has scores, but the first row .* has none"):
+    with pytest.raises(
+        DataError, match=r"mixed\.jsonl:2: field 'score_chosen': has scores, but the first row .* has none"
+    ):
         load_examples([str(path)])
     other = tmp_path / "plain.csv"  # across the files of one data set too
     other.write_text("prompt,chosen,rejected\nq,a,b\n")
@@ -353,7 +432,10 @@ def test_rows_with_and_without_scores_are_not_mixed(tmp_path):
 
 def test_hub_names_offline_say_they_need_a_network(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(DataError, match=r"org/prefs:train: not a local file; as a hub data set name it needs a network, but HF_HUB_OFFLINE=1"):
+    with pytest.raises(
+        DataError,
+        match=r"org/prefs:train: not a local file; as a hub data set name it needs a network, but HF_HUB_OFFLINE=1",
+    ):
         load_examples(["org/prefs:train"])
     with pytest.raises(DataError, match=r"nope\.jsonl: file not found"):
         load_examples(["nope.jsonl"])

@@ -1,8 +1,6 @@
 """The user's own files beside ours: a README.md or notes in train.output_dir, prompt files in an
 evaluation's --out. What logitsam wrote is known by the directory's manifest, never by a file's text."""
 
-
-
 import json
 import os
 import shutil
@@ -75,7 +73,9 @@ def test_the_users_files_in_out_survive_evaluate_overwrite(tmp_path, capsys):
     for extra in (["--overwrite"], [], ["--overwrite"]):  # nothing to replace yet, refused, replaced
         assert cli.main([*argv, *extra]) == (2 if not extra else 0)
         assert prompts.read_bytes() == Path(FIXTURE).read_bytes() and (out / "notes.txt").read_text() == "mine"
-    assert "holds a previous evaluation (samples/tiny-random.jsonl)" in capsys.readouterr().err  # generate: samples only
+    assert (
+        "holds a previous evaluation (samples/tiny-random.jsonl)" in capsys.readouterr().err
+    )  # generate: samples only
     assert (out / "samples" / "tiny-random.jsonl").exists() and not (out / "report.md").exists()
 
 
@@ -105,8 +105,14 @@ def test_a_model_labelled_baseline_keeps_the_baselines_samples(tmp_path, monkeyp
     argv = ["evaluate", "--model", "baseline", "--model", "tiny-random", "--baseline", "tiny-random",
             "--prompts", fixture, "--out", "ev", *SMALL]  # fmt: skip
     assert cli.main(argv) == 0
-    saved = {p.name: json.loads(p.read_text().splitlines()[0])["model"] for p in (tmp_path / "ev" / "samples").iterdir()}
-    assert saved == {"baseline.jsonl": "tiny-random", "baseline-2.jsonl": "baseline", "tiny-random.jsonl": "tiny-random"}
+    saved = {
+        p.name: json.loads(p.read_text().splitlines()[0])["model"] for p in (tmp_path / "ev" / "samples").iterdir()
+    }
+    assert saved == {
+        "baseline.jsonl": "tiny-random",
+        "baseline-2.jsonl": "baseline",
+        "tiny-random.jsonl": "tiny-random",
+    }
     results = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert sorted(results["models"]) == ["baseline-2", "tiny-random"]
 

@@ -258,6 +258,8 @@ def test_exact_logit_trace_matches_brute_force_for_every_loss(scores):
         params = resolve_hparams(spec, {})
         of_z = preference_loss_of_logits(batch, spec, params, ref)
         brute = torch.autograd.functional.hessian(lambda x: of_z(x.reshape(z.shape)), z.reshape(-1))  # noqa: B023
-        exact = exact_logit_hessian_trace(preference_loss_of_token_logps(batch, spec, params, ref), z, shift_for_causal_lm(labels))
+        exact = exact_logit_hessian_trace(
+            preference_loss_of_token_logps(batch, spec, params, ref), z, shift_for_causal_lm(labels)
+        )
         assert exact.mean == pytest.approx(brute.diagonal().sum().item(), rel=1e-9, abs=1e-12), name
         assert exact.stderr == 0.0 and exact.probes == 0

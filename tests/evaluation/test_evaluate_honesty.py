@@ -43,7 +43,18 @@ def test_generate_writes_samples_only_and_records_greedy_as_temperature_0(tmp_pa
 @pytest.mark.slow
 def test_vader_is_a_sentiment_judge_whose_scores_are_kept(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    argv = ["evaluate", "--model", "tiny-random", "--prompts", CHAT, "--no-chat", "--max-new-tokens", "3", "--out", "ev"]
+    argv = [
+        "evaluate",
+        "--model",
+        "tiny-random",
+        "--prompts",
+        CHAT,
+        "--no-chat",
+        "--max-new-tokens",
+        "3",
+        "--out",
+        "ev",
+    ]
     assert cli.main(argv) == 0
     res = json.loads(Path("ev/results.json").read_text())
     row = res["models"]["tiny-random"]

@@ -145,7 +145,9 @@ def test_shipped_pairs_are_used_when_their_key_matches(tmp_path, monkeypatch):
     key = P.pairs_key("m", prompts, dec, 0)
     shipped = tmp_path / "demo_pairs.jsonl"
     rows = [{"prompt": "a", "chosen": "x", "rejected": "y", "score_chosen": 1.0, "score_rejected": 0.0}]
-    shipped.write_text(json.dumps({"key": key, "reward": "vader", "made_with": "test"}) + "\n" + json.dumps(rows[0]) + "\n")
+    shipped.write_text(
+        json.dumps({"key": key, "reward": "vader", "made_with": "test"}) + "\n" + json.dumps(rows[0]) + "\n"
+    )
     monkeypatch.setattr(P, "_shipped_file", lambda: shipped)
     sampled = []
 
@@ -158,7 +160,9 @@ def test_shipped_pairs_are_used_when_their_key_matches(tmp_path, monkeypatch):
     got = P.make_pairs(None, None, prompts, reward, dec, model_id="m", cache=str(tmp_path / "c"), reward_name="vader")
     assert got == rows and sampled == []
     assert (tmp_path / "c" / f"pairs-{key}.jsonl").exists()
-    other = P.make_pairs(None, None, prompts, reward, dec, model_id="m", cache=str(tmp_path / "d"), reward_name="letters")
+    other = P.make_pairs(
+        None, None, prompts, reward, dec, model_id="m", cache=str(tmp_path / "d"), reward_name="letters"
+    )
     assert sampled == [4] and len(other) == 2  # another reward: the shipped pairs do not apply
     again = P.make_pairs(
         None, None, prompts, reward, dec, model_id="m", cache=str(tmp_path / "e"), reward_name="vader", resample=True
@@ -173,7 +177,9 @@ def test_the_shipped_pairs_are_the_default_demos():
     from logitsam.evaluation.generation import DecodeSettings
 
     s = DemoSettings()
-    key = pairs_key(s.model, load_prompts()[: s.max_prompts], DecodeSettings(max_new_tokens=s.new_tokens, temperature=1.0), 0)
+    key = pairs_key(
+        s.model, load_prompts()[: s.max_prompts], DecodeSettings(max_new_tokens=s.new_tokens, temperature=1.0), 0
+    )
     header, rows = shipped_pairs(key, s.reward)
     assert header["pairs"] == len(rows) == 280
     assert all(r["score_chosen"] > r["score_rejected"] for r in rows)

@@ -160,7 +160,17 @@ def test_the_command_line_prints_the_warning(tmp_path, monkeypatch, capsys):
     data.write_text("".join(json.dumps({"prompt": f"q{i}", "chosen": "same text"}) + "\n" for i in range(3)))
     monkeypatch.setattr(E, "_load", lambda name, st: (name, None))
     monkeypatch.setattr(E, "_sample", lambda m, tok, p, st, name: (["same text"] * len(p), [([1], [1])] * len(p)))
-    argv = ["evaluate", "--model", "tiny-random", "--prompts", str(data), "--judge", "vader", "--out", str(tmp_path / "ev")]
+    argv = [
+        "evaluate",
+        "--model",
+        "tiny-random",
+        "--prompts",
+        str(data),
+        "--judge",
+        "vader",
+        "--out",
+        str(tmp_path / "ev"),
+    ]
     assert cli.main(argv) == 0
     err = capsys.readouterr().err
     assert "WARNING: tiny-random: the judge failed on 0 and tied on 3 of 3 pairs (3 of the ties: identical" in err

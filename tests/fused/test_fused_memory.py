@@ -37,7 +37,9 @@ def _peak(method: str, rho: float, amp: torch.dtype | None) -> tuple[int, torch.
     with PeakMemory() as pm:
         with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
             sums, _ = fused_sequence_sums(rows, w, None, job)
-        spec.fn(subset_logps(torch.arange(B), sums[:B], sums[B:], lengths, ref, (None, None)), **params).losses.mean().backward()
+        spec.fn(
+            subset_logps(torch.arange(B), sums[:B], sums[B:], lengths, ref, (None, None)), **params
+        ).losses.mean().backward()
     return pm.peak, w.grad.clone()
 
 

@@ -35,7 +35,9 @@ class DenseEps:
 
 @pytest.fixture
 def toy_row(monkeypatch):
-    monkeypatch.setitem(FUSED_METHODS, "toy", FusedMethod(DenseEps, lambda n_r, d, v, b: Cost(1.0, 0.0), adaptive=False))
+    monkeypatch.setitem(
+        FUSED_METHODS, "toy", FusedMethod(DenseEps, lambda n_r, d, v, b: Cost(1.0, 0.0), adaptive=False)
+    )
 
 
 @pytest.mark.parametrize("name", ["dpo", "ipo"])

@@ -28,8 +28,12 @@ def _batch(b=2, t=12, seed=0):
 
 def _trainer(tmp_path, model, rho=1e-2):
     spec = LOSSES["dpo"]
-    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, bf16=True, report_to=[], remove_unused_columns=False)
-    tr = PreferenceTrainer(model=model, args=args, loss_spec=spec, loss_params=resolve_hparams(spec, {}), sam=SamConfig(rho=rho))
+    args = TrainingArguments(
+        output_dir=str(tmp_path), use_cpu=True, bf16=True, report_to=[], remove_unused_columns=False
+    )
+    tr = PreferenceTrainer(
+        model=model, args=args, loss_spec=spec, loss_params=resolve_hparams(spec, {}), sam=SamConfig(rho=rho)
+    )
     tr.model = tr.accelerator.prepare_model(tr.model)  # what Trainer.train() does: forward wrapped in autocast
     return tr
 

@@ -24,9 +24,12 @@ def test_shipped_swap_pairs_are_the_pilot_picks_first_pairs_with_edits_and_contr
         edited = p[p["edited"]]
         other = p["rejected" if p["edited"] == "chosen" else "chosen"]
         assert edited != other and p["score_chosen"] > p["score_rejected"]
-        assert edited == other[: p["edit"]["char"]] + p["edit"]["replacement"] + other[
-            p["edit"]["char"] + len(p["edit"]["word"]) :
-        ]
+        assert (
+            edited
+            == other[: p["edit"]["char"]]
+            + p["edit"]["replacement"]
+            + other[p["edit"]["char"] + len(p["edit"]["word"]) :]
+        )
     assert all(len(p["controls"]) == 2 for p in train)
     assert [a.label for a in D.ARMS] == ["dpo", "dpo+lsam(1e-1)", "dpop"]
 

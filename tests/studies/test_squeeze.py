@@ -143,13 +143,21 @@ def test_pilot_pick_rule():
     assert cost(Setting("x", epochs=3)) == 3 * cost(Setting("y"))
     assert choose([]) is None
     # among those meeting the gate: the cheapest, whatever the others' squeeze
-    rows = [_row("offpolicy-3ep", True, 0, -20.0), _row("offpolicy-1ep", True, 0, -6.0), _row("onpolicy-1ep", False, 1, -30)]
+    rows = [
+        _row("offpolicy-3ep", True, 0, -20.0),
+        _row("offpolicy-1ep", True, 0, -6.0),
+        _row("onpolicy-1ep", False, 1, -30),
+    ]
     assert choose(rows)["setting"]["name"] == "offpolicy-1ep"
     # ties in cost go to the stronger squeeze
     rows = [_row("offpolicy-1ep", True, 0, -6.0), _row("onpolicy-1ep", True, 0, -9.0)]
     assert choose(rows)["setting"]["name"] == "onpolicy-1ep"
     # none meets it: fewest failed criteria, then the most negative Δ+
-    rows = [_row("offpolicy-1ep", False, 2, -9.0), _row("onpolicy-3ep", False, 1, -3.0), _row("onpolicy-1ep", False, 1, -4.0)]
+    rows = [
+        _row("offpolicy-1ep", False, 2, -9.0),
+        _row("onpolicy-3ep", False, 1, -3.0),
+        _row("onpolicy-1ep", False, 1, -4.0),
+    ]
     assert choose(rows)["setting"]["name"] == "onpolicy-1ep"
 
 
@@ -162,10 +170,20 @@ def test_main_plan_and_sam_scale():
     p = plan()
     assert [(a.label, s) for a, s in p[:4]] == [(a.label, 1) for a in MAIN_ARMS]
     assert sum(1 for a, _ in p if a in MAIN_ARMS) == 5 * 4 and len(p) == 20 + 9
-    assert len(set(p)) == len(p) and {(a, s) for a, s in p if a in CONTROL_ARMS} == {(a, s) for a in CONTROL_ARMS for s in (1, 2, 3)}
-    assert [(a.label, s) for a, s in p[20:24]] == [("gate_dpo", 1), ("dpo(lr×0.5)", 1), ("dpo+fullsam(1e-2)", 1), ("dpo+fullsam(1e-2)", 2)]
+    assert len(set(p)) == len(p) and {(a, s) for a, s in p if a in CONTROL_ARMS} == {
+        (a, s) for a in CONTROL_ARMS for s in (1, 2, 3)
+    }
+    assert [(a.label, s) for a, s in p[20:24]] == [
+        ("gate_dpo", 1),
+        ("dpo(lr×0.5)", 1),
+        ("dpo+fullsam(1e-2)", 1),
+        ("dpo+fullsam(1e-2)", 2),
+    ]
     assert {a.rho for a in MAIN_ARMS} == {0.0, 1e-4, 1e-3, 1e-2}
-    rec = {"arm": {"rho": 1e-3}, "log": [{"loss": 0.7}, {"sam/grad_norm": 5.0, "sam/loss_pre": 0.5, "sam/loss_post": 0.6}]}
+    rec = {
+        "arm": {"rho": 1e-3},
+        "log": [{"loss": 0.7}, {"sam/grad_norm": 5.0, "sam/loss_pre": 0.5, "sam/loss_post": 0.6}],
+    }
     sc = sam_scale(rec)
     assert sc["first_order"] == pytest.approx(1e-3 * 5.0 / 0.5) and sc["measured"] == pytest.approx(0.2)
     assert sam_scale({"arm": {"rho": 0.0}, "log": [{"loss": 0.7}]}) is None
@@ -174,7 +192,9 @@ def test_main_plan_and_sam_scale():
 @pytest.mark.slow
 def test_experiment_end_to_end_on_the_tiny_model(tmp_path, monkeypatch):
     monkeypatch.setenv("LOGITSAM_CACHE", str(tmp_path / "cache"))
-    sh = Shared(model="tiny-random", reward="letters", n_heldout_pairs=4, n_train_probe=3, n_win_prompts=6, probe_mid_pairs=2)
+    sh = Shared(
+        model="tiny-random", reward="letters", n_heldout_pairs=4, n_train_probe=3, n_win_prompts=6, probe_mid_pairs=2
+    )
     exp = Experiment(str(tmp_path / "exp"), sh)
     s = Setting("tiny", pairs="offpolicy", n_train=8, new_tokens=6, batch_size=4, lr=1e-3, epochs=2)
     rec = exp.run(s, Arm("dpo+lsam(1e-2)", rho=1e-2), 0)
@@ -219,14 +239,18 @@ def _synthetic_main(tmp_path, n=40, pairs=6):
                 part: {**stats, "logp": [[-20.0 + dplus + 0.1 * seed + 0.01 * j, -30.0] for j in range(pairs)]}
                 for part in ("heldout", "train")
             }
-            log = [{"step": 1, "loss": 0.69}] + ([{"sam/grad_norm": 5.0, "sam/loss_pre": 0.69, "sam/loss_post": 0.7}] if rho else [])
+            log = [{"step": 1, "loss": 0.69}] + (
+                [{"sam/grad_norm": 5.0, "sam/loss_pre": 0.69, "sam/loss_post": 0.7}] if rho else []
+            )
             rec = {"arm": {"label": label, "rho": rho}, "seed": seed, "outcomes_vs_sft": outcomes,
                    "rewards": [o + 0.01 * seed for o in outcomes], "samples": samples,
                    "kl_values": [1.0 + 0.1 * seed + lift] * n, "probes": {"6": final}, "log": log}  # fmt: skip
             write_record(str(out / "runs" / setting / f"{label}_s{seed}" / "record.json"), rec)
             if seed == 1 and label == "dpo":  # controls as a stopped study leaves them: one seed each
                 for ctrl, c_rho in (("gate_dpo", 0.0), ("dpo+fullsam(1e-2)", 1e-2)):
-                    c_log = log + ([{"sam/grad_norm": 40.0, "sam/loss_pre": 0.69, "sam/loss_post": 0.75}] if c_rho else [])
+                    c_log = log + (
+                        [{"sam/grad_norm": 40.0, "sam/loss_pre": 0.69, "sam/loss_post": 0.75}] if c_rho else []
+                    )
                     c_rec = rec | {"arm": {"label": ctrl, "rho": c_rho}, "log": c_log}
                     write_record(str(out / "runs" / setting / f"{ctrl}_s{seed}" / "record.json"), c_rec)
     return str(out), setting
@@ -242,7 +266,10 @@ def test_main_analysis_on_a_hand_made_comparison(tmp_path):
     by = {c["claim"]: c for c in res["claims"]}
     noop_ = by["dpo+lsam(1e-3) raises DPO's win rate against SFT (Table 1)"]
     assert noop_["verdict"] == "not testable here (no-op)" and "100% of its samples are identical" in noop_["evidence"]
-    assert by["dpo+lsam(1e-3) reduces DPO's held-out squeezing (Fig. 1c: Δ+ above DPO's)"]["verdict"] == "not testable here (no-op)"
+    assert (
+        by["dpo+lsam(1e-3) reduces DPO's held-out squeezing (Fig. 1c: Δ+ above DPO's)"]["verdict"]
+        == "not testable here (no-op)"
+    )
     helps = by["dpo+lsam(1e-2) raises DPO's win rate against SFT (Table 1)"]
     assert helps["verdict"] == "inconclusive (the gain came with more KL)"  # +0.15 nats of KL on every sample
     assert res["paired"]["dpo+lsam(1e-2)"]["dplus_diff"]["mean"] == pytest.approx(1.0)
@@ -255,7 +282,11 @@ def test_main_analysis_on_a_hand_made_comparison(tmp_path):
            "heldout_top_change": {"mean": 0.1, "low": 0.05, "high": 0.15}, "heldout_entropy_change": {"mean": -0.1, "low": -0.2, "high": 0.0},
            "win_vs_sft": {"mean": 0.7, "low": 0.6, "high": 0.8}}}  # fmt: skip
     res = analyse(out, setting, row)
-    assert all(c["verdict"].endswith("(the setting did not meet the gate)") for c in res["claims"] if "control" not in c["claim"])
+    assert all(
+        c["verdict"].endswith("(the setting did not meet the gate)")
+        for c in res["claims"]
+        if "control" not in c["claim"]
+    )
     assert "held-out Δ+ -3.00 [-4.00, -2.00] nats" in res["gate_shortfall"]
     # the controls are measured against DPO on the seeds they share, and one seed says so
     gate = by["control: gate_dpo against DPO"]
@@ -266,19 +297,27 @@ def test_main_analysis_on_a_hand_made_comparison(tmp_path):
     assert list(res["configs"]) == ["dpo", "dpo+lsam(1e-3)", "dpo+lsam(1e-2)", "gate_dpo", "dpo+fullsam(1e-2)"]
     text = write_main_report(out, setting)
     assert "Plain DPO on the main comparison's 3 seeds (t over seeds): held-out Δ+ " in text
-    assert "minimal detectable effect at 80% power" in by["dpo+lsam(1e-2) reduces DPO's held-out squeezing (Fig. 1c: Δ+ above DPO's)"]["evidence"]
+    assert (
+        "minimal detectable effect at 80% power"
+        in by["dpo+lsam(1e-2) reduces DPO's held-out squeezing (Fig. 1c: Δ+ above DPO's)"]["evidence"]
+    )
     assert "| gate_dpo | 1 |" in text and "(1 seed: over prompts only)" in text
     # which runs finished (29 planned: 4 main arms × 5 seeds, 3 controls × 3) and the Table 3 analogue
     assert "11 of the 29 planned runs of the main comparison and controls finished." in text
     assert "- controls: gate_dpo 1/3 (seeds [1]); dpo(lr×0.5) 0/3; dpo+fullsam(1e-2) 1/3 (seeds [1])" in text
-    assert "SLiC-HF and CPO ± logits-SAM (Table 6 proportions to DPO's ρ = 1e-2, after the first stage): not run" in text
+    assert (
+        "SLiC-HF and CPO ± logits-SAM (Table 6 proportions to DPO's ρ = 1e-2, after the first stage): not run" in text
+    )
     assert "- Hessian traces (§4.3): not measured in this setting" in text
     rows = [line for line in text.splitlines() if line.startswith("| 0.0")]
     assert rows[0].startswith("| 0.001 | 0.00725 | 3 |") and rows[0].endswith("| 100% | yes |")
     assert rows[1].startswith("| 0.01 | 0.0725 | 3 | 67.5 [61.2, 73.8] |") and rows[1].endswith("| 0% | no |")
     assert "(97.50%)" in rows[1]
     assert "| dpo+lsam(1e-2) | 3 |" in text and (tmp_path / "main" / "drift_toy.png").exists()
-    assert "![drift of the controls](drift_toy_controls.png)" in text and (tmp_path / "main" / "drift_toy_controls.png").exists()
+    assert (
+        "![drift of the controls](drift_toy_controls.png)" in text
+        and (tmp_path / "main" / "drift_toy_controls.png").exists()
+    )
 
 
 @pytest.mark.slow
@@ -326,9 +365,16 @@ def test_second_stage_is_paired_with_its_own_loss(tmp_path):
     assert [c["verdict"] for c in one] == ["not measured", "not measured"] and "nan" not in one[0]["evidence"]
     assert "some ρ raises DPO's win rate against SFT (Table 3)" in by
     text = write_main_report(out, setting)
-    assert ("after the first stage): 6 of 12 runs — stopped (issue 30: a drift setting cannot test squeezing; "
-            "finished runs kept): slic 2/3 (seeds [1, 2]); slic+lsam(1e-1) 2/3 (seeds [1, 2]); "
-            "cpo 1/3 (seeds [1]); cpo+lsam(1e-2) 1/3 (seeds [1])") in text
+    assert (
+        "after the first stage): 6 of 12 runs — stopped (issue 30: a drift setting cannot test squeezing; "
+        "finished runs kept): slic 2/3 (seeds [1, 2]); slic+lsam(1e-1) 2/3 (seeds [1, 2]); "
+        "cpo 1/3 (seeds [1]); cpo+lsam(1e-2) 1/3 (seeds [1])"
+    ) in text
     assert "Effect of interest, per plain loss:" in text and "- SLiC-HF: " in text
-    assert "![drift of the second stage](drift_toy_stage2.png)" in text and (tmp_path / "main" / "drift_toy_stage2.png").exists()
-    assert not any(line.startswith(("| 0.1 |", "| 0.01 | 0.0725 | 1 |")) for line in text.splitlines())  # Table 3: DPO's ρ only
+    assert (
+        "![drift of the second stage](drift_toy_stage2.png)" in text
+        and (tmp_path / "main" / "drift_toy_stage2.png").exists()
+    )
+    assert not any(
+        line.startswith(("| 0.1 |", "| 0.01 | 0.0725 | 1 |")) for line in text.splitlines()
+    )  # Table 3: DPO's ρ only

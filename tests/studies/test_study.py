@@ -273,10 +273,15 @@ def test_confirmation_reruns_the_sweeps_pick_on_fresh_seeds(study_copy, monkeypa
     _, runs = analysis.load(study_copy)
     best = analysis.best_of_sweep({k: runs[k] for k in ("dpo", "dpo+lsam(1e-1)", "dpo+lsam(1e-2)")}, [0, 1])
     pick = read_pick(study_copy)
-    assert pick["label"] == best and pick["sweep_seeds"] == [0, 1] and set(pick["gains"]) == {
-        "dpo+lsam(1e-1)",
-        "dpo+lsam(1e-2)",
-    }
+    assert (
+        pick["label"] == best
+        and pick["sweep_seeds"] == [0, 1]
+        and set(pick["gains"])
+        == {
+            "dpo+lsam(1e-1)",
+            "dpo+lsam(1e-2)",
+        }
+    )
     assert f"confirmation: {best} (the sweep's pick, saved in {study_copy}/confirm.json)" in printed
     with open(record_path(study_copy, f"confirm/{best}/s5"), encoding="utf-8") as f:
         rec = json.load(f)

@@ -29,7 +29,6 @@ def test_study_report_into_a_read_only_directory_is_one_line(tmp_path, monkeypat
     import builtins
     import errno
 
-
     out = build_study(tmp_path)
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     real_open = builtins.open

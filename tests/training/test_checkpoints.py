@@ -50,7 +50,10 @@ def fake_checkpoint(root, step, skip=()):
 )
 def test_verify_lists_what_is_missing(tmp_path, skip, missing):
     path = fake_checkpoint(tmp_path, 3, skip)
-    with pytest.raises(ConfigError, match=rf"train\.resume_from_checkpoint: checkpoint .* is incomplete: missing .*{re.escape(missing)}"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"train\.resume_from_checkpoint: checkpoint .* is incomplete: missing .*{re.escape(missing)}",
+    ):
         verify_checkpoint(str(path))
     verify_checkpoint(str(fake_checkpoint(tmp_path, 4)))  # complete: no error
 
@@ -170,13 +173,22 @@ def test_unreadable_weights_make_a_checkpoint_incomplete(tmp_path, caplog, how):
 @pytest.mark.parametrize(
     ("state", "problem"),
     [
-        ({"global_step": 6}, "lacks max_steps, train_batch_size, epoch, logging_steps, eval_steps, save_steps, log_history"),
+        (
+            {"global_step": 6},
+            "lacks max_steps, train_batch_size, epoch, logging_steps, eval_steps, save_steps, log_history",
+        ),
         ({**json.loads(trainer_state(6)), "train_batch_size": None}, "bad train_batch_size"),
         ({**json.loads(trainer_state(6)), "epoch": "one"}, "bad epoch"),
         ({**json.loads(trainer_state(6)), "log_history": {"step": 1}}, "bad log_history"),
         ({**json.loads(trainer_state(6)), "stateful_callbacks": [1]}, "TrainerState loads (All callbacks passed"),
-        ({**json.loads(trainer_state(6)), "no_such_field": 1}, "a trainer_state.json that transformers' TrainerState loads"),
-        ({**json.loads(trainer_state(6)), "global_step": -1}, "trainer_state.json with global_step (missing or unreadable)"),
+        (
+            {**json.loads(trainer_state(6)), "no_such_field": 1},
+            "a trainer_state.json that transformers' TrainerState loads",
+        ),
+        (
+            {**json.loads(trainer_state(6)), "global_step": -1},
+            "trainer_state.json with global_step (missing or unreadable)",
+        ),
         ([6], "trainer_state.json with global_step (missing or unreadable)"),
     ],
 )

@@ -58,7 +58,9 @@ def test_a_resume_that_fails_trims_and_overwrites_nothing(run_dir, overrides, er
     before = snapshot(run_dir)
     ckpt = run_dir / "checkpoint-3"
     with pytest.raises(error, match=message.replace(".", r"\.")):
-        train(cfg_for(run_dir, f"--train.resume_from_checkpoint={ckpt}", "--train.resume_allow_changes=true", *overrides))
+        train(
+            cfg_for(run_dir, f"--train.resume_from_checkpoint={ckpt}", "--train.resume_allow_changes=true", *overrides)
+        )
     assert snapshot(run_dir) == before  # metrics.jsonl not trimmed to step 3, config.yaml not rewritten
 
 
@@ -117,7 +119,9 @@ def test_last_skips_checkpoints_with_broken_weights_or_state(run_dir):
     state.write_text('{"global_step": 3}')
     (run_dir / "checkpoint-3" / ".logitsam-complete-0-of-1").unlink()
     before = snapshot(run_dir)
-    with pytest.raises(ConfigError, match=r"checkpoint-3' is incomplete: missing a trainer_state\.json with the fields"):
+    with pytest.raises(
+        ConfigError, match=r"checkpoint-3' is incomplete: missing a trainer_state\.json with the fields"
+    ):
         train(cfg_for(run_dir, f"--train.resume_from_checkpoint={run_dir / 'checkpoint-3'}"))
     with pytest.raises(ConfigError, match=r"every checkpoint in .* is incomplete"):
         train(cfg_for(run_dir, "--train.resume_from_checkpoint=last"))
@@ -173,7 +177,9 @@ def test_an_edited_config_yaml_is_not_a_reference_for_the_resume_check(run_dir):
     saved.write_text(saved.read_text().replace("name: dpo", "name: ipo"))
     before = snapshot(run_dir)
     ckpt = run_dir / "checkpoint-3"
-    edited = C.apply_overrides(C.load(str(saved)), [f"--train.output_dir={run_dir}", f"--train.resume_from_checkpoint={ckpt}"])
+    edited = C.apply_overrides(
+        C.load(str(saved)), [f"--train.output_dir={run_dir}", f"--train.resume_from_checkpoint={ckpt}"]
+    )
     with pytest.raises(ConfigError, match=r"config\.yaml changed since checkpoint-3 was saved.*resume_allow_changes"):
         train(edited)
     assert snapshot(run_dir) == before
@@ -238,13 +244,21 @@ def test_a_kill_in_the_final_save_is_finished_by_the_next_resume(tmp_path, monke
 def test_a_resume_killed_before_its_first_checkpoint_can_be_resumed_again(run_dir):
     """A resume rewrites config.yaml (resume_from_checkpoint: last); killed before its first checkpoint, every
     later resume was refused ('config.yaml changed since checkpoint-3 was saved') though nobody edited it."""
-    straight = {r["step"]: r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in r}
+    straight = {
+        r["step"]: r["loss"]
+        for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+        if "loss" in r
+    }
     shutil.rmtree(run_dir / "checkpoint-6")
     with pytest.raises(Killed):
         train(cfg_for(run_dir, "--train.resume_from_checkpoint=last"), callbacks=[KillAt(4)])
     assert C.load(str(run_dir / "config.yaml")).train.resume_from_checkpoint == "last"  # rewritten
     train(cfg_for(run_dir, "--train.resume_from_checkpoint=last"))
-    resumed = {r["step"]: r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in r}
+    resumed = {
+        r["step"]: r["loss"]
+        for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+        if "loss" in r
+    }
     assert resumed == pytest.approx(straight, abs=1e-6)
     saved = run_dir / "config.yaml"  # a hand edit is still refused
     saved.write_text(saved.read_text().replace("name: dpo", "name: ipo"))

@@ -135,7 +135,9 @@ def test_release_never_removes_a_lock_that_is_not_ours(tmp_path):
 @pytest.mark.parametrize("pid", [-1, 0])
 def test_a_lock_naming_no_process_is_stale(tmp_path, pid, host):
     """A pid ≤ 0 names no process on any host; a lock without a host (hand-made) is not 'in use' forever."""
-    info = {"pid": pid, "started": 0} | ({} if host is None else {"host": socket.gethostname() if host == "this" else host})
+    info = {"pid": pid, "started": 0} | (
+        {} if host is None else {"host": socket.gethostname() if host == "this" else host}
+    )
     (tmp_path / LOCK_NAME).write_text(json.dumps(info))
     with claim(str(tmp_path), resuming=False, overwrite=False):
         assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()

@@ -77,7 +77,9 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
 
     def poisoned(inp, **hp):
         out = dpo(inp, **hp)
-        return out if state["step"] < 3 else type(out)(out.losses * float("nan"), out.chosen_rewards, out.rejected_rewards)
+        return (
+            out if state["step"] < 3 else type(out)(out.losses * float("nan"), out.chosen_rewards, out.rejected_rewards)
+        )
 
     monkeypatch.setattr(PreferenceTrainer, "compute_loss", tracking)
     monkeypatch.setitem(
@@ -198,7 +200,9 @@ def test_kill_mid_save_resumes_from_the_previous_checkpoint(tmp_path):
     opt = (ckpt / "optimizer.pt").read_bytes()
     (ckpt / "optimizer.pt").write_bytes(opt[: len(opt) // 2])
     # both noticed: the torn optimizer state (its zip archive) and the missing trainer state
-    with pytest.raises(ConfigError, match=r"checkpoint-6' is incomplete: missing .*optimizer\.pt is truncated.*trainer_state\.json"):
+    with pytest.raises(
+        ConfigError, match=r"checkpoint-6' is incomplete: missing .*optimizer\.pt is truncated.*trainer_state\.json"
+    ):
         train(cfg_for(out, f"--train.resume_from_checkpoint={ckpt}"))
     train(cfg_for(out, "--train.resume_from_checkpoint=last"))
     resumed = [r for r in records(out) if "loss" in r]

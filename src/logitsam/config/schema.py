@@ -54,7 +54,8 @@ class ModelConfig:
         None, "the reference model (same forms as name_or_path); null: the policy's starting weights"
     )
     dtype: str = opt(
-        "auto", "weights' dtype: auto (bfloat16 on a GPU that supports it, else float32), float32, bfloat16, "
+        "auto",
+        "weights' dtype: auto (bfloat16 on a GPU that supports it, else float32), float32, bfloat16, "
         "float16 or float64",
     )
     lora_r: int = opt(0, "LoRA rank; > 0 trains adapters only, and the reference is the model with adapters disabled")
@@ -81,7 +82,8 @@ class DataConfig:
         factory=list,
     )
     format: str = opt(
-        "auto", "auto (recognised per row), explicit (prompt/chosen/rejected strings), hh (HH-RLHF transcripts) "
+        "auto",
+        "auto (recognised per row), explicit (prompt/chosen/rejected strings), hh (HH-RLHF transcripts) "
         "or conversational (message lists)",
     )
     max_length: int = opt(512, "tokens of prompt + response; a response is cut to fit, keeping its start")
@@ -108,7 +110,8 @@ class LossConfig:
         factory=list,
     )
     reference: str = opt(
-        "model", "model (a frozen reference in memory), precomputed (reference log-probs computed once and cached "
+        "model",
+        "model (a frozen reference in memory), precomputed (reference log-probs computed once and cached "
         "on disk) or none (reference-free losses)",
     )
 
@@ -118,14 +121,16 @@ class SamConfig:
     """logits-SAM (mode 'logits', ρ ≠ 0), full-model SAM (mode 'full') or off (ρ = 0)."""
 
     rho: float = opt(
-        0.0, "SAM radius ρ; 0 is off, > 0 counters squeezing. Its scale depends on model and loss: pick it by "
-        "sam/rho_g_over_loss (ρ‖g‖/L, logged), e.g. 0.05-0.2; below ~0.01 SAM changes almost nothing (README)"
+        0.0,
+        "SAM radius ρ; 0 is off, > 0 counters squeezing. Its scale depends on model and loss: pick it by "
+        "sam/rho_g_over_loss (ρ‖g‖/L, logged), e.g. 0.05-0.2; below ~0.01 SAM changes almost nothing (README)",
     )
     mode: str = opt(
         "logits", "logits (perturb the output head only: logits-SAM) or full (every parameter: SAM, two passes)"
     )
     method: str = opt(
-        "auto", "logits-SAM's computation: auto, weight (the paper's), gram (logit space; forced under FSDP1 / "
+        "auto",
+        "logits-SAM's computation: auto, weight (the paper's), gram (logit space; forced under FSDP1 / "
         "ZeRO-3) or chunked (no second V×d buffer, two more head products); all exact",
     )
     adaptive: bool = opt(False, "ε ∝ |W|⊙g as the paper code's sam_adaptive (weight/chunked/auto, not gram)")

@@ -60,8 +60,12 @@ def _template(tokenizer: Any, ex: PreferenceExample, key: str, messages: list, *
     except (ValueError, TemplateError) as e:  # no template (ValueError), or one rejecting the conversation (jinja)
         if not getattr(tokenizer, "chat_template", None):  # transformers' message names neither model nor way out
             model = getattr(tokenizer, "name_or_path", "") or "the model"
-            raise _data_error(ex, key, f"the tokenizer's chat template failed: model.name_or_path {model!r} has no "
-                              "chat template, which a conversation needs; give a chat model or the rows as text") from e
+            raise _data_error(
+                ex,
+                key,
+                f"the tokenizer's chat template failed: model.name_or_path {model!r} has no "
+                "chat template, which a conversation needs; give a chat model or the rows as text",
+            ) from e
         raise _data_error(ex, key, f"the tokenizer's chat template failed: {' '.join(str(e).split())}") from e
     if not isinstance(text, str):
         raise _data_error(ex, key, f"the chat template rendered {type(text).__name__}, not text")

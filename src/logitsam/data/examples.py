@@ -225,8 +225,11 @@ def parse_row(row: Any, fmt: str, path: str, line: int) -> PreferenceExample:
                 raise DataError(path, line, "rejected", "its conversation before the last message differs from chosen")
             if not prompt and isinstance(row.get("prompt"), str):
                 raise DataError(
-                    path, line, "prompt", "must be a message list ([{\"role\": \"user\", \"content\": ...}]) when "
-                    "chosen/rejected are message lists without the user turn"
+                    path,
+                    line,
+                    "prompt",
+                    'must be a message list ([{"role": "user", "content": ...}]) when '
+                    "chosen/rejected are message lists without the user turn",
                 )
             if not prompt:
                 raise DataError(path, line, "chosen", "no prompt: give 'prompt' or earlier messages")

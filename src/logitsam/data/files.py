@@ -190,8 +190,11 @@ def read_rows(path: str) -> Iterator[tuple[int, Any]]:
             if "train" not in ds:  # never guess which split is meant
                 splits = ", ".join(ds)
                 raise DataError(
-                    path, None, None, f"a DatasetDict without a 'train' split (splits: {splits}); give the split's "
-                    f"own folder, e.g. {os.path.join(path, next(iter(ds)))}"
+                    path,
+                    None,
+                    None,
+                    f"a DatasetDict without a 'train' split (splits: {splits}); give the split's "
+                    f"own folder, e.g. {os.path.join(path, next(iter(ds)))}",
                 )
             ds = ds["train"]
         yield from _table(ds)

@@ -148,9 +148,7 @@ def _run(
 
         if u_clean is None and job.whole_batch:
             u_clean, aux = whole_batch_grad(job, h, w, b, cdt, None)
-        clean, u_clean, top, aux = sweep(
-            job, h, w, b, cdt, None, acc_g, top=gout is None, fixed_gout=u_clean, aux=aux
-        )
+        clean, u_clean, top, aux = sweep(job, h, w, b, cdt, None, acc_g, top=gout is None, fixed_gout=u_clean, aux=aux)
         g = d_w if pert is None else getattr(pert, "g", None)  # (V, d) for methods that hold g
         if job.adaptive:
             assert g is not None  # checked: adaptive rows hold g

@@ -262,8 +262,10 @@ def resolve_resume(output_dir: str, value: str | bool | None, *, allow_incomplet
     if value is True or (isinstance(value, str) and value.strip().lower() == "last"):
         candidates = list_checkpoints(output_dir)
         if not candidates:
-            raise ConfigError(f"{KEY}: no checkpoint-N directory in {output_dir!r} to resume from (the run there "
-                              "stopped before its first save); start it again with --train.overwrite_output_dir=true")
+            raise ConfigError(
+                f"{KEY}: no checkpoint-N directory in {output_dir!r} to resume from (the run there "
+                "stopped before its first save); start it again with --train.overwrite_output_dir=true"
+            )
         found = {}  # each judged once: judging reads every file whole
         for path in candidates:
             found[path] = checkpoint_problems(path)
@@ -305,8 +307,10 @@ def resolve_resume(output_dir: str, value: str | bool | None, *, allow_incomplet
 
 def _loadable(path: str) -> bool:
     """Whether transformers can resume from ``path`` at all (weights and a readable trainer_state.json)."""
-    return (_any(path, *WEIGHTS) or _any(path, "global_step*")) and not broken_safetensors(path) and (
-        checkpoint_step(path) is not None
+    return (
+        (_any(path, *WEIGHTS) or _any(path, "global_step*"))
+        and not broken_safetensors(path)
+        and (checkpoint_step(path) is not None)
     )
 
 

@@ -40,8 +40,6 @@ from logitsam.training.rundir import check_not_an_input, check_output_dir
 TRIAL_ERRORS = (TypeError, ValueError, ImportError)
 
 
-
-
 def training_kwargs(t: TrainConfig, has_eval: bool, checkpointing: bool = False) -> dict[str, Any]:
     """The keyword arguments of the run's TrainingArguments (CPU-safe: bf16 only when asked for on a CPU).
 

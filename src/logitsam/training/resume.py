@@ -122,7 +122,6 @@ def check_resume_settings(resolved: Config, checkpoint: str) -> None:
         )
 
 
-
 DATA_FINGERPRINT = "data_fingerprint.json"
 
 

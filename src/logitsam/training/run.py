@@ -197,9 +197,7 @@ def already_finished(cfg: Config, resume: str, args: Any, n_train: int) -> dict[
     return {"metrics": {"already_finished": True, "global_step": done, "max_steps": steps}}
 
 
-def train(
-    cfg: Config, on_end: Callable[[Any], None] | None = None, callbacks: Sequence[Any] = ()
-) -> dict[str, Any]:
+def train(cfg: Config, on_end: Callable[[Any], None] | None = None, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Run training as configured; returns ``{"metrics": ...}`` (final metrics and data counts).
 
     ``on_end(trainer)`` runs on every rank after training, before distributed teardown.
@@ -378,7 +376,6 @@ def final_evaluation(trainer: Any) -> dict[str, float]:
 def teardown(trainer: Any) -> None:
     """Free the wrapped model/optimizer, then end the process group: DDP processes otherwise may
     abort at exit ('terminate called without an active exception')."""
-
 
     distributed = trainer.accelerator.num_processes > 1
     trainer.accelerator.free_memory()

@@ -48,11 +48,10 @@ log = logging.getLogger(__name__)
 RESPONSE_KEYS = ("completion", "response")
 
 
-
-
 class SftTrainer(StopOnDivergence, ContinuedRun, Trainer):
     """transformers.Trainer whose logged intervals and summary ``train_loss`` are an uninterrupted run's,
     also after a resume."""
+
 
 def load_sft_examples(paths: list[str], fmt: str = "auto") -> list[PreferenceExample]:
     """Examples whose ``chosen`` is the SFT target: prompt/completion rows, conversational ``messages`` rows

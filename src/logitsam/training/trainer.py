@@ -269,5 +269,7 @@ def last_good_state(output_dir: str) -> str:
             )
     if found:
         return f"no checkpoint in {output_dir} has finite weights ({len(found)} found); start again"
-    return (f"no checkpoint was saved in {output_dir} before this step: nothing to resume; start again with "
-            "--train.overwrite_output_dir=true (and a lower learning rate or sam.rho)")
+    return (
+        f"no checkpoint was saved in {output_dir} before this step: nothing to resume; start again with "
+        "--train.overwrite_output_dir=true (and a lower learning rate or sam.rho)"
+    )
