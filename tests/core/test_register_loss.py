@@ -155,13 +155,12 @@ L.register_loss("shifted_sigmoid", shifted, needs_reference=False, ranges={"beta
 @pytest.mark.parametrize("as_file", [True, False])
 def test_a_loss_from_loss_imports_trains_and_resumes_from_config_yaml(tmp_path, monkeypatch, as_file):
     import sys
-    from pathlib import Path
 
     from logitsam import cli
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "userloss.py").write_text(LOSS_MODULE)
-    tiny = str(Path(__file__).resolve().parents[1] / "configs" / "tiny-cpu.yaml")
+    tiny = TINY_CPU
 
     def forget():  # as a new process would start: the loss unknown, the module not imported
         L.LOSSES.pop("shifted_sigmoid", None)
