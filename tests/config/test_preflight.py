@@ -12,7 +12,8 @@ import torch
 from conftest import tiny_config
 from logitsam.config.schema import ModelConfig
 from logitsam.errors import ConfigError, DataError
-from logitsam.models import apply_lora, load_model, tiny_model, tiny_tokenizer
+from logitsam.lora import apply_lora
+from logitsam.models import load_model, tiny_model, tiny_tokenizer
 from logitsam.training.preflight import _check_extra_types, build_training_args
 from logitsam.training.run import check_config, loss_setup, train
 

@@ -23,8 +23,9 @@ from logitsam.core.registry import HyperparameterError, LossSpec, get_loss, reso
 from logitsam.data.batching import DropCounts, PreferenceCollator, tokenize_examples
 from logitsam.data.examples import load_examples
 from logitsam.errors import ConfigError
+from logitsam.lora import apply_lora, check_lora_targets
 from logitsam.losses import import_loss_modules, loss_import_paths
-from logitsam.models import DTYPES, apply_lora, check_lora_targets, load_model, load_reference, load_tokenizer
+from logitsam.models import DTYPES, load_model, load_reference, load_tokenizer
 from logitsam.training import manifest
 from logitsam.training.checkpoints import checkpoint_step, logged_at_step, resolve_resume, trim_metrics
 from logitsam.training.commit import AtomicCheckpoints, share_as_umask

@@ -25,7 +25,8 @@ from logitsam.data.batching import DropCounts, check_pad_id, tokenize_example
 from logitsam.data.examples import PreferenceExample, check_messages, load_examples
 from logitsam.data.files import read_rows
 from logitsam.errors import ConfigError, DataError
-from logitsam.models import apply_lora, check_lora_targets, load_model, load_tokenizer
+from logitsam.lora import apply_lora, check_lora_targets
+from logitsam.models import load_model, load_tokenizer
 from logitsam.training.checkpoints import resolve_resume
 from logitsam.training.commit import AtomicCheckpoints
 from logitsam.training.continuity import ContinuedRun
