@@ -78,7 +78,10 @@ def command_line_value(text: str, tp: Any) -> Any:
     Raises :class:`DuplicateKeyError` for a mapping with a key twice."""
     if text == "":
         return ""
-    loader = _NoDuplicatesLoader(text)
+    try:
+        loader = _NoDuplicatesLoader(text)  # its reader refuses control characters: the text itself then
+    except yaml.YAMLError:
+        return text
     try:
         node = loader.get_single_node()
         value = loader.construct_document(node) if node is not None else None
