@@ -3,8 +3,8 @@ from deep inside transformers after data and models were loaded.
 
 - :func:`check_config`: cross-field and environment checks that per-field rules (config.RULES)
   cannot express: files, installed integrations and optimizer packages, the network a setting
-  needs, settings that only make sense together, and the ``transformers.TrainingArguments`` the
-  run will build (built once on trial).
+  needs, settings that only make sense together; it builds and returns the run's
+  ``transformers.TrainingArguments`` (the only place a run builds them).
 - :func:`build_training_args`: the run's ``TrainingArguments``; a value they refuse is named as
   ``train.extra.<key>`` when removing that entry of ``train.extra`` makes them valid.
 - :func:`check_optimizer`: the trainer's optimizer and scheduler built once on trial (and
@@ -202,21 +202,32 @@ def _check_optimizer_package(args: Any, optim: str) -> None:
         pass
 
 
-def _check_training_args(cfg: Config) -> None:
+def expects_eval(cfg: Config) -> bool:
+    """Whether the configured data holds evaluation rows (files given, or a fraction held out)."""
+    return bool(cfg.data.eval_files) or cfg.data.eval_fraction > 0
+
+
+def _check_training_args(cfg: Config) -> Any:
     t = cfg.train
     ds = t.extra.get("deepspeed")
     if isinstance(ds, str) and not ds.lstrip().startswith("{") and not os.path.isfile(ds):
         raise ConfigError(f"train.extra.deepspeed: {ds!r} not found (a DeepSpeed JSON config file)")
     if t.extra.get("push_to_hub") and os.environ.get("HF_HUB_OFFLINE") == "1":
         raise ConfigError("train.extra.push_to_hub: needs a network, but HF_HUB_OFFLINE=1 is set")
-    has_eval = bool(cfg.data.eval_files) or cfg.data.eval_fraction > 0
-    args = build_training_args(t, has_eval, bool(cfg.model.gradient_checkpointing or t.gradient_checkpointing))
+    args = build_training_args(t, expects_eval(cfg), wants_checkpointing(cfg))
     _check_optimizer_package(args, t.optim)
+    return args
 
 
-def check_config(cfg: Config) -> None:
+def wants_checkpointing(cfg: Config) -> bool:
+    """Activation checkpointing asked for (``model.`` or ``train.gradient_checkpointing``)."""
+    return bool(cfg.model.gradient_checkpointing or cfg.train.gradient_checkpointing)
+
+
+def check_config(cfg: Config) -> Any:
     """Every field's rule (``config.validate``: configs built in code too), then the cross-field and
-    environment checks that per-field rules cannot express."""
+    environment checks that per-field rules cannot express. Returns the run's
+    ``transformers.TrainingArguments`` (built here, once, for ``expects_eval(cfg)``)."""
     validate(cfg, "config")
     d, t, m, sam = cfg.data, cfg.train, cfg.model, cfg.sam
     if not d.train_files:
@@ -260,4 +271,4 @@ def check_config(cfg: Config) -> None:
     resume = t.resume_from_checkpoint
     if isinstance(resume, str) and resume.strip().lower() != "last" and not os.path.exists(resume):
         raise ConfigError(f"train.resume_from_checkpoint: {resume!r} not found")
-    _check_training_args(cfg)
+    return _check_training_args(cfg)

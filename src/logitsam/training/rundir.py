@@ -11,6 +11,8 @@
   is set. Overwriting removes the old run's metrics.jsonl, weights and checkpoint-* directories, so
   its records and checkpoints cannot mix with the new run's — only once the new run has checked
   everything and starts writing (``clear_previous_run``): a start that fails keeps the old run whole.
+  That pending removal is recorded in the lock itself (``"clear": true``), so the directory, not a
+  module global, says what its holder still owes it.
   Beside those well-known artefacts it removes only what the old run's manifest (manifest.py) lists:
   the user's own files (a README.md, notes) stay, whatever they say.
 - ``RunLock`` also guards an evaluation's ``--out`` (its ``key`` names the option in messages).
@@ -202,13 +204,27 @@ class RunLock:
         who = "an unreadable lock" if stale is None else f"pid {stale['pid']} (no longer running)"
         log.warning("taking over the stale lock %s left by %s", self.path, who)
 
+    def mark(self, **fields: Any) -> None:
+        """Rewrite the held lock with ``fields`` (atomically: a reader sees the old or the new content)."""
+        self.info = {**self.info, **fields}
+        tmp = f"{self.path}.{self.info['id']}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.info, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
     def release(self) -> None:
         try:
-            if self.held and _holder(self.path) == self.info:  # never remove a lock that is not ours
+            if self.held and _ours(_holder(self.path), self.info):  # never remove a lock that is not ours
                 os.remove(self.path)
         except OSError as e:  # a read-only remount or a vanished disk: say so, never mask the run's own error
             log.warning("could not remove the run lock %s (%s): delete it by hand", self.path, e.strerror or e)
         self.held = False
+
+
+def _ours(info: dict[str, Any] | None, mine: dict[str, Any]) -> bool:
+    return info is not None and (info.get("pid"), info.get("id")) == (mine["pid"], mine["id"])
 
 
 @contextmanager
@@ -247,10 +263,9 @@ def claim(output_dir: str, *, resuming: bool, overwrite: bool) -> Iterator[None]
                     f"{', ...' if len(old) > 4 else ''}); resume it with --train.resume_from_checkpoint=last, "
                     "overwrite it with --train.overwrite_output_dir=true, or choose another output_dir"
                 )
-            _PENDING_CLEAR.add(os.path.abspath(output_dir))  # cleared once the run has checked everything
+            lock.mark(clear=True)  # cleared once the run has checked everything (clear_previous_run)
         yield
     finally:
-        _PENDING_CLEAR.discard(os.path.abspath(output_dir))
         lock.release()
         _remove_if_empty(output_dir, created)
 
@@ -273,9 +288,6 @@ def _remove_if_empty(output_dir: str, created: bool) -> None:
         pass
 
 
-_PENDING_CLEAR: set[str] = set()  # output dirs claimed with overwrite whose previous run is not removed yet
-
-
 # What save_model writes beside the weights: with save_model false a new run would leave them stale.
 MODEL_FILES = (
     "config.json", "generation_config.json", "adapter_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -288,11 +300,16 @@ _SHARD = re.compile(r"^(model|pytorch_model)-\d+-of-\d+\.(safetensors|bin)$")
 def clear_previous_run(output_dir: str) -> None:
     """Remove the previous run of an ``output_dir`` claimed with ``overwrite_output_dir`` — called when the
     new run has loaded and checked everything and starts changing the directory, so a start that fails
-    before (bad data, bad model or settings) leaves the old run whole. A no-op otherwise."""
-    key = os.path.abspath(output_dir)
-    if key in _PENDING_CLEAR:
-        _PENDING_CLEAR.discard(key)
-        _clear(output_dir)
+    before (bad data, bad model or settings) leaves the old run whole. A no-op otherwise: outside a claim
+    of this process, or once done (the lock's ``clear`` mark is what is pending)."""
+    path = os.path.join(output_dir, LOCK_NAME)
+    info = _holder(path)
+    if info is None or info.get("pid") != os.getpid() or info.get("clear") is not True:
+        return
+    lock = RunLock(output_dir)
+    lock.info, lock.held = info, True
+    lock.mark(clear=False)
+    _clear(output_dir)
 
 
 def _clear(output_dir: str) -> None:

@@ -24,25 +24,11 @@ from logitsam.core.logprobs import IGNORE_INDEX
 from logitsam.data.batching import DropCounts, check_pad_id, tokenize_example
 from logitsam.data.examples import PreferenceExample, check_messages, load_examples
 from logitsam.data.files import read_rows
-from logitsam.errors import ConfigError, DataError
-from logitsam.lora import apply_lora, check_lora_targets
-from logitsam.models import load_model, load_tokenizer
-from logitsam.training.checkpoints import resolve_resume
+from logitsam.errors import DataError
 from logitsam.training.commit import AtomicCheckpoints
 from logitsam.training.continuity import ContinuedRun
 from logitsam.training.logs import JsonlMetrics, install_console
-from logitsam.training.preflight import build_training_args, check_config, check_optimizer
-from logitsam.training.resume import check_resume_data, check_resume_parameters, check_resume_settings, data_fingerprint
-from logitsam.training.run import (
-    already_finished,
-    check_eval_rows,
-    resolved_config,
-    split_eval,
-    teardown,
-    total_steps,
-    train_and_save,
-)
-from logitsam.training.rundir import claim
+from logitsam.training.recipe import Data, Recipe, check_eval_rows, check_train_rows, run_recipe, split_eval
 from logitsam.training.trainer import StopOnDivergence
 
 log = logging.getLogger(__name__)
@@ -128,60 +114,43 @@ class SFTCollator:
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+class SftRecipe(Recipe):
+    """``logitsam sft``: the chosen responses as targets, the model's own cross-entropy, no reference."""
+
+    kind = "sft"
+
+    def check(self, cfg: Config) -> None:
+        if cfg.sam.rho:
+            log.warning("logitsam sft does not use sam.rho = %g (logits-SAM is for preference training)", cfg.sam.rho)
+
+    def setup_data(self, cfg: Config, tokenizer: Any) -> Data:
+        d = cfg.data
+        train_ex = load_sft_examples(d.train_files, d.format)
+        eval_ex = load_sft_examples(d.eval_files, d.format) if d.eval_files else []
+        train_ex, eval_ex = split_eval(train_ex, eval_ex, d.eval_fraction, d.seed)
+        train_rows, drops = tokenize_sft(tokenizer, train_ex, d.max_length, d.max_prompt_length)
+        eval_rows, _ = tokenize_sft(tokenizer, eval_ex, d.max_length, d.max_prompt_length)
+        check_train_rows(train_rows, drops.total)
+        check_eval_rows(cfg, len(eval_ex), len(eval_rows))
+        return Data(train_rows, eval_rows, drops.total)
+
+    def setup_trainer(
+        self, cfg: Config, model: Any, args: Any, tokenizer: Any, data: Data, reference: Any, callbacks: list[Any]
+    ) -> Any:
+        trainer = SftTrainer(
+            model=model,
+            args=args,
+            train_dataset=data.train_rows,
+            eval_dataset=data.eval_rows or None,
+            data_collator=SFTCollator(tokenizer.pad_token_id),
+            processing_class=tokenizer,
+            callbacks=[AtomicCheckpoints(), JsonlMetrics(), *callbacks],
+        )
+        install_console(trainer, show=cfg.train.print_logs)
+        return trainer
+
+
 def sft(cfg: Config, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Run supervised fine-tuning as configured; returns ``{"metrics": ...}``. The trained model (or LoRA
     adapters) and tokenizer are saved in ``train.output_dir``, ready for ``--model.name_or_path``."""
-    check_config(cfg)
-    if cfg.sam.rho:
-        log.warning("logitsam sft does not use sam.rho = %g (logits-SAM is for preference training)", cfg.sam.rho)
-    t = cfg.train
-    resuming = t.resume_from_checkpoint not in (None, False)
-    with claim(t.output_dir, resuming=resuming, overwrite=t.overwrite_output_dir):
-        resume = resolve_resume(t.output_dir, t.resume_from_checkpoint, allow_incomplete=t.resume_allow_incomplete)
-        return _sft(cfg, resume, callbacks)
-
-
-def _sft(cfg: Config, resume: str | None, callbacks: Sequence[Any]) -> dict[str, Any]:
-    d = cfg.data
-    tokenizer = load_tokenizer(cfg.model)
-    train_ex = load_sft_examples(d.train_files, d.format)
-    eval_ex = load_sft_examples(d.eval_files, d.format) if d.eval_files else []
-    train_ex, eval_ex = split_eval(train_ex, eval_ex, d.eval_fraction, d.seed)
-    train_rows, drops = tokenize_sft(tokenizer, train_ex, d.max_length, d.max_prompt_length)
-    eval_rows, _ = tokenize_sft(tokenizer, eval_ex, d.max_length, d.max_prompt_length)
-    if not train_rows:
-        raise ConfigError(f"data.train_files: no usable rows after tokenization ({drops.total} dropped)")
-    check_eval_rows(cfg, len(eval_ex), len(eval_rows))
-    checkpointing = bool(cfg.model.gradient_checkpointing or cfg.train.gradient_checkpointing)
-    args = build_training_args(cfg.train, has_eval=bool(eval_rows), checkpointing=checkpointing)
-    args.remove_unused_columns = False
-    model = load_model(cfg.model, vocab_size=len(tokenizer), merge_adapters=True)
-    check_lora_targets(model, cfg.model)
-    if checkpointing:
-        model.config.use_cache = False
-    resolved = resolved_config(cfg, args, model, len(train_rows))
-    fingerprints = {"kind": "sft", "training": data_fingerprint(train_rows)}
-    fingerprints["evaluation"] = data_fingerprint(eval_rows)
-    if resume:
-        check_resume_settings(resolved, resume)
-        check_resume_parameters(resolved, resume)
-        check_resume_data(resolved, fingerprints, resume)
-        finished = already_finished(cfg, resume, args, len(train_rows))
-        if finished is not None:
-            return finished
-    trainer = SftTrainer(
-        model=apply_lora(model, cfg.model),
-        args=args,
-        train_dataset=train_rows,
-        eval_dataset=eval_rows or None,
-        data_collator=SFTCollator(tokenizer.pad_token_id),
-        processing_class=tokenizer,
-        callbacks=[AtomicCheckpoints(), JsonlMetrics(), *callbacks],
-    )
-    install_console(trainer, show=cfg.train.print_logs)
-    steps = total_steps(args, len(train_rows))[0]
-    check_optimizer(trainer, cfg.train, steps, bool(eval_rows), checkpointing)
-    counts = {"rows_train": len(train_rows), "rows_eval": len(eval_rows), "rows_dropped": drops.total}
-    metrics = train_and_save(trainer, cfg, resolved, resume, fingerprints, counts, kind="sft")
-    teardown(trainer)
-    return {"metrics": metrics}
+    return run_recipe(SftRecipe(), cfg, callbacks)
