@@ -234,6 +234,7 @@ def test_probing_until_a_target_standard_error():
     assert capped.probes == 10
 
 
+@pytest.mark.slow  # every registered loss through a float64 brute force: ~10 s each on 2 cores
 @pytest.mark.parametrize("scores", [False, True])
 def test_exact_logit_trace_matches_brute_force_for_every_loss(scores):
     """tr ∂²L/∂z² in closed form (no probes) equals the full float64 Hessian's trace for every registered

@@ -29,6 +29,8 @@ from logitsam.fused import FusedJob, fused_sequence_sums, plan_rows
 from logitsam.models import tiny_model
 
 ALL_ROWS = 10**6
+# the quick signal (`pytest -m "not slow"`) keeps the mixed chunking; make test runs all three
+CHUNKS = [pytest.param(1, marks=pytest.mark.slow), 3, pytest.param(ALL_ROWS, marks=pytest.mark.slow)]
 
 
 def data_of(seed=6):
@@ -100,7 +102,7 @@ def check(spec, params, data, method, chunk_rows, rho=0.3):
 
 @pytest.mark.parametrize("name", ["aot", "aot_unpaired", "sft"])
 @pytest.mark.parametrize("method", ["weight", "gram", "chunked"])
-@pytest.mark.parametrize("chunk_rows", [1, 3, ALL_ROWS])
+@pytest.mark.parametrize("chunk_rows", CHUNKS)
 def test_batch_coupled_losses_with_logits_sam_over_chunks_are_exact(name, method, chunk_rows):
     spec = get_loss(name)
     assert spec.batch_coupled
@@ -127,7 +129,7 @@ OPTION_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(OPTION_CASES))
-@pytest.mark.parametrize("chunk_rows", [1, 3, ALL_ROWS])
+@pytest.mark.parametrize("chunk_rows", CHUNKS)
 def test_ld_dpo_wpo_and_weighted_sums_with_logits_sam_over_chunks_are_exact(case, chunk_rows):
     spec, params = OPTION_CASES[case]
     params = resolve_hparams(spec, params)
@@ -147,7 +149,7 @@ WPO_LOSSES = {"dpo": get_loss("dpo"), "sft": get_loss("sft")}  # per-pair (per-g
 
 @pytest.mark.parametrize("name", sorted(WPO_LOSSES))
 @pytest.mark.parametrize("method", ["weight", "gram", "chunked"])
-@pytest.mark.parametrize("chunk_rows", [1, 3, ALL_ROWS])
+@pytest.mark.parametrize("chunk_rows", CHUNKS)
 @pytest.mark.parametrize("rho", [0.0, 0.3])
 def test_wpo_weights_from_the_sweep_are_exact_over_chunks_methods_and_rho(name, method, chunk_rows, rho):
     """Pairs of ~12 rows: chunks of 1 and 3 rows split every pair over several chunks (swept twice), all rows
@@ -165,7 +167,7 @@ def test_wpo_weights_from_the_sweep_are_exact_over_chunks_methods_and_rho(name, 
 
 
 @pytest.mark.parametrize("method", ["weight", "gram", "chunked"])
-@pytest.mark.parametrize("chunk_rows", [1, 3, ALL_ROWS])
+@pytest.mark.parametrize("chunk_rows", CHUNKS)
 @pytest.mark.parametrize("need_grads", [False, True])
 def test_the_sweeps_wpo_statistic_equals_the_full_logits_one(method, chunk_rows, need_grads):
     """FusedResult.aux.aligned / lengths = TRL's aligned_logps mean from full logits, with or without a gradient

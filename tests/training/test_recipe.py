@@ -15,6 +15,7 @@ from logitsam.training.rundir import LOCK_NAME
 from logitsam.training.sft import SftRecipe, sft
 from tests.conftest import tiny_config
 
+pytestmark = pytest.mark.slow  # trains: `pytest -m 'not slow'` skips it
 STAGES = ("check", "setup_data", "setup_model", "setup_reference", "setup_trainer")
 
 
