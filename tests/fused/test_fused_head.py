@@ -100,7 +100,9 @@ SLOW = pytest.mark.slow
     [(0.0, "-"), (0.5, "weight"), (-0.5, "weight"), (0.5, "gram"), (-0.5, "gram"), (0.5, "chunked"), (-0.5, "chunked")],
 )
 # the quick signal (`pytest -m "not slow"`) keeps one mixed chunking (4); make test runs all four
-@pytest.mark.parametrize("chunk_rows", [pytest.param(1, marks=SLOW), 4, pytest.param(13, marks=SLOW), pytest.param(10_000, marks=SLOW)])
+@pytest.mark.parametrize(
+    "chunk_rows", [pytest.param(1, marks=SLOW), 4, pytest.param(13, marks=SLOW), pytest.param(10_000, marks=SLOW)]
+)
 def test_every_loss_every_method_every_chunking_matches_brute_force(name, rho, method, chunk_rows):
     spec = LOSSES[name]
     params = resolve_hparams(spec, {})

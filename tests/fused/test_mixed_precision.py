@@ -115,3 +115,30 @@ def test_head_gradient_in_vocabulary_blocks_equals_one_product(monkeypatch, amp)
         grads.append(model.lm_head.weight.grad.clone())
     assert grads[0].abs().sum() > 0
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("method", ["weight", "gram", "chunked", "auto"])
+def test_full_logits_path_with_logits_sam_under_autocast_runs_in_the_heads_precision(head_products, method):
+    """Called inside autocast (a user's loop), the full-logits path's logits-SAM computes its head
+    products in bf16 like the model's head (it refused 'hidden is float32 but logits is bfloat16' before);
+    the loss and head gradient are the fp32 ones up to bf16 rounding, and the fused path's under the same
+    autocast."""
+    spec, batch = LOSSES["dpo"], _batch()
+    ref = batch.pop("ref_logps")
+    got = {}
+    for fused in (False, True):
+        model = tiny_model(V, seed=1)
+        head_products.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = Objective(spec, {}, rho=0.3, method=method, fused=fused)(model, batch, ref)
+        out.loss.backward()
+        assert out.path == ("fused" if fused else "logits")
+        assert head_products and all(x == torch.bfloat16 for x, _ in head_products), head_products
+        got[fused] = out.loss.item(), model.lm_head.weight.grad.clone()
+    model = tiny_model(V, seed=1)
+    want = Objective(spec, {}, rho=0.3, method=method, fused=False)(model, batch, ref)
+    want.loss.backward()
+    for loss, grad in got.values():
+        assert loss == pytest.approx(want.loss.item(), abs=2e-2)
+        assert (grad - model.lm_head.weight.grad).norm() <= 5e-2 * model.lm_head.weight.grad.norm()
+    assert got[False][0] == pytest.approx(got[True][0], abs=2e-3)

@@ -176,7 +176,10 @@ class Objective:
             with amp_context(hidden.device, amp):  # the precision the model's own head ran in
                 res = self._fused(model, hidden, labels, lengths, ref, scores, sam_on, extra)
         else:
-            res = self._logits(model, hidden, logits, labels, lengths, ref, scores, sam_on, sharded, extra)
+            if amp is not None and logits.dtype != hidden.dtype:  # the head ran under autocast: the loss math
+                logits = logits.to(hidden.dtype)  # in the hidden state's precision, as the fused path does it
+            with amp_context(hidden.device, amp):  # logits-SAM's head products in the precision the head ran in
+                res = self._logits(model, hidden, logits, labels, lengths, ref, scores, sam_on, sharded, extra)
         b = labels.shape[0] // 2
         r = (None, None) if ref is None else (ref[:b], ref[b:])
         res.metrics.update(preference_metrics(res.out, res.sums[:b], res.sums[b:], *r))
