@@ -129,7 +129,7 @@ def test_losses_lists_ranges(capsys):
 
 
 def test_train_help_lists_every_config_key_and_loss(capsys):
-    from logitsam.config.schema import describe_fields
+    from logitsam.config.fields import describe_fields
     from logitsam.core.registry import LOSSES
 
     with pytest.raises(SystemExit) as e:

@@ -7,6 +7,7 @@ import pytest
 
 from conftest import ROOT, TINY_CPU
 from logitsam.config import schema as C
+from logitsam.config.fields import describe_fields
 from logitsam.errors import ConfigError
 
 
@@ -96,7 +97,7 @@ def test_config_file_paths_resolve_against_its_directory(tmp_path, monkeypatch):
 def test_every_config_key_is_documented():
     import dataclasses
 
-    rows = C.describe_fields()
+    rows = describe_fields()
     expected = [
         f"{s.name}.{f.name}" for s in dataclasses.fields(C.Config) for f in dataclasses.fields(s.default_factory)
     ]

@@ -22,7 +22,7 @@ class _Once(argparse.Action):
 
 def _train_epilog() -> str:
     """The config keys and loss names (computed when help is shown: the loss registry loads torch)."""
-    from logitsam.config.schema import describe_fields
+    from logitsam.config.fields import describe_fields
     from logitsam.core.registry import LOSSES
 
     rows = describe_fields()

@@ -1,7 +1,7 @@
 """Configuration: dataclass sections loaded from YAML, checked command-line overrides, saving.
 
 A run's config has five sections — ``model``, ``data``, ``loss``, ``sam``, ``train`` — each a
-dataclass whose fields carry a one-line doc (``metadata["help"]``, listed by :func:`describe_fields`
+dataclass whose fields carry a one-line doc (``metadata["help"]``, listed by ``fields.describe_fields``
 and ``logitsam train --help``). YAML files give any subset; ``--section.key=value`` or
 ``--section.key value`` overrides are read for the field's type (text as typed where the field takes
 text, YAML otherwise: values.command_line_value) and checked against it (``--loss.params.gamma=0.5``
@@ -201,34 +201,6 @@ class Config:
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 FIELD_RULES = {**RULES, "train.extra": no_named_fields(TrainConfig)}  # every field's rule (rules.py)
-
-
-@dataclass(frozen=True)
-class FieldDoc:
-    """One config key as ``logitsam train --help`` lists it."""
-
-    key: str  # section.key
-    type: str  # e.g. "list[str]", "float | None"
-    default: str  # as YAML, e.g. "null", "[none]"
-    help: str
-
-
-def yaml_text(value: Any) -> str:
-    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
-
-
-def describe_fields() -> list[FieldDoc]:
-    """Every config key with its type, default and one-line doc, in section order."""
-    rows = []
-    for section in dataclasses.fields(Config):
-        cls = section.default_factory  # type: ignore[misc]  # every section is a dataclass factory
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
-            kind = str(hints[f.name]) if typing.get_origin(hints[f.name]) else hints[f.name].__name__
-            key, kind = f"{section.name}.{f.name}", kind.replace("typing.", "")
-            rows.append(FieldDoc(key, kind, yaml_text(default), f.metadata["help"]))
-    return rows
 
 
 # Paths that may start with ~ (the home directory): expanded once, when the value is read, so the

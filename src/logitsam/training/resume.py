@@ -27,6 +27,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from logitsam.config import schema as config_mod
+from logitsam.config.fields import yaml_text
 from logitsam.config.schema import Config
 from logitsam.errors import ConfigError, UserError
 from logitsam.training.checkpoints import checkpoint_step, saved_config_digest
@@ -69,7 +70,7 @@ def differences(old: Config, new: Config, free: Iterable[str] = RESUME_FREE) -> 
     a, b, free = _flat(old), _flat(new), set(free)
     missing = "(unset)"
     return [
-        f"{k}: {config_mod.yaml_text(a.get(k, missing))} -> {config_mod.yaml_text(b.get(k, missing))}"
+        f"{k}: {yaml_text(a.get(k, missing))} -> {yaml_text(b.get(k, missing))}"
         for k in sorted(a.keys() | b.keys())
         if k not in free and a.get(k, missing) != b.get(k, missing)
     ]
