@@ -13,7 +13,7 @@ from logitsam.config import ModelConfig
 from logitsam.data.batching import PreferenceCollator, tokenize_examples
 from logitsam.data.examples import load_examples
 from logitsam.diagnostics.ches import ches_scores
-from logitsam.evaluation.displacement import spearman, trained_model_of
+from logitsam.evaluation.displacement import reading, spearman, trained_model_of
 from logitsam.models import load_model, load_tokenizer, tiny_model
 
 FIXTURE = str(FIXTURES / "explicit.jsonl")
@@ -95,3 +95,34 @@ def test_displacement_command_refuses_a_directory_that_is_not_a_run(tmp_path, ca
     assert "not a run directory (no config.yaml in it)" in capsys.readouterr().err
     assert cli.main(["displacement", "--pairs", "0", str(tmp_path)]) == 2
     assert "--pairs" in capsys.readouterr().err
+
+
+def _ci(mean, half):
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": 48}
+
+
+@pytest.mark.parametrize(
+    ("dplus", "drift", "says"),
+    [
+        (
+            _ci(-24.9, 4.5),
+            _ci(-37.8, 7.5),
+            ["displacement: the chosen", "fell less than control text (Δ+ − control drift +12.90)"],
+        ),
+        (
+            _ci(-40.0, 2.0),
+            _ci(-10.0, 2.0),
+            ["displacement: the chosen", "fell more than control text", "beyond the drift"],
+        ),
+        (_ci(-20.0, 3.0), _ci(-21.0, 3.0), ["displacement: the chosen", "about as much as control text"]),
+        (_ci(+5.0, 2.0), _ci(-20.0, 2.0), ["no displacement: the chosen response rose"]),
+        (_ci(-1.0, 2.0), _ci(-20.0, 2.0), ["no displacement shown"]),
+    ],
+)
+def test_the_report_reads_displacement_from_the_intervals(dplus, drift, says):
+    """The printed reading follows the numbers: the chosen falling less than control text is displacement in
+    the absolute sense with drift in it, not 'displacement beyond drift' (a fixed legend said both)."""
+    text = " ".join(reading({"dplus": dplus, "control_drift": drift}))
+    for part in says:
+        assert part in text, text
+    assert len([s for s in ("less than", "more than", "about as much") if s in text]) <= 1

@@ -147,6 +147,33 @@ def displacement_report(
     return out
 
 
+def reading(res: dict[str, Any]) -> list[str]:
+    """What the numbers say, from their intervals: the chosen response's change in the absolute sense
+    (the paper's and Razin et al.'s displacement: its probability fell), then against the control text's
+    drift (the policy's general movement, ≈ −KL(π₀‖π)), whose share of the fall only matched-KL
+    comparisons remove."""
+    dp, cd = res["dplus"], res["control_drift"]
+    if dp["high"] < 0:
+        out = ["displacement: the chosen response fell on the pairs trained on (Δ+ < 0, its interval below 0)"]
+    elif dp["low"] > 0:
+        return ["no displacement: the chosen response rose on the pairs trained on (Δ+ > 0, its interval above 0)"]
+    else:
+        return ["no displacement shown: Δ+'s interval includes 0"]
+    gap = dp["mean"] - cd["mean"]
+    if dp["high"] < cd["low"]:
+        out.append(f"it fell more than control text (Δ+ − control drift {gap:+.2f}): displacement beyond the drift")
+    elif dp["low"] > cd["high"]:
+        out.append(
+            f"it fell less than control text (Δ+ − control drift {gap:+.2f}): part of the fall is the policy's "
+            "general drift (≈ −KL); compare runs at matched KL, not at matched steps"
+        )
+    else:
+        out.append(
+            f"it fell about as much as control text (Δ+ − control drift {gap:+.2f}): the fall may be drift alone"
+        )
+    return out
+
+
 def format_report(res: dict[str, Any]) -> str:
     """The report as text lines (what the command prints)."""
 
@@ -161,7 +188,7 @@ def format_report(res: dict[str, Any]) -> str:
             "  where Δ+ sits: " + ", ".join(f"{k} {ci(v)}" for k, v in res["dplus_regions"].items()),
             f"control text drift {ci(res['control_drift'])} (= −KL(π₀‖π) {res['kl_forward']:.2f}); "
             f"KL(π‖π₀) {res['kl_reverse']:.2f}",
-            "  displacement beyond drift: Δ+ below the control drift; drift alone: Δ+ ≈ control drift ≈ −KL",
+            *(f"  {line}" for line in reading(res)),
             f"CHES vs Δ+ (Spearman): {res['spearman_ches_dplus']:+.2f} (negative: high-CHES pairs fall most)",
         ]
     lines.append("pairs most likely to displace (highest CHES under the starting model):")
