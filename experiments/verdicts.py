@@ -93,19 +93,25 @@ def _fmt(e: dict[str, float], pct: bool = False, digits: int = 2, signed: bool =
 
 
 def verdict(e: dict[str, float], null: float, direction: int, smallest: float | None = None) -> str:
-    """reproduced: the interval excludes ``null`` on the claimed side; not reproduced: it excludes it on
-    the other side, or lies entirely short of ``smallest`` (the smallest effect the claim is about);
-    otherwise inconclusive."""
+    """reproduced: the interval excludes ``null`` on the claimed side and reaches ``smallest`` (the
+    smallest effect the claim is about); not reproduced: it excludes ``null`` on the other side, or lies
+    entirely short of ``smallest`` — also when it excludes ``null`` (a real effect, smaller than the one
+    claimed: :func:`short_of` says so); otherwise inconclusive."""
     if not e or e.get("n", 0) < 2 or e["low"] != e["low"]:
         return "not measured"  # fewer than 2 seeds: no interval over seeds
     side = Estimate(**e).excludes(null)
+    if side == -direction or short_of(e, smallest, direction):
+        return "not reproduced"
     if side == direction:
         return "reproduced"
-    if side == -direction:
-        return "not reproduced"
-    if smallest is not None and (e["high"] < smallest if direction > 0 else e["low"] > smallest):
-        return "not reproduced"
     return "inconclusive"
+
+
+def short_of(e: dict[str, float], smallest: float | None, direction: int) -> bool:
+    """Whether the whole interval lies short of the smallest effect of interest on the claimed side."""
+    if smallest is None or not e or e.get("low") != e.get("low"):
+        return False
+    return e["high"] < smallest if direction > 0 else e["low"] > smallest
 
 
 def _seeds(e: dict[str, Any]) -> str:

@@ -142,7 +142,9 @@ def analyse(out: str, setting: str) -> dict[str, Any]:
             "evidence": f"matched-KL difference {_fmt(mk)} nats over {mk['n']} seed(s) (effect of interest "
             f"{effect:.1f} nats, MDE {mde(mk):.2g}); at matched steps {_fmt(p['train_dplus_diff'])}; "
             f"KL difference {_fmt(p['kl_diff'])}"
-            + (f"; {idle}" if idle else ""),
+            + (f"; {idle}" if idle else "")
+            + ("; a real gain (its interval is above 0) but short of the effect of interest"
+               if v == "not reproduced" and mk.get("low", 0) > 0 else ""),
         })  # fmt: skip
         claims.append(
             {
